@@ -1,0 +1,52 @@
+"""The ``prodml`` command line (DESIGN.md section 7).
+
+Each command lives in its own module of this package, exposing ``register(subparsers)``, which
+adds a subparser whose ``func`` takes the parsed arguments and returns an exit code. Add a module
+name to ``COMMAND_MODULES`` to add a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from shared.config import get_settings
+from shared.errors import ProdMLError
+from shared.logs import setup_logging
+
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every command registered."""
+    parser = argparse.ArgumentParser(
+        prog="prodml",
+        description="Train, serve and operate a scikit-learn model on serverless functions.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(f"shared.cli.{module_name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a ``ProdMLError`` exits 1 with a one-line reason on stderr."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = get_settings()
+        setup_logging(settings.log_format, settings.log_level, stream=sys.stderr)
+        return int(args.func(args) or 0)
+    except ProdMLError as exc:
+        print(f"prodml {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Every environment variable of the system, in one place.
+
+Each variable is declared once below (name, parser, default, meaning). ``load_settings`` parses
+them all at once and raises ``ConfigError`` naming the variable and its bad value;
+``get_settings`` caches the result for the life of the process (a function instance reads its
+environment once). The table in README.md and the Terraform env vars are checked against
+``SETTINGS`` by the tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+
+# --- parsers: each takes the raw string and returns the value or raises ValueError -----------
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _int(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if low is not None and value < low:
+            raise ValueError(f"expected an integer >= {low}")
+        if high is not None and value > high:
+            raise ValueError(f"expected an integer <= {high}")
+        return value
+
+    return parse
+
+
+def _float(low: float | None = None, high: float | None = None) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("expected a finite number")
+        if low is not None and value < low:
+            raise ValueError(f"expected a number >= {low}")
+        if high is not None and value > high:
+            raise ValueError(f"expected a number <= {high}")
+        return value
+
+    return parse
+
+
+def _bucket_name(raw: str) -> str:
+    value = raw.strip()
+    # GCS bucket names: 3-63 chars of lowercase letters, digits, '-', '_' and '.'.
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+    if not 3 <= len(value) <= 63 or not set(value) <= allowed or not value[0].isalnum():
+        raise ValueError("expected a bucket name: 3-63 of a-z 0-9 - _ . starting with a letter or digit")
+    return value
+
+
+def _path(raw: str) -> Path:
+    if not raw.strip():
+        raise ValueError("expected a path")
+    return Path(raw.strip())
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its name, default, parser and what it means."""
+
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # storage
+    Setting("STORAGE_BACKEND", "local", _choice("local", "gcs"), "where buckets live: local folders or Cloud Storage"),
+    Setting("LOCAL_BUCKETS_ROOT", ".local/buckets", _path, "folder holding one folder per local bucket"),
+    Setting("DATA_BUCKET", "prodml-data", _bucket_name, "bucket where data files arrive (incoming/) and are quarantined"),
+    Setting("ARTIFACTS_BUCKET", "prodml-artifacts", _bucket_name, "bucket of schema, models, tables, traffic, registry"),
+    # logging
+    Setting("LOG_FORMAT", "auto", _choice("auto", "json", "text"), "json lines for Cloud Logging, text for a terminal; auto picks by isatty"),
+    Setting("LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "lowest severity logged"),
+    # validation and training
+    Setting("MAX_FILE_BYTES", str(200 * 1024 * 1024), _int(1), "a data file larger than this is quarantined"),
+    Setting("MAX_ROWS", "5000000", _int(1), "a data file with more rows than this is quarantined"),
+    Setting("MAX_NULL_SHARE", "0.05", _float(0.0, 1.0), "largest share of missing values allowed in any column"),
+    Setting("UNSEEN_CATEGORY_POLICY", "quarantine", _choice("quarantine", "accept"), "what to do with category values outside the schema's domain"),
+    Setting("DRIFT_PSI_THRESHOLD", "0.25", _float(0.0), "population stability index above which a feature counts as drifted"),
+    Setting("DRIFT_POLICY", "warn", _choice("warn", "quarantine"), "what drift over the threshold does to a file"),
+    Setting("TRAINING_STRATEGY", "full", _choice("full", "incremental"), "retrain from scratch on the window, or partial_fit on the new file"),
+    Setting("TRAINING_WINDOW_FILES", "30", _int(1), "full retrains use the most recent this many accepted files"),
+    Setting("PROMOTION_TOLERANCE", "0.01", _float(0.0), "a challenger may be this much worse than the champion and still be promoted"),
+    Setting("HOLDOUT_FRACTION", "0.2", _float(0.01, 0.9), "share of each file held out to compare challenger and champion"),
+    Setting("CAS_MAX_ATTEMPTS", "5", _int(1, 100), "times a trainer redoes its work when another promoted first"),
+    Setting("ESTIMATOR", "", _text, "dotted path module:function returning an unfitted scikit-learn estimator (empty: the default pipeline)"),
+    Setting("RANDOM_SEED", "0", _int(0), "seed for splits and estimators, so runs repeat"),
+    # serving
+    Setting("SERVING_MODE", "dynamic", _choice("static", "dynamic", "hybrid"), "how predict answers: table only, model only, or table then model"),
+    Setting("RELOAD_SECONDS", "10", _float(0.0), "how often predict checks for a new model or table"),
+    Setting("MAX_BODY_BYTES", str(1024 * 1024), _int(1), "largest predict request body"),
+    Setting("MAX_INSTANCES", "1000", _int(1), "most instances in one predict request"),
+    Setting("TRAFFIC_FLUSH_SECONDS", "60", _float(0.0), "how often predict writes its key counts to traffic/"),
+    Setting("TRAFFIC_SKETCH_SIZE", "10000", _int(10), "keys a predict instance tracks (heavy-hitters sketch capacity)"),
+    # batch table
+    Setting("TABLE_MAX_ROWS", "2000000", _int(1), "largest key space a full table build enumerates"),
+    Setting("TABLE_CHUNK_ROWS", "50000", _int(1), "rows scored per vectorized chunk in a table build"),
+    Setting("TABLE_TOP_K", "100000", _int(1), "default K for top_k table builds"),
+    # local emulation
+    Setting("PREDICT_PORT", "8080", _int(1, 65535), "local port of the predict function"),
+    Setting("TRAIN_PORT", "8081", _int(1, 65535), "local port of the train function"),
+    Setting("BUILD_TABLE_PORT", "8082", _int(1, 65535), "local port of the build_table function"),
+    Setting("LOCAL_DEADLETTER_DIR", ".local/deadletter", _path, "where the local router records events it gave up on"),
+    Setting("ROUTER_MAX_ATTEMPTS", "5", _int(1, 100), "deliveries of one event before it is dead-lettered"),
+    Setting("ROUTER_MAX_IN_FLIGHT", "4", _int(1, 256), "events the local router delivers at once"),
+    Setting("ROUTER_BACKOFF_SECONDS", "0.5", _float(0.0), "first retry delay of the local router (doubles, with jitter)"),
+    Setting("SCHEDULE_SECONDS", "300", _float(1.0), "interval of the local scheduler's build_table call"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Parsed configuration; field names are the env var names in lower case."""
+
+    storage_backend: str
+    local_buckets_root: Path
+    data_bucket: str
+    artifacts_bucket: str
+    log_format: str
+    log_level: str
+    max_file_bytes: int
+    max_rows: int
+    max_null_share: float
+    unseen_category_policy: str
+    drift_psi_threshold: float
+    drift_policy: str
+    training_strategy: str
+    training_window_files: int
+    promotion_tolerance: float
+    holdout_fraction: float
+    cas_max_attempts: int
+    estimator: str
+    random_seed: int
+    serving_mode: str
+    reload_seconds: float
+    max_body_bytes: int
+    max_instances: int
+    traffic_flush_seconds: float
+    traffic_sketch_size: int
+    table_max_rows: int
+    table_chunk_rows: int
+    table_top_k: int
+    predict_port: int
+    train_port: int
+    build_table_port: int
+    local_deadletter_dir: Path
+    router_max_attempts: int
+    router_max_in_flight: int
+    router_backoff_seconds: float
+    schedule_seconds: float
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse every setting from ``environ`` (default ``os.environ``); empty means default.
+
+    Raises ``ConfigError`` naming the first bad variable, its value and what was expected.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw = environ.get(setting.env, "")
+        if raw.strip() == "" and setting.default != "":
+            raw = setting.default
+        try:
+            values[setting.env.lower()] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {setting.env}={raw!r} is invalid: {exc}") from None
+    return Settings(**values)
+
+
+@cache
+def get_settings() -> Settings:
+    """The process's settings, parsed once on first use."""
+    return load_settings()
+
+
+def _check_declarations() -> None:
+    declared = {s.env.lower() for s in SETTINGS}
+    typed = {f.name for f in fields(Settings)}
+    if declared != typed:  # pragma: no cover - guards edits to this file
+        raise AssertionError(f"SETTINGS and Settings disagree: {sorted(declared ^ typed)}")
+
+
+_check_declarations()

@@ -1,0 +1,74 @@
+"""Logging as Cloud Logging reads it: one JSON object per line on stdout.
+
+Each line has ``severity`` and ``message`` (plus any ``extra`` fields given as
+``log.info("...", extra={"fields": {...}})``). When stdout is a terminal, and ``LOG_FORMAT`` is
+``auto``, lines are readable text instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+_SEVERITY = {
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARNING",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "CRITICAL",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, with the fields Cloud Logging understands."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as one line of JSON."""
+        entry: dict[str, Any] = {
+            "severity": _SEVERITY.get(record.levelno, "DEFAULT"),
+            "message": record.getMessage(),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "logger": record.name,
+        }
+        entry.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``HH:MM:SS LEVEL message key=value ...`` for people at a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render ``record`` as one readable line."""
+        when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        fields = getattr(record, "fields", None) or {}
+        tail = "".join(f" {k}={v}" for k, v in fields.items())
+        line = f"{when} {record.levelname:<7} {record.getMessage()}{tail}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(log_format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+    """Send the ``shared`` loggers to ``stream`` (stdout) as JSON lines or text.
+
+    Idempotent: calling it again replaces the handler instead of adding a second one.
+    """
+    stream = stream or sys.stdout
+    use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.set_name("prodml")
+    root = logging.getLogger("shared")
+    root.handlers = [h for h in root.handlers if h.get_name() != "prodml"] + [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A logger under ``shared`` (use ``__name__``)."""
+    return logging.getLogger(name if name.startswith("shared") else f"shared.{name}")

@@ -1,0 +1,101 @@
+"""The bucket interface every part of ``shared`` talks to (DESIGN.md section 3).
+
+Two implementations: ``LocalBucket`` (a folder, the embedded default) and ``GCSBucket``
+(google-cloud-storage). Both raise the same errors from ``shared.errors``: ``NotFound``,
+``PreconditionFailed`` and ``InvalidObjectName``.
+
+Preconditions follow GCS: ``if_generation_match=0`` means "only if the object does not exist";
+any other number means "only if the live generation is exactly this one".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What ``stat`` knows of one object version."""
+
+    bucket: str
+    name: str
+    size: int
+    generation: int
+    content_type: str | None
+    updated: datetime
+
+
+@runtime_checkable
+class Bucket(Protocol):
+    """One bucket: the operations the system needs, nothing more."""
+
+    @property
+    def name(self) -> str:
+        """The bucket's name."""
+        ...
+
+    def read(self, name: str) -> bytes:
+        """Return the object's bytes; ``NotFound`` if absent."""
+        ...
+
+    def read_with_info(self, name: str) -> tuple[bytes, ObjectInfo]:
+        """Return the bytes and the info of the very same generation (for compare-and-swap)."""
+        ...
+
+    def download(self, name: str, path: Path) -> ObjectInfo:
+        """Stream a (possibly big) object to a local file; return the info of what was read."""
+        ...
+
+    def write(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        if_generation_match: int | None = None,
+    ) -> int:
+        """Write atomically; return the new generation. ``PreconditionFailed`` if it does not hold."""
+        ...
+
+    def upload(
+        self,
+        name: str,
+        path: Path,
+        *,
+        content_type: str | None = None,
+        if_generation_match: int | None = None,
+    ) -> int:
+        """Write a local file's content as the object, streaming; return the new generation."""
+        ...
+
+    def stat(self, name: str) -> ObjectInfo:
+        """Size, generation, content type and update time; ``NotFound`` if absent."""
+        ...
+
+    def exists(self, name: str) -> bool:
+        """Whether the object exists."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose names start with ``prefix``, in name order."""
+        ...
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
+        """Delete the object; ``NotFound`` if absent, ``PreconditionFailed`` if it does not hold."""
+        ...
+
+    def copy(
+        self,
+        name: str,
+        dest: Bucket,
+        dest_name: str,
+        *,
+        if_generation_match: int | None = None,
+    ) -> int:
+        """Copy to ``dest`` (same backend) under ``dest_name``; the precondition is on the
+        destination. Return the destination's new generation."""
+        ...
