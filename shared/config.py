@@ -94,34 +94,104 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     # storage
-    Setting("STORAGE_BACKEND", "local", _choice("local", "gcs"), "where buckets live: local folders or Cloud Storage"),
+    Setting(
+        "STORAGE_BACKEND",
+        "local",
+        _choice("local", "gcs"),
+        "where buckets live: local folders or Cloud Storage",
+    ),
     Setting("LOCAL_BUCKETS_ROOT", ".local/buckets", _path, "folder holding one folder per local bucket"),
-    Setting("DATA_BUCKET", "prodml-data", _bucket_name, "bucket where data files arrive (incoming/) and are quarantined"),
-    Setting("ARTIFACTS_BUCKET", "prodml-artifacts", _bucket_name, "bucket of schema, models, tables, traffic, registry"),
+    Setting(
+        "DATA_BUCKET",
+        "prodml-data",
+        _bucket_name,
+        "bucket where data files arrive (incoming/) and are quarantined",
+    ),
+    Setting(
+        "ARTIFACTS_BUCKET",
+        "prodml-artifacts",
+        _bucket_name,
+        "bucket of schema, models, tables, traffic, registry",
+    ),
     # logging
-    Setting("LOG_FORMAT", "auto", _choice("auto", "json", "text"), "json lines for Cloud Logging, text for a terminal; auto picks by isatty"),
+    Setting(
+        "LOG_FORMAT",
+        "auto",
+        _choice("auto", "json", "text"),
+        "json lines for Cloud Logging, text for a terminal; auto picks by isatty",
+    ),
     Setting("LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "lowest severity logged"),
     # validation and training
     Setting("MAX_FILE_BYTES", str(200 * 1024 * 1024), _int(1), "a data file larger than this is quarantined"),
     Setting("MAX_ROWS", "5000000", _int(1), "a data file with more rows than this is quarantined"),
-    Setting("MAX_NULL_SHARE", "0.05", _float(0.0, 1.0), "largest share of missing values allowed in any column"),
-    Setting("UNSEEN_CATEGORY_POLICY", "quarantine", _choice("quarantine", "accept"), "what to do with category values outside the schema's domain"),
-    Setting("DRIFT_PSI_THRESHOLD", "0.25", _float(0.0), "population stability index above which a feature counts as drifted"),
-    Setting("DRIFT_POLICY", "warn", _choice("warn", "quarantine"), "what drift over the threshold does to a file"),
-    Setting("TRAINING_STRATEGY", "full", _choice("full", "incremental"), "retrain from scratch on the window, or partial_fit on the new file"),
-    Setting("TRAINING_WINDOW_FILES", "30", _int(1), "full retrains use the most recent this many accepted files"),
-    Setting("PROMOTION_TOLERANCE", "0.01", _float(0.0), "a challenger may be this much worse than the champion and still be promoted"),
-    Setting("HOLDOUT_FRACTION", "0.2", _float(0.01, 0.9), "share of each file held out to compare challenger and champion"),
-    Setting("CAS_MAX_ATTEMPTS", "5", _int(1, 100), "times a trainer redoes its work when another promoted first"),
-    Setting("ESTIMATOR", "", _text, "dotted path module:function returning an unfitted scikit-learn estimator (empty: the default pipeline)"),
+    Setting(
+        "MAX_NULL_SHARE", "0.05", _float(0.0, 1.0), "largest share of missing values allowed in any column"
+    ),
+    Setting(
+        "UNSEEN_CATEGORY_POLICY",
+        "quarantine",
+        _choice("quarantine", "accept"),
+        "what to do with category values outside the schema's domain",
+    ),
+    Setting(
+        "DRIFT_PSI_THRESHOLD",
+        "0.25",
+        _float(0.0),
+        "population stability index above which a feature counts as drifted",
+    ),
+    Setting(
+        "DRIFT_POLICY", "warn", _choice("warn", "quarantine"), "what drift over the threshold does to a file"
+    ),
+    Setting(
+        "TRAINING_STRATEGY",
+        "full",
+        _choice("full", "incremental"),
+        "retrain from scratch on the window, or partial_fit on the new file",
+    ),
+    Setting(
+        "TRAINING_WINDOW_FILES", "30", _int(1), "full retrains use the most recent this many accepted files"
+    ),
+    Setting(
+        "PROMOTION_TOLERANCE",
+        "0.01",
+        _float(0.0),
+        "a challenger may be this much worse than the champion and still be promoted",
+    ),
+    Setting(
+        "HOLDOUT_FRACTION",
+        "0.2",
+        _float(0.01, 0.9),
+        "share of each file held out to compare challenger and champion",
+    ),
+    Setting(
+        "CAS_MAX_ATTEMPTS", "5", _int(1, 100), "times a trainer redoes its work when another promoted first"
+    ),
+    Setting(
+        "ESTIMATOR",
+        "",
+        _text,
+        "module:function returning an unfitted scikit-learn estimator (empty: the default pipeline)",
+    ),
     Setting("RANDOM_SEED", "0", _int(0), "seed for splits and estimators, so runs repeat"),
     # serving
-    Setting("SERVING_MODE", "dynamic", _choice("static", "dynamic", "hybrid"), "how predict answers: table only, model only, or table then model"),
+    Setting(
+        "SERVING_MODE",
+        "dynamic",
+        _choice("static", "dynamic", "hybrid"),
+        "how predict answers: table only, model only, or table then model",
+    ),
     Setting("RELOAD_SECONDS", "10", _float(0.0), "how often predict checks for a new model or table"),
     Setting("MAX_BODY_BYTES", str(1024 * 1024), _int(1), "largest predict request body"),
     Setting("MAX_INSTANCES", "1000", _int(1), "most instances in one predict request"),
-    Setting("TRAFFIC_FLUSH_SECONDS", "60", _float(0.0), "how often predict writes its key counts to traffic/"),
-    Setting("TRAFFIC_SKETCH_SIZE", "10000", _int(10), "keys a predict instance tracks (heavy-hitters sketch capacity)"),
+    Setting(
+        "TRAFFIC_FLUSH_SECONDS", "60", _float(0.0), "how often predict writes its key counts to traffic/"
+    ),
+    Setting(
+        "TRAFFIC_SKETCH_SIZE",
+        "10000",
+        _int(10),
+        "keys a predict instance tracks (heavy-hitters sketch capacity)",
+    ),
     # batch table
     Setting("TABLE_MAX_ROWS", "2000000", _int(1), "largest key space a full table build enumerates"),
     Setting("TABLE_CHUNK_ROWS", "50000", _int(1), "rows scored per vectorized chunk in a table build"),
@@ -130,10 +200,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("PREDICT_PORT", "8080", _int(1, 65535), "local port of the predict function"),
     Setting("TRAIN_PORT", "8081", _int(1, 65535), "local port of the train function"),
     Setting("BUILD_TABLE_PORT", "8082", _int(1, 65535), "local port of the build_table function"),
-    Setting("LOCAL_DEADLETTER_DIR", ".local/deadletter", _path, "where the local router records events it gave up on"),
+    Setting(
+        "LOCAL_DEADLETTER_DIR",
+        ".local/deadletter",
+        _path,
+        "where the local router records events it gave up on",
+    ),
     Setting("ROUTER_MAX_ATTEMPTS", "5", _int(1, 100), "deliveries of one event before it is dead-lettered"),
     Setting("ROUTER_MAX_IN_FLIGHT", "4", _int(1, 256), "events the local router delivers at once"),
-    Setting("ROUTER_BACKOFF_SECONDS", "0.5", _float(0.0), "first retry delay of the local router (doubles, with jitter)"),
+    Setting(
+        "ROUTER_BACKOFF_SECONDS",
+        "0.5",
+        _float(0.0),
+        "first retry delay of the local router (doubles, with jitter)",
+    ),
     Setting("SCHEDULE_SECONDS", "300", _float(1.0), "interval of the local scheduler's build_table call"),
 )
 
