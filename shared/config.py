@@ -82,6 +82,10 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class Setting:
     """One environment variable: its name, default, parser and what it means."""
@@ -172,6 +176,12 @@ SETTINGS: tuple[Setting, ...] = (
         _text,
         "module:function returning an unfitted scikit-learn estimator (empty: the default pipeline)",
     ),
+    Setting(
+        "MODEL_TRUSTED_TYPES",
+        "",
+        _names,
+        "comma-separated extra types skops may load (for a plugged-in estimator)",
+    ),
     Setting("RANDOM_SEED", "0", _int(0), "seed for splits and estimators, so runs repeat"),
     # serving
     Setting(
@@ -240,6 +250,7 @@ class Settings:
     holdout_fraction: float
     cas_max_attempts: int
     estimator: str
+    model_trusted_types: tuple[str, ...]
     random_seed: int
     serving_mode: str
     reload_seconds: float

@@ -1,0 +1,129 @@
+"""The serving model: a fitted scikit-learn estimator with its version and schema.
+
+``models/current.skops`` and ``models/versions/<v>/model.skops`` hold a ``ModelBundle`` saved
+with skops (a dict of plain values and scikit-learn objects; never a pickle). Loading refuses
+any type that is neither trusted by skops by default nor listed in ``extra_trusted``.
+
+One scoring function serves both paths of the system: the table build and the predict
+function both call ``ModelBundle.scores`` on frames made by ``to_frame``, so a table score and
+a model score for the same instance are the same float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.utils.validation import check_is_fitted
+
+from shared.errors import ModelNotReady, SchemaError
+from shared.schema import Scalar, Schema
+
+FORMAT = "prodml-model/1"
+
+
+def to_frame(schema: Schema, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Columns of the schema's features, in schema order, with the dtypes the model expects.
+
+    Categories become strings (a category ``7`` and ``"7"`` are the same value), integers int64,
+    floats float64. Values are assumed already validated (see the validation module).
+    """
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame.from_records(list(rows))
+    columns: dict[str, Any] = {}
+    for feature in schema.features:
+        values = frame[feature.name]
+        if feature.type == "category":
+            columns[feature.name] = values.astype(str).astype(object)
+        elif feature.type == "integer":
+            columns[feature.name] = values.astype("int64")
+        else:
+            columns[feature.name] = values.astype("float64")
+    return pd.DataFrame(columns, index=frame.index)
+
+
+@dataclass
+class ModelBundle:
+    """A fitted estimator, the schema it was trained on, and its version."""
+
+    version: str
+    estimator: Any
+    schema: Schema
+
+    @property
+    def task(self) -> str:
+        """``binary``, ``multiclass`` or ``regression``, from the schema's label."""
+        return self.schema.label.task
+
+    @property
+    def classes(self) -> tuple[Scalar, ...]:
+        """The label's classes in schema order (empty for regression)."""
+        return self.schema.label.classes
+
+    def scores(self, frame: pd.DataFrame) -> np.ndarray:
+        """Scores for a frame made by ``to_frame``.
+
+        Binary: the positive class's probability, shape ``(n,)``. Multiclass: one probability per
+        class in ``classes`` order, shape ``(n, k)``. Regression: the prediction, shape ``(n,)``.
+        """
+        if self.task == "regression":
+            return np.asarray(self.estimator.predict(frame), dtype="float64")
+        proba = np.asarray(self.estimator.predict_proba(frame), dtype="float64")
+        fitted = list(self.estimator.classes_)
+        if self.task == "binary":
+            return proba[:, fitted.index(self.schema.label.positive_class)]
+        # Reorder columns to the schema's class order; a class the model never saw scores 0.
+        out = np.zeros((len(frame), len(self.classes)))
+        for j, cls in enumerate(self.classes):
+            if cls in fitted:
+                out[:, j] = proba[:, fitted.index(cls)]
+        return out
+
+    def labels(self, scores: np.ndarray) -> list[Scalar | None]:
+        """The predicted label for each row of ``scores`` (None for regression)."""
+        if self.task == "regression":
+            return [None] * len(scores)
+        if self.task == "binary":
+            negative, positive = self.classes
+            return [positive if s >= 0.5 else negative for s in scores]
+        return [self.classes[int(i)] for i in np.argmax(scores, axis=1)]
+
+    def to_bytes(self) -> bytes:
+        """The skops form stored in the bucket."""
+        import skops.io as sio
+
+        return sio.dumps(
+            {
+                "format": FORMAT,
+                "version": self.version,
+                "schema": self.schema.to_json(),
+                "estimator": self.estimator,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, extra_trusted: Iterable[str] = ()) -> ModelBundle:
+        """Load a bundle, refusing untrusted types; ``ModelNotReady`` if it is not a fitted model."""
+        import skops.io as sio
+
+        try:
+            untrusted = sio.get_untrusted_types(data=data)
+        except Exception as exc:  # skops raises several types for a corrupt file
+            raise ModelNotReady(f"model file is not a valid skops file: {exc}") from None
+        refused = sorted(set(untrusted) - set(extra_trusted))
+        if refused:
+            raise ModelNotReady(
+                f"model file holds untrusted types {refused}: add them to MODEL_TRUSTED_TYPES"
+            )
+        raw = sio.loads(data, trusted=list(untrusted))
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ModelNotReady(f"model file is not a {FORMAT} bundle")
+        try:
+            schema = Schema.from_json(raw["schema"])
+        except SchemaError as exc:
+            raise ModelNotReady(f"model file's schema is invalid: {exc}") from None
+        estimator = raw["estimator"]
+        check_is_fitted(estimator)
+        return cls(version=str(raw["version"]), estimator=estimator, schema=schema)
