@@ -211,6 +211,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TRAIN_PORT", "8081", _int(1, 65535), "local port of the train function"),
     Setting("BUILD_TABLE_PORT", "8082", _int(1, 65535), "local port of the build_table function"),
     Setting(
+        "BUILD_TABLE_EVENT_PORT", "8083", _int(1, 65535), "local port of build_table's event entry point"
+    ),
+    Setting(
         "LOCAL_DEADLETTER_DIR",
         ".local/deadletter",
         _path,
@@ -264,6 +267,7 @@ class Settings:
     predict_port: int
     train_port: int
     build_table_port: int
+    build_table_event_port: int
     local_deadletter_dir: Path
     router_max_attempts: int
     router_max_in_flight: int
