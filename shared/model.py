@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from shared.errors import ModelNotReady, SchemaError
@@ -125,5 +126,8 @@ class ModelBundle:
         except SchemaError as exc:
             raise ModelNotReady(f"model file's schema is invalid: {exc}") from None
         estimator = raw["estimator"]
-        check_is_fitted(estimator)
+        try:
+            check_is_fitted(estimator)
+        except (NotFittedError, TypeError) as exc:
+            raise ModelNotReady(f"model {raw['version']!r} holds no fitted estimator: {exc}") from None
         return cls(version=str(raw["version"]), estimator=estimator, schema=schema)

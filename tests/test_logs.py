@@ -1,0 +1,45 @@
+"""Logging: JSON lines with severity and message for Cloud Logging, text for a terminal."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from shared.logs import get_logger, setup_logging
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_json_lines_carry_severity_message_and_fields() -> None:
+    stream = io.StringIO()
+    setup_logging("auto", "info", stream=stream)
+    log = get_logger("shared.test")
+    log.info("model promoted", extra={"fields": {"version": "v1"}})
+    log.warning("drift on %s", "country")
+    log.debug("not shown at info")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["severity"], e["message"]) for e in lines] == [
+        ("INFO", "model promoted"),
+        ("WARNING", "drift on country"),
+    ]
+    assert lines[0]["version"] == "v1"
+
+
+def test_terminal_gets_readable_text() -> None:
+    stream = _Terminal()
+    setup_logging("auto", "info", stream=stream)
+    get_logger("shared.test").error("bad file", extra={"fields": {"rule": "empty"}})
+    line = stream.getvalue().strip()
+    assert "ERROR" in line and "bad file" in line and "rule=empty" in line
+    assert not line.startswith("{")
+
+
+def test_setup_twice_does_not_duplicate_lines() -> None:
+    stream = io.StringIO()
+    setup_logging("json", "info", stream=stream)
+    setup_logging("json", "info", stream=stream)
+    get_logger("shared.test").info("once")
+    assert len(stream.getvalue().splitlines()) == 1
