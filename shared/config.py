@@ -3,8 +3,8 @@
 Each variable is declared once below (name, parser, default, meaning). ``load_settings`` parses
 them all at once and raises ``ConfigError`` naming the variable and its bad value;
 ``get_settings`` caches the result for the life of the process (a function instance reads its
-environment once). The table in README.md and the Terraform env vars are checked against
-``SETTINGS`` by the tests.
+environment once). docs/configuration.md (printed by ``python -m shared.config``) and the
+Terraform env vars are checked against ``SETTINGS`` by the tests.
 """
 
 from __future__ import annotations
@@ -307,3 +307,14 @@ def _check_declarations() -> None:
 
 
 _check_declarations()
+
+
+def markdown_table() -> str:
+    """The table of every variable, its default and meaning, for docs/configuration.md."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{s.env}` | `{s.default}` | {s.help} |" for s in SETTINGS]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

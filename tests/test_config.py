@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import SETTINGS, Settings, load_settings
+from shared.config import SETTINGS, Settings, load_settings, markdown_table
 from shared.errors import ConfigError
 
 
@@ -64,3 +64,8 @@ def test_every_declared_setting_is_a_field_and_has_help() -> None:
     fields = set(Settings.__dataclass_fields__)
     assert {s.env.lower() for s in SETTINGS} == fields
     assert all(s.help and s.env.isupper() for s in SETTINGS)
+
+
+def test_configuration_doc_lists_every_variable_as_declared() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert markdown_table() in doc, "docs/configuration.md is stale: regenerate with python -m shared.config"
