@@ -1,0 +1,547 @@
+"""The local backend: a bucket is the folder ``<root>/<bucket>/``, an object a plain file in it.
+
+Users ``cp`` files into these folders and the file-drop router watches them, so nothing but
+objects ever lives there. The bookkeeping lives beside the buckets, under the same root (same
+filesystem, so ``os.replace`` from a temp file is atomic):
+
+- ``<root>/.meta/<bucket>/generations.sqlite3``: per object its generation, content type and the
+  identity of the file version it belongs to (inode, size, mtime, ctime). A file whose identity no
+  longer matches (someone ``cp``-ed over it) gets a fresh generation the first time it is seen.
+- ``<root>/.meta/<bucket>/lock``: an ``flock`` held only around check-precondition + rename +
+  record, never around copying data, so a 100 MB write does not block other writers.
+- ``<root>/.tmp/``: temp files being written. A writer killed mid-write leaves only a temp file
+  there (removed after an hour by the next process that opens the root); the object stays whole.
+
+Generations are ``max(last + 1, now in microseconds)`` per bucket: monotonic across processes
+and of the same magnitude as GCS's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import shutil
+import sqlite3
+import stat as stat_mod
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, StorageError
+from shared.storage.base import Bucket, ObjectInfo
+from shared.storage.names import check_bucket_name, check_local_object_name, default_content_type
+
+META_DIR = ".meta"
+TMP_DIR = ".tmp"
+STALE_TEMP_SECONDS = 3600.0
+_MAX_ATTEMPTS = 50  # reads retried when the file is replaced between open and bookkeeping
+_CHUNK = 1024 * 1024
+
+# (inode, size, mtime_ns, ctime_ns): ctime cannot be set by users, so even ``cp -p`` over a file
+# of the same size is noticed; our own os.replace always brings a new inode.
+_Identity = str
+
+_cleaned_roots: set[Path] = set()
+_cleaned_lock = threading.Lock()
+_inherited_connections: list[sqlite3.Connection] = []  # see _Generations._conn
+
+
+def _identity(st: os.stat_result) -> _Identity:
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+class _Changed(Exception):
+    """The file at a name changed while we looked at it: start the operation over."""
+
+
+@dataclass(frozen=True)
+class _Record:
+    generation: int
+    identity: _Identity
+    content_type: str
+
+
+class _Generations:
+    """The generation records of one bucket: a small sqlite db plus an flock for writers.
+
+    Readers only SELECT (WAL mode: never blocked by a writer). Writers take the flock first, so
+    they queue in the kernel and wake at once, instead of polling on sqlite's busy handler.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self._db_path = folder / "generations.sqlite3"
+        self._lock_path = folder / "lock"
+        self._local = threading.local()
+        with self.locked():  # creates the schema once, race-free across processes
+            pass
+
+    def _conn(self) -> sqlite3.Connection:
+        # One connection per thread (sqlite3 objects are not shared across threads) and per
+        # process: a connection inherited through fork must not be used, nor closed (closing
+        # could disturb the parent's locks), so it is parked in _inherited_connections.
+        held = getattr(self._local, "held", None)
+        if held is not None and held[0] == os.getpid():
+            return held[1]
+        if held is not None:
+            _inherited_connections.append(held[1])
+        conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=True, timeout=60.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL skips an fsync per commit; after a power cut a lost record only means the file
+        # looks changed and gets a new (still larger, time-based) generation.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        self._local.held = (os.getpid(), conn)
+        return conn
+
+    def lookup(self, name: str) -> _Record | None:
+        """The record of ``name`` as last committed (no lock)."""
+        row = (
+            self._conn()
+            .execute("SELECT generation, identity, content_type FROM objects WHERE name = ?", (name,))
+            .fetchone()
+        )
+        return _Record(*row) if row else None
+
+    def lookup_prefix(self, prefix: str) -> dict[str, _Record]:
+        """The records of every name starting with ``prefix`` (no lock)."""
+        rows = self._conn().execute(
+            "SELECT name, generation, identity, content_type FROM objects WHERE substr(name, 1, ?) = ?",
+            (len(prefix), prefix),
+        )
+        return {name: _Record(gen, ident, ctype) for name, gen, ident, ctype in rows}
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[_Tx]:
+        """The bucket's writer lock and one sqlite transaction, committed on success."""
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS objects (name TEXT PRIMARY KEY, generation INTEGER NOT NULL,"
+                    " identity TEXT NOT NULL, content_type TEXT NOT NULL)"
+                )
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER)"
+                )
+                yield _Tx(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            os.close(fd)  # releases the flock
+
+
+class _Tx:
+    """Record operations inside ``_Generations.locked``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def get(self, name: str) -> _Record | None:
+        row = self._conn.execute(
+            "SELECT generation, identity, content_type FROM objects WHERE name = ?", (name,)
+        ).fetchone()
+        return _Record(*row) if row else None
+
+    def put(self, name: str, generation: int, identity: _Identity, content_type: str) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", (name, generation, identity, content_type)
+        )
+
+    def remove(self, name: str) -> None:
+        self._conn.execute("DELETE FROM objects WHERE name = ?", (name,))
+
+    def next_generation(self) -> int:
+        row = self._conn.execute("SELECT last FROM counter WHERE id = 1").fetchone()
+        last = row[0] if row else 0
+        generation = max(last + 1, time.time_ns() // 1000)
+        self._conn.execute("INSERT OR REPLACE INTO counter VALUES (1, ?)", (generation,))
+        return generation
+
+
+def _check_precondition(name: str, live: int | None, if_generation_match: int | None) -> None:
+    if if_generation_match is None:
+        return
+    if if_generation_match == 0 and live is not None:
+        raise PreconditionFailed(f"object {name!r} exists (generation {live}); expected it absent")
+    if if_generation_match != 0 and live != if_generation_match:
+        found = "it is absent" if live is None else f"it is at generation {live}"
+        raise PreconditionFailed(f"object {name!r}: expected generation {if_generation_match}, {found}")
+
+
+def _clean_stale_temps(tmp_dir: Path) -> None:
+    """Remove temp files of writers that died more than STALE_TEMP_SECONDS ago."""
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    with contextlib.suppress(OSError), os.scandir(tmp_dir) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+
+class LocalBucket(Bucket):
+    """A bucket kept as the folder ``<root>/<name>/`` (see the module docstring)."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self._name = check_bucket_name(name)
+        self._root = Path(root)
+        self._folder = self._root / name
+        self._folder.mkdir(parents=True, exist_ok=True)
+        self._real_folder = os.path.realpath(self._folder)
+        self._tmp_dir = self._root / TMP_DIR
+        self._tmp_dir.mkdir(exist_ok=True)
+        self._generations = _Generations(self._root / META_DIR / name)
+        real_root = Path(os.path.realpath(self._root))
+        with _cleaned_lock:
+            first = real_root not in _cleaned_roots
+            _cleaned_roots.add(real_root)
+        if first:
+            _clean_stale_temps(self._tmp_dir)
+
+    def __repr__(self) -> str:
+        return f"LocalBucket({str(self._root)!r}, {self._name!r})"
+
+    @property
+    def name(self) -> str:
+        """The bucket's name (its folder's name)."""
+        return self._name
+
+    @property
+    def folder(self) -> Path:
+        """The folder holding the objects (what the file-drop router watches)."""
+        return self._folder
+
+    # --- names and paths -------------------------------------------------------------------
+
+    def _path(self, name: str) -> str:
+        """The file of object ``name``, refusing anything that resolves outside the folder."""
+        check_local_object_name(name)
+        path = os.path.join(self._folder, name)
+        real = os.path.realpath(path)
+        if not real.startswith(self._real_folder + os.sep):
+            raise InvalidObjectName(
+                f"invalid object name {name!r}: resolves to {real!r}, outside bucket folder "
+                f"{self._real_folder!r} (through a symlink)"
+            )
+        return path
+
+    # --- generations -----------------------------------------------------------------------
+
+    def _info(self, name: str, path: str, st: os.stat_result) -> ObjectInfo:
+        """The info of the file version ``st`` (of ``path``), giving it a generation if new.
+
+        Raises ``_Changed`` if ``path`` no longer holds that version.
+        """
+        identity = _identity(st)
+        record = self._generations.lookup(name)
+        if record is None or record.identity != identity:
+            with self._generations.locked() as tx:
+                try:
+                    current = os.stat(path)
+                except FileNotFoundError:
+                    raise _Changed from None
+                if _identity(current) != identity:
+                    raise _Changed
+                record = tx.get(name)
+                if record is None or record.identity != identity:
+                    # Appeared or changed outside the store (a user's cp): a new version.
+                    record = _Record(tx.next_generation(), identity, default_content_type(name))
+                    tx.put(name, record.generation, identity, record.content_type)
+        return ObjectInfo(
+            bucket=self._name,
+            name=name,
+            size=st.st_size,
+            generation=record.generation,
+            content_type=record.content_type,
+            updated=datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC),
+        )
+
+    def _live_generation(self, tx: _Tx, name: str, path: str) -> int | None:
+        """Inside the lock: the generation of what ``path`` holds now, or None if absent."""
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat_mod.S_ISREG(st.st_mode):
+            return None
+        record = tx.get(name)
+        identity = _identity(st)
+        if record is not None and record.identity == identity:
+            return record.generation
+        generation = tx.next_generation()
+        tx.put(name, generation, identity, default_content_type(name))
+        return generation
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def _open(self, name: str) -> tuple[BinaryIO, os.stat_result, ObjectInfo]:
+        """An open file of the live version, its stat and its info (all of the same version)."""
+        path = self._path(name)
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                # O_NONBLOCK: a FIFO someone left in the folder must not hang us.
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                raise self._not_found(name) from None
+            f = os.fdopen(fd, "rb")
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                f.close()
+                raise self._not_found(name)
+            try:
+                return f, st, self._info(name, path, st)
+            except _Changed:
+                f.close()  # replaced between open and bookkeeping: open the new version
+        raise self._too_busy(name)
+
+    def _read_consistent(self, name: str, sink: BinaryIO | None) -> tuple[bytes, ObjectInfo]:
+        """Read one whole version into memory or ``sink``.
+
+        Our writes replace the file (a new inode), so an open file never changes under us; a
+        user's ``cp`` over an existing file rewrites it in place, which the identity check
+        after reading catches (then we read again).
+        """
+        for _ in range(_MAX_ATTEMPTS):
+            f, st, info = self._open(name)
+            with f:
+                if sink is None:
+                    data = f.read()
+                    size = len(data)
+                else:
+                    sink.seek(0)
+                    sink.truncate()
+                    shutil.copyfileobj(f, sink, _CHUNK)
+                    data, size = b"", sink.tell()
+                unchanged = _identity(os.fstat(f.fileno())) == _identity(st)
+            if unchanged and size == st.st_size:
+                return data, info
+        raise self._too_busy(name)
+
+    def _not_found(self, name: str) -> NotFound:
+        return NotFound(f"object {name!r} not found in local bucket {self._name!r}")
+
+    def _too_busy(self, name: str) -> StorageError:
+        return StorageError(
+            f"object {name!r} in local bucket {self._name!r} changed {_MAX_ATTEMPTS} times while being read"
+        )
+
+    def read(self, name: str) -> bytes:
+        """Return the object's bytes; ``NotFound`` if absent."""
+        return self._read_consistent(name, None)[0]
+
+    def read_with_info(self, name: str) -> tuple[bytes, ObjectInfo]:
+        """Return the bytes and the info of the very same version."""
+        return self._read_consistent(name, None)
+
+    def download(self, name: str, path: Path) -> ObjectInfo:
+        """Stream the object to the local file ``path``; return the info of what was copied."""
+        with open(path, "wb") as sink:
+            return self._read_consistent(name, sink)[1]
+
+    def stat(self, name: str) -> ObjectInfo:
+        """Size, generation, content type and update time; ``NotFound`` if absent."""
+        path = self._path(name)
+        for _ in range(_MAX_ATTEMPTS):
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                raise self._not_found(name) from None
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise self._not_found(name)
+            try:
+                return self._info(name, path, st)
+            except _Changed:
+                continue
+        raise self._too_busy(name)
+
+    def exists(self, name: str) -> bool:
+        """Whether the object exists."""
+        try:
+            self.stat(name)
+        except NotFound:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose names start with ``prefix``, in name order (a snapshot taken first)."""
+        found = sorted(self._walk(prefix))
+        records = self._generations.lookup_prefix(prefix)
+        for name, st in found:
+            record = records.get(name)
+            if record is not None and record.identity == _identity(st):
+                yield ObjectInfo(
+                    self._name,
+                    name,
+                    st.st_size,
+                    record.generation,
+                    record.content_type,
+                    datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC),
+                )
+                continue
+            with contextlib.suppress(NotFound):  # deleted since the walk: not listed
+                yield self.stat(name)
+
+    def _walk(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+        """(name, stat) of every regular file whose name starts with ``prefix``."""
+        start = prefix.rpartition("/")[0]
+        if not start:
+            yield from self._walk_dir(str(self._folder), "", prefix)
+            return
+        try:
+            folder = self._path(start)  # the deepest folder the prefix names, if inside the bucket
+        except InvalidObjectName:
+            return  # no valid object name can start with this prefix
+        yield from self._walk_dir(folder, start + "/", prefix)
+
+    def _walk_dir(self, folder: str, rel: str, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for entry in entries:
+            name = rel + entry.name
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    # Only descend where names under this folder can still match the prefix;
+                    # never into a symlinked folder (it could lead out, or loop).
+                    if (name + "/").startswith(prefix) or prefix.startswith(name + "/"):
+                        yield from self._walk_dir(entry.path, name + "/", prefix)
+                    continue
+                if not name.startswith(prefix):
+                    continue
+                check_local_object_name(name)
+                if entry.is_symlink():
+                    real = os.path.realpath(entry.path)
+                    if not real.startswith(self._real_folder + os.sep):
+                        continue  # points out of the bucket: never an object
+                st = os.stat(entry.path)
+                if stat_mod.S_ISREG(st.st_mode):
+                    yield name, st
+            except (InvalidObjectName, OSError):
+                continue  # a file no object name can reach (bad name, vanished, dangling link)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def _new_temp(self) -> tuple[int, str]:
+        path = os.path.join(self._tmp_dir, f"{self._name}.{os.getpid()}.{secrets.token_hex(8)}.part")
+        # 0o666 with O_CREAT lets the umask decide, as for a file the user copies in by hand.
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+
+    def _commit(self, name: str, temp: str, content_type: str, if_generation_match: int | None) -> int:
+        """Under the lock: check the precondition, rename ``temp`` into place, record it."""
+        path = self._path(name)
+        with self._generations.locked() as tx:
+            _check_precondition(name, self._live_generation(tx, name, path), if_generation_match)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.replace(temp, path)
+            except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+                raise InvalidObjectName(
+                    f"invalid object name {name!r}: a folder and a file would share a path in local "
+                    f"bucket {self._name!r} (objects 'a' and 'a/b' cannot both exist locally): {exc}"
+                ) from None
+            generation = tx.next_generation()
+            tx.put(name, generation, _identity(os.stat(path)), content_type)
+        return generation
+
+    def _write_from(
+        self,
+        name: str,
+        fill: Callable[[BinaryIO], object],
+        content_type: str,
+        if_generation_match: int | None,
+    ) -> int:
+        self._path(name)  # refuse a bad name before writing any data
+        fd, temp = self._new_temp()
+        try:
+            with os.fdopen(fd, "wb") as f:
+                fill(f)
+                f.flush()
+                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+            return self._commit(name, temp, content_type, if_generation_match)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)  # gone already when the rename happened
+
+    def write(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        content_type: str | None = None,
+        if_generation_match: int | None = None,
+    ) -> int:
+        """Write atomically; return the new generation. ``PreconditionFailed`` if it does not hold."""
+        view = memoryview(data)
+        return self._write_from(
+            name, lambda f: f.write(view), content_type or default_content_type(name), if_generation_match
+        )
+
+    def upload(
+        self,
+        name: str,
+        path: Path,
+        *,
+        content_type: str | None = None,
+        if_generation_match: int | None = None,
+    ) -> int:
+        """Write a local file's content as the object, streaming; return the new generation."""
+        with open(path, "rb") as src:
+            return self._write_from(
+                name,
+                lambda f: shutil.copyfileobj(src, f, _CHUNK),
+                content_type or default_content_type(name),
+                if_generation_match,
+            )
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
+        """Delete the object; ``NotFound`` if absent, ``PreconditionFailed`` if it does not hold.
+
+        Empty folders are kept: users drop files into them (e.g. ``incoming/``).
+        """
+        path = self._path(name)
+        with self._generations.locked() as tx:
+            live = self._live_generation(tx, name, path)
+            if live is None:
+                raise self._not_found(name)
+            _check_precondition(name, live, if_generation_match)
+            os.unlink(path)
+            tx.remove(name)
+
+    def copy(
+        self,
+        name: str,
+        dest: Bucket,
+        dest_name: str,
+        *,
+        if_generation_match: int | None = None,
+    ) -> int:
+        """Copy to another ``LocalBucket`` (any root); the precondition is on the destination."""
+        if not isinstance(dest, LocalBucket):
+            raise TypeError(f"LocalBucket.copy needs a LocalBucket destination, not {type(dest).__name__}")
+        dest._path(dest_name)  # refuse a bad destination name before copying
+        for _ in range(_MAX_ATTEMPTS):
+            f, st, info = self._open(name)
+            fd, temp = dest._new_temp()
+            try:
+                with f, os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(f, out, _CHUNK)
+                    out.flush()
+                    os.fsync(out.fileno())
+                    unchanged = _identity(os.fstat(f.fileno())) == _identity(st) and out.tell() == st.st_size
+                if unchanged:
+                    return dest._commit(dest_name, temp, info.content_type or "", if_generation_match)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+        raise self._too_busy(name)
