@@ -1,0 +1,121 @@
+"""Shared pytest fixtures. Each area keeps its fixtures in its own marked section below."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import requests
+
+if TYPE_CHECKING:  # imported lazily below: a run that needs no GCS never imports google.cloud
+    from google.cloud.storage import Client
+
+    from shared.storage.base import Bucket
+    from shared.storage.gcs import GCSBucket
+    from shared.storage.local import LocalBucket
+
+# =============================================================================================
+# storage: local buckets, a real GCS-API server (gcp-storage-emulator) and a client for it
+# =============================================================================================
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """A gcp-storage-emulator server on a free loopback port (in memory); yields its URL.
+
+    Also sets STORAGE_EMULATOR_HOST for the session, so every google-cloud-storage client (and
+    every subprocess) talks to it, and restores it at the end.
+    """
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    exe = Path(sys.executable).with_name("gcp-storage-emulator")
+    proc = subprocess.Popen(
+        [str(exe), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory", "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                requests.get(f"{url}/storage/v1/b", timeout=1)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    pytest.fail(f"gcp-storage-emulator did not start on {url}: {err[-2000:]}")
+                time.sleep(0.05)
+        previous = os.environ.get("STORAGE_EMULATOR_HOST")
+        os.environ["STORAGE_EMULATOR_HOST"] = url
+        try:
+            yield url
+        finally:
+            if previous is None:
+                os.environ.pop("STORAGE_EMULATOR_HOST", None)
+            else:
+                os.environ["STORAGE_EMULATOR_HOST"] = previous
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+@pytest.fixture(scope="session")
+def gcs_client(gcs_emulator: str) -> Client:
+    """A google-cloud-storage client for the emulator: anonymous credentials, project "test"."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    return gcs.Client(project="test", credentials=AnonymousCredentials())
+
+
+@pytest.fixture
+def buckets_root(tmp_path: Path) -> Path:
+    """The root folder of this test's local buckets."""
+    return tmp_path / "buckets"
+
+
+@pytest.fixture
+def local_bucket(buckets_root: Path) -> LocalBucket:
+    """An empty local bucket named "test-bucket" under ``buckets_root``."""
+    from shared.storage.local import LocalBucket
+
+    return LocalBucket(buckets_root, "test-bucket")
+
+
+@pytest.fixture
+def gcs_bucket(gcs_client: Client) -> GCSBucket:
+    """A fresh, empty bucket on the emulator (a unique name per test)."""
+    from shared.storage.gcs import GCSBucket
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    gcs_client.create_bucket(name)
+    return GCSBucket(gcs_client, name)
+
+
+@pytest.fixture(params=["local", "gcs"])
+def bucket(request: pytest.FixtureRequest) -> Bucket:
+    """The same empty bucket on each backend: conformance tests take this one."""
+    return request.getfixturevalue(f"{request.param}_bucket")
+
+
+# === end of storage fixtures ==================================================================

@@ -1,0 +1,287 @@
+"""One behaviour, two backends: every test here runs on a local bucket and on a GCS bucket
+served by a real gcp-storage-emulator (see the ``bucket`` fixture in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from shared.errors import InvalidObjectName, NotFound, PreconditionFailed
+from shared.storage.base import Bucket
+from shared.storage.gcs import GCSBucket
+from shared.storage.local import LocalBucket
+
+
+@pytest.fixture
+def cas_bucket(bucket: Bucket) -> Bucket:
+    """``bucket``, but only where preconditions are enforced (GCS's are tested with mocks)."""
+    if isinstance(bucket, GCSBucket):
+        pytest.skip("gcp-storage-emulator does not enforce preconditions; see test_storage_gcs.py")
+    return bucket
+
+
+@pytest.fixture
+def other_bucket(bucket: Bucket, buckets_root: Path, request: pytest.FixtureRequest) -> Bucket:
+    """A second empty bucket on the same backend as ``bucket``."""
+    if isinstance(bucket, LocalBucket):
+        return LocalBucket(buckets_root, "other-bucket")
+    return request.getfixturevalue("gcs_bucket")
+
+
+# --- reading and writing -------------------------------------------------------------------
+
+
+def test_write_then_read_returns_the_bytes_and_the_written_generation(bucket: Bucket) -> None:
+    generation = bucket.write("models/current.skops", b"\x00model bytes\xff")
+
+    data, info = bucket.read_with_info("models/current.skops")
+
+    assert bucket.read("models/current.skops") == data == b"\x00model bytes\xff"
+    assert info.generation == generation > 0
+    assert (info.bucket, info.name, info.size) == (bucket.name, "models/current.skops", 13)
+    assert bucket.stat("models/current.skops") == info
+
+
+def test_overwrite_replaces_content_and_raises_the_generation(bucket: Bucket) -> None:
+    first = bucket.write("schema.json", b'{"v": 1}')
+    second = bucket.write("schema.json", b'{"v": 2, "longer": true}')
+
+    data, info = bucket.read_with_info("schema.json")
+
+    assert data == b'{"v": 2, "longer": true}'
+    assert info.generation == second > first
+    assert info.size == len(data)
+
+
+def test_empty_object_is_an_object(bucket: Bucket) -> None:
+    bucket.write("incoming/empty.csv", b"")
+
+    assert bucket.read("incoming/empty.csv") == b""
+    assert bucket.stat("incoming/empty.csv").size == 0
+    assert [i.name for i in bucket.list()] == ["incoming/empty.csv"]
+
+
+def test_unicode_and_punctuated_names_round_trip(bucket: Bucket) -> None:
+    name = "incoming/données 2024 (v2)#1 ü.csv"
+    bucket.write(name, b"a,b\n")
+
+    assert bucket.read(name) == b"a,b\n"
+    assert [i.name for i in bucket.list("incoming/")] == [name]
+
+
+def test_content_type_is_stored_or_guessed_from_the_extension(bucket: Bucket) -> None:
+    bucket.write("a.csv", b"x")
+    bucket.write("b.skops", b"x")
+    bucket.write("c.json", b"{}", content_type="application/x-custom")
+
+    assert bucket.stat("a.csv").content_type == "text/csv"
+    assert bucket.stat("b.skops").content_type == "application/octet-stream"
+    assert bucket.stat("c.json").content_type == "application/x-custom"
+
+
+def test_missing_object_is_not_found_everywhere(bucket: Bucket, tmp_path: Path) -> None:
+    bucket.write("there", b"x")
+
+    for call in (
+        lambda: bucket.read("missing"),
+        lambda: bucket.read_with_info("missing"),
+        lambda: bucket.stat("missing"),
+        lambda: bucket.delete("missing"),
+        lambda: bucket.download("missing", tmp_path / "out"),
+    ):
+        with pytest.raises(NotFound, match="missing"):
+            call()
+    assert bucket.exists("there") and not bucket.exists("missing")
+
+
+def test_upload_and_download_stream_files(bucket: Bucket, tmp_path: Path) -> None:
+    payload = os.urandom(3 * 1024 * 1024 + 17)  # spans several 1 MB chunks
+    source = tmp_path / "source.parquet"
+    source.write_bytes(payload)
+
+    generation = bucket.upload("incoming/day1.parquet", source)
+    info = bucket.download("incoming/day1.parquet", tmp_path / "copy.parquet")
+
+    assert (tmp_path / "copy.parquet").read_bytes() == payload
+    assert info.generation == generation
+    assert info.size == len(payload)
+
+
+def test_delete_removes_the_object(bucket: Bucket) -> None:
+    bucket.write("incoming/a.csv", b"1")
+    bucket.write("incoming/b.csv", b"2")
+
+    bucket.delete("incoming/a.csv")
+
+    assert not bucket.exists("incoming/a.csv")
+    assert [i.name for i in bucket.list()] == ["incoming/b.csv"]
+
+
+# --- listing -------------------------------------------------------------------------------
+
+
+def test_list_is_in_name_order_and_filters_by_prefix(bucket: Bucket) -> None:
+    for name in ["models/versions/2/model.skops", "models/current.skops", "schema.json", "models-old", "m"]:
+        bucket.write(name, name.encode())
+
+    every = list(bucket.list())
+
+    assert [i.name for i in every] == [
+        "m",
+        "models-old",
+        "models/current.skops",
+        "models/versions/2/model.skops",
+        "schema.json",
+    ]
+    assert [i.name for i in bucket.list("models/")] == [
+        "models/current.skops",
+        "models/versions/2/model.skops",
+    ]
+    assert [i.name for i in bucket.list("models")] == [i.name for i in every[1:4]]
+    assert [i.name for i in bucket.list("models/versions/2/mod")] == ["models/versions/2/model.skops"]
+    assert list(bucket.list("nothing/")) == []
+    for info in every:
+        assert info == bucket.stat(info.name)
+
+
+# --- copy ----------------------------------------------------------------------------------
+
+
+def test_copy_to_another_bucket_carries_bytes_and_content_type(bucket: Bucket, other_bucket: Bucket) -> None:
+    bucket.write("models/versions/7/model.skops", b"model-7", content_type="application/x-skops")
+
+    generation = bucket.copy("models/versions/7/model.skops", other_bucket, "models/current.skops")
+
+    data, info = other_bucket.read_with_info("models/current.skops")
+    assert data == b"model-7"
+    assert info.generation == generation
+    assert info.content_type == "application/x-skops"
+    assert bucket.read("models/versions/7/model.skops") == b"model-7"  # the source stays
+
+
+def test_copy_of_missing_source_is_not_found(bucket: Bucket, other_bucket: Bucket) -> None:
+    with pytest.raises(NotFound):
+        bucket.copy("missing", other_bucket, "x")
+    assert not other_bucket.exists("x")
+
+
+# --- names ---------------------------------------------------------------------------------
+
+BAD_NAMES = {
+    "empty": ("", "must not be empty"),
+    "1025 bytes": ("a" * 1025, "at most 1024 bytes"),
+    "1025 bytes of UTF-8": ("é" * 512 + "a", "at most 1024 bytes"),
+    "NUL": ("a\x00b", "NUL"),
+    "CR": ("a\rb", "carriage return"),
+    "LF": ("a\nb", "line feed"),
+    "lone surrogate": ("bad\udcff.csv", "valid UTF-8"),
+    "dot": (".", "'.' or '..'"),
+    "dot dot": ("..", "'.' or '..'"),
+}
+
+
+@pytest.mark.parametrize(("name", "rule"), BAD_NAMES.values(), ids=BAD_NAMES.keys())
+def test_malformed_names_are_refused_with_the_rule(
+    bucket: Bucket, name: str, rule: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "f"
+    source.write_bytes(b"x")
+    for call in (
+        lambda: bucket.write(name, b"x"),
+        lambda: bucket.upload(name, source),
+        lambda: bucket.read(name),
+        lambda: bucket.read_with_info(name),
+        lambda: bucket.stat(name),
+        lambda: bucket.exists(name),
+        lambda: bucket.delete(name),
+        lambda: bucket.download(name, tmp_path / "out"),
+    ):
+        with pytest.raises(InvalidObjectName) as caught:
+            call()
+        assert repr(name)[:60] in str(caught.value)
+        assert rule in str(caught.value)
+    assert list(bucket.list()) == []
+
+
+def test_longest_valid_name_is_accepted(bucket: Bucket) -> None:
+    name = "a" * 200 + "/" + "b" * 200 + "/" + "c" * 200 + "/" + "d" * 200 + "/" + "e" * 220  # 1024 bytes
+    assert len(name.encode()) == 1024
+
+    bucket.write(name, b"x")
+
+    assert bucket.read(name) == b"x"
+
+
+# --- preconditions (enforced by the local store and by GCS; not by the emulator) ------------
+
+
+def test_generation_match_zero_creates_only_if_absent(cas_bucket: Bucket) -> None:
+    first = cas_bucket.write("registry/processed/x@1.json", b"mine", if_generation_match=0)
+
+    with pytest.raises(PreconditionFailed, match="registry/processed/x@1.json"):
+        cas_bucket.write("registry/processed/x@1.json", b"theirs", if_generation_match=0)
+
+    assert cas_bucket.read_with_info("registry/processed/x@1.json") == (
+        b"mine",
+        cas_bucket.stat("registry/processed/x@1.json"),
+    )
+    assert cas_bucket.stat("registry/processed/x@1.json").generation == first
+
+
+def test_generation_match_swaps_only_the_version_read(cas_bucket: Bucket) -> None:
+    cas_bucket.write("models/current.skops", b"champion")
+    _, seen = cas_bucket.read_with_info("models/current.skops")
+    cas_bucket.write("models/current.skops", b"other trainer", if_generation_match=seen.generation)
+
+    with pytest.raises(PreconditionFailed, match=str(seen.generation)):
+        cas_bucket.write("models/current.skops", b"me", if_generation_match=seen.generation)
+
+    assert cas_bucket.read("models/current.skops") == b"other trainer"
+
+
+def test_generation_match_on_a_missing_object_fails(cas_bucket: Bucket, tmp_path: Path) -> None:
+    source = tmp_path / "f"
+    source.write_bytes(b"x")
+    with pytest.raises(PreconditionFailed):
+        cas_bucket.write("absent", b"x", if_generation_match=12345)
+    with pytest.raises(PreconditionFailed):
+        cas_bucket.upload("absent", source, if_generation_match=12345)
+    assert not cas_bucket.exists("absent")
+
+
+def test_upload_honours_preconditions(cas_bucket: Bucket, tmp_path: Path) -> None:
+    source = tmp_path / "f"
+    source.write_bytes(b"new")
+    generation = cas_bucket.write("obj", b"old")
+
+    with pytest.raises(PreconditionFailed):
+        cas_bucket.upload("obj", source, if_generation_match=0)
+    assert cas_bucket.upload("obj", source, if_generation_match=generation) > generation
+    assert cas_bucket.read("obj") == b"new"
+
+
+def test_delete_with_a_stale_generation_keeps_the_object(cas_bucket: Bucket) -> None:
+    old = cas_bucket.write("tables/current.json", b"1")
+    new = cas_bucket.write("tables/current.json", b"2")
+
+    with pytest.raises(PreconditionFailed):
+        cas_bucket.delete("tables/current.json", if_generation_match=old)
+    assert cas_bucket.read("tables/current.json") == b"2"
+
+    cas_bucket.delete("tables/current.json", if_generation_match=new)
+    assert not cas_bucket.exists("tables/current.json")
+
+
+def test_copy_precondition_is_on_the_destination(cas_bucket: Bucket, buckets_root: Path) -> None:
+    dest = LocalBucket(buckets_root, "other-bucket")
+    cas_bucket.write("src", b"new")
+    kept = dest.write("dst", b"old")
+
+    with pytest.raises(PreconditionFailed):
+        cas_bucket.copy("src", dest, "dst", if_generation_match=0)
+    assert dest.read("dst") == b"old"
+
+    assert cas_bucket.copy("src", dest, "dst", if_generation_match=kept) > kept
+    assert dest.read("dst") == b"new"
