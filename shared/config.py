@@ -228,6 +228,13 @@ SETTINGS: tuple[Setting, ...] = (
         "first retry delay of the local router (doubles, with jitter)",
     ),
     Setting("SCHEDULE_SECONDS", "300", _float(1.0), "interval of the local scheduler's build_table call"),
+    Setting(
+        "ROUTER_QUIET_SECONDS",
+        "0.5",
+        _float(0.0),
+        "a dropped file fires once its size and mtime have not changed for this long",
+    ),
+    Setting("ROUTER_TIMEOUT_SECONDS", "600", _float(1.0), "how long the local router waits for a function"),
 )
 
 
@@ -273,6 +280,8 @@ class Settings:
     router_max_in_flight: int
     router_backoff_seconds: float
     schedule_seconds: float
+    router_quiet_seconds: float
+    router_timeout_seconds: float
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
