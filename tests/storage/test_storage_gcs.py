@@ -1,0 +1,140 @@
+"""GCS-only behaviour the emulator cannot show: preconditions (it does not enforce them), server
+faults, and an object overwritten between stat and download. The library call is mocked at its
+edge (``Blob``), so our arguments and our error mapping are what is checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.api_core import exceptions as gexc
+from google.cloud.storage import Blob, Client
+from google.cloud.storage.retry import DEFAULT_RETRY
+from pytest_mock import MockerFixture
+
+from shared.errors import NotFound, PreconditionFailed, StorageError
+from shared.storage.gcs import GCSBucket
+
+
+def _precondition_failed() -> gexc.PreconditionFailed:
+    return gexc.PreconditionFailed("At least one of the pre-conditions you specified did not hold.")
+
+
+def test_write_passes_the_precondition_and_maps_412(gcs_bucket: GCSBucket, mocker: MockerFixture) -> None:
+    upload = mocker.patch.object(
+        Blob, "upload_from_string", autospec=True, side_effect=_precondition_failed()
+    )
+
+    with pytest.raises(PreconditionFailed, match=r"'models/current.skops'.*if_generation_match=42"):
+        gcs_bucket.write("models/current.skops", b"challenger", if_generation_match=42)
+
+    (blob, data), kwargs = upload.call_args
+    assert (blob.name, data) == ("models/current.skops", b"challenger")
+    assert kwargs["if_generation_match"] == 42
+    assert kwargs["retry"] is DEFAULT_RETRY
+
+
+def test_only_if_absent_is_generation_match_zero(gcs_bucket: GCSBucket, mocker: MockerFixture) -> None:
+    upload = mocker.patch.object(
+        Blob, "upload_from_string", autospec=True, side_effect=_precondition_failed()
+    )
+
+    with pytest.raises(PreconditionFailed):
+        gcs_bucket.write("registry/processed/b/x@1.json", b"{}", if_generation_match=0)
+
+    assert upload.call_args.kwargs["if_generation_match"] == 0
+
+
+def test_unconditional_write_sends_no_precondition(gcs_bucket: GCSBucket, mocker: MockerFixture) -> None:
+    upload = mocker.spy(Blob, "upload_from_string")
+
+    generation = gcs_bucket.write("a.csv", b"x")
+
+    assert upload.call_args.kwargs["if_generation_match"] is None
+    assert gcs_bucket.stat("a.csv").generation == generation
+
+
+def test_upload_passes_the_precondition_and_maps_412(
+    gcs_bucket: GCSBucket, mocker: MockerFixture, tmp_path: Path
+) -> None:
+    source = tmp_path / "model.skops"
+    source.write_bytes(b"m")
+    upload = mocker.patch.object(
+        Blob, "upload_from_filename", autospec=True, side_effect=_precondition_failed()
+    )
+
+    with pytest.raises(PreconditionFailed):
+        gcs_bucket.upload("models/current.skops", source, if_generation_match=7)
+
+    (blob, filename), kwargs = upload.call_args
+    assert (blob.name, filename, kwargs["if_generation_match"]) == ("models/current.skops", str(source), 7)
+
+
+def test_delete_passes_the_precondition_and_maps_412(gcs_bucket: GCSBucket, mocker: MockerFixture) -> None:
+    gcs_bucket.write("tables/current.json", b"{}")
+    delete = mocker.patch.object(Blob, "delete", autospec=True, side_effect=_precondition_failed())
+
+    with pytest.raises(PreconditionFailed):
+        gcs_bucket.delete("tables/current.json", if_generation_match=3)
+
+    assert delete.call_args.kwargs["if_generation_match"] == 3
+    mocker.stopall()
+    assert gcs_bucket.exists("tables/current.json")
+
+
+def test_copy_puts_the_precondition_on_the_destination(gcs_bucket: GCSBucket, mocker: MockerFixture) -> None:
+    gcs_bucket.write("models/versions/3/model.skops", b"m3")
+    rewrite = mocker.patch.object(Blob, "rewrite", autospec=True, side_effect=_precondition_failed())
+
+    with pytest.raises(PreconditionFailed):
+        gcs_bucket.copy(
+            "models/versions/3/model.skops", gcs_bucket, "models/current.skops", if_generation_match=9
+        )
+
+    (target, source), kwargs = rewrite.call_args
+    assert (target.name, source.name) == ("models/current.skops", "models/versions/3/model.skops")
+    assert kwargs["if_generation_match"] == 9
+    assert kwargs["retry"] is DEFAULT_RETRY  # rewrite would not retry an unconditional copy by default
+
+
+def test_server_faults_become_storage_errors(gcs_bucket: GCSBucket, mocker: MockerFixture) -> None:
+    mocker.patch.object(
+        Blob, "upload_from_string", autospec=True, side_effect=gexc.ServiceUnavailable("backend down")
+    )
+
+    with pytest.raises(StorageError, match="ServiceUnavailable.*backend down") as caught:
+        gcs_bucket.write("a.csv", b"x")
+
+    assert type(caught.value) is StorageError
+    assert caught.value.http_status == 503
+
+
+def test_read_with_info_starts_over_when_the_version_vanishes(
+    gcs_bucket: GCSBucket, mocker: MockerFixture
+) -> None:
+    # GCS answers 404 when the pinned generation was overwritten between stat and download.
+    gcs_bucket.write("models/current.skops", b"v2")
+    real = Blob.download_as_bytes
+    calls: list[int | None] = []
+
+    def overwritten_once(blob: Blob, *args: object, **kwargs: object) -> bytes:
+        calls.append(blob.generation)
+        if len(calls) == 1:
+            raise gexc.NotFound("No such object generation")
+        return real(blob, *args, **kwargs)
+
+    mocker.patch.object(Blob, "download_as_bytes", autospec=True, side_effect=overwritten_once)
+
+    data, info = gcs_bucket.read_with_info("models/current.skops")
+
+    assert data == b"v2"
+    assert calls == [info.generation, info.generation]  # each download pinned to a stat'ed generation
+
+
+def test_missing_bucket_is_not_found(gcs_client: Client) -> None:
+    missing = GCSBucket(gcs_client, "no-such-bucket")
+
+    with pytest.raises(NotFound, match="no-such-bucket"):
+        missing.write("a", b"x")
+    with pytest.raises(NotFound):
+        list(missing.list())
