@@ -1,0 +1,395 @@
+"""The static prediction table: its format in the artifacts bucket and its form in memory.
+
+A table maps a **key** (the values of the schema's key features, in key order) to the model's
+score for that key. Keys are stored as **codes**: the mixed-radix number whose digits are the
+index of each key feature's value in ``Feature.values()`` (first key feature most significant),
+so sorted codes are the keys in lexicographic order and a code fits an int64.
+
+Blobs (ARTIFACTS bucket)::
+
+    tables/<version>/table.npz    one uncompressed npz: codes (int64, sorted, unique),
+                                  scores (float64, (n,) or (n, k) for multiclass), meta (JSON)
+    tables/current.json           the pointer: {"version", "model_version", "model_generation",
+                                  "rows", "strategy", "built_at", "key"}
+
+One object holds codes and scores together, so a reader never pairs the codes of one build with
+the scores of another. The pointer is switched with compare-and-swap on its generation. The npz
+is uncompressed because loading is then little more than a copy: a million keys load in tens of
+milliseconds (see ``bench/bench_serving.py``); ``lookup_one`` is a binary search in microseconds.
+
+Key strings (``key_string``) name a key in traffic counts and in the advisor: the compact JSON
+list of the key values, categories as their domain strings and integers as ints, e.g.
+``["us",7]``. JSON quoting makes them unambiguous for any category text.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shared.errors import NotFound, SchemaError
+from shared.logs import get_logger
+from shared.schema import Scalar, Schema
+from shared.storage import Bucket
+
+log = get_logger(__name__)
+
+CURRENT_POINTER = "tables/current.json"
+TABLE_PREFIX = "tables/"
+POINTER_FIELDS = ("version", "model_version", "model_generation", "rows", "strategy", "built_at", "key")
+META_REQUIRED = ("model_version", "model_generation", "key")
+_MAX_CODE = 2**62  # keeps every code and every product of radixes inside int64
+_VERSION_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+class TableError(SchemaError):
+    """A table blob or pointer is malformed (wrong arrays, unsorted codes, bad JSON)."""
+
+
+def table_blob(version: str) -> str:
+    """The object name of table ``version``: ``tables/<version>/table.npz``."""
+    if not version or not set(version) <= _VERSION_CHARS or version.strip(".") == "":
+        raise TableError(f"table version {version!r} must be non-empty letters, digits, '-', '_' or '.'")
+    return f"{TABLE_PREFIX}{version}/table.npz"
+
+
+# --- key strings -------------------------------------------------------------------------------
+
+
+def key_string(values: Sequence[Any]) -> str:
+    """The key as traffic and the advisor name it: compact JSON list of the key values.
+
+    Pass categories as their domain strings and integers as Python ints (``KeyCodec.key_values``
+    normalizes a request's values), so the same key always gives the same string.
+    """
+    return json.dumps(
+        [v.item() if isinstance(v, np.generic) else v for v in values],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def parse_key_string(s: str) -> list[Any]:
+    """The key values named by ``key_string``; ``ValueError`` if ``s`` is not such a string."""
+    values = json.loads(s)
+    if not isinstance(values, list):
+        raise ValueError(f"key string {s!r} is not a JSON list")
+    return values
+
+
+# --- codes ---------------------------------------------------------------------------------------
+
+
+class KeyCodec:
+    """Encodes key values to codes and back for one schema.
+
+    Built once per schema: one dict per key feature for single instances (the request path) and
+    ``pandas.Index`` lookups for columns (the table build).
+    """
+
+    def __init__(self, schema: Schema) -> None:
+        self.key: tuple[str, ...] = tuple(schema.key)
+        self.features = schema.key_features
+        self.radixes = [int(f.cardinality or 0) for f in self.features]
+        self.cardinality = math.prod(self.radixes) if self.radixes else 0
+        if self.cardinality > _MAX_CODE:
+            raise SchemaError(
+                f"key {list(self.key)} has {self.cardinality} distinct values: more than a table can index "
+                f"({_MAX_CODE}); drop a key feature"
+            )
+        # stride of feature i = product of the radixes after it (first feature most significant)
+        self.strides = [math.prod(self.radixes[i + 1 :]) for i in range(len(self.radixes))]
+        self._index: list[dict[Any, int]] = []
+        self._pd_index: list[pd.Index] = []
+        for f in self.features:
+            values = f.values()
+            if f.type == "category":
+                self._index.append({str(v): i for i, v in enumerate(values)})
+            else:
+                self._index.append({int(v): i for i, v in enumerate(values)})
+            self._pd_index.append(pd.Index([str(v) for v in values] if f.type == "category" else values))
+
+    def key_values(self, instance: Mapping[str, Any]) -> list[Scalar]:
+        """The normalized key values of one instance: category strings, integer ints."""
+        out: list[Scalar] = []
+        for f in self.features:
+            v = instance[f.name]
+            out.append(str(v) if f.type == "category" else int(v))
+        return out
+
+    def encode_one(self, values: Sequence[Any]) -> int:
+        """The code of one key (values in key order), or -1 if any value is outside its domain."""
+        code = 0
+        for index, stride, f, v in zip(self._index, self.strides, self.features, values, strict=True):
+            if f.type == "category":
+                i = index.get(str(v))
+            else:
+                i = index.get(v) if isinstance(v, int) and not isinstance(v, bool) else _int_index(index, v)
+            if i is None:
+                return -1
+            code += i * stride
+        return code
+
+    def encode_columns(self, columns: Mapping[str, Sequence[Any] | np.ndarray | pd.Series]) -> np.ndarray:
+        """Codes of every row of ``columns`` (one sequence per key feature), -1 outside the domain."""
+        codes: np.ndarray | None = None
+        bad: np.ndarray | None = None
+        for f, pidx, stride in zip(self.features, self._pd_index, self.strides, strict=True):
+            if f.name not in columns:
+                raise SchemaError(f"key feature {f.name!r} is missing from the columns {sorted(columns)}")
+            raw = columns[f.name]
+            if f.type == "category":
+                idx = pidx.get_indexer(pd.Index(np.asarray(raw, dtype=object)).astype(str))
+            else:
+                idx = _integer_positions(np.asarray(raw), int(f.min or 0), len(pidx))
+            idx = np.asarray(idx, dtype=np.int64)
+            part = idx * stride
+            codes = part if codes is None else codes + part
+            miss = idx < 0
+            bad = miss if bad is None else (bad | miss)
+        if codes is None or bad is None:
+            return np.zeros(0, dtype=np.int64)
+        codes[bad] = -1
+        return codes
+
+    def decode(self, codes: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+        """The key columns of ``codes``: categories as object arrays of str, integers int64."""
+        rest = np.asarray(codes, dtype=np.int64)
+        if rest.size and (rest.min() < 0 or rest.max() >= self.cardinality):
+            raise ValueError(f"codes must lie in [0, {self.cardinality}), got {rest.min()}..{rest.max()}")
+        out: dict[str, np.ndarray] = {}
+        parts = zip(self.features, self._pd_index, self.strides, self.radixes, strict=True)
+        for f, pidx, stride, radix in parts:
+            idx = (rest // stride) % radix
+            if f.type == "category":
+                out[f.name] = np.asarray(pidx.to_numpy(dtype=object)[idx], dtype=object)
+            else:
+                out[f.name] = idx + int(f.min or 0)
+        return out
+
+
+def _int_index(index: dict[Any, int], v: Any) -> int | None:
+    """Index of an integer-valued number (3.0 counts as 3) or None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, float | np.floating) and math.isfinite(v) and float(v).is_integer():
+        return index.get(int(v))
+    if isinstance(v, np.integer):
+        return index.get(int(v))
+    return None
+
+
+def _integer_positions(values: np.ndarray, low: int, size: int) -> np.ndarray:
+    """Position of each integer value in ``range(low, low + size)``, -1 outside or not integral."""
+    if values.dtype.kind in "iu":
+        pos = values.astype(np.int64) - low
+        return np.where((pos >= 0) & (pos < size), pos, -1)
+    numeric = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=float)
+    ok = np.isfinite(numeric) & (np.floor(numeric) == numeric)
+    pos = np.where(ok, numeric - low, -1)
+    pos = np.where((pos >= 0) & (pos < size), pos, -1)
+    return pos.astype(np.int64)
+
+
+_codecs: dict[Schema, KeyCodec] = {}
+
+
+def codec_for(schema: Schema) -> KeyCodec:
+    """The (cached) ``KeyCodec`` of ``schema``."""
+    codec = _codecs.get(schema)
+    if codec is None:
+        if len(_codecs) > 16:  # schemas rarely change; keep the cache from growing without bound
+            _codecs.clear()
+        codec = _codecs[schema] = KeyCodec(schema)
+    return codec
+
+
+def encode_keys(schema: Schema, columns: Mapping[str, Sequence[Any] | np.ndarray | pd.Series]) -> np.ndarray:
+    """Mixed-radix int64 code of each row; -1 where any key value is outside its domain.
+
+    Categories are compared as strings (``7`` and ``"7"`` are one category).
+    """
+    return codec_for(schema).encode_columns(columns)
+
+
+def decode_codes(schema: Schema, codes: Sequence[int] | np.ndarray) -> dict[str, np.ndarray]:
+    """The key feature columns of ``codes`` (inverse of ``encode_keys``)."""
+    return codec_for(schema).decode(codes)
+
+
+# --- the table -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """A loaded table: sorted codes and their scores, and what built them."""
+
+    version: str
+    model_version: str
+    model_generation: int
+    key: tuple[str, ...]
+    codes: np.ndarray
+    scores: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.codes)
+        # A full table (every code 0..n-1) is answered by direct indexing, no search at all.
+        self._dense = bool(n == 0 or (int(self.codes[0]) == 0 and int(self.codes[-1]) == n - 1))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def lookup(self, codes: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For each code: whether the table holds it, and its score row (undefined where not found)."""
+        wanted = np.asarray(codes, dtype=np.int64)
+        n = len(self.codes)
+        if n == 0:
+            return np.zeros(len(wanted), dtype=bool), np.zeros((len(wanted), *self.scores.shape[1:]))
+        pos = np.minimum(np.searchsorted(self.codes, wanted), n - 1)
+        found = (self.codes[pos] == wanted) & (wanted >= 0)
+        return found, self.scores[pos]
+
+    def lookup_one(self, code: int) -> float | np.ndarray | None:
+        """The score (a float, or a row for multiclass) of one code, or None if absent."""
+        n = len(self.codes)
+        if code < 0 or n == 0:
+            return None
+        if self._dense:
+            if code >= n:
+                return None
+            row = self.scores[code]
+        else:
+            i = int(self.codes.searchsorted(code))
+            if i >= n or self.codes[i] != code:
+                return None
+            row = self.scores[i]
+        return float(row) if self.scores.ndim == 1 else row
+
+
+def _check_arrays(codes: np.ndarray, scores: np.ndarray, where: str) -> None:
+    if codes.ndim != 1 or codes.dtype != np.int64:
+        raise TableError(f"{where}: codes must be a 1-d int64 array, got {codes.dtype} {codes.shape}")
+    if scores.dtype != np.float64 or scores.ndim not in (1, 2) or len(scores) != len(codes):
+        raise TableError(
+            f"{where}: scores must be float64 of shape (n,) or (n, k) with n={len(codes)}, "
+            f"got {scores.dtype} {scores.shape}"
+        )
+    if len(codes) and (codes[0] < 0 or bool(np.any(codes[1:] <= codes[:-1]))):
+        raise TableError(f"{where}: codes must be non-negative, sorted and unique")
+    if not bool(np.all(np.isfinite(scores))):
+        raise TableError(f"{where}: scores hold NaN or infinity")
+
+
+def write_table(
+    artifacts: Bucket,
+    version: str,
+    codes: np.ndarray,
+    scores: np.ndarray,
+    meta: Mapping[str, Any],
+) -> int:
+    """Write table ``version`` as one npz object; return its generation.
+
+    ``meta`` must hold ``model_version``, ``model_generation`` and ``key`` (the key feature
+    names); anything else JSON-able (strategy, built_at, coverage, ...) is kept as is.
+    """
+    codes = np.ascontiguousarray(codes, dtype=np.int64)
+    scores = np.ascontiguousarray(scores, dtype=np.float64)
+    name = table_blob(version)
+    _check_arrays(codes, scores, name)
+    missing = [k for k in META_REQUIRED if k not in meta]
+    if missing:
+        raise TableError(f"{name}: meta lacks {missing}")
+    meta_json = json.dumps({**meta, "version": version}, default=str)
+    buffer = io.BytesIO()
+    np.savez(buffer, codes=codes, scores=scores, meta=np.array(meta_json))
+    return artifacts.write(name, buffer.getvalue(), content_type="application/octet-stream")
+
+
+def read_table(artifacts: Bucket, version: str) -> Table:
+    """Load table ``version``; ``NotFound`` if absent, ``TableError`` if malformed."""
+    name = table_blob(version)
+    data = artifacts.read(name)
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            codes, scores = npz["codes"], npz["scores"]
+            meta = json.loads(str(npz["meta"]))
+    except Exception as exc:  # BadZipFile, KeyError, ValueError...: a corrupt blob is bad data, not a crash
+        raise TableError(f"{name} is not a table npz: {exc!r}") from None
+    _check_arrays(codes, scores, name)
+    if not isinstance(meta, dict) or any(k not in meta for k in META_REQUIRED):
+        raise TableError(f"{name}: meta must hold {list(META_REQUIRED)}, got {meta!r}")
+    return Table(
+        version=version,
+        model_version=str(meta["model_version"]),
+        model_generation=int(meta["model_generation"]),
+        key=tuple(meta["key"]),
+        codes=codes,
+        scores=scores,
+        meta=meta,
+    )
+
+
+# --- the pointer ---------------------------------------------------------------------------------
+
+
+def read_pointer(artifacts: Bucket) -> tuple[dict[str, Any] | None, int]:
+    """The pointer and its generation; ``(None, 0)`` when there is none.
+
+    A malformed pointer gives ``(None, generation)`` and a warning, so a builder can still
+    replace it with compare-and-swap.
+    """
+    try:
+        data, info = artifacts.read_with_info(CURRENT_POINTER)
+    except NotFound:
+        return None, 0
+    try:
+        pointer = json.loads(data)
+        if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
+            raise ValueError(f"expected an object with a 'version' string, got {pointer!r:.200}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning(
+            "table pointer is malformed; ignoring it",
+            extra={"fields": {"blob": CURRENT_POINTER, "generation": info.generation, "error": str(exc)}},
+        )
+        return None, info.generation
+    return pointer, info.generation
+
+
+def switch_pointer(artifacts: Bucket, pointer: Mapping[str, Any], if_generation_match: int) -> int:
+    """Point ``tables/current.json`` at a table, only if its generation is still
+    ``if_generation_match`` (0: only if absent); ``PreconditionFailed`` otherwise. Returns the
+    new generation."""
+    missing = [k for k in POINTER_FIELDS if k not in pointer]
+    if missing:
+        raise TableError(f"table pointer lacks {missing}: {dict(pointer)!r}")
+    table_blob(str(pointer["version"]))  # checks the version names a valid blob
+    body = json.dumps(dict(pointer), default=str, indent=1).encode()
+    return artifacts.write(
+        CURRENT_POINTER, body, content_type="application/json", if_generation_match=if_generation_match
+    )
+
+
+def load_current_table(artifacts: Bucket) -> Table | None:
+    """The table the pointer names, or None when there is no (valid) pointer.
+
+    ``NotFound`` if the pointer names a missing blob, ``TableError`` if the blob is malformed or
+    disagrees with the pointer; callers keep what they had.
+    """
+    pointer, _ = read_pointer(artifacts)
+    if pointer is None:
+        return None
+    table = read_table(artifacts, pointer["version"])
+    if "model_version" in pointer and str(pointer["model_version"]) != table.model_version:
+        raise TableError(
+            f"table pointer names model {pointer['model_version']!r} but {table_blob(table.version)} "
+            f"was built from {table.model_version!r}"
+        )
+    return table
