@@ -43,8 +43,9 @@ STALE_TEMP_SECONDS = 3600.0
 _MAX_ATTEMPTS = 50  # reads retried when the file is replaced between open and bookkeeping
 _CHUNK = 1024 * 1024
 
-# (inode, size, mtime_ns, ctime_ns): ctime cannot be set by users, so even ``cp -p`` over a file
-# of the same size is noticed; our own os.replace always brings a new inode.
+# "inode:size:mtime_ns:ctime_ns" (text: inode numbers may not fit sqlite's signed 64-bit ints).
+# ctime cannot be set by users, so even ``cp -p`` over a file of the same size is noticed; our
+# own writes always bring a new inode.
 _Identity = str
 
 _cleaned_roots: set[Path] = set()
@@ -79,8 +80,8 @@ class _Generations:
         self._db_path = folder / "generations.sqlite3"
         self._lock_path = folder / "lock"
         self._local = threading.local()
-        with self.locked():  # creates the schema once, race-free across processes
-            pass
+        with self.locked() as tx:  # under the lock: race-free when processes start together
+            tx.create_schema()
 
     def _conn(self) -> sqlite3.Connection:
         # One connection per thread (sqlite3 objects are not shared across threads) and per
@@ -125,13 +126,6 @@ class _Generations:
             conn = self._conn()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS objects (name TEXT PRIMARY KEY, generation INTEGER NOT NULL,"
-                    " identity TEXT NOT NULL, content_type TEXT NOT NULL)"
-                )
-                conn.execute(
-                    "CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER)"
-                )
                 yield _Tx(conn)
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -146,6 +140,15 @@ class _Tx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+
+    def create_schema(self) -> None:
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS objects (name TEXT PRIMARY KEY, generation INTEGER NOT NULL,"
+            " identity TEXT NOT NULL, content_type TEXT NOT NULL)"
+        )
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER)"
+        )
 
     def get(self, name: str) -> _Record | None:
         row = self._conn.execute(
@@ -248,7 +251,7 @@ class LocalBucket(Bucket):
             with self._generations.locked() as tx:
                 try:
                     current = os.stat(path)
-                except FileNotFoundError:
+                except (FileNotFoundError, NotADirectoryError):
                     raise _Changed from None
                 if _identity(current) != identity:
                     raise _Changed
@@ -344,9 +347,18 @@ class LocalBucket(Bucket):
         return self._read_consistent(name, None)
 
     def download(self, name: str, path: Path) -> ObjectInfo:
-        """Stream the object to the local file ``path``; return the info of what was copied."""
-        with open(path, "wb") as sink:
-            return self._read_consistent(name, sink)[1]
+        """Stream the object to the local file ``path``; return the info of what was copied.
+
+        If the object is missing, ``path`` is removed (as google-cloud-storage does).
+        """
+        self._path(name)  # a bad name must not create or truncate ``path``
+        try:
+            with open(path, "wb") as sink:
+                return self._read_consistent(name, sink)[1]
+        except NotFound:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
 
     def stat(self, name: str) -> ObjectInfo:
         """Size, generation, content type and update time; ``NotFound`` if absent."""

@@ -94,6 +94,7 @@ def test_missing_object_is_not_found_everywhere(bucket: Bucket, tmp_path: Path) 
         with pytest.raises(NotFound, match="missing"):
             call()
     assert bucket.exists("there") and not bucket.exists("missing")
+    assert not (tmp_path / "out").exists()  # a failed download leaves no empty file behind
 
 
 def test_upload_and_download_stream_files(bucket: Bucket, tmp_path: Path) -> None:
@@ -203,6 +204,7 @@ def test_malformed_names_are_refused_with_the_rule(
         assert repr(name)[:60] in str(caught.value)
         assert rule in str(caught.value)
     assert list(bucket.list()) == []
+    assert not (tmp_path / "out").exists()
 
 
 def test_longest_valid_name_is_accepted(bucket: Bucket) -> None:
