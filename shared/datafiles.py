@@ -1,0 +1,272 @@
+"""Reading data files (CSV, JSON Lines, Parquet) into a DataFrame, with limits, as values.
+
+``read_frame`` picks the parser by the object name's extension and reads in chunks (pandas
+chunks for CSV and JSON Lines, pyarrow record batches for Parquet), so a file with too many rows
+is refused as soon as the limit is passed instead of after reading it all. Every failure is a
+``ValidationFailed`` with its own rule (``unknown_format``, ``unreadable``, ``empty``,
+``too_many_rows``), so the file can be quarantined with a reason a person can act on.
+
+Two value helpers give every module the same reading of a column:
+
+- ``category_strings``: the canonical string of each value (``7``, ``7.0`` and ``"7"`` are all
+  ``"7"``; booleans ``"True"``/``"False"``, as ``str()`` gives them for a JSON request), with
+  missing values as ``None``.
+- ``numeric_values``: the column as float64 plus a mask of cells holding text (or booleans)
+  instead of a number; ``"NaN"``, ``"null"``, ``"NA"`` and friends are missing, not text.
+
+CSV cells are missing only when empty: pandas' default list of missing markers would turn a
+category value such as ``"NA"`` (Namibia) or ``"None"`` into a missing value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shared.errors import ValidationFailed
+
+FORMATS: dict[str, str] = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+CHUNK_ROWS = 50_000
+# Text that means "no value" in a numeric column (compared lower-cased, stripped).
+MISSING_TOKENS = frozenset({"", "nan", "na", "n/a", "null", "none", "-nan"})
+_SNIFF_BYTES = 64 * 1024
+
+
+def details(
+    columns: list[str] | None = None,
+    rows: list[int] | None = None,
+    samples: list[Any] | None = None,
+    count: int = 0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The ``details`` of a ``ValidationFailed``: where the fault is and what it looks like."""
+    return {
+        "columns": columns or [],
+        "rows": rows or [],
+        "samples": [jsonable(v) for v in (samples or [])],
+        "count": count,
+        **extra,
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON (numpy scalars unwrapped; NaN and infinities as strings), deeply."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def file_format(object_name: str) -> str:
+    """``csv``, ``jsonl`` or ``parquet`` from the name's extension; ``unknown_format`` otherwise."""
+    suffix = Path(object_name).suffix.lower()
+    try:
+        return FORMATS[suffix]
+    except KeyError:
+        raise ValidationFailed(
+            "unknown_format",
+            f"{object_name!r}: unknown file extension {suffix or '(none)'!r}; "
+            f"expected one of {', '.join(sorted(FORMATS))}",
+            details(samples=[suffix]),
+        ) from None
+
+
+def read_frame(path: Path, object_name: str, max_rows: int) -> pd.DataFrame:
+    """Read the data file at ``path`` (named ``object_name`` in its bucket) into a DataFrame.
+
+    The index is 0..n-1, so data row ``i + 1`` (1-based, header not counted) is index ``i``.
+    Raises ``ValidationFailed`` with rule ``unknown_format``, ``empty``, ``unreadable`` (naming
+    the parser's complaint) or ``too_many_rows`` (as soon as ``max_rows`` is passed).
+    """
+    fmt = file_format(object_name)
+    size = path.stat().st_size
+    if size == 0:
+        raise ValidationFailed("empty", f"{object_name!r} is empty (0 bytes)", details(count=0))
+    if fmt != "parquet":
+        _refuse_binary(path, object_name)
+    readers = {"csv": _csv_chunks, "jsonl": _jsonl_chunks, "parquet": _parquet_chunks}
+    chunks: list[pd.DataFrame] = []
+    rows = 0
+    try:
+        for chunk in readers[fmt](path, object_name, max_rows):
+            rows += len(chunk)
+            if rows > max_rows:
+                raise ValidationFailed(
+                    "too_many_rows",
+                    f"{object_name!r} has more than MAX_ROWS={max_rows} rows (stopped reading at {rows})",
+                    details(count=rows, max_rows=max_rows),
+                )
+            chunks.append(chunk)
+    except ValidationFailed:
+        raise
+    except (ValueError, UnicodeDecodeError, OSError, pd.errors.ParserError, ArithmeticError) as exc:
+        # pyarrow's ArrowInvalid is a ValueError; pandas' ParserError too.
+        raise _unreadable(object_name, fmt, exc) from None
+    frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else (chunks[0] if chunks else None)
+    if frame is None or len(frame) == 0:
+        columns = [] if frame is None else [str(c) for c in frame.columns]
+        raise ValidationFailed(
+            "empty",
+            f"{object_name!r} has no data rows"
+            + (f" (only a header: {', '.join(columns)})" if columns else ""),
+            details(columns=columns, count=0),
+        )
+    frame.columns = [str(c) for c in frame.columns]
+    return frame.reset_index(drop=True)
+
+
+def _unreadable(object_name: str, fmt: str, exc: BaseException) -> ValidationFailed:
+    complaint = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return ValidationFailed(
+        "unreadable",
+        f"{object_name!r} is not readable as {fmt}: {complaint}",
+        details(samples=[complaint]),
+    )
+
+
+def _refuse_binary(path: Path, object_name: str) -> None:
+    """Text formats: a NUL byte or invalid UTF-8 in the first block means binary junk.
+
+    Checked first because pandas can read some binary files as one odd column without error.
+    """
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise ValidationFailed(
+            "unreadable",
+            f"{object_name!r} is binary, not text: NUL byte at offset {nul}",
+            details(samples=[head[max(0, nul - 8) : nul + 8].hex()], offset=nul),
+        )
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A character cut by the end of a full block is not an error.
+        if len(head) < _SNIFF_BYTES or exc.start < len(head) - 4:
+            raise ValidationFailed(
+                "unreadable",
+                f"{object_name!r} is not UTF-8 text: {exc.reason} at byte {exc.start}",
+                details(samples=[head[exc.start : exc.start + 8].hex()], offset=exc.start),
+            ) from None
+
+
+def _csv_chunks(path: Path, object_name: str, max_rows: int) -> Iterator[pd.DataFrame]:
+    # Only empty cells are missing (see the module docstring).
+    with pd.read_csv(
+        path,
+        chunksize=min(CHUNK_ROWS, max_rows + 1),
+        keep_default_na=False,
+        na_values=[""],
+        skipinitialspace=True,
+        encoding="utf-8",
+    ) as reader:
+        try:
+            yield from reader
+        except pd.errors.EmptyDataError:
+            return
+
+
+def _jsonl_chunks(path: Path, object_name: str, max_rows: int) -> Iterator[pd.DataFrame]:
+    # Parsed line by line (not pandas.read_json) to name the bad line and to insist on objects.
+    batch: list[dict[str, Any]] = []
+    limit = min(CHUNK_ROWS, max_rows + 1)
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"line {number}: {exc.msg} (column {exc.colno})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"line {number}: expected a JSON object, got {type(record).__name__}")
+            batch.append(record)
+            if len(batch) >= limit:
+                yield pd.DataFrame.from_records(batch)
+                batch = []
+    if batch:
+        yield pd.DataFrame.from_records(batch)
+
+
+def _parquet_chunks(path: Path, object_name: str, max_rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as parquet:
+        total = parquet.metadata.num_rows
+        if total > max_rows:  # the footer knows: no need to read a single row
+            raise ValidationFailed(
+                "too_many_rows",
+                f"{object_name!r} has {total} rows, more than MAX_ROWS={max_rows}",
+                details(count=total, max_rows=max_rows),
+            )
+        if total == 0:
+            yield parquet.schema_arrow.empty_table().to_pandas()
+            return
+        for batch in parquet.iter_batches(batch_size=min(CHUNK_ROWS, max_rows + 1)):
+            yield batch.to_pandas()
+
+
+# --- value helpers -------------------------------------------------------------------------
+
+
+def category_strings(values: pd.Series) -> pd.Series:
+    """Canonical strings of a category column (object dtype), ``None`` where missing."""
+    missing = values.isna()
+    if pd.api.types.is_bool_dtype(values.dtype):
+        out = values.map({True: "True", False: "False"})
+    elif pd.api.types.is_integer_dtype(values.dtype):
+        out = values.astype(str)
+    elif pd.api.types.is_float_dtype(values.dtype):
+        out = values.map(_one_string)
+    elif pd.api.types.is_string_dtype(values.dtype) and not pd.api.types.is_object_dtype(values.dtype):
+        out = values.astype(object)
+    else:
+        out = values.map(_one_string)
+    out = out.astype(object)
+    out[missing] = None
+    return out
+
+
+def _one_string(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool | np.bool_):
+        return "True" if value else "False"
+    if isinstance(value, float | np.floating):
+        if value != value:
+            return None
+        if np.isfinite(value) and float(value).is_integer():
+            return str(int(value))
+        return str(float(value))
+    if isinstance(value, np.generic):
+        return str(value.item())
+    return str(value)
+
+
+def numeric_values(values: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """``(numbers, text)``: the column as float64 (NaN where missing or not a number) and a
+    boolean mask of cells that hold something other than a number (text, booleans)."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return pd.Series(np.nan, index=values.index), values.notna()
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return values.astype("float64"), pd.Series(False, index=values.index)
+    raw = values.astype(object)
+    is_bool = raw.map(lambda v: isinstance(v, bool | np.bool_)).astype(bool)
+    as_text = raw.map(lambda v: v.strip().lower() if isinstance(v, str) else v)
+    missing_token = as_text.map(lambda v: isinstance(v, str) and v in MISSING_TOKENS).astype(bool)
+    candidates = as_text.where(~(is_bool | missing_token), None)
+    numbers = pd.to_numeric(candidates, errors="coerce").astype("float64")
+    text = (raw.notna() & ~missing_token & numbers.isna()) | is_bool
+    return numbers, text.astype(bool)

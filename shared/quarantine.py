@@ -1,0 +1,131 @@
+"""Setting a bad data file aside: ``quarantine/<name>`` plus ``quarantine/<name>.reason.json``.
+
+``incoming/2024/day1.csv`` goes to ``quarantine/2024/day1.csv`` (the ``incoming/`` prefix is
+dropped) in the same bucket, beside a reason record::
+
+    {"object": "incoming/2024/day1.csv", "generation": 1716..., "rule": "out_of_range",
+     "message": "...", "details": {"columns": [...], "rows": [...], "samples": [...], "count": 3},
+     "quarantined_at": "2026-...Z", "quarantined_as": "quarantine/2024/day1.csv"}
+
+The steps are ordered so that running again, or after a crash at any point, ends in the same
+state: copy, then write the reason, then delete the original only if it is still the generation
+that failed (a newer upload under the same name is another file, with its own event). Writes under
+``quarantine/`` fire storage events too; the train function ignores everything outside
+``incoming/``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.datafiles import jsonable
+from shared.errors import NotFound, PreconditionFailed, ValidationFailed
+from shared.logs import get_logger
+from shared.storage import Bucket
+
+QUARANTINE_PREFIX = "quarantine/"
+INCOMING_PREFIX = "incoming/"
+REASON_SUFFIX = ".reason.json"
+
+log = get_logger(__name__)
+
+
+def quarantine_name(name: str) -> str:
+    """Where ``name`` goes: ``quarantine/`` + the name without its leading ``incoming/``."""
+    return QUARANTINE_PREFIX + name.removeprefix(INCOMING_PREFIX)
+
+
+def quarantine_object(data: Bucket, name: str, generation: int, failure: ValidationFailed) -> str:
+    """Move generation ``generation`` of ``name`` to quarantine with ``failure`` as its reason.
+
+    Idempotent and crash-safe; returns the quarantine object's name. If the original is no longer
+    at ``generation`` (replaced by a newer upload, or deleted), nothing is moved: that generation
+    is gone, and a newer one gets its own event and its own validation.
+    """
+    target = quarantine_name(name)
+    reason_name = target + REASON_SUFFIX
+    previous = _read_reason(data, reason_name)
+    already = (
+        previous is not None and previous.get("object") == name and previous.get("generation") == generation
+    )
+
+    if _live_generation(data, name) != generation:
+        if not already:
+            log.warning(
+                f"not quarantining {name!r}: generation {generation} is no longer the live object",
+                extra={"fields": {"object": name, "generation": generation, "rule": failure.rule}},
+            )
+        return target
+
+    data.copy(name, data, target)
+    if _live_generation(data, name) != generation:
+        # Replaced while we copied: the copy may hold the newer upload, which has its own event
+        # (and, if bad, will overwrite this copy with its own reason). Leave the reason as it was.
+        log.warning(f"{name!r} changed during quarantine; left to its newer generation's event")
+        return target
+
+    record: dict[str, Any] = {
+        "object": name,
+        "generation": generation,
+        "rule": failure.rule,
+        "message": failure.message,
+        "details": jsonable(failure.details),
+        # A rerun keeps the first time, so that running twice ends in the very same record.
+        "quarantined_at": previous["quarantined_at"] if already and previous else _now(),
+        "quarantined_as": target,
+    }
+    data.write(
+        reason_name,
+        (json.dumps(record, indent=2, default=str, allow_nan=False) + "\n").encode(),
+        content_type="application/json",
+    )
+    try:
+        data.delete(name, if_generation_match=generation)
+    except NotFound:
+        pass  # a concurrent run deleted it already
+    except PreconditionFailed:
+        log.warning(f"{name!r} was replaced by a newer upload during quarantine; the newer one is kept")
+    log.info(
+        f"quarantined {name!r} as {target!r}: {failure.rule}: {failure.message}",
+        extra={"fields": {"object": name, "generation": generation, "rule": failure.rule}},
+    )
+    return target
+
+
+def list_quarantine(data: Bucket) -> list[dict[str, Any]]:
+    """Every reason record under ``quarantine/``, oldest first (unreadable ones skipped, logged)."""
+    records: list[dict[str, Any]] = []
+    for info in data.list(QUARANTINE_PREFIX):
+        if not info.name.endswith(REASON_SUFFIX):
+            continue
+        record = _read_reason(data, info.name)
+        if record is not None:
+            records.append(record)
+    return sorted(records, key=lambda r: (str(r.get("quarantined_at", "")), str(r.get("object", ""))))
+
+
+def _read_reason(data: Bucket, reason_name: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(data.read(reason_name))
+    except NotFound:
+        return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning(f"quarantine record {reason_name!r} is not valid JSON: {exc}")
+        return None
+    if not isinstance(record, dict):
+        log.warning(f"quarantine record {reason_name!r} is not a JSON object")
+        return None
+    return record
+
+
+def _live_generation(data: Bucket, name: str) -> int | None:
+    try:
+        return data.stat(name).generation
+    except NotFound:
+        return None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
