@@ -1,0 +1,101 @@
+"""``prodml monitor``: per incoming file, the live model's quality on it, input drift, quarantine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from shared.config import get_settings
+from shared.monitoring import PRIMARY_METRIC, list_records
+from shared.quarantine import list_quarantine
+from shared.storage import artifacts_bucket, data_bucket
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``prodml monitor``."""
+    parser = subparsers.add_parser(
+        "monitor",
+        help="per file: live model quality, input drift (PSI), outcome, quarantine",
+        description=(
+            "List, oldest first, every incoming file the train function looked at: the live model's "
+            "quality on it before training (test-then-train), the largest input drift (population "
+            "stability index) and the drifted features, and the outcome; quarantined files with "
+            "their rule."
+        ),
+    )
+    parser.add_argument("--limit", type=int, default=0, help="show only the last N files (default all)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.set_defaults(func=run_monitor)
+
+
+def collect() -> list[dict[str, Any]]:
+    """Monitoring records and quarantine records, merged per file generation, oldest first."""
+    settings = get_settings()
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for record in list_records(artifacts_bucket(settings)):
+        rows[(str(record.get("object")), int(record.get("generation", 0)))] = dict(record)
+    for reason in list_quarantine(data_bucket(settings)):
+        key = (str(reason.get("object")), int(reason.get("generation", 0)))
+        row = rows.setdefault(
+            key, {"object": key[0], "generation": key[1], "time": reason.get("quarantined_at")}
+        )
+        row["decision"] = "quarantined"
+        row["quarantine"] = {k: reason.get(k) for k in ("rule", "message", "quarantined_as")}
+    return sorted(rows.values(), key=lambda r: (str(r.get("time") or ""), r["object"]))
+
+
+def run_monitor(args: argparse.Namespace) -> int:
+    """Print the merged records."""
+    rows = collect()
+    if args.limit > 0:
+        rows = rows[-args.limit :]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no files monitored yet (records appear as the train function sees incoming files)")
+        return 0
+    print(render(rows))
+    return 0
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """One line per file, then the quarantine reasons."""
+    header = ("time", "file", "model", "primary", "acc/auc", "max psi", "drifted", "outcome")
+    table = [header]
+    for row in rows:
+        metrics = row.get("metrics") or {}
+        primary = next((name for name, _ in PRIMARY_METRIC.values() if name in metrics), None)
+        psi = row.get("psi") or {}
+        top = max(psi.values()) if psi else None
+        quality = (
+            f"{_fmt(metrics.get('accuracy'))}/{_fmt(metrics.get('roc_auc'))}"
+            if "accuracy" in metrics
+            else "-"
+        )
+        outcome = row.get("decision") or "-"
+        if "quarantine" in row:
+            outcome = f"quarantined ({row['quarantine'].get('rule')})"
+        table.append(
+            (
+                str(row.get("time") or "-")[:19].replace("T", " "),
+                f"{row['object']}@{row['generation']}",
+                str(row.get("model_version") or "-"),
+                f"{primary}={_fmt(metrics.get(primary))}" if primary else "-",
+                quality,
+                _fmt(top),
+                ",".join(row.get("drifted") or []) or "-",
+                outcome,
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    reasons = [f"  {r['object']}: {r['quarantine'].get('message')}" for r in rows if "quarantine" in r]
+    if reasons:
+        lines += ["", "quarantined:", *reasons]
+    return "\n".join(lines)
