@@ -119,3 +119,84 @@ def bucket(request: pytest.FixtureRequest) -> Bucket:
 
 
 # === end of storage fixtures ==================================================================
+
+
+# =============================================================================================
+# batch table: a small keyed schema, a fitted model bundle on it, an artifacts bucket holding it
+# =============================================================================================
+
+TABLE_SCHEMA_JSON = {
+    "features": [
+        {"name": "country", "type": "category", "domain": ["br", "de", "kr", "us", "jp"]},
+        {"name": "hour", "type": "integer", "min": 0, "max": 23},
+        {"name": "device", "type": "category", "domain": ["mobile", "desktop", "tablet"]},
+        {"name": "segment", "type": "category", "domain": ["new", "loyal"]},
+        {"name": "bid", "type": "float", "min": 0.0, "max": 10.0, "default": 1.5},
+    ],
+    "label": {"name": "converted", "type": "category", "classes": [0, 1]},
+    "key": ["country", "hour", "device"],
+}
+
+
+def fit_table_bundle(version: str = "v1", seed: int = 0, rows: int = 600):  # -> ModelBundle
+    """A logistic regression on one-hot categories (schema domains) and a scaled bid."""
+    import numpy as np
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from shared.model import ModelBundle, to_frame
+    from shared.schema import Schema
+
+    schema = Schema.from_dict(TABLE_SCHEMA_JSON)
+    rng = np.random.default_rng(seed)
+    records = [
+        {
+            "country": str(rng.choice(schema.feature("country").domain)),
+            "hour": int(rng.integers(0, 24)),
+            "device": str(rng.choice(schema.feature("device").domain)),
+            "segment": str(rng.choice(schema.feature("segment").domain)),
+            "bid": float(rng.uniform(0, 10)),
+        }
+        for _ in range(rows)
+    ]
+    frame = to_frame(schema, records)
+    logit = (
+        (frame["hour"] - 12) / 6
+        + (frame["country"] == "us")
+        - (frame["device"] == "tablet")
+        + frame["bid"] / 5
+    )
+    y = (rng.uniform(size=rows) < 1 / (1 + np.exp(-logit + 1))).astype(int)
+    categorical = ["country", "device", "segment", "hour"]
+    categories = [list(schema.feature(n).values()) for n in categorical]
+    prep = ColumnTransformer(
+        [
+            ("cat", OneHotEncoder(categories=categories, handle_unknown="ignore"), categorical),
+            ("num", StandardScaler(), ["bid"]),
+        ]
+    )
+    estimator = Pipeline([("prep", prep), ("model", LogisticRegression(random_state=seed))]).fit(frame, y)
+    return ModelBundle(version, estimator, schema)
+
+
+@pytest.fixture(scope="session")
+def table_bundle():  # -> ModelBundle
+    """A fitted model (version "v1") on ``TABLE_SCHEMA_JSON``: 5 x 24 x 3 = 360 keys."""
+    return fit_table_bundle()
+
+
+@pytest.fixture
+def table_artifacts(buckets_root: Path, table_bundle) -> LocalBucket:
+    """The local bucket "prodml-artifacts" holding schema.json and models/current.skops."""
+    from shared.schema import save_schema
+    from shared.storage.local import LocalBucket
+
+    artifacts = LocalBucket(buckets_root, "prodml-artifacts")
+    save_schema(artifacts, table_bundle.schema)
+    artifacts.write("models/current.skops", table_bundle.to_bytes())
+    return artifacts
+
+
+# === end of batch table fixtures ==============================================================

@@ -1,0 +1,96 @@
+"""build_table: (re)build the static prediction table, on model promotion or on request.
+
+Two entry points on one builder (``shared.table_build.build_table``):
+
+- ``on_model_promoted``: a CloudEvent function on the artifacts bucket. Eventarc cannot filter by
+  object name, so every finalized object arrives; all but ``models/current.skops`` are ignored
+  (answered 2xx). Only transient storage faults raise, so the platform redelivers; the build is
+  idempotent per model generation, so a redelivery builds nothing new.
+- ``build_table_http``: ``POST {"strategy": "full"|"top_k"|"auto", "k": N, "force": bool}`` for
+  a scheduler or a person; answers a JSON summary, or a 4xx with the error shape of DESIGN.md
+  section 5 for a bad body.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import flask
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from shared.config import get_settings
+from shared.errors import BadRequest, InvalidEvent, InvalidObjectName, SchemaError
+from shared.events import parse_storage_event
+from shared.logs import get_logger, setup_logging
+from shared.storage import artifacts_bucket
+from shared.table_build import CURRENT_MODEL, BuildRequest, build_table, parse_build_request
+
+MAX_BODY_BYTES = 4096  # a build request is a few short fields
+
+_settings = get_settings()
+setup_logging(_settings.log_format, _settings.log_level)
+log = get_logger("functions.build_table")
+
+
+@functions_framework.cloud_event
+def on_model_promoted(cloud_event: CloudEvent) -> None:
+    """Rebuild the table when ``models/current.skops`` is finalized; ignore every other object."""
+    try:
+        event = parse_storage_event(cloud_event)
+    except InvalidEvent as exc:
+        log.warning(f"ignored an event that is not an object finalized: {exc}")
+        return
+    if event.bucket != _settings.artifacts_bucket or event.name != CURRENT_MODEL:
+        log.debug(f"ignored gs://{event.bucket}/{event.name}: not {CURRENT_MODEL}")
+        return
+    try:
+        result = build_table(artifacts_bucket(_settings), _settings, BuildRequest(strategy="auto"))
+    except (BadRequest, SchemaError, InvalidObjectName) as exc:
+        # A redelivery would meet the same model and fail the same way: answer 2xx, say why.
+        log.error(f"table not built for model generation {event.generation}: {exc}")
+        return
+    log.info(
+        f"build_table for model generation {event.generation}: {result.status}: {result.message}",
+        extra={"fields": {"event_id": event.event_id, **result.to_dict()}},
+    )
+
+
+@functions_framework.http
+def build_table_http(request: flask.Request) -> tuple[dict[str, Any], int]:
+    """Build the table as the JSON body asks (see the module docstring); answer a summary."""
+    try:
+        build = _parse(request)
+        result = build_table(artifacts_bucket(_settings), _settings, build)
+    except BadRequest as exc:
+        return exc.to_dict(), exc.http_status
+    except (SchemaError, InvalidObjectName) as exc:
+        # The stored model or schema is unusable: a retry cannot help, so no 5xx; say what to fix.
+        return BadRequest(str(exc), code="unusable_model", status=409).to_dict(), 409
+    log.info(f"build_table: {result.status}: {result.message}", extra={"fields": result.to_dict()})
+    return result.to_dict(), 200
+
+
+def _parse(request: flask.Request) -> BuildRequest:
+    """The build request of an HTTP request; ``BadRequest`` for anything malformed."""
+    if request.method != "POST":
+        raise BadRequest(
+            f"method {request.method} not allowed: POST a JSON body", code="method_not_allowed", status=405
+        )
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        raise BadRequest(
+            f"body of {request.content_length} bytes is over {MAX_BODY_BYTES}",
+            code="body_too_large",
+            status=413,
+        )
+    raw = request.get_data(cache=False)[: MAX_BODY_BYTES + 1]
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequest(f"body is over {MAX_BODY_BYTES} bytes", code="body_too_large", status=413)
+    if not raw.strip():
+        return parse_build_request(None, _settings.table_max_rows)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", code="malformed_json") from None
+    return parse_build_request(body, _settings.table_max_rows)

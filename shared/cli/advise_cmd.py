@@ -1,0 +1,82 @@
+"""``prodml advise``: cardinality, peakedness, table cost, and the serving mode that fits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from shared.advisor import Advice, advise, plot_coverage
+from shared.config import get_settings
+from shared.storage import artifacts_bucket
+
+DEFAULT_PNG = Path(".local/advise-coverage.png")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``prodml advise``."""
+    parser = subparsers.add_parser(
+        "advise",
+        help="recommend static, dynamic or hybrid serving, with the numbers and a plot",
+        description=(
+            "Read the schema, the current model and the traffic counts; measure the model's "
+            "throughput and latency; recommend a serving mode (SERVING_MODE) and, for hybrid, K. "
+            "Writes the coverage curve as a PNG."
+        ),
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--png", type=Path, default=DEFAULT_PNG, help=f"coverage plot (default {DEFAULT_PNG})"
+    )
+    parser.set_defaults(func=run_advise)
+
+
+def run_advise(args: argparse.Namespace) -> int:
+    """Advise, write the plot, print the report."""
+    settings = get_settings()
+    advice = advise(artifacts_bucket(settings), settings)
+    png = plot_coverage(advice, args.png)
+    if args.json:
+        print(json.dumps({**advice.to_dict(), "png": str(png)}, indent=2))
+    else:
+        print(render(advice, png))
+    return 0
+
+
+def _num(value: float | None, fmt: str = ",.0f", none: str = "-") -> str:
+    return none if value is None else format(value, fmt)
+
+
+def render(advice: Advice, png: Path) -> str:
+    """The report: the recommendation in words, then the numbers behind it."""
+    top = advice.top_share
+    model = advice.model or {}
+    full, rec = advice.full_table, advice.recommended_table
+    rows = [
+        ("recommendation", advice.recommendation + (f" (K={advice.k:,})" if advice.k else "")),
+        ("expected hit rate", _num(advice.expected_hit_rate, ".1%")),
+        ("key space", f"{advice.cardinality:,} keys (TABLE_MAX_ROWS={advice.table_max_rows:,})"),
+        (
+            "keys seen",
+            f"{advice.distinct_keys_seen:,} in {advice.requests:,} requests "
+            f"({advice.invalid_requests:,} with invalid keys)",
+        ),
+        (
+            "top 1% / 10% keys",
+            f"{_num(top.get('1%'), '.1%')} / {_num(top.get('10%'), '.1%')} of requests (of seen keys)",
+        ),
+        ("full table", f"{_num(full['bytes'])} bytes, build {_num(full['build_seconds'], ',.1f')} s"),
+        (
+            "recommended table",
+            f"{_num(rec['rows'])} rows, {_num(rec['bytes'])} bytes, "
+            f"build {_num(rec['build_seconds'], ',.1f')} s",
+        ),
+        (
+            "model",
+            f"{model.get('version', '- (none yet)')}: {_num(model.get('rows_per_second'))} rows/s "
+            f"batch, {_num(model.get('latency_ms'), '.2f')} ms per single instance",
+        ),
+        ("plot", str(png)),
+    ]
+    lines = [f"{name:<18} {value}" for name, value in rows]
+    return "\n".join([*lines, "", advice.reason])

@@ -1,0 +1,378 @@
+"""Build the static prediction table for the current model (DESIGN.md sections 1 and 3).
+
+One builder behind three callers: the build_table CloudEvent function (a model was promoted), its
+HTTP function (a scheduler or a person) and ``prodml table build``. ``build_table``:
+
+1. loads ``models/current.skops`` (and remembers its generation);
+2. chooses the keys: ``full`` (every key, when the key space has at most ``TABLE_MAX_ROWS``
+   keys), ``top_k`` (the K most requested keys in ``traffic/``), or ``auto`` (full if it fits,
+   else top_k if there is traffic, else nothing, said plainly);
+3. skips the work when the pointer already holds a table of this model generation built the same
+   way (for top_k: from the same traffic), unless forced;
+4. scores the keys chunk by chunk into two preallocated arrays (codes and scores, n x 8 bytes
+   each: that is the memory bound; one chunk's frame exists at a time), logging progress;
+5. writes ``tables/<model version>/`` with its metadata, then switches ``tables/current.json`` by
+   compare-and-swap, unless the model changed during the build or the pointer already holds a
+   newer model's table: then the finished table stays under its version and the newer one keeps
+   (or will win) the pointer.
+
+Concurrent duplicate deliveries may both compute the same table; the pointer ends the same.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from shared.config import Settings
+from shared.errors import BadRequest, ModelNotReady, NotFound, PreconditionFailed
+from shared.keyspace import (
+    KeyChunk,
+    TopKeys,
+    code_chunks,
+    full_chunks,
+    non_key_defaults,
+    score_keys,
+    score_width,
+    top_k,
+    valid_key_counts,
+)
+from shared.logs import get_logger
+from shared.model import ModelBundle
+from shared.schema import Schema
+from shared.storage import Bucket
+from shared.table import read_pointer, switch_pointer, table_blob, write_table
+from shared.traffic import TRAFFIC_PREFIX, read_traffic
+
+log = get_logger(__name__)
+
+CURRENT_MODEL = "models/current.skops"
+"""The serving model's blob (DESIGN.md section 3); its generation identifies a build."""
+
+STRATEGIES = ("auto", "full", "top_k")
+MAX_REQUEST_FIELDS = ("strategy", "k", "force")
+
+# Statuses of a BuildResult.
+BUILT = "built"
+SKIPPED = "skipped"  # this model generation's table is already current
+NOTHING = "nothing_to_build"  # no model, no key, or too many keys and no traffic: said in message
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What to build: ``strategy`` (auto, full, top_k), ``k`` for top_k, ``force`` to rebuild."""
+
+    strategy: str = "auto"
+    k: int | None = None
+    force: bool = False
+
+
+def parse_build_request(raw: Any, max_rows: int) -> BuildRequest:
+    """Check a request body (a decoded JSON value); ``BadRequest`` names the bad field and value.
+
+    ``None`` (an empty body) means the defaults. ``k`` must be an integer in ``[1, max_rows]``
+    and only goes with ``top_k`` or ``auto``.
+    """
+    if raw is None:
+        return BuildRequest()
+    if not isinstance(raw, dict):
+        raise BadRequest(f"body must be a JSON object, got {_show(raw)}", code="invalid_body")
+    unknown = sorted(set(raw) - set(MAX_REQUEST_FIELDS))
+    if unknown:
+        raise BadRequest(
+            f"unknown field {unknown[0]!r}: a body may hold {', '.join(MAX_REQUEST_FIELDS)}",
+            code="unknown_field",
+            field=unknown[0],
+        )
+    strategy = raw.get("strategy", "auto")
+    if strategy not in STRATEGIES:
+        raise BadRequest(
+            f"strategy must be one of {', '.join(STRATEGIES)}, got {_show(strategy)}",
+            code="invalid_value",
+            field="strategy",
+        )
+    k = raw.get("k")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max_rows:
+            raise BadRequest(
+                f"k must be an integer from 1 to TABLE_MAX_ROWS={max_rows}, got {_show(k)}",
+                code="invalid_value",
+                field="k",
+            )
+        if strategy == "full":
+            raise BadRequest(
+                f"k={k} applies to strategy top_k or auto, not full (a full table holds every key)",
+                code="invalid_value",
+                field="k",
+            )
+    force = raw.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest(
+            f"force must be true or false, got {_show(force)}", code="invalid_value", field="force"
+        )
+    return BuildRequest(strategy=strategy, k=k, force=force)
+
+
+@dataclass
+class BuildResult:
+    """What a build did, for the log, the HTTP answer and the CLI."""
+
+    status: str  # BUILT, SKIPPED or NOTHING
+    message: str
+    strategy: str | None = None
+    model_version: str | None = None
+    model_generation: int | None = None
+    table: str | None = None  # blob name of the table written (or found current)
+    rows: int = 0
+    build_seconds: float | None = None
+    rows_per_second: float | None = None
+    expected_hit_rate: float | None = None
+    pointer_switched: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The keys chosen for a build, with what the traffic says of them."""
+
+    strategy: str
+    rows: int
+    top: TopKeys | None  # for top_k
+    expected_hit_rate: float | None
+    traffic_requests: int
+    traffic_through: str | None  # newest traffic object read (top_k builds depend on it)
+    k: int | None
+
+
+def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | None = None) -> BuildResult:
+    """Build (or skip) the table of the current model; see the module docstring.
+
+    Returns a result for every outcome a retry would not change (no model yet, nothing to build,
+    already current). Raises ``BadRequest`` for a request that cannot be met (``full`` over
+    ``TABLE_MAX_ROWS``) and lets storage faults propagate (transient: the caller retries).
+    """
+    request = request or BuildRequest()
+    try:
+        data, info = artifacts.read_with_info(CURRENT_MODEL)
+    except NotFound:
+        return BuildResult(
+            NOTHING, f"no model yet: {artifacts.name}/{CURRENT_MODEL} does not exist; train one first"
+        )
+    try:
+        bundle = ModelBundle.from_bytes(data, extra_trusted=settings.model_trusted_types)
+    except ModelNotReady as exc:
+        return BuildResult(NOTHING, f"cannot load {CURRENT_MODEL} generation {info.generation}: {exc}")
+    schema = bundle.schema
+    base = {"model_version": bundle.version, "model_generation": info.generation}
+    if not schema.key:
+        return BuildResult(
+            NOTHING, "the model's schema has no key features: there is no table to build", **base
+        )
+
+    plan = _plan(artifacts, settings, schema, request)
+    if isinstance(plan, BuildResult):
+        plan.model_version, plan.model_generation = bundle.version, info.generation
+        return plan
+
+    pointer, _ = read_pointer(artifacts)
+    if not request.force and _same_build(pointer, info.generation, plan):
+        assert pointer is not None
+        return BuildResult(
+            SKIPPED,
+            f"table {pointer.get('version')!r} of model generation {info.generation} "
+            f"({plan.strategy}) is already current; pass force to rebuild",
+            strategy=plan.strategy,
+            table=table_blob(str(pointer.get("version"))),
+            rows=int(pointer.get("rows", 0)),
+            **base,
+        )
+
+    codes, scores, seconds = _score(bundle, schema, plan, settings.table_chunk_rows)
+    built_at = datetime.now(UTC).isoformat()
+    meta = {
+        "rows": plan.rows,
+        "model_version": bundle.version,
+        "model_generation": info.generation,
+        "key": list(schema.key),
+        "strategy": plan.strategy,
+        "k": plan.k,
+        "cardinality": schema.key_cardinality,
+        "build_seconds": round(seconds, 3),
+        "expected_hit_rate": plan.expected_hit_rate,
+        "traffic_requests": plan.traffic_requests,
+        "traffic_through": plan.traffic_through,
+        "non_key_defaults": non_key_defaults(schema),
+        "built_at": built_at,
+    }
+    write_table(artifacts, bundle.version, codes, scores, meta)
+    switched, note = _switch(artifacts, settings, bundle, info.generation, plan, built_at)
+    rate = plan.rows / seconds if seconds > 0 else None
+    log.info(
+        "table built",
+        extra={"fields": {**base, "rows": plan.rows, "seconds": round(seconds, 3), "switched": switched}},
+    )
+    return BuildResult(
+        BUILT,
+        f"built {plan.rows} rows ({plan.strategy}) for model {bundle.version!r} in {seconds:.1f} s; {note}",
+        strategy=plan.strategy,
+        table=table_blob(bundle.version),
+        rows=plan.rows,
+        build_seconds=round(seconds, 3),
+        rows_per_second=round(rate, 1) if rate else None,
+        expected_hit_rate=plan.expected_hit_rate,
+        pointer_switched=switched,
+        details={"k": plan.k, "traffic_requests": plan.traffic_requests},
+        **base,
+    )
+
+
+def _plan(
+    artifacts: Bucket, settings: Settings, schema: Schema, request: BuildRequest
+) -> _Plan | BuildResult:
+    """Resolve the strategy and choose the keys, or say why there is nothing to build."""
+    cardinality = schema.key_cardinality
+    fits = cardinality <= settings.table_max_rows
+    if request.strategy == "full" and not fits:
+        raise BadRequest(
+            f"strategy full would enumerate {cardinality} keys, over TABLE_MAX_ROWS="
+            f"{settings.table_max_rows}: use top_k",
+            code="too_many_keys",
+            field="strategy",
+        )
+    # Newest traffic file first, counts second: a file landing in between makes the recorded
+    # marker older than the counts, so the next run rebuilds rather than missing it.
+    through = _newest_traffic(artifacts)
+    counts = read_traffic(artifacts, key=list(schema.key))
+    strategy = request.strategy
+    if strategy == "auto":
+        strategy = "full" if fits else "top_k"
+    if strategy == "full":
+        _, valid_counts, invalid = valid_key_counts(schema, counts)
+        total = int(valid_counts.sum()) + invalid
+        hit = (total - invalid) / total if total else None
+        return _Plan("full", cardinality, None, hit, total, through, None)
+
+    k = min(request.k or settings.table_top_k, settings.table_max_rows)
+    top = top_k(schema, counts, k)
+    if top.distinct_valid_keys == 0:
+        why = (
+            "no traffic counted yet"
+            if top.total_requests == 0
+            else f"none of the {top.total_requests} counted requests has a key valid under the schema"
+        )
+        too_many = (
+            ""
+            if fits
+            else f" and the key space has {cardinality} keys, over TABLE_MAX_ROWS={settings.table_max_rows}"
+        )
+        return BuildResult(
+            NOTHING,
+            f"nothing to build: {why}{too_many}; serve with SERVING_MODE=dynamic until predict has "
+            f"flushed traffic to {TRAFFIC_PREFIX}",
+            strategy="top_k",
+        )
+    return _Plan("top_k", len(top.codes), top, top.hit_rate, top.total_requests, through, k)
+
+
+def _same_build(pointer: dict[str, Any] | None, model_generation: int, plan: _Plan) -> bool:
+    """Whether the current pointer already holds this build (same generation, strategy, inputs)."""
+    if pointer is None or pointer.get("model_generation") != model_generation:
+        return False
+    if pointer.get("strategy") != plan.strategy:
+        return False
+    # A top-K table depends on the traffic it was chosen from: new traffic files make it stale.
+    return plan.strategy == "full" or (
+        pointer.get("traffic_through") == plan.traffic_through and pointer.get("k") == plan.k
+    )
+
+
+def _chunks(schema: Schema, plan: _Plan, chunk_rows: int) -> tuple[np.ndarray | None, Any]:
+    if plan.top is None:
+        return None, full_chunks(schema, chunk_rows)
+    codes = np.sort(plan.top.codes)  # the table's codes are sorted for lookup by binary search
+    return codes, code_chunks(schema, codes, chunk_rows)
+
+
+def _score(
+    bundle: ModelBundle, schema: Schema, plan: _Plan, chunk_rows: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Score every planned key into preallocated arrays, one chunk at a time; log progress."""
+    width = score_width(bundle)
+    codes = np.empty(plan.rows, dtype=np.int64)
+    scores = np.empty((plan.rows, width) if width > 1 else plan.rows, dtype=np.float64)
+    _, chunks = _chunks(schema, plan, chunk_rows)
+    start = time.perf_counter()
+    done = 0
+    chunk: KeyChunk
+    for chunk in chunks:
+        end = done + len(chunk)
+        codes[done:end] = chunk.codes
+        scores[done:end] = score_keys(bundle, schema, chunk.columns)
+        done = end
+        elapsed = time.perf_counter() - start
+        log.info(
+            f"table build: {done}/{plan.rows} rows, {done / elapsed if elapsed else 0:.0f} rows/s",
+            extra={"fields": {"rows_done": done, "rows_total": plan.rows, "seconds": round(elapsed, 3)}},
+        )
+    return codes, scores, time.perf_counter() - start
+
+
+def _switch(
+    artifacts: Bucket,
+    settings: Settings,
+    bundle: ModelBundle,
+    model_generation: int,
+    plan: _Plan,
+    built_at: str,
+) -> tuple[bool, str]:
+    """Point ``tables/current.json`` at the new table by compare-and-swap, unless a newer model won."""
+    pointer_new = {
+        "version": bundle.version,
+        "model_version": bundle.version,
+        "model_generation": model_generation,
+        "rows": plan.rows,
+        "strategy": plan.strategy,
+        "built_at": built_at,
+        "key": list(bundle.schema.key),
+        "k": plan.k,
+        "expected_hit_rate": plan.expected_hit_rate,
+        "traffic_through": plan.traffic_through,
+    }
+    kept = f"table kept under {table_blob(bundle.version)}"
+    for _ in range(settings.cas_max_attempts):
+        try:
+            live = artifacts.stat(CURRENT_MODEL).generation
+        except NotFound:
+            live = None
+        if live != model_generation:
+            return False, f"the model changed during the build (now generation {live}): {kept}, pointer left"
+        pointer, generation = read_pointer(artifacts)
+        if pointer is not None and int(pointer.get("model_generation", 0)) > model_generation:
+            return False, f"the pointer holds a newer model's table ({pointer.get('version')!r}): {kept}"
+        try:
+            switch_pointer(artifacts, pointer_new, if_generation_match=generation)
+        except PreconditionFailed:
+            continue  # another builder switched first: look again
+        return True, "tables/current.json switched"
+    return False, f"tables/current.json kept changing ({settings.cas_max_attempts} attempts): {kept}"
+
+
+def _newest_traffic(artifacts: Bucket) -> str | None:
+    """The last traffic object by name (names start with a timestamp), or None."""
+    newest = None
+    for info in artifacts.list(TRAFFIC_PREFIX):
+        newest = info.name
+    return newest
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
