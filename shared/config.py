@@ -67,8 +67,14 @@ def _bucket_name(raw: str) -> str:
     value = raw.strip()
     # GCS bucket names: 3-63 chars of lowercase letters, digits, '-', '_' and '.'.
     allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
-    if not 3 <= len(value) <= 63 or not set(value) <= allowed or not value[0].isalnum():
-        raise ValueError("expected a bucket name: 3-63 of a-z 0-9 - _ . starting with a letter or digit")
+    if (
+        not 3 <= len(value) <= 63
+        or not set(value) <= allowed
+        or not (value[0].isalnum() and value[-1].isalnum())
+    ):
+        raise ValueError(
+            "expected a bucket name: 3-63 of a-z 0-9 - _ . starting and ending with a letter or digit"
+        )
     return value
 
 
