@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test lint bench demo up package deploy clean
+.PHONY: venv-beam
 
 venv: $(STAMP)
 
@@ -16,15 +17,32 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-test: venv
+test: venv venv-beam
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check shared functions tests bench
 	$(BIN)/ruff format --check shared functions tests bench
 
-bench: venv
+bench: venv venv-beam
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .local dist .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_BEAM) .local dist .pytest_cache .ruff_cache
+
+# The Apache Beam environment (scale-out pipelines, docs/scale-out.md): a second venv, because
+# Beam pins pyarrow<26 and protobuf<7 (see requirements-beam.txt). It gets requirements.txt
+# minus the packages requirements-beam.txt re-pins, so every scoring library is the same version.
+VENV_BEAM := .venv-beam
+BEAM_STAMP := $(VENV_BEAM)/.installed
+BEAM_PINNED = $$(sed -nE 's/^([A-Za-z0-9_.-]+)(\[.*\])?==.*/\1/p' requirements-beam.txt | paste -sd'|')
+
+venv-beam: $(BEAM_STAMP)
+
+$(BEAM_STAMP): requirements.txt requirements-beam.txt pyproject.toml
+	test -x $(VENV_BEAM)/bin/python || $(PYTHON) -m venv $(VENV_BEAM)
+	$(VENV_BEAM)/bin/python -m pip install --quiet --upgrade pip
+	grep -viE "^($(BEAM_PINNED))==" requirements.txt > $(VENV_BEAM)/requirements-main.txt
+	$(VENV_BEAM)/bin/python -m pip install --quiet -r $(VENV_BEAM)/requirements-main.txt -r requirements-beam.txt
+	$(VENV_BEAM)/bin/python -m pip install --quiet --no-deps -e .
+	touch $(BEAM_STAMP)
