@@ -212,6 +212,39 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("TABLE_MAX_ROWS", "2000000", _int(1), "largest key space a full table build enumerates"),
     Setting("TABLE_CHUNK_ROWS", "50000", _int(1), "rows scored per vectorized chunk in a table build"),
     Setting("TABLE_TOP_K", "100000", _int(1), "default K for top_k table builds"),
+    # scale-out pipelines (shared/pipelines, docs/scale-out.md)
+    Setting(
+        "TABLE_FUNCTION_BUDGET_SECONDS",
+        "300",
+        _float(1.0),
+        "a table build expected to take longer than this (measured rows/s) runs as a Beam pipeline",
+    ),
+    Setting(
+        "PIPELINE_MAX_ROWS",
+        "200000000",
+        _int(1),
+        "largest key space a pipeline table build enumerates (predict holds the table in memory)",
+    ),
+    Setting(
+        "PIPELINE_RUNNER",
+        "auto",
+        _choice("auto", "function", "direct", "dataflow"),
+        "where big work runs: auto (dataflow on gcs, else direct), or always function/direct/dataflow",
+    ),
+    Setting(
+        "PIPELINE_PYTHON",
+        ".venv-beam/bin/python",
+        _path,
+        "interpreter with apache-beam for local DirectRunner pipelines (relative: to the repo root)",
+    ),
+    Setting("PIPELINE_DIRECT_WORKERS", "1", _int(1, 64), "parallel workers of a local DirectRunner pipeline"),
+    Setting("DATAFLOW_PROJECT", "", _text, "GCP project of Dataflow jobs"),
+    Setting("DATAFLOW_REGION", "us-central1", _text, "region of Dataflow jobs"),
+    Setting("DATAFLOW_TEMP_LOCATION", "", _text, "gs:// folder for Dataflow temp and staging files"),
+    Setting("DATAFLOW_SERVICE_ACCOUNT", "", _text, "service account email Dataflow workers run as"),
+    Setting("DATAFLOW_TEMPLATE", "", _text, "gs:// path of the pipelines' Flex Template spec"),
+    Setting("DATAFLOW_MAX_WORKERS", "10", _int(1, 1000), "most Dataflow workers a job may scale to"),
+    Setting("DATAFLOW_MACHINE_TYPE", "n2-standard-4", _text, "machine type of Dataflow workers"),
     # local emulation
     Setting("PREDICT_PORT", "8080", _int(1, 65535), "local port of the predict function"),
     Setting("TRAIN_PORT", "8081", _int(1, 65535), "local port of the train function"),
@@ -277,6 +310,18 @@ class Settings:
     table_max_rows: int
     table_chunk_rows: int
     table_top_k: int
+    table_function_budget_seconds: float
+    pipeline_max_rows: int
+    pipeline_runner: str
+    pipeline_python: Path
+    pipeline_direct_workers: int
+    dataflow_project: str
+    dataflow_region: str
+    dataflow_temp_location: str
+    dataflow_service_account: str
+    dataflow_template: str
+    dataflow_max_workers: int
+    dataflow_machine_type: str
     predict_port: int
     train_port: int
     build_table_port: int
