@@ -157,7 +157,7 @@ def _refuse_binary(path: Path, object_name: str) -> None:
         if len(head) < _SNIFF_BYTES or exc.start < len(head) - 4:
             raise ValidationFailed(
                 "unreadable",
-                f"{object_name!r} is not UTF-8 text: {exc.reason} at byte {exc.start}",
+                f"{object_name!r} is not UTF-8 text: {exc.reason} at byte offset {exc.start}",
                 details(samples=[head[exc.start : exc.start + 8].hex()], offset=exc.start),
             ) from None
 

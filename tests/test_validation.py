@@ -1,0 +1,269 @@
+"""Validation against the dataset contract: each broken rule is refused with its own reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shared.config import load_settings
+from shared.errors import ValidationFailed
+from shared.schema import Schema
+from shared.validation import ValidatedData, check_size, validate_file
+
+SCHEMA = Schema.from_dict(
+    {
+        "features": [
+            {"name": "country", "type": "category", "domain": ["NA", "de", "kr", "us"]},
+            {"name": "hour", "type": "integer", "min": 0, "max": 23},
+            {"name": "bid", "type": "float", "min": 0.0, "max": 10.0, "default": 1.5},
+        ],
+        "label": {"name": "clicked", "type": "category", "classes": [0, 1]},
+        "key": ["country", "hour"],
+    }
+)
+REGRESSION = Schema.from_dict({**SCHEMA.to_dict(), "label": {"name": "clicked", "type": "float"}})
+TEXT_CLASSES = Schema.from_dict(
+    {**SCHEMA.to_dict(), "label": {"name": "clicked", "type": "category", "classes": ["no", "yes", "maybe"]}}
+)
+SETTINGS = load_settings({})
+ACCEPT = load_settings({"UNSEEN_CATEGORY_POLICY": "accept"})
+
+
+def good_rows(n: int = 40, seed: int = 0) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "country": str(rng.choice(["NA", "de", "kr", "us"])),
+            "hour": int(rng.integers(0, 24)),
+            "bid": round(float(rng.uniform(0, 10)), 3),
+            "clicked": int(rng.integers(0, 2)),
+        }
+        for _ in range(n)
+    ]
+
+
+def write_csv(tmp_path: Path, text: str, name: str = "day.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def write_rows(tmp_path: Path, rows: list[dict[str, Any]], ext: str = ".csv") -> Path:
+    path = tmp_path / f"day{ext}"
+    frame = pd.DataFrame(rows)
+    if ext == ".csv":
+        frame.to_csv(path, index=False)
+    elif ext == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path, index=False)
+    return path
+
+
+def refused(path: Path, schema: Schema = SCHEMA, settings: Any = SETTINGS) -> ValidationFailed:
+    with pytest.raises(ValidationFailed) as info:
+        validate_file(path, f"incoming/{path.name}", schema, settings)
+    return info.value
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_a_good_file_gives_the_model_frame(tmp_path: Path, ext: str) -> None:
+    rows = good_rows()
+    for row in rows[:3]:
+        row["comment"] = "extra column"
+    data = validate_file(write_rows(tmp_path, rows, ext), f"incoming/day{ext}", SCHEMA, SETTINGS)
+    assert isinstance(data, ValidatedData)
+    assert data.rows == len(rows) == len(data.frame) and data.dropped_rows == 0
+    assert list(data.frame.columns) == ["country", "hour", "bid", "clicked"]
+    assert data.frame["clicked"].dtype == "int64" and data.frame["hour"].dtype == "int64"
+    assert data.frame["bid"].dtype == "float64"
+    assert data.frame["country"].tolist() == [r["country"] for r in rows]  # "NA" stays a country
+    assert data.frame["clicked"].tolist() == [r["clicked"] for r in rows]
+    assert data.extra_columns == ["comment"]
+    assert data.format == {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}[ext]
+    assert data.null_shares == {"country": 0.0, "hour": 0.0, "bid": 0.0, "clicked": 0.0}
+    assert data.unseen_categories == {}
+
+
+def test_missing_label_column(tmp_path: Path) -> None:
+    failure = refused(write_csv(tmp_path, "country,hour,bid\nde,1,2.0\n"))
+    assert failure.rule == "missing_label"
+    assert "'clicked'" in failure.message and failure.details["columns"] == ["clicked"]
+
+
+def test_missing_feature_column(tmp_path: Path) -> None:
+    failure = refused(write_csv(tmp_path, "country,bid,clicked\nde,2.0,1\n"))
+    assert failure.rule == "missing_columns"
+    assert failure.details["columns"] == ["hour"] and "'hour'" in failure.message
+
+
+def test_text_in_a_number_column_is_a_wrong_type(tmp_path: Path) -> None:
+    failure = refused(write_csv(tmp_path, "country,hour,bid,clicked\nde,1,2.0,1\nkr,2,cheap,0\nus,3,1.0,1\n"))
+    assert failure.rule == "wrong_type"
+    assert failure.details["columns"] == ["bid"]
+    assert failure.details["rows"] == [2] and failure.details["samples"] == ["cheap"]
+    assert "'bid'" in failure.message and "'cheap'" in failure.message
+
+
+def test_booleans_in_a_number_column_are_a_wrong_type(tmp_path: Path) -> None:
+    path = tmp_path / "day.jsonl"
+    path.write_text('{"country": "de", "hour": true, "bid": 1.0, "clicked": 1}\n')
+    failure = refused(path)
+    assert failure.rule == "wrong_type" and failure.details["columns"] == ["hour"]
+
+
+def test_fractions_in_an_integer_column(tmp_path: Path) -> None:
+    failure = refused(write_csv(tmp_path, "country,hour,bid,clicked\nde,1,2.0,1\nkr,2.5,1.0,0\n"))
+    assert failure.rule == "not_integer"
+    assert failure.details["samples"] == [2.5] and "'hour'" in failure.message
+
+
+def test_infinite_feature_values(tmp_path: Path) -> None:
+    failure = refused(write_csv(tmp_path, "country,hour,bid,clicked\nde,1,inf,1\nkr,2,1.0,0\n"))
+    assert failure.rule == "non_finite"
+    assert failure.details["columns"] == ["bid"] and failure.details["rows"] == [1]
+
+
+def test_out_of_range_numbers_name_the_range_and_values(tmp_path: Path) -> None:
+    rows = good_rows(10)
+    rows[3]["bid"] = 12.5
+    rows[7]["hour"] = 24
+    failure = refused(write_rows(tmp_path, rows))
+    assert failure.rule == "out_of_range"
+    assert failure.details["columns"] == ["hour", "bid"]
+    assert failure.details["rows"] == [8] and failure.details["samples"] == [24]
+    assert failure.details["ranges"] == {"hour": [0, 23], "bid": [0.0, 10.0]}
+    assert "'hour'" in failure.message and "[0, 23]" in failure.message
+
+
+def test_unseen_category_is_quarantined_by_default(tmp_path: Path) -> None:
+    rows = good_rows(10)
+    rows[4]["country"] = "fr"
+    failure = refused(write_rows(tmp_path, rows))
+    assert failure.rule == "unseen_category"
+    assert failure.details["samples"] == ["fr"] and failure.details["rows"] == [5]
+    assert "'country'" in failure.message and "'fr'" in failure.message
+
+
+def test_unseen_category_is_accepted_and_recorded_under_accept(tmp_path: Path) -> None:
+    rows = good_rows(10)
+    rows[4]["country"] = "fr"
+    rows[6]["country"] = "br"
+    data = validate_file(write_rows(tmp_path, rows), "incoming/day.csv", SCHEMA, ACCEPT)
+    assert data.unseen_categories == {"country": ["br", "fr"]}
+    assert len(data.frame) == 10 and data.frame["country"].iloc[4] == "fr"
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [
+        ("de,1,2.0,\n", "missing"),
+        ("de,1,2.0,NaN\n", "missing"),
+        ("de,1,2.0,2\n", "classes"),
+        ("de,1,2.0,yes\n", "classes"),
+    ],
+)
+def test_bad_classification_labels(tmp_path: Path, text: str, what: str) -> None:
+    failure = refused(write_csv(tmp_path, "country,hour,bid,clicked\nkr,2,1.0,0\n" + text))
+    assert failure.rule == "invalid_label"
+    assert failure.details["columns"] == ["clicked"] and failure.details["rows"] == [2]
+    assert what in failure.message
+
+
+@pytest.mark.parametrize(
+    ("value", "what"), [("NaN", "missing or NaN"), ("inf", "finite"), ("-inf", "finite")]
+)
+def test_nan_or_infinite_regression_labels(tmp_path: Path, value: str, what: str) -> None:
+    failure = refused(
+        write_csv(tmp_path, f"country,hour,bid,clicked\nkr,2,1.0,0.5\nde,1,2.0,{value}\n"), REGRESSION
+    )
+    assert failure.rule == "invalid_label"
+    assert what in failure.message and failure.details["rows"] == [2]
+
+
+def test_nan_label_in_json_lines(tmp_path: Path) -> None:
+    path = tmp_path / "day.jsonl"
+    path.write_text('{"country": "de", "hour": 1, "bid": 1.0, "clicked": 0.5}\n')
+    path.write_text(path.read_text() + '{"country": "de", "hour": 1, "bid": 1.0, "clicked": NaN}\n')
+    assert refused(path, REGRESSION).rule == "invalid_label"
+
+
+def test_text_classes_keep_their_strings(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, "country,hour,bid,clicked\nkr,2,1.0,yes\nde,1,2.0,maybe\nus,3,3.0,no\n")
+    data = validate_file(path, "incoming/day.csv", TEXT_CLASSES, SETTINGS)
+    assert data.frame["clicked"].tolist() == ["yes", "maybe", "no"]
+    failure = refused(write_csv(tmp_path, "country,hour,bid,clicked\nkr,2,1.0,Yes\n"), TEXT_CLASSES)
+    assert failure.rule == "invalid_label" and failure.details["samples"] == ["Yes"]
+
+
+def test_regression_label_is_float(tmp_path: Path) -> None:
+    data = validate_file(
+        write_csv(tmp_path, "country,hour,bid,clicked\nkr,2,1.0,3\nde,1,2.0,0.25\n"),
+        "incoming/day.csv",
+        REGRESSION,
+        SETTINGS,
+    )
+    assert data.frame["clicked"].dtype == "float64" and data.frame["clicked"].tolist() == [3.0, 0.25]
+
+
+def test_null_share_over_the_limit_names_the_column(tmp_path: Path) -> None:
+    rows = good_rows(20)
+    rows[2]["bid"] = None
+    rows[9]["bid"] = None  # 2 of 20 = 10% > 5%
+    failure = refused(write_rows(tmp_path, rows))
+    assert failure.rule == "null_share"
+    assert failure.details["columns"] == ["bid"] and failure.details["rows"] == [3, 10]
+    assert failure.details["shares"] == {"bid": 0.1}
+    assert "'bid' (10.0%)" in failure.message
+
+
+def test_rows_with_few_missing_values_are_dropped(tmp_path: Path) -> None:
+    rows = good_rows(40)
+    rows[5]["bid"] = None
+    rows[6]["country"] = None  # each 1 of 40 = 2.5% <= 5%
+    data = validate_file(write_rows(tmp_path, rows), "incoming/day.csv", SCHEMA, SETTINGS)
+    assert data.rows == 40 and data.dropped_rows == 2 and len(data.frame) == 38
+    assert data.null_shares["bid"] == 0.025 and data.null_shares["country"] == 0.025
+    kept = [r for i, r in enumerate(rows) if i not in (5, 6)]
+    assert data.frame["bid"].tolist() == [r["bid"] for r in kept]
+
+
+def test_check_size_refuses_a_file_over_the_limit() -> None:
+    settings = load_settings({"MAX_FILE_BYTES": "1000"})
+    check_size(1000, settings)
+    with pytest.raises(ValidationFailed) as info:
+        check_size(1001, settings)
+    assert info.value.rule == "too_large"
+    assert "1001 bytes" in info.value.message and "MAX_FILE_BYTES=1000" in info.value.message
+
+
+def test_a_file_bigger_than_announced_is_refused_too(tmp_path: Path) -> None:
+    path = write_rows(tmp_path, good_rows(100))
+    settings = load_settings({"MAX_FILE_BYTES": str(path.stat().st_size - 1)})
+    assert refused(path, settings=settings).rule == "too_large"
+
+
+def test_too_many_rows(tmp_path: Path) -> None:
+    failure = refused(write_rows(tmp_path, good_rows(30)), settings=load_settings({"MAX_ROWS": "29"}))
+    assert failure.rule == "too_many_rows" and "MAX_ROWS=29" in failure.message
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "rule"),
+    [
+        ("day.csv", b"", "empty"),
+        ("day.csv", b"country,hour,bid,clicked\n", "empty"),
+        ("day.csv", bytes(range(256)) * 8, "unreadable"),
+        ("day.xlsx", b"PK\x03\x04", "unknown_format"),
+    ],
+)
+def test_unreadable_files_are_refused_before_any_rule(
+    tmp_path: Path, name: str, content: bytes, rule: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert refused(path).rule == rule
