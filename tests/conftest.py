@@ -200,3 +200,130 @@ def table_artifacts(buckets_root: Path, table_bundle) -> LocalBucket:
 
 
 # === end of batch table fixtures ==============================================================
+
+
+# =============================================================================================
+# serving: small models of each task on one keyed schema, tables written with the table API,
+# and the env of a real predict process on local buckets
+# =============================================================================================
+
+SERVING_FEATURES = [
+    {"name": "country", "type": "category", "domain": ["br", "de", "kr", "us"]},
+    {"name": "hour", "type": "integer", "min": 0, "max": 23},
+    {"name": "bid", "type": "float", "min": 0.0, "max": 10.0, "default": 1.5},
+]
+SERVING_LABELS = {
+    "binary": {"name": "converted", "type": "category", "classes": [0, 1]},
+    "multiclass": {"name": "plan", "type": "category", "classes": ["basic", "plus", "pro"]},
+    "regression": {"name": "spend", "type": "float"},
+}
+
+
+def serving_schema(task: str = "binary"):  # -> Schema
+    """Country x hour (96 keys) plus a non-key float with a default, for the given task."""
+    from shared.schema import Schema
+
+    return Schema.from_dict(
+        {"features": SERVING_FEATURES, "label": SERVING_LABELS[task], "key": ["country", "hour"]}
+    )
+
+
+def fit_serving_bundle(version: str, task: str = "binary", flip: bool = False, seed: int = 0):
+    """A small fitted ModelBundle: one-hot on the schema domains + a linear model.
+
+    ``flip`` learns the opposite label, so two versions' scores differ recognizably (p vs ~1-p).
+    """
+    import numpy as np
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    from shared.model import ModelBundle, to_frame
+
+    schema = serving_schema(task)
+    rng = np.random.default_rng(seed)
+    n = 400
+    frame = to_frame(
+        schema,
+        [
+            {
+                "country": str(rng.choice(schema.feature("country").domain)),
+                "hour": int(rng.integers(0, 24)),
+                "bid": float(rng.uniform(0, 10)),
+            }
+            for _ in range(n)
+        ],
+    )
+    signal = (frame["hour"].to_numpy() - 11.5) / 4 + (frame["country"] == "us").to_numpy() * 1.5
+    signal = signal + frame["bid"].to_numpy() / 5 - 1 + rng.normal(0, 0.5, n)
+    if flip:
+        signal = -signal
+    prep = ColumnTransformer(
+        [
+            ("cat", OneHotEncoder(categories=[list(schema.feature("country").domain)]), ["country"]),
+            ("num", "passthrough", ["hour", "bid"]),
+        ]
+    )
+    if task == "regression":
+        estimator, y = LinearRegression(), signal * 10
+    elif task == "binary":
+        estimator, y = LogisticRegression(max_iter=2000), (signal > 0).astype(int)
+    else:
+        estimator = LogisticRegression(max_iter=2000)
+        y = np.array(schema.label.classes)[np.digitize(signal, [-0.7, 0.7])]
+    return ModelBundle(version, Pipeline([("prep", prep), ("model", estimator)]).fit(frame, y), schema)
+
+
+def write_serving_table(artifacts, bundle, model_generation: int, version: str | None = None, keep=None):
+    """Score every key (non-key features at their defaults) and publish it as the current table.
+
+    ``keep``: a function of the code array choosing which codes the table holds (a top-K build).
+    Returns the pointer's generation.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from shared.model import to_frame
+    from shared.table import decode_codes, read_pointer, switch_pointer, write_table
+
+    schema = bundle.schema
+    codes = np.arange(schema.key_cardinality, dtype=np.int64)
+    if keep is not None:
+        codes = codes[keep(codes)]
+    columns = decode_codes(schema, codes)
+    for f in schema.features:
+        if f.name not in columns:
+            columns[f.name] = np.full(len(codes), f.default)
+    scores = bundle.scores(to_frame(schema, pd.DataFrame(columns)))
+    version = version or f"{bundle.version}-t"
+    meta = {"model_version": bundle.version, "model_generation": model_generation, "key": list(schema.key)}
+    write_table(artifacts, version, codes, scores, meta)
+    _, generation = read_pointer(artifacts)
+    pointer = {
+        **meta,
+        "version": version,
+        "rows": len(codes),
+        "strategy": "full" if keep is None else "top_k",
+        "built_at": "2026-01-01T00:00:00+00:00",
+    }
+    return switch_pointer(artifacts, pointer, if_generation_match=generation)
+
+
+def serving_env(buckets_root: Path, **overrides: str) -> dict[str, str]:
+    """The environment of a predict process on local buckets under ``buckets_root``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "TRAFFIC_", "RELOAD_"))}
+    env.update(
+        {
+            "STORAGE_BACKEND": "local",
+            "LOCAL_BUCKETS_ROOT": str(buckets_root),
+            "ARTIFACTS_BUCKET": "prodml-artifacts",
+            "LOG_FORMAT": "json",
+            "THREADS": "8",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+# === end of serving fixtures ==================================================================

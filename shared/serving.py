@@ -1,0 +1,459 @@
+"""Online serving: the model and table in memory, hot reload, and the three serving modes.
+
+``Predictor`` holds one immutable ``ServingState`` (model, table, checks) and swaps it whole:
+a request reads the reference once, so every answer is computed by one model version and names
+it, and no request waits for a reload. Loading is lazy (first request, once per instance);
+afterwards a background thread stats ``models/current.skops`` and ``tables/current.json`` at most
+every ``RELOAD_SECONDS`` and loads only what changed. A broken new model or table is logged and
+skipped: the instance keeps serving what it had.
+
+Modes (``SERVING_MODE``):
+
+- ``dynamic``: every instance of a request goes to the model in one vectorized call;
+- ``static``: answers from the table only; a key not in it is a ``miss`` (score null), still 200.
+  The scores are those of the model the table was built from, and the answer names that version;
+- ``hybrid``: table hits from the table, every miss to the model in one call. The table is used
+  only while it was built from the model being served (same version), so a hybrid answer never
+  mixes two models.
+
+Table hits answer by key alone: non-key features are those the table build used (their schema
+defaults), as static serving means. Requested keys are counted in a ``HeavyHitters`` sketch and
+flushed to ``traffic/`` every ``TRAFFIC_FLUSH_SECONDS`` by a second thread (and at exit).
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shared.config import Settings
+from shared.errors import ModelNotReady, NotFound, ProdMLError
+from shared.logs import get_logger
+from shared.model import ModelBundle, to_frame
+from shared.requests_check import InstanceChecker
+from shared.schema import Scalar
+from shared.storage import Bucket
+from shared.table import CURRENT_POINTER, KeyCodec, Table, key_string, read_pointer, read_table
+from shared.traffic import HeavyHitters, flush_counts
+
+log = get_logger(__name__)
+
+CURRENT_MODEL = "models/current.skops"
+MODES = ("static", "dynamic", "hybrid")
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """Everything one answer is computed from; replaced whole, never changed."""
+
+    model: ModelBundle
+    model_generation: int
+    model_updated: datetime
+    table: Table | None
+    table_generation: int  # generation of the pointer the table was read through (0: none)
+    table_usable: bool  # whether this mode may answer from the table
+    table_note: str  # why the table is (not) used, for /health
+    checker: InstanceChecker
+    codec: KeyCodec
+    loaded_at: datetime
+
+
+@dataclass
+class Counters:
+    """Request counters for ``/health``; a lock keeps concurrent increments exact."""
+
+    requests: int = 0
+    instances: int = 0
+    table_hits: int = 0
+    model_predictions: int = 0
+    misses: int = 0
+    client_errors: int = 0
+    server_errors: int = 0
+    not_ready: int = 0
+    reloads: int = 0
+    reload_failures: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **deltas: int) -> None:
+        """Add ``deltas`` to the named counters."""
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+    def snapshot(self) -> dict[str, int]:
+        """The counters as a dict."""
+        with self._lock:
+            return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def _table_fits(table: Table, model: ModelBundle, mode: str) -> tuple[bool, str]:
+    """Whether ``mode`` may answer from ``table`` while ``model`` is served, and why (not)."""
+    schema = model.schema
+    if tuple(table.key) != tuple(schema.key):
+        return False, f"table key {list(table.key)} differs from the schema key {list(schema.key)}"
+    width = len(model.classes) if model.task == "multiclass" else 0
+    if (table.scores.ndim == 2 and table.scores.shape[1] != width) or (table.scores.ndim == 1 and width):
+        return False, f"table scores of shape {table.scores.shape} do not fit a {model.task} model"
+    if mode == "hybrid" and table.model_version != model.version:
+        return False, f"table was built from model {table.model_version!r}, serving {model.version!r}"
+    return True, "in use"
+
+
+class Predictor:
+    """One serving instance: lazy load, background reload and traffic flush, the three modes."""
+
+    def __init__(self, artifacts: Bucket, settings: Settings, instance_id: str | None = None) -> None:
+        self.artifacts = artifacts
+        self.settings = settings
+        self.mode = settings.serving_mode
+        self.instance_id = instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.counters = Counters()
+        self.traffic = HeavyHitters(settings.traffic_sketch_size)
+        self._traffic_since = datetime.now(UTC)
+        self._state: ServingState | None = None
+        self._tried_first_load = False
+        self._load_lock = threading.Lock()  # first load, and one reload at a time
+        self._flush_lock = threading.Lock()
+        self._skip: dict[str, int] = {}  # blob -> generation that failed to load (not retried)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.last_reload_error: str | None = None
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def state(self) -> ServingState:
+        """The current state; loads it on the first call. ``ModelNotReady`` when there is none."""
+        state = self._state
+        if state is not None:
+            return state
+        with self._load_lock:
+            if not self._tried_first_load:
+                self._tried_first_load = True
+                self._reload_locked()
+                self._start_threads()
+        state = self._state
+        if state is None:
+            raise ModelNotReady(self._not_ready_message())
+        return state
+
+    def _not_ready_message(self) -> str:
+        reason = f" (last error: {self.last_reload_error})" if self.last_reload_error else ""
+        return (
+            f"no model is being served yet: {CURRENT_MODEL} is absent from bucket {self.artifacts.name!r} "
+            f"or could not be loaded{reason}; train one with `prodml train FILE`"
+        )
+
+    def reload(self) -> bool:
+        """Load whatever changed since the last look; True when a new state was swapped in."""
+        with self._load_lock:
+            return self._reload_locked()
+
+    def _generation(self, blob: str) -> int:
+        try:
+            return self.artifacts.stat(blob).generation
+        except NotFound:
+            return 0
+
+    def _reload_locked(self) -> bool:
+        current = self._state
+        model_gen = self._generation(CURRENT_MODEL)
+        pointer_gen = self._generation(CURRENT_POINTER)
+        if current is not None and (current.model_generation, current.table_generation) == (
+            model_gen,
+            pointer_gen,
+        ):
+            return False
+        model, model_gen, model_updated = self._load_model(current, model_gen)
+        if model is None:
+            return False
+        table, table_gen = self._load_table(current, pointer_gen)
+        if current is not None and (model_gen, table_gen) == (
+            current.model_generation,
+            current.table_generation,
+        ):
+            return False
+        if table is not None:
+            usable, note = _table_fits(table, model, self.mode)
+        else:
+            usable, note = False, "no table"
+        if self.mode == "dynamic":
+            usable, note = False, "dynamic mode answers from the model only"
+        same_schema = current is not None and current.model.schema == model.schema
+        state = ServingState(
+            model=model,
+            model_generation=model_gen,
+            model_updated=model_updated,
+            table=table,
+            table_generation=table_gen,
+            table_usable=usable,
+            table_note=note,
+            checker=current.checker
+            if same_schema and current
+            else InstanceChecker(model.schema, self.settings.max_instances),
+            codec=current.codec if same_schema and current else KeyCodec(model.schema),
+            loaded_at=datetime.now(UTC),
+        )
+        self._state = state  # one reference assignment: requests see the old or the new state
+        self.counters.add(reloads=1)
+        log.info(
+            "serving state loaded",
+            extra={
+                "fields": {
+                    "mode": self.mode,
+                    "model_version": model.version,
+                    "model_generation": model_gen,
+                    "table_version": table.version if table else None,
+                    "table_rows": len(table) if table else 0,
+                    "table_used": usable,
+                    "table_note": note,
+                }
+            },
+        )
+        return True
+
+    def _failed(self, blob: str, generation: int, exc: BaseException) -> None:
+        self._skip[blob] = generation
+        self.last_reload_error = f"{blob}@{generation}: {exc}"
+        self.counters.add(reload_failures=1)
+        log.error(
+            "could not load a new serving artifact; keeping the current one",
+            extra={"fields": {"blob": blob, "generation": generation, "error": repr(exc)}},
+        )
+
+    def _load_model(
+        self, current: ServingState | None, generation: int
+    ) -> tuple[ModelBundle | None, int, datetime]:
+        keep = (
+            (current.model, current.model_generation, current.model_updated) if current else (None, 0, _EPOCH)
+        )
+        if generation == 0:
+            if current is not None:
+                log.warning("serving model blob vanished; keeping the loaded model")
+            return keep
+        if current is not None and generation == current.model_generation:
+            return keep
+        if self._skip.get(CURRENT_MODEL) == generation:
+            return keep
+        try:
+            data, info = self.artifacts.read_with_info(CURRENT_MODEL)
+            model = ModelBundle.from_bytes(data, extra_trusted=self.settings.model_trusted_types)
+        except NotFound:
+            return keep
+        except Exception as exc:  # a corrupt or untrusted model must not take serving down
+            self._failed(CURRENT_MODEL, generation, exc)
+            return keep
+        return model, info.generation, info.updated
+
+    def _load_table(self, current: ServingState | None, generation: int) -> tuple[Table | None, int]:
+        keep = (current.table, current.table_generation) if current else (None, 0)
+        if self.mode == "dynamic":
+            return None, generation  # never used: do not spend memory on it
+        if current is not None and generation == current.table_generation:
+            return keep
+        if generation == 0:
+            return None, 0
+        if self._skip.get(CURRENT_POINTER) == generation:
+            return keep
+        try:
+            pointer, pointer_gen = read_pointer(self.artifacts)
+            if pointer is None:
+                return None, pointer_gen
+            table = read_table(self.artifacts, str(pointer["version"]))
+        except Exception as exc:  # a missing or malformed table: keep serving what we have
+            self._failed(CURRENT_POINTER, generation, exc)
+            return keep
+        return table, pointer_gen
+
+    # --- background threads ----------------------------------------------------------------
+
+    def _start_threads(self) -> None:
+        if self._threads:
+            return
+        loops = [("prodml-reload", self._reload_loop), ("prodml-traffic", self._traffic_loop)]
+        for name, target in loops:
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        atexit.register(self.close)
+
+    def _reload_loop(self) -> None:
+        interval = max(self.settings.reload_seconds, 0.05)
+        while not self._stop.wait(interval):
+            try:
+                self.reload()
+            except Exception as exc:  # storage hiccup: try again next interval
+                self.last_reload_error = repr(exc)
+                self.counters.add(reload_failures=1)
+                log.warning("reload check failed", extra={"fields": {"error": repr(exc)}})
+
+    def _traffic_loop(self) -> None:
+        interval = max(self.settings.traffic_flush_seconds, 0.05)
+        while not self._stop.wait(interval):
+            self.flush_traffic()
+
+    def flush_traffic(self) -> str | None:
+        """Write the key counts since the last flush to ``traffic/``; the object name, or None."""
+        with self._flush_lock:
+            state = self._state
+            counts = self.traffic.drain()
+            start, end = self._traffic_since, datetime.now(UTC)
+            self._traffic_since = end
+            if not counts or state is None:
+                return None
+            try:
+                return flush_counts(
+                    self.artifacts, counts, list(state.model.schema.key), self.instance_id, start, end
+                )
+            except Exception as exc:  # traffic is evidence, not data: log and drop this interval
+                log.warning("could not flush traffic counts", extra={"fields": {"error": repr(exc)}})
+                return None
+
+    def close(self) -> None:
+        """Stop the background threads and flush the last traffic counts."""
+        self._stop.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        self.flush_traffic()
+
+    # --- answering -------------------------------------------------------------------------
+
+    def predict(self, body: bytes) -> dict[str, Any]:
+        """Answer a request body; ``BadRequest`` for bad input, ``ModelNotReady`` with nothing to serve."""
+        state = self.state()
+        if self.mode == "static" and not state.table_usable:
+            raise ModelNotReady(
+                f"static serving has no usable table yet ({state.table_note}): "
+                f"build one with `prodml table build`"
+            )
+        require = "key" if self.mode == "static" else "all"
+        instances = state.checker.parse(body, require)
+        model = state.model
+        n = len(instances)
+        keys = [state.codec.key_values(instance) for instance in instances] if state.codec.key else []
+        scores: list[Any] = [None] * n
+        sources = ["model"] * n
+        to_model: Sequence[int] = range(n)
+        hits = 0
+        if state.table_usable and state.table is not None and keys:
+            table, codec = state.table, state.codec
+            missed: list[int] = []
+            for i, values in enumerate(keys):
+                row = table.lookup_one(codec.encode_one(values))
+                if row is None:
+                    missed.append(i)
+                else:
+                    scores[i] = row
+                    sources[i] = "table"
+            hits = n - len(missed)
+            to_model = missed if self.mode == "hybrid" else []
+            if self.mode == "static":
+                for i in missed:
+                    sources[i] = "miss"
+        if to_model:
+            rows = [instances[i] for i in to_model]
+            frame = to_frame(
+                model.schema, pd.DataFrame({f: [r[f] for r in rows] for f in model.schema.feature_names})
+            )
+            model_scores = model.scores(frame)
+            for j, i in enumerate(to_model):
+                scores[i] = model_scores[j]
+        if keys:
+            self.traffic.add_many([key_string(values) for values in keys])
+        self.counters.add(
+            requests=1,
+            instances=n,
+            table_hits=hits,
+            model_predictions=len(to_model),
+            misses=n - hits - len(to_model),
+        )
+        version = state.table.model_version if self.mode == "static" and state.table else model.version
+        return _answer(model, version, scores, sources)
+
+    def health(self) -> dict[str, Any]:
+        """What ``GET /health`` reports: mode, model, table, counters."""
+        try:
+            state: ServingState | None = self.state()
+        except ModelNotReady:
+            state = None
+        out: dict[str, Any] = {
+            "status": "ok" if state is not None else "no_model",
+            "mode": self.mode,
+            "reload_seconds": self.settings.reload_seconds,
+            "counters": self.counters.snapshot(),
+            "last_reload_error": self.last_reload_error,
+            "model": None,
+            "table": None,
+        }
+        if state is None:
+            return out
+        now = datetime.now(UTC)
+        out["model"] = {
+            "version": state.model.version,
+            "generation": state.model_generation,
+            "task": state.model.task,
+            "age_seconds": round((now - state.model_updated).total_seconds(), 3),
+        }
+        if state.table is not None:
+            table = state.table
+            cardinality = state.codec.cardinality
+            out["table"] = {
+                "version": table.version,
+                "rows": len(table),
+                "model_version": table.model_version,
+                "matches_model": table.model_version == state.model.version,
+                "used": state.table_usable,
+                "note": state.table_note,
+                "coverage": round(len(table) / cardinality, 6) if cardinality else None,
+                "strategy": table.meta.get("strategy"),
+            }
+        if self.mode == "static" and not state.table_usable:
+            out["status"] = "no_table"
+        return out
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        return [float(v) for v in value]
+    return float(value)
+
+
+def _answer(model: ModelBundle, version: str, scores: list[Any], sources: list[str]) -> dict[str, Any]:
+    """The response body: one prediction per instance, the model version, classes if multiclass."""
+    task = model.task
+    answered = [i for i, s in enumerate(scores) if s is not None]
+    labels: list[Scalar | None] = [None] * len(scores)
+    if answered and task != "regression":
+        found = model.labels(np.asarray([scores[i] for i in answered], dtype=float))
+        for i, label in zip(answered, found, strict=True):
+            labels[i] = label
+    predictions = []
+    for score, source, label in zip(scores, sources, labels, strict=True):
+        plain = _plain(score)
+        if plain is not None and not all(
+            math.isfinite(v) for v in (plain if isinstance(plain, list) else [plain])
+        ):
+            raise ProdMLError(f"model {version!r} produced a non-finite score {plain!r}")
+        prediction: dict[str, Any] = {"score": plain, "source": source}
+        if task != "regression":
+            prediction["label"] = label
+        predictions.append(prediction)
+    body: dict[str, Any] = {"predictions": predictions, "model_version": version}
+    if task == "multiclass":
+        body["classes"] = list(model.classes)
+    return body
