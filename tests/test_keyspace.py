@@ -31,7 +31,9 @@ def test_full_chunks_enumerate_every_key_once_in_code_order(table_bundle) -> Non
     keys = {
         (str(c), int(h), str(d))
         for chunk in chunks
-        for c, h, d in zip(chunk.columns["country"], chunk.columns["hour"], chunk.columns["device"], strict=True)
+        for c, h, d in zip(
+            chunk.columns["country"], chunk.columns["hour"], chunk.columns["device"], strict=True
+        )
     }
     expected = {
         (c, h, d)
@@ -70,7 +72,9 @@ def test_instance_frame_holds_keys_and_defaults_as_the_model_expects(table_bundl
     frame = instance_frame(schema, chunk.columns)
     records = [
         {"country": c, "hour": int(h), "device": d, "segment": "new", "bid": 1.5}
-        for c, h, d in zip(chunk.columns["country"], chunk.columns["hour"], chunk.columns["device"], strict=True)
+        for c, h, d in zip(
+            chunk.columns["country"], chunk.columns["hour"], chunk.columns["device"], strict=True
+        )
     ]
     expected = to_frame(schema, records)
     assert list(frame.columns) == schema.feature_names
@@ -146,4 +150,6 @@ def test_ties_are_broken_by_code_so_top_k_repeats(table_bundle) -> None:
     schema = table_bundle.schema
     counts = {key_string(["jp", 1, "mobile"]): 5, key_string(["br", 1, "mobile"]): 5}
     top = top_k(schema, counts, k=1)
-    assert list(top.codes) == list(encode_keys(schema, {"country": ["br"], "hour": [1], "device": ["mobile"]}))
+    assert list(top.codes) == list(
+        encode_keys(schema, {"country": ["br"], "hour": [1], "device": ["mobile"]})
+    )

@@ -1,0 +1,108 @@
+"""The build_table function as a real functions-framework process on a real local bucket."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from shared.events import build_cloudevent
+from shared.functions_spec import load_declaration
+from shared.localproc import FunctionProcess, free_port
+from shared.table import read_pointer, table_blob
+
+pytestmark = pytest.mark.slow
+
+
+def _env(buckets_root: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "STORAGE_BACKEND": "local",
+            "LOCAL_BUCKETS_ROOT": str(buckets_root),
+            "ARTIFACTS_BUCKET": "prodml-artifacts",
+            "TABLE_CHUNK_ROWS": "100",
+            "LOG_FORMAT": "json",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def function(
+    request: pytest.FixtureRequest, table_artifacts, buckets_root: Path, tmp_path: Path
+) -> Iterator[FunctionProcess]:
+    """The infra/functions.json function named by the indirect parameter, serving ``table_artifacts``."""
+    spec = load_declaration().functions[request.param]
+    with FunctionProcess(spec, free_port(), _env(buckets_root), tmp_path / f"{spec.name}.log") as process:
+        yield process
+
+
+@pytest.mark.parametrize("function", ["build_table_event"], indirect=True)
+def test_model_promotion_event_builds_once(function: FunctionProcess, table_artifacts) -> None:
+    model = table_artifacts.stat("models/current.skops")
+    headers, body = build_cloudevent(model, event_id="promotion-1")
+
+    answer = requests.post(function.url, headers=headers, data=body, timeout=60)
+    assert answer.status_code == 200, function.log_tail()
+    built = table_artifacts.stat(table_blob("v1"))
+    pointer, pointer_generation = read_pointer(table_artifacts)
+    assert (
+        pointer is not None and pointer["version"] == "v1" and pointer["model_generation"] == model.generation
+    )
+    assert pointer["rows"] == 360
+    assert "table build: 360/360 rows" in function.log_tail(20000)
+
+    # Eventarc redelivers the same event: nothing new is built, the pointer is untouched.
+    answer = requests.post(function.url, headers=headers, data=body, timeout=60)
+    assert answer.status_code == 200
+    assert table_artifacts.stat(table_blob("v1")).generation == built.generation
+    assert read_pointer(table_artifacts)[1] == pointer_generation
+    assert "skipped" in function.log_tail(4000)
+
+    # Finalized objects other than the model (the pointer itself fires one) are ignored with a 2xx.
+    headers, body = build_cloudevent(table_artifacts.stat("tables/current.json"))
+    assert requests.post(function.url, headers=headers, data=body, timeout=60).status_code == 200
+    assert read_pointer(table_artifacts)[1] == pointer_generation
+
+    # So is a malformed event: a redelivery could not fix it.
+    broken = requests.post(function.url, headers={**headers, "ce-type": "other.type"}, data=body, timeout=60)
+    assert broken.status_code == 200
+
+
+@pytest.mark.parametrize("function", ["build_table"], indirect=True)
+def test_http_builds_on_a_good_body_and_refuses_bad_ones(function: FunctionProcess, table_artifacts) -> None:
+    answer = requests.post(function.url, json={"strategy": "full"}, timeout=60)
+    assert answer.status_code == 200, function.log_tail()
+    summary = answer.json()
+    assert summary["status"] == "built" and summary["rows"] == 360 and summary["pointer_switched"] is True
+    assert summary["table"] == "tables/v1/table.npz" and summary["strategy"] == "full"
+
+    again = requests.post(function.url, json={"strategy": "auto"}, timeout=60)
+    assert again.status_code == 200 and again.json()["status"] == "skipped"
+
+    no_traffic = requests.post(function.url, json={"strategy": "top_k", "k": 10}, timeout=60)
+    assert no_traffic.status_code == 200
+    assert no_traffic.json()["status"] == "nothing_to_build"
+    assert "no traffic counted yet" in no_traffic.json()["message"]
+
+    bad = [
+        (requests.post(function.url, data=b"{not json", timeout=10), 400, "malformed_json", None),
+        (
+            requests.post(function.url, json={"strategy": "everything"}, timeout=10),
+            400,
+            "invalid_value",
+            "strategy",
+        ),
+        (requests.post(function.url, json={"k": -1}, timeout=10), 400, "invalid_value", "k"),
+        (requests.post(function.url, json=["full"], timeout=10), 400, "invalid_body", None),
+        (requests.post(function.url, data=b"{}" + b" " * 5000, timeout=10), 413, "body_too_large", None),
+        (requests.get(function.url, timeout=10), 405, "method_not_allowed", None),
+    ]
+    for response, status, code, field in bad:
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert error["code"] == code and error["field"] == field and error["message"]
