@@ -72,7 +72,9 @@ def reference_stats(frame: pd.DataFrame, schema: Schema) -> dict[str, Any]:
             values = _finite(frame[feature.name])
             if len(values) == 0:
                 continue
-            inner = np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1])
+            # method="lower": edges are observed values, so repeated values (integers) give
+            # one bin each instead of empty bins between interpolated edges.
+            inner = np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1], method="lower")
             edges = sorted({float(e) for e in inner})
             features[feature.name] = {
                 "kind": "numeric",
