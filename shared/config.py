@@ -177,6 +177,19 @@ SETTINGS: tuple[Setting, ...] = (
         "CAS_MAX_ATTEMPTS", "5", _int(1, 100), "times a trainer redoes its work when another promoted first"
     ),
     Setting(
+        "HOLDOUT_WINDOW_FILES",
+        "5",
+        _int(1),
+        "the gate compares models on the held-out rows of this many most recent accepted files",
+    ),
+    Setting(
+        "TRAIN_CRASH_FILE",
+        "",
+        _text,
+        "tests only: when this file exists, a trainer deletes it and kills itself between "
+        "writing a version and promoting it",
+    ),
+    Setting(
         "ESTIMATOR",
         "",
         _text,
@@ -298,6 +311,8 @@ class Settings:
     promotion_tolerance: float
     holdout_fraction: float
     cas_max_attempts: int
+    holdout_window_files: int
+    train_crash_file: str
     estimator: str
     model_trusted_types: tuple[str, ...]
     random_seed: int
