@@ -1,0 +1,44 @@
+"""The train function: a CloudEvent function on the data bucket (DESIGN.md sections 1, 4).
+
+Eventarc delivers "object finalized" events for every object of the data bucket; this entry point
+parses the event and hands it to ``shared.trainer.handle_event``, which validates the file,
+quarantines it or trains a challenger, and promotes it if it is not worse. A malformed event is
+logged and answered 2xx (it would not get better on retry); only transient faults raise, so the
+platform retries exactly what a retry can fix.
+"""
+
+from __future__ import annotations
+
+import functions_framework
+from cloudevents.http import CloudEvent
+
+from shared.config import get_settings
+from shared.errors import InvalidEvent, ProdMLError, StorageError
+from shared.events import parse_storage_event
+from shared.logs import get_logger, setup_logging
+from shared.trainer import RetryLater, handle_event
+
+_settings = get_settings()
+setup_logging(_settings.log_format, _settings.log_level)
+log = get_logger("functions.train")
+
+
+@functions_framework.cloud_event
+def on_data_file(cloud_event: CloudEvent) -> None:
+    """Process one data file event; return normally (2xx) unless a retry can help."""
+    try:
+        event = parse_storage_event(cloud_event)
+    except InvalidEvent as exc:
+        log.error(f"ignoring a malformed event: {exc}")
+        return
+    try:
+        handle_event(event, _settings)
+    except (StorageError, RetryLater, OSError):
+        raise  # transient: a 5xx makes the platform deliver the event again
+    except ProdMLError as exc:
+        # Not transient (a bad object name, a bad ESTIMATOR setting, ...): retrying cannot help.
+        # No "done" marker was written, so `prodml replay` can run the file again after a fix.
+        log.error(f"could not process {event.name!r}@{event.generation}: {exc}")
+    except Exception:
+        # A bug or a model the estimator chokes on: retrying forever would not help either.
+        log.exception(f"unexpected error on {event.name!r}@{event.generation}; left for `prodml replay`")

@@ -1,0 +1,314 @@
+"""Training one challenger and judging it against the champion on the same held-out rows.
+
+Used by the train function (``shared.trainer``) and by ``prodml train``. Data files are the
+``DataFile`` of this module: one validated file, its identity, and which of its rows are held out
+(``training.holdout_mask``: the same rows for every model, so no model is compared on rows it
+trained on).
+
+The gate (``judge``) compares the primary metric (``monitoring.PRIMARY_METRIC``: log loss for
+classification, RMSE for regression) on the held-out rows of the most recent files the champion
+was trained with (``HOLDOUT_WINDOW_FILES``): data that already passed the gate once. The new
+file's own held-out rows are scored too and recorded, but do not decide: its labels are the one
+thing not yet trusted, and a file whose labels are noise would make a noise-fitted challenger
+look *better* there (it is less confident, so its log loss on noise is lower).
+
+``PROMOTION_TOLERANCE`` is in the metric's own units for classification (log loss is unitless:
+0.01 is a hundredth of a nat) and a fraction of the champion's error for regression, whose RMSE
+is in the label's units (0.01 = 1 % worse).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from shared import monitoring, training
+from shared.config import Settings
+from shared.errors import NotFound, ValidationFailed
+from shared.logs import get_logger
+from shared.model import ModelBundle
+from shared.registry import CARD_FORMAT, Current, file_key, now_iso
+from shared.schema import Schema
+from shared.storage import Bucket
+from shared.validation import validate_file
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One validated data file and its held-out rows."""
+
+    bucket: str
+    name: str
+    generation: int
+    frame: pd.DataFrame
+    holdout: np.ndarray  # bool per row of frame: True = held out
+
+    @property
+    def key(self) -> str:
+        """``bucket/name@generation``."""
+        return file_key(self.bucket, self.name, self.generation)
+
+    @property
+    def train_rows(self) -> pd.DataFrame:
+        """The rows models may learn from."""
+        return self.frame[~self.holdout]
+
+    @property
+    def holdout_rows(self) -> pd.DataFrame:
+        """The rows models are compared on."""
+        return self.frame[self.holdout]
+
+    def ref(self) -> dict[str, Any]:
+        """This file as a lineage entry."""
+        return {
+            "bucket": self.bucket,
+            "name": self.name,
+            "generation": self.generation,
+            "rows": len(self.frame),
+            "holdout_rows": int(self.holdout.sum()),
+        }
+
+
+def make_data_file(
+    bucket: str, name: str, generation: int, frame: pd.DataFrame, settings: Settings
+) -> DataFile:
+    """A ``DataFile`` with its deterministic held-out rows."""
+    mask = training.holdout_mask(
+        len(frame), file_key(bucket, name, generation), settings.holdout_fraction, settings.random_seed
+    )
+    return DataFile(bucket, name, generation, frame, mask)
+
+
+def load_lineage_files(
+    data: Bucket, refs: list[dict[str, Any]], schema: Schema, settings: Settings
+) -> tuple[list[DataFile], list[str]]:
+    """Read and validate earlier accepted files; (the files, a note per file that was skipped).
+
+    A file is skipped when it is gone, was replaced by a newer generation (its rows are no longer
+    there to read), lives in another bucket, or no longer passes validation (a changed schema).
+    """
+    files: list[DataFile] = []
+    skipped: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="prodml-window-") as folder:
+        for ref in refs:
+            key = file_key(ref["bucket"], ref["name"], ref["generation"])
+            if ref["bucket"] != data.name:
+                skipped.append(f"{key}: not in data bucket {data.name!r}")
+                continue
+            path = Path(folder) / "data"
+            try:
+                info = data.download(ref["name"], path)
+                if info.generation != int(ref["generation"]):
+                    skipped.append(f"{key}: replaced by generation {info.generation}")
+                    continue
+                validated = validate_file(path, ref["name"], schema, settings)
+            except NotFound:
+                skipped.append(f"{key}: no longer in the bucket")
+                continue
+            except ValidationFailed as exc:
+                skipped.append(f"{key}: no longer valid ({exc.rule}: {exc.message})")
+                continue
+            finally:
+                path.unlink(missing_ok=True)
+            files.append(
+                make_data_file(ref["bucket"], ref["name"], int(ref["generation"]), validated.frame, settings)
+            )
+    for note in skipped:
+        log.warning(f"training window: skipped {note}")
+    return files, skipped
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+@dataclass
+class Challenger:
+    """A trained, evaluated, judged challenger: what goes into a version."""
+
+    bundle: ModelBundle
+    card: dict[str, Any]
+    promote: bool
+    reason: str
+    model_bytes: bytes = field(repr=False, default=b"")
+
+
+def fit_challenger(
+    schema: Schema,
+    settings: Settings,
+    new_files: list[DataFile],
+    window: list[DataFile],
+    champion: Current | None,
+    strategy: str,
+) -> tuple[Any, str, list[DataFile], float]:
+    """Fit the challenger's estimator; (estimator, strategy used, files trained on, seconds).
+
+    ``full``: a fresh estimator on the training rows of ``window`` + ``new_files``.
+    ``incremental``: a copy of the champion's estimator, ``partial_fit`` on ``new_files``; when that
+    cannot be done (no champion, no ``partial_fit``, a class never seen) it falls back to full and
+    says why in the returned strategy. A ``ValueError`` of the estimator (one class only, ...)
+    becomes ``ValidationFailed("untrainable")``.
+    """
+    started = time.perf_counter()
+    used = strategy
+    try:
+        if strategy == "incremental":
+            if champion is None:
+                used = "full (incremental needs a current model)"
+            elif not training.supports_incremental(champion.bundle.estimator):
+                used = "full (the current model has no partial_fit)"
+            else:
+                estimator = copy.deepcopy(champion.bundle.estimator)
+                try:
+                    training.fit_incremental(estimator, _concat([f.train_rows for f in new_files]), schema)
+                    return estimator, "incremental", new_files, time.perf_counter() - started
+                except training.IncrementalUnsupported as exc:
+                    used = f"full ({exc})"
+        trained_on = window + new_files
+        rows = _concat([f.train_rows for f in trained_on])
+        estimator = training.fit_full(training.new_estimator(schema, settings), rows, schema)
+    except ValueError as exc:
+        names = ", ".join(f.name for f in new_files)
+        raise ValidationFailed(
+            "untrainable",
+            f"the model cannot be trained on {names}: {exc}",
+            {"columns": [schema.label.name], "count": sum(len(f.frame) for f in new_files)},
+        ) from None
+    return estimator, used, trained_on, time.perf_counter() - started
+
+
+def judge(
+    task: str,
+    challenger: dict[str, float | None],
+    champion: dict[str, float | None] | None,
+    tolerance: float,
+) -> tuple[bool, str]:
+    """Promote or not, and why (see the module docstring for the tolerance's units)."""
+    name, higher_is_better = monitoring.PRIMARY_METRIC[task]
+    if champion is None:
+        return True, "no current model: the first model is promoted"
+    mine, theirs = challenger.get(name), champion.get(name)
+    if mine is None or theirs is None:
+        return True, f"{name} not measurable on the held-out rows; promoted without comparison"
+    allowed = tolerance * abs(theirs) if task == "regression" else tolerance
+    worse_by = (theirs - mine) if higher_is_better else (mine - theirs)
+    rows = int(challenger.get("rows") or 0)
+    verdict = (
+        f"{name} {mine:.4f} vs champion {theirs:.4f} on {rows} held-out rows "
+        f"(worse by {worse_by:+.4f}, tolerance {allowed:.4f})"
+    )
+    if worse_by <= allowed:
+        return True, "promoted: " + verdict
+    return False, "rejected: " + verdict
+
+
+def build_challenger(
+    *,
+    version: str,
+    schema: Schema,
+    settings: Settings,
+    data: Bucket | None,
+    new_files: list[DataFile],
+    champion: Current | None,
+    strategy: str,
+    event: dict[str, Any] | None,
+    by: str,
+    accumulate_lineage: bool = True,
+    force_promote: bool = False,
+) -> Challenger:
+    """Train a challenger on ``new_files`` (plus the window), evaluate it beside the champion, judge it.
+
+    The window of earlier files comes from the champion's lineage (read from ``data``): the last
+    ``TRAINING_WINDOW_FILES`` for a full retrain, the last ``HOLDOUT_WINDOW_FILES`` for the gate.
+    ``accumulate_lineage=False`` (a static retrain by hand) trains on ``new_files`` alone and
+    starts a fresh lineage. ``force_promote`` records the gate's verdict but promotes anyway.
+    """
+    started = time.perf_counter()
+    prior = champion.lineage if (champion is not None and accumulate_lineage) else []
+    new_keys = {f.key for f in new_files}
+    prior = [r for r in prior if file_key(r["bucket"], r["name"], r["generation"]) not in new_keys]
+    holdout_count = settings.holdout_window_files
+    want = 0
+    if accumulate_lineage:
+        want = (
+            holdout_count if strategy == "incremental" else max(settings.training_window_files, holdout_count)
+        )
+    window_refs = prior[-want:] if want else []
+    if champion is not None and not accumulate_lineage:
+        # A retrain by hand is still compared with the champion on trusted rows.
+        window_refs = champion.lineage[-holdout_count:]
+    window, skipped = (
+        load_lineage_files(data, window_refs, schema, settings) if (window_refs and data) else ([], [])
+    )
+    read_seconds = time.perf_counter() - started
+
+    training_window = window[-settings.training_window_files :] if accumulate_lineage else []
+    estimator, used, trained_on, fit_seconds = fit_challenger(
+        schema, settings, new_files, training_window, champion, strategy
+    )
+    bundle = ModelBundle(version, estimator, schema)
+
+    started_eval = time.perf_counter()
+    gate_files = window[-holdout_count:] or new_files
+    gate_rows = _concat([f.holdout_rows for f in gate_files])
+    new_rows = _concat([f.holdout_rows for f in new_files])
+    metrics: dict[str, Any] = {
+        "primary": monitoring.PRIMARY_METRIC[schema.label.task][0],
+        "holdout_files": [f.key for f in gate_files],
+        "challenger": monitoring.evaluate(bundle, gate_rows) if len(gate_rows) else None,
+        "champion": None,
+        "new_file_challenger": monitoring.evaluate(bundle, new_rows) if len(new_rows) else None,
+        "new_file_champion": None,
+    }
+    if champion is not None:
+        metrics["champion"] = monitoring.evaluate(champion.bundle, gate_rows) if len(gate_rows) else None
+        metrics["new_file_champion"] = (
+            monitoring.evaluate(champion.bundle, new_rows) if len(new_rows) else None
+        )
+    if metrics["challenger"] is None:
+        promote, reason = (champion is None), "no held-out rows to compare on"
+    else:
+        promote, reason = judge(
+            schema.label.task, metrics["challenger"], metrics["champion"], settings.promotion_tolerance
+        )
+    if force_promote and not promote:
+        promote, reason = True, f"promoted by hand despite the gate ({reason})"
+    eval_seconds = time.perf_counter() - started_eval
+
+    train_frame = _concat([f.train_rows for f in (trained_on if used != "incremental" else new_files)])
+    lineage = prior + [dict(f.ref(), added_by=version) for f in new_files]
+    card: dict[str, Any] = {
+        "format": CARD_FORMAT,
+        "version": version,
+        "created": now_iso(),
+        "by": by,
+        "parent": champion.version if champion is not None else None,
+        "task": schema.label.task,
+        "strategy": used,
+        "estimator": settings.estimator or "default (shared.training.default_pipeline)",
+        "event": event,
+        "lineage": lineage,
+        "trained_on": [f.key for f in trained_on] if used != "incremental" else [f.key for f in new_files],
+        "training_rows": int(len(train_frame)),
+        "skipped_files": skipped,
+        "metrics": metrics,
+        "reference": monitoring.reference_stats(train_frame, schema),
+        "libraries": training.library_versions(),
+        "seconds": {
+            "read": round(read_seconds, 4),
+            "train": round(fit_seconds, 4),
+            "evaluate": round(eval_seconds, 4),
+        },
+        "training_seconds": round(fit_seconds, 4),
+        "decision": {"status": "pending" if promote else "rejected", "reason": reason, "time": now_iso()},
+    }
+    return Challenger(bundle=bundle, card=card, promote=promote, reason=reason)

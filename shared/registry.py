@@ -1,0 +1,370 @@
+"""The model registry in the artifacts bucket: versions, the current model, promotions, markers.
+
+Blobs (DESIGN.md section 3)::
+
+    models/versions/<version>/model.skops   every trained model (promoted or not), for rollback
+    models/versions/<version>/card.json     what it is: metrics, lineage, parent, decision, ...
+    models/current.skops                    the serving model, a byte copy of one version's model
+    registry/events/<generation>.json       one record per swap of current.skops (promote/rollback)
+    registry/processed/<bucket>/<name>@<generation>.json   "this data file is done", only-if-absent
+    registry/claims/<bucket>/<name>@<generation>.json      a version written, not yet promoted
+
+Every swap of ``models/current.skops`` is a compare-and-swap on its generation (``0`` when there
+is none yet), so two writers can never both think they won. Each swap is then recorded under
+``registry/events/`` named by the new generation, which orders the records exactly as the swaps
+happened. The promotion history (what ``rollback`` walks back through) is replayed from those
+records; a swap whose record was lost to a crash is recovered from the current model itself.
+
+Version ids are ``<UTC time to the second>Z-<6 hex>`` (``20261125T120301Z-a1b2c3``): they sort by
+time and two trainers in the same second still get different ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.errors import NotFound, PreconditionFailed, ProdMLError
+from shared.logs import get_logger
+from shared.model import ModelBundle
+from shared.storage import Bucket
+
+CURRENT = "models/current.skops"
+VERSIONS_PREFIX = "models/versions/"
+EVENTS_PREFIX = "registry/events/"
+PROCESSED_PREFIX = "registry/processed/"
+CLAIMS_PREFIX = "registry/claims/"
+CARD_FORMAT = "prodml-card/1"
+
+log = get_logger(__name__)
+
+
+class RegistryError(ProdMLError):
+    """A registry request cannot be done as asked (unknown version, nothing to roll back to)."""
+
+    http_status = 400
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with a ``Z``."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def new_version_id(moment: datetime | None = None) -> str:
+    """A fresh version id, sortable by time: ``20261125T120301Z-a1b2c3``."""
+    moment = moment or datetime.now(UTC)
+    return f"{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def model_name(version: str) -> str:
+    """The blob of a version's model."""
+    return f"{VERSIONS_PREFIX}{_check_version(version)}/model.skops"
+
+
+def card_name(version: str) -> str:
+    """The blob of a version's card."""
+    return f"{VERSIONS_PREFIX}{_check_version(version)}/card.json"
+
+
+def _check_version(version: str) -> str:
+    # A version names a folder: it must stay one path component.
+    if not version or "/" in version or version in (".", "..") or len(version) > 100:
+        raise RegistryError(f"invalid model version {version!r}")
+    return version
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=False, allow_nan=False, default=str) + "\n").encode()
+
+
+def _read_json(bucket: Bucket, name: str) -> Any:
+    try:
+        return json.loads(bucket.read(name))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{name!r} in bucket {bucket.name!r} is not valid JSON: {exc}") from None
+
+
+# --- data file markers -------------------------------------------------------------------------
+
+
+def file_key(bucket: str, name: str, generation: int) -> str:
+    """``<bucket>/<name>@<generation>``: one version of one data file, as markers and lineage name it."""
+    return f"{bucket}/{name}@{int(generation)}"
+
+
+def processed_name(bucket: str, name: str, generation: int) -> str:
+    """The marker blob of a data file version."""
+    return f"{PROCESSED_PREFIX}{file_key(bucket, name, generation)}.json"
+
+
+def is_processed(artifacts: Bucket, bucket: str, name: str, generation: int) -> bool:
+    """Whether the train function has finished with this data file version (any outcome)."""
+    return artifacts.exists(processed_name(bucket, name, generation))
+
+
+def read_processed(artifacts: Bucket, bucket: str, name: str, generation: int) -> dict[str, Any] | None:
+    """The marker of a data file version, or None."""
+    try:
+        record = _read_json(artifacts, processed_name(bucket, name, generation))
+    except NotFound:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def mark_processed(
+    artifacts: Bucket, bucket: str, name: str, generation: int, record: dict[str, Any]
+) -> bool:
+    """Write the "done" marker only if absent; False when it was there already (a duplicate)."""
+    body = {"bucket": bucket, "name": name, "generation": int(generation), "time": now_iso(), **record}
+    try:
+        artifacts.write(
+            processed_name(bucket, name, generation),
+            _json_bytes(body),
+            content_type="application/json",
+            if_generation_match=0,
+        )
+    except PreconditionFailed:
+        return False
+    return True
+
+
+def claim_name(bucket: str, name: str, generation: int) -> str:
+    """The claim blob of a data file version: a version written for it but not yet promoted."""
+    return f"{CLAIMS_PREFIX}{file_key(bucket, name, generation)}.json"
+
+
+def write_claim(
+    artifacts: Bucket, bucket: str, name: str, generation: int, version: str, parent: str | None
+) -> None:
+    """Record that ``version`` (trained against ``parent``) is about to be promoted for this file."""
+    body = {"version": version, "parent": parent, "time": now_iso()}
+    artifacts.write(claim_name(bucket, name, generation), _json_bytes(body), content_type="application/json")
+
+
+def read_claim(artifacts: Bucket, bucket: str, name: str, generation: int) -> dict[str, Any] | None:
+    """The claim of a data file version, or None."""
+    try:
+        claim = _read_json(artifacts, claim_name(bucket, name, generation))
+    except (NotFound, RegistryError):
+        return None
+    return claim if isinstance(claim, dict) and isinstance(claim.get("version"), str) else None
+
+
+def delete_claim(artifacts: Bucket, bucket: str, name: str, generation: int) -> None:
+    """Remove a claim (its work is done); absent is fine."""
+    with contextlib.suppress(NotFound):
+        artifacts.delete(claim_name(bucket, name, generation))
+
+
+# --- versions ----------------------------------------------------------------------------------
+
+
+def write_version(artifacts: Bucket, version: str, model_bytes: bytes, card: dict[str, Any]) -> None:
+    """Write a new version: the model, then its card (a version with a card is complete)."""
+    artifacts.write(
+        model_name(version), model_bytes, content_type="application/octet-stream", if_generation_match=0
+    )
+    artifacts.write(
+        card_name(version), _json_bytes(card), content_type="application/json", if_generation_match=0
+    )
+
+
+def write_card(artifacts: Bucket, card: dict[str, Any]) -> None:
+    """Replace a version's card (its decision changed)."""
+    artifacts.write(card_name(card["version"]), _json_bytes(card), content_type="application/json")
+
+
+def read_card(artifacts: Bucket, version: str) -> dict[str, Any]:
+    """A version's card; ``NotFound`` if there is none."""
+    card = _read_json(artifacts, card_name(version))
+    if not isinstance(card, dict):
+        raise RegistryError(f"card of version {version!r} is not a JSON object")
+    return card
+
+
+def set_decision(artifacts: Bucket, card: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
+    """Record a version's (new) decision in its card; return the updated card."""
+    card = {**card, "decision": {"status": status, "reason": reason, "time": now_iso()}}
+    write_card(artifacts, card)
+    return card
+
+
+def list_cards(artifacts: Bucket) -> list[dict[str, Any]]:
+    """Every version's card, oldest first (unreadable cards are skipped and logged)."""
+    cards = []
+    for info in artifacts.list(VERSIONS_PREFIX):
+        if not info.name.endswith("/card.json"):
+            continue
+        try:
+            card = _read_json(artifacts, info.name)
+        except (NotFound, RegistryError) as exc:
+            log.warning(f"skipping card {info.name!r}: {exc}")
+            continue
+        if isinstance(card, dict) and isinstance(card.get("version"), str):
+            cards.append(card)
+    return sorted(cards, key=lambda c: (str(c.get("created", "")), c["version"]))
+
+
+# --- the current model -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Current:
+    """The serving model as read, with the generation to compare-and-swap against."""
+
+    bundle: ModelBundle
+    generation: int
+    card: dict[str, Any] | None  # None for a model written without a card
+
+    @property
+    def version(self) -> str:
+        """The current model's version."""
+        return self.bundle.version
+
+    @property
+    def lineage(self) -> list[dict[str, Any]]:
+        """The data files accumulated into the current model (from its card)."""
+        return list((self.card or {}).get("lineage", []))
+
+
+def read_current(artifacts: Bucket, extra_trusted: Iterable[str] = ()) -> Current | None:
+    """The current model, or None when none was promoted yet.
+
+    ``ModelNotReady`` if the blob is not a loadable model (corrupt, or untrusted types).
+    """
+    try:
+        data, info = artifacts.read_with_info(CURRENT)
+    except NotFound:
+        return None
+    bundle = ModelBundle.from_bytes(data, extra_trusted)
+    try:
+        card: dict[str, Any] | None = read_card(artifacts, bundle.version)
+    except (NotFound, RegistryError):
+        card = None
+    return Current(bundle, info.generation, card)
+
+
+def current_generation(artifacts: Bucket) -> int:
+    """The generation of ``models/current.skops``; 0 when there is none."""
+    try:
+        return artifacts.stat(CURRENT).generation
+    except NotFound:
+        return 0
+
+
+def swap_current(
+    artifacts: Bucket,
+    version: str,
+    model_bytes: bytes,
+    expected_generation: int,
+    *,
+    kind: str,
+    previous: str | None,
+    by: str,
+) -> int:
+    """Compare-and-swap ``models/current.skops`` to ``version``; record the swap; return the generation.
+
+    ``expected_generation`` is the generation read with the model being replaced (0: none yet).
+    ``PreconditionFailed`` when someone else swapped first: nothing was written.
+    """
+    generation = artifacts.write(
+        CURRENT, model_bytes, content_type="application/octet-stream", if_generation_match=expected_generation
+    )
+    record = {
+        "kind": kind,
+        "version": version,
+        "previous": previous,
+        "generation": generation,
+        "time": now_iso(),
+        "by": by,
+    }
+    # A generation is written once, so the record's name is free; if not, the record is there.
+    with contextlib.suppress(PreconditionFailed):
+        artifacts.write(
+            f"{EVENTS_PREFIX}{generation:020d}.json",
+            _json_bytes(record),
+            content_type="application/json",
+            if_generation_match=0,
+        )
+    log.info(
+        f"{kind}: models/current.skops is now version {version} (was {previous})",
+        extra={"fields": {"version": version, "previous": previous, "generation": generation, "kind": kind}},
+    )
+    return generation
+
+
+def list_events(artifacts: Bucket) -> list[dict[str, Any]]:
+    """The swap records, in the order the swaps happened."""
+    events = []
+    for info in artifacts.list(EVENTS_PREFIX):
+        try:
+            record = _read_json(artifacts, info.name)
+        except (NotFound, RegistryError) as exc:
+            log.warning(f"skipping registry event {info.name!r}: {exc}")
+            continue
+        if isinstance(record, dict) and isinstance(record.get("version"), str):
+            events.append(record)
+    return sorted(events, key=lambda e: int(e.get("generation", 0)))
+
+
+def promotion_history(events: list[dict[str, Any]], current_version: str | None) -> list[str]:
+    """The stack of promoted versions, oldest first, the current one last.
+
+    A promotion pushes its version; a rollback pops back down to its target (or pushes the target
+    if it was never promoted), so rolling back twice goes two steps back, not back and forth. If
+    the current model is not on top (its swap record was lost to a crash), it is pushed.
+    """
+    stack: list[str] = []
+    for event in events:
+        version = event["version"]
+        if event.get("kind") == "rollback" and version in stack:
+            del stack[stack.index(version) + 1 :]
+        else:
+            stack.append(version)
+    if current_version is not None and (not stack or stack[-1] != current_version):
+        stack.append(current_version)
+    return stack
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """What a rollback did."""
+
+    previous: str
+    version: str
+    generation: int
+
+
+def rollback(artifacts: Bucket, target: str | None = None, extra_trusted: Iterable[str] = ()) -> Rollback:
+    """Make ``target`` (default: the version promoted before the current one) the current model.
+
+    A compare-and-swap like a promotion, and recorded the same way. ``RegistryError`` when there
+    is nothing to roll back to or ``target`` is unknown; ``PreconditionFailed`` when the current
+    model changed meanwhile (run it again).
+    """
+    current = read_current(artifacts, extra_trusted)
+    if current is None:
+        raise RegistryError("no current model (models/current.skops) to roll back from")
+    if target is None:
+        stack = promotion_history(list_events(artifacts), current.version)
+        if len(stack) < 2:
+            raise RegistryError(f"nothing to roll back to: {current.version} is the first promoted model")
+        target = stack[-2]
+    if target == current.version:
+        raise RegistryError(f"version {target} is already the current model")
+    try:
+        data = artifacts.read(model_name(target))
+    except NotFound:
+        raise RegistryError(f"no model version {target!r} (see `prodml models`)") from None
+    bundle = ModelBundle.from_bytes(data, extra_trusted)  # refuse to serve a model that cannot load
+    if bundle.version != target:
+        raise RegistryError(f"{model_name(target)!r} holds version {bundle.version!r}, not {target!r}")
+    generation = swap_current(
+        artifacts, target, data, current.generation, kind="rollback", previous=current.version, by="rollback"
+    )
+    return Rollback(previous=current.version, version=target, generation=generation)

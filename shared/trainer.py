@@ -1,0 +1,395 @@
+"""What the train function does with one "object finalized" event (DESIGN.md sections 3 and 4).
+
+``handle_event`` runs these steps; each is safe to run again after a crash at any point:
+
+1. ignore objects outside ``incoming/`` of the data bucket (writes to ``quarantine/`` fire too);
+2. skip a data file version already done (``registry/processed/...``, the "done" marker);
+3. no ``schema.json`` (or a broken one): log a clear error and leave the file where it is, no
+   marker, so ``prodml replay`` can run it again after the schema is fixed;
+4. validate (size from the event first, then the downloaded file); a bad file is quarantined
+   with its reason, marked done, and answered 2xx: retrying would not make it good;
+5. test-then-train: score the current model on the file and measure input drift against the
+   current model's reference statistics; write the monitoring record (drift may quarantine);
+6. train a challenger, evaluate it and the champion on the same held-out rows, gate it, write
+   the version (kept even when rejected), then compare-and-swap ``models/current.skops``.
+   When another trainer promoted in between, redo 5-6 against the new current model, at most
+   ``CAS_MAX_ATTEMPTS`` times; then give up with ``RetryLater`` (a 5xx: the platform redelivers).
+
+Exactly once, with at-least-once delivery: the marker is written only after the work is done.
+Before training, the trainer checks whether the current model's lineage already holds this file
+version (a promotion that happened before a crash, or by a concurrent duplicate delivery): then it
+only writes the marker. Between writing a version and swapping, a claim records the version; a
+redelivery after a crash there finds the claim and, if the current model is still the one the
+version was trained against, promotes that very version instead of training again.
+
+Only transient faults raise (storage outages, contention): everything else is answered 2xx.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared import monitoring, registry
+from shared.challenger import DataFile, build_challenger, make_data_file
+from shared.config import Settings, get_settings
+from shared.errors import (
+    ModelNotReady,
+    NotFound,
+    PreconditionFailed,
+    ProdMLError,
+    SchemaError,
+    ValidationFailed,
+)
+from shared.events import StorageObjectEvent
+from shared.logs import get_logger
+from shared.quarantine import INCOMING_PREFIX, quarantine_object
+from shared.registry import Current, file_key
+from shared.schema import Schema, load_schema
+from shared.storage import Bucket, artifacts_bucket, data_bucket
+from shared.validation import check_size, validate_file
+
+log = get_logger(__name__)
+
+
+class RetryLater(ProdMLError):
+    """A transient condition (other trainers kept promoting first): the event should be redelivered."""
+
+    http_status = 503
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one event came to; ``status`` is one of the values listed in ``handle_event``."""
+
+    status: str
+    message: str
+    version: str | None = None
+    rule: str | None = None
+
+
+def handle_event(
+    event: StorageObjectEvent,
+    settings: Settings | None = None,
+    *,
+    data: Bucket | None = None,
+    artifacts: Bucket | None = None,
+) -> Outcome:
+    """Process one data file event; return what happened.
+
+    ``status``: ``ignored`` (not ours), ``duplicate`` (done before), ``no_schema``, ``gone`` (that
+    generation no longer exists), ``quarantined``, ``promoted``, ``rejected``, ``already_trained``
+    (the current model holds it), ``model_error`` (the current model cannot be loaded; left for
+    replay). Raises only for transient faults.
+    """
+    settings = settings or get_settings()
+    data = data or data_bucket(settings)
+    artifacts = artifacts or artifacts_bucket(settings)
+    fields = {
+        "bucket": event.bucket,
+        "object": event.name,
+        "generation": event.generation,
+        "event_id": event.event_id,
+    }
+
+    if event.bucket != data.name or not event.name.startswith(INCOMING_PREFIX) or event.name.endswith("/"):
+        return _done(
+            Outcome("ignored", f"{event.bucket}/{event.name} is not under {data.name}/{INCOMING_PREFIX}"),
+            fields,
+        )
+    if registry.is_processed(artifacts, event.bucket, event.name, event.generation):
+        return _done(Outcome("duplicate", f"{_key(event)} was processed already"), fields)
+    try:
+        schema = load_schema(artifacts)
+    except SchemaError as exc:
+        log.error(f"cannot process {_key(event)}: {exc}; the file is left in place", extra={"fields": fields})
+        return Outcome("no_schema", str(exc))
+
+    marker = {"event_id": event.event_id}
+    try:
+        new_file = _read_and_validate(event, schema, settings, data)
+    except ValidationFailed as failure:
+        return _quarantine(event, failure, None, artifacts, data, marker, fields)
+    if new_file is None:
+        return _done(Outcome("gone", f"{_key(event)} no longer exists (deleted or replaced)"), fields)
+
+    extra_trusted = settings.model_trusted_types
+    for attempt in range(1, settings.cas_max_attempts + 1):
+        started = time.perf_counter()
+        try:
+            current = registry.read_current(artifacts, extra_trusted)
+        except ModelNotReady as exc:
+            log.error(
+                f"cannot train on {_key(event)}: the current model cannot be loaded: {exc}",
+                extra={"fields": fields},
+            )
+            return Outcome("model_error", str(exc))
+        if current is not None and _in_lineage(current, new_file):
+            if (current.card or {}).get("decision", {}).get("status") == "pending":
+                # Promoted just before a crash that kept the card from saying so.
+                registry.set_decision(
+                    artifacts, current.card or {}, "promoted", "promoted (recorded after a restart)"
+                )
+            outcome = Outcome(
+                "already_trained", f"{_key(event)} is in the lineage of the current model", current.version
+            )
+            _finish(artifacts, event, marker, outcome)
+            return _done(outcome, fields)
+        if attempt == 1:
+            try:
+                _test_then_train(event, new_file, current, schema, settings, artifacts)
+            except ValidationFailed as failure:  # drift under DRIFT_POLICY=quarantine
+                return _quarantine(event, failure, current, artifacts, data, marker, fields)
+
+        resumed = _resume(artifacts, event, current, extra_trusted)
+        if resumed is not None:
+            version, model_bytes, card = resumed
+        else:
+            try:
+                version, model_bytes, card = _train(
+                    event, schema, settings, data, artifacts, new_file, current
+                )
+            except ValidationFailed as failure:  # the estimator refused the data (one class only, ...)
+                return _quarantine(event, failure, current, artifacts, data, marker, fields)
+            if card["decision"]["status"] == "rejected":
+                outcome = Outcome("rejected", card["decision"]["reason"], version)
+                _finish(artifacts, event, marker, outcome)
+                return _done(outcome, fields)
+            registry.write_claim(
+                artifacts, event.bucket, event.name, event.generation, version, _version(current)
+            )
+            _maybe_crash(settings)
+        try:
+            registry.swap_current(
+                artifacts,
+                version,
+                model_bytes,
+                current.generation if current is not None else 0,
+                kind="promote",
+                previous=_version(current),
+                by=f"train {_key(event)}",
+            )
+        except PreconditionFailed:
+            registry.set_decision(
+                artifacts, card, "superseded", "another model was promoted first; redone on top of it"
+            )
+            registry.delete_claim(artifacts, event.bucket, event.name, event.generation)
+            pause = random.uniform(0, min(5.0, attempt * (time.perf_counter() - started)))
+            log.info(
+                f"another trainer promoted first; redoing {_key(event)} "
+                f"(attempt {attempt}) after {pause:.2f} s",
+                extra={"fields": fields},
+            )
+            time.sleep(pause)
+            continue
+        registry.set_decision(artifacts, card, "promoted", card["decision"]["reason"])
+        outcome = Outcome("promoted", card["decision"]["reason"], version)
+        _finish(artifacts, event, marker, outcome)
+        return _done(outcome, fields)
+    raise RetryLater(
+        f"{_key(event)}: other models were promoted first {settings.cas_max_attempts} times "
+        "(CAS_MAX_ATTEMPTS); the event must be delivered again"
+    )
+
+
+def _key(event: StorageObjectEvent) -> str:
+    return file_key(event.bucket, event.name, event.generation)
+
+
+def _version(current: Current | None) -> str | None:
+    return current.version if current is not None else None
+
+
+def _done(outcome: Outcome, fields: dict[str, Any]) -> Outcome:
+    log.info(
+        f"{outcome.status}: {outcome.message}",
+        extra={
+            "fields": {**fields, "outcome": outcome.status, "version": outcome.version, "rule": outcome.rule}
+        },
+    )
+    return outcome
+
+
+def _finish(artifacts: Bucket, event: StorageObjectEvent, marker: dict[str, Any], outcome: Outcome) -> None:
+    """The "done" record: the marker (only if absent), then the claim is no longer needed."""
+    record = {**marker, "outcome": outcome.status, "version": outcome.version, "message": outcome.message}
+    if outcome.rule:
+        record["rule"] = outcome.rule
+    registry.mark_processed(artifacts, event.bucket, event.name, event.generation, record)
+    registry.delete_claim(artifacts, event.bucket, event.name, event.generation)
+    try:  # the monitoring record gets the training outcome beside its test-then-train numbers
+        name = monitoring.record_name(event.name, event.generation)
+        record_json = json.loads(artifacts.read(name))
+        record_json["training"] = {
+            "outcome": outcome.status,
+            "version": outcome.version,
+            "message": outcome.message,
+        }
+        monitoring.write_record(artifacts, record_json)
+    except (NotFound, ValueError):
+        pass
+
+
+def _read_and_validate(
+    event: StorageObjectEvent, schema: Schema, settings: Settings, data: Bucket
+) -> DataFile | None:
+    """The validated file, None when that generation is gone; ``ValidationFailed`` if it is bad."""
+    check_size(event.size, settings)
+    with tempfile.TemporaryDirectory(prefix="prodml-train-") as folder:
+        path = Path(folder) / "data"
+        try:
+            info = data.download(event.name, path)
+        except NotFound:
+            return None
+        if info.generation != event.generation:
+            return None  # replaced: the newer generation has its own event
+        validated = validate_file(path, event.name, schema, settings)
+    return make_data_file(event.bucket, event.name, event.generation, validated.frame, settings)
+
+
+def _quarantine(
+    event: StorageObjectEvent,
+    failure: ValidationFailed,
+    current: Current | None,
+    artifacts: Bucket,
+    data: Bucket,
+    marker: dict[str, Any],
+    fields: dict[str, Any],
+) -> Outcome:
+    target = quarantine_object(data, event.name, event.generation, failure)
+    monitoring.write_record(
+        artifacts,
+        monitoring.make_record(
+            event.name,
+            event.generation,
+            _version(current),
+            None,
+            failure.details.get("psi", {}) if isinstance(failure.details.get("psi"), dict) else {},
+            list(failure.details.get("columns", [])) if failure.rule == "drift" else [],
+            "quarantined",
+            rule=failure.rule,
+            message=failure.message,
+            quarantined_as=target,
+        ),
+    )
+    outcome = Outcome("quarantined", f"{failure.rule}: {failure.message}", rule=failure.rule)
+    _finish(artifacts, event, marker, outcome)
+    return _done(outcome, fields)
+
+
+def _in_lineage(current: Current, new_file: DataFile) -> bool:
+    return any(file_key(r["bucket"], r["name"], r["generation"]) == new_file.key for r in current.lineage)
+
+
+def _test_then_train(
+    event: StorageObjectEvent,
+    new_file: DataFile,
+    current: Current | None,
+    schema: Schema,
+    settings: Settings,
+    artifacts: Bucket,
+) -> None:
+    """The current model's quality on the new file before any training, and its input drift.
+
+    Writes the monitoring record; raises ``ValidationFailed("drift")`` when drift is over the
+    threshold and ``DRIFT_POLICY=quarantine``.
+    """
+    metrics = monitoring.evaluate(current.bundle, new_file.frame) if current is not None else None
+    reference = (current.card or {}).get("reference") if current is not None else None
+    psi = monitoring.psi(reference, new_file.frame, schema) if reference else {}
+    drifted = monitoring.drift_check(psi, settings)
+    decision = "accepted"
+    if drifted:
+        decision = "quarantined" if settings.drift_policy == "quarantine" else "warning"
+        log.warning(
+            f"input drift in {_key(event)}: {', '.join(f'{n} (PSI {psi[n]:.3f})' for n in drifted)}",
+            extra={"fields": {"object": event.name, "generation": event.generation, "drifted": drifted}},
+        )
+    if decision == "quarantined":
+        raise monitoring.drift_failure(drifted, psi)
+    monitoring.write_record(
+        artifacts,
+        monitoring.make_record(
+            event.name,
+            event.generation,
+            _version(current),
+            metrics,
+            psi,
+            drifted,
+            decision,
+            rows=len(new_file.frame),
+        ),
+    )
+
+
+def _resume(
+    artifacts: Bucket, event: StorageObjectEvent, current: Current | None, extra_trusted: tuple[str, ...]
+) -> tuple[str, bytes, dict[str, Any]] | None:
+    """A version written for this file before a crash, still valid against ``current``; or None."""
+    claim = registry.read_claim(artifacts, event.bucket, event.name, event.generation)
+    if claim is None:
+        return None
+    version = claim["version"]
+    try:
+        card = registry.read_card(artifacts, version)
+        model_bytes = artifacts.read(registry.model_name(version))
+    except ProdMLError:  # NotFound, or a card that is not JSON
+        return None
+    if claim.get("parent") != _version(current) or card.get("decision", {}).get("status") != "pending":
+        if card.get("decision", {}).get("status") == "pending":
+            registry.set_decision(
+                artifacts, card, "superseded", "the current model changed before it was promoted"
+            )
+        return None
+    log.info(f"resuming {_key(event)}: promoting version {version}, written before an interruption")
+    return version, model_bytes, card
+
+
+def _train(
+    event: StorageObjectEvent,
+    schema: Schema,
+    settings: Settings,
+    data: Bucket,
+    artifacts: Bucket,
+    new_file: DataFile,
+    current: Current | None,
+) -> tuple[str, bytes, dict[str, Any]]:
+    """Train, evaluate and judge a challenger; write its version; (version, model bytes, card)."""
+    version = registry.new_version_id()
+    challenger = build_challenger(
+        version=version,
+        schema=schema,
+        settings=settings,
+        data=data,
+        new_files=[new_file],
+        champion=current,
+        strategy=settings.training_strategy,
+        event={
+            "bucket": event.bucket,
+            "name": event.name,
+            "generation": event.generation,
+            "event_id": event.event_id,
+        },
+        by="train function",
+    )
+    started = time.perf_counter()
+    model_bytes = challenger.bundle.to_bytes()
+    challenger.card["seconds"]["serialize"] = round(time.perf_counter() - started, 4)
+    registry.write_version(artifacts, version, model_bytes, challenger.card)
+    return version, model_bytes, challenger.card
+
+
+def _maybe_crash(settings: Settings) -> None:
+    """Tests only (``TRAIN_CRASH_FILE``): die here, once, as a killed instance would."""
+    trigger = settings.train_crash_file
+    if trigger and os.path.exists(trigger):
+        os.unlink(trigger)
+        log.warning("TRAIN_CRASH_FILE: killing this process between writing a version and promoting it")
+        os.kill(os.getpid(), signal.SIGKILL)
