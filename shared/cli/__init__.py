@@ -15,7 +15,14 @@ from shared.config import get_settings
 from shared.errors import ProdMLError
 from shared.logs import setup_logging
 
-COMMAND_MODULES: tuple[str, ...] = ("data_cmd", "table_cmd", "advise_cmd", "schema_cmd", "monitor_cmd")
+COMMAND_MODULES: tuple[str, ...] = (
+    "data_cmd",
+    "table_cmd",
+    "advise_cmd",
+    "schema_cmd",
+    "monitor_cmd",
+    "train_cmd",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
