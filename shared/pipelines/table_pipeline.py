@@ -1,0 +1,316 @@
+"""The static table build as an Apache Beam pipeline: the same table, scored by many workers.
+
+The in-function builder (``shared.table_build.build_table``) scores every key in one process; a
+function cannot do 10^8 keys inside its timeout. This pipeline does the same build with Beam::
+
+    Create(blocks of key codes) -> Reshuffle -> BatchElements -> ScoreBlocks -> part files
+                                                        (model loaded once per worker, in setup)
+    Create([None]) -> Publish(side input: every part) -> tables/<version>/table.npz, pointer
+
+What it shares with the in-function builder, called rather than copied:
+
+- the plan (strategy, which keys, hit rate from traffic) and the "already current" check:
+  ``table_build._plan`` and ``table_build._same_build``, with ``PIPELINE_MAX_ROWS`` as the limit
+  of a full build instead of ``TABLE_MAX_ROWS``;
+- the keys and their scores: ``keyspace.full_chunks`` / ``table.decode_codes`` and
+  ``keyspace.score_keys`` (``ModelBundle.scores`` on ``to_frame``), so a score is the same float;
+- the output: ``table.write_table`` (one npz, same arrays, same meta fields) and
+  ``table_build._switch`` (compare-and-swap of ``tables/current.json``, unless the model changed
+  during the build or a newer model's table is current).
+
+Scored parts go to the run's temporary folder (``--temp_location``: a local folder for the
+DirectRunner, ``gs://`` on Dataflow), not through Beam's shuffle, so the publishing step holds
+the finished arrays once (16 bytes a key) and reads the parts one at a time. Only the parts that
+Beam committed (the side input) are used: a retried bundle's stray part is ignored, and a missing
+or doubled key stops the build before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from shared.config import Settings
+from shared.errors import ModelNotReady, NotFound
+from shared.keyspace import non_key_defaults, score_keys, score_width
+from shared.logs import get_logger
+from shared.model import ModelBundle
+from shared.storage import artifacts_bucket
+from shared.table import decode_codes, read_pointer, table_blob, write_table
+from shared.table_build import (
+    BUILT,
+    CURRENT_MODEL,
+    NOTHING,
+    SKIPPED,
+    BuildRequest,
+    BuildResult,
+    _Plan,
+    _plan,
+    _same_build,
+    _switch,
+)
+
+log = get_logger(__name__)
+
+MAX_BLOCKS = 4096  # Create elements: enough to spread over hundreds of workers, small graph
+MAX_BLOCK_ROWS = 10_000
+RESULT_FILE = "result.json"
+
+
+class ModelChanged(RuntimeError):
+    """``models/current.skops`` is not the generation the build was planned for."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TableJob:
+    """One planned pipeline build: what the workers and the publishing step need to know."""
+
+    run_id: str
+    model_version: str
+    model_generation: int
+    plan: _Plan
+    codes: np.ndarray | None  # sorted codes of a top_k build; None for full (codes 0..rows-1)
+    block_rows: int
+    batch_blocks: int  # BatchElements' largest batch, in blocks (TABLE_CHUNK_ROWS keys)
+    temp_dir: str
+    started: float  # time.time() when the driver started: build_seconds counts from here
+
+    def blocks(self) -> list[Any]:
+        """The Create elements: ``(start, stop)`` ranges of codes, or slices of the top_k codes."""
+        rows = self.plan.rows
+        starts = range(0, rows, self.block_rows)
+        if self.codes is None:
+            return [(s, min(s + self.block_rows, rows)) for s in starts]
+        return [self.codes[s : s + self.block_rows] for s in starts]
+
+
+def block_codes(block: Any) -> np.ndarray:
+    """The key codes of one block (a range, or an array of codes)."""
+    if isinstance(block, tuple):
+        start, stop = block
+        return np.arange(start, stop, dtype=np.int64)
+    return np.asarray(block, dtype=np.int64)
+
+
+def load_model(settings: Settings, generation: int | None = None) -> tuple[ModelBundle, int]:
+    """The current model and its generation; ``ModelChanged`` if it is not ``generation``."""
+    data, info = artifacts_bucket(settings).read_with_info(CURRENT_MODEL)
+    if generation is not None and info.generation != generation:
+        raise ModelChanged(
+            f"{CURRENT_MODEL} is now generation {info.generation}, not {generation} the build was planned "
+            "for: its own build follows its promotion"
+        )
+    return ModelBundle.from_bytes(data, extra_trusted=settings.model_trusted_types), info.generation
+
+
+class ScoreBlocks(beam.DoFn):
+    """Scores a batch of key blocks with the model loaded once per worker; writes one part file."""
+
+    def __init__(self, settings: Settings, model_generation: int, temp_dir: str) -> None:
+        self.settings = settings
+        self.model_generation = model_generation
+        self.temp_dir = temp_dir
+        self.bundle: ModelBundle | None = None
+
+    def setup(self) -> None:
+        """Load the planned model generation (once per worker, not per element)."""
+        self.bundle, _ = load_model(self.settings, self.model_generation)
+
+    def process(self, batch: list[Any]) -> Iterator[str]:
+        """Score every key of the batch; yield the part file's path."""
+        assert self.bundle is not None
+        codes = np.concatenate([block_codes(b) for b in batch])
+        schema = self.bundle.schema
+        scores = score_keys(self.bundle, schema, decode_codes(schema, codes))
+        path = FileSystems.join(self.temp_dir, f"part-{int(codes[0]):019d}-{uuid.uuid4().hex[:8]}.npz")
+        buffer = io.BytesIO()
+        np.savez(buffer, codes=codes, scores=np.asarray(scores, dtype=np.float64))
+        with FileSystems.create(path) as out:
+            out.write(buffer.getvalue())
+        yield path
+
+
+class Publish(beam.DoFn):
+    """Assembles the parts into one table, writes it and switches the pointer like the builder."""
+
+    def __init__(self, settings: Settings, job: TableJob) -> None:
+        self.settings = settings
+        self.job = job
+
+    def process(self, _: Any, parts: list[str]) -> Iterator[dict[str, Any]]:
+        """Write ``tables/<version>/table.npz`` and switch ``tables/current.json``; yield the result."""
+        job, settings = self.job, self.settings
+        bundle, _gen = load_model(settings, job.model_generation)
+        codes, scores = assemble(job, parts, score_width(bundle))
+        seconds = time.time() - job.started
+        built_at = datetime.now(UTC).isoformat()
+        plan = job.plan
+        meta = {  # the fields and values of table_build.build_table's meta, plus who built it
+            "rows": plan.rows,
+            "model_version": bundle.version,
+            "model_generation": job.model_generation,
+            "key": list(bundle.schema.key),
+            "strategy": plan.strategy,
+            "k": plan.k,
+            "cardinality": bundle.schema.key_cardinality,
+            "build_seconds": round(seconds, 3),
+            "expected_hit_rate": plan.expected_hit_rate,
+            "traffic_requests": plan.traffic_requests,
+            "traffic_through": plan.traffic_through,
+            "non_key_defaults": non_key_defaults(bundle.schema),
+            "built_at": built_at,
+            "built_by": "pipeline",
+            "pipeline_parts": len(parts),
+        }
+        artifacts = artifacts_bucket(settings)
+        write_table(artifacts, bundle.version, codes, scores, meta)
+        switched, note = _switch(artifacts, settings, bundle, job.model_generation, plan, built_at)
+        result = BuildResult(
+            BUILT,
+            f"built {plan.rows} rows ({plan.strategy}) for model {bundle.version!r} in {seconds:.1f} s "
+            f"with a Beam pipeline ({len(parts)} parts); {note}",
+            strategy=plan.strategy,
+            model_version=bundle.version,
+            model_generation=job.model_generation,
+            table=table_blob(bundle.version),
+            rows=plan.rows,
+            build_seconds=round(seconds, 3),
+            rows_per_second=round(plan.rows / seconds, 1) if seconds > 0 else None,
+            expected_hit_rate=plan.expected_hit_rate,
+            pointer_switched=switched,
+            details={"k": plan.k, "traffic_requests": plan.traffic_requests, "parts": len(parts)},
+        ).to_dict()
+        log.info(f"table pipeline: {result['message']}", extra={"fields": result})
+        with FileSystems.create(FileSystems.join(job.temp_dir, RESULT_FILE)) as out:
+            out.write(json.dumps(result).encode())
+        FileSystems.delete(list(parts))
+        yield result
+
+
+def assemble(job: TableJob, parts: Iterable[str], width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The table's sorted codes and their scores from the part files; every key exactly once."""
+    rows = job.plan.rows
+    codes = np.arange(rows, dtype=np.int64) if job.codes is None else np.asarray(job.codes, dtype=np.int64)
+    scores = np.empty((rows, width) if width > 1 else rows, dtype=np.float64)
+    filled = np.zeros(rows, dtype=bool)
+    for path in parts:
+        with FileSystems.open(path) as f, np.load(io.BytesIO(f.read()), allow_pickle=False) as npz:
+            part_codes, part_scores = npz["codes"], npz["scores"]
+        pos = np.minimum(np.searchsorted(codes, part_codes), rows - 1)
+        if not np.array_equal(codes[pos], part_codes) or filled[pos].any():
+            raise RuntimeError(f"part {path} holds keys outside the plan or scored twice")
+        scores[pos] = part_scores
+        filled[pos] = True
+    if not filled.all():
+        raise RuntimeError(f"{int((~filled).sum())} of {rows} keys were not scored: no table written")
+    return codes, scores
+
+
+def plan_job(
+    settings: Settings, request: BuildRequest, *, run_id: str, temp_dir: str
+) -> TableJob | BuildResult:
+    """Load the model and plan the build as the builder does; a ``BuildResult`` when there is none."""
+    started = time.time()
+    artifacts = artifacts_bucket(settings)
+    try:
+        bundle, generation = load_model(settings)
+    except NotFound:
+        return BuildResult(NOTHING, f"no model yet: {artifacts.name}/{CURRENT_MODEL} does not exist")
+    except ModelNotReady as exc:
+        return BuildResult(NOTHING, f"cannot load {CURRENT_MODEL}: {exc}")
+    schema = bundle.schema
+    base = {"model_version": bundle.version, "model_generation": generation}
+    if not schema.key:
+        return BuildResult(
+            NOTHING, "the model's schema has no key features: there is no table to build", **base
+        )
+    # A pipeline's limit is PIPELINE_MAX_ROWS: the builder's own plan, with the larger limit.
+    wide = dataclasses.replace(settings, table_max_rows=settings.pipeline_max_rows)
+    plan = _plan(artifacts, wide, schema, request)
+    if isinstance(plan, BuildResult):
+        plan.model_version, plan.model_generation = bundle.version, generation
+        return plan
+    pointer, _ = read_pointer(artifacts)
+    if not request.force and _same_build(pointer, generation, plan):
+        assert pointer is not None
+        return BuildResult(
+            SKIPPED,
+            f"table {pointer.get('version')!r} of model generation {generation} ({plan.strategy}) is "
+            "already current; pass force to rebuild",
+            strategy=plan.strategy,
+            table=table_blob(str(pointer.get("version"))),
+            rows=int(pointer.get("rows", 0)),
+            **base,
+        )
+    codes = None if plan.top is None else np.sort(plan.top.codes)
+    block_rows = min(MAX_BLOCK_ROWS, max(1, math.ceil(plan.rows / MAX_BLOCKS)))
+    return TableJob(
+        run_id=run_id,
+        model_version=bundle.version,
+        model_generation=generation,
+        plan=plan,
+        codes=codes,
+        block_rows=block_rows,
+        batch_blocks=max(1, settings.table_chunk_rows // block_rows),
+        temp_dir=FileSystems.join(temp_dir, f"table-{run_id}"),
+        started=started,
+    )
+
+
+def build_pipeline(pipeline: beam.Pipeline, settings: Settings, job: TableJob) -> beam.PCollection:
+    """Add the table build's transforms to ``pipeline``; the output holds the result dict."""
+    parts = (
+        pipeline
+        | "KeyBlocks" >> beam.Create(job.blocks(), reshuffle=False)
+        | "Spread" >> beam.Reshuffle()
+        | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=job.batch_blocks)
+        | "Score" >> beam.ParDo(ScoreBlocks(settings, job.model_generation, job.temp_dir))
+    )
+    return (
+        pipeline
+        | "Once" >> beam.Create([None])
+        | "Publish" >> beam.ParDo(Publish(settings, job), parts=beam.pvalue.AsList(parts))
+    )
+
+
+def run(
+    settings: Settings, request: BuildRequest, beam_argv: list[str], *, run_id: str, temp_dir: str
+) -> dict:
+    """Plan, run and (on the DirectRunner) wait for the build; return the result as a dict.
+
+    On Dataflow the job is submitted and this returns ``{"status": "launched", ...}`` at once:
+    the job writes the table and switches the pointer itself, and logs its result.
+    """
+    job = plan_job(settings, request, run_id=run_id, temp_dir=temp_dir)
+    if isinstance(job, BuildResult):
+        log.info(f"table pipeline: {job.status}: {job.message}")
+        return job.to_dict()
+    options = PipelineOptions(beam_argv)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, settings, job)
+    log.info(
+        f"table pipeline: scoring {job.plan.rows} keys ({job.plan.strategy}) of model {job.model_version!r} "
+        f"in {len(job.blocks())} blocks of {job.block_rows}",
+        extra={"fields": {"run_id": run_id, "rows": job.plan.rows, "temp_dir": job.temp_dir}},
+    )
+    outcome = pipeline.run()
+    if options.get_all_options().get("runner") == "DataflowRunner":
+        return {"status": "launched", "message": f"Dataflow job for run {run_id} submitted", "run_id": run_id}
+    outcome.wait_until_finish()
+    result_path = FileSystems.join(job.temp_dir, RESULT_FILE)
+    with FileSystems.open(result_path) as f:
+        result = json.loads(f.read())
+    FileSystems.delete([job.temp_dir])
+    return result
