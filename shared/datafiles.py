@@ -170,7 +170,7 @@ def _csv_chunks(path: Path, object_name: str, max_rows: int) -> Iterator[pd.Data
         keep_default_na=False,
         na_values=[""],
         skipinitialspace=True,
-        encoding="utf-8",
+        encoding="utf-8-sig",
     ) as reader:
         try:
             yield from reader
@@ -182,7 +182,7 @@ def _jsonl_chunks(path: Path, object_name: str, max_rows: int) -> Iterator[pd.Da
     # Parsed line by line (not pandas.read_json) to name the bad line and to insist on objects.
     batch: list[dict[str, Any]] = []
     limit = min(CHUNK_ROWS, max_rows + 1)
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is not data
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -258,10 +258,30 @@ def _one_string(value: Any) -> str | None:
 def numeric_values(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """``(numbers, text)``: the column as float64 (NaN where missing or not a number) and a
     boolean mask of cells that hold something other than a number (text, booleans)."""
-    if pd.api.types.is_bool_dtype(values.dtype):
+    dtype = values.dtype
+    if (
+        pd.api.types.is_bool_dtype(dtype)
+        or pd.api.types.is_datetime64_any_dtype(dtype)
+        or pd.api.types.is_timedelta64_dtype(dtype)
+    ):
         return pd.Series(np.nan, index=values.index), values.notna()
-    if pd.api.types.is_numeric_dtype(values.dtype):
+    if pd.api.types.is_numeric_dtype(dtype):
         return values.astype("float64"), pd.Series(False, index=values.index)
+    if pd.api.types.is_string_dtype(dtype) and not pd.api.types.is_object_dtype(dtype):
+        # Only strings (or missing): parse each distinct value once (category-like columns
+        # repeat a few values), then spread the results back by code; code -1 is missing.
+        codes, uniques = pd.factorize(values)
+        lowered = pd.Series(uniques, dtype=object).str.strip().str.lower()
+        token = lowered.isin(MISSING_TOKENS).to_numpy(dtype=bool)
+        parsed = pd.to_numeric(lowered.where(~token), errors="coerce").to_numpy(dtype="float64")
+        parsed_text = ~token & np.isnan(parsed)
+        present = codes >= 0
+        safe = np.where(present, codes, 0)
+        if len(parsed) == 0:  # every cell missing
+            return pd.Series(np.nan, index=values.index), pd.Series(False, index=values.index)
+        numbers = np.where(present, parsed[safe], np.nan)
+        text = present & parsed_text[safe]
+        return pd.Series(numbers, index=values.index), pd.Series(text, index=values.index)
     raw = values.astype(object)
     is_bool = raw.map(lambda v: isinstance(v, bool | np.bool_)).astype(bool)
     as_text = raw.map(lambda v: v.strip().lower() if isinstance(v, str) else v)

@@ -154,11 +154,26 @@ def test_category_strings_are_canonical() -> None:
     ]
 
 
-def test_numeric_values_tell_text_from_missing() -> None:
-    numbers, text = numeric_values(
-        pd.Series(["1.5", " 2 ", "abc", "NaN", None, "null", True, "inf"], dtype=object)
-    )
+@pytest.mark.parametrize("dtype", [object, "str"])
+def test_numeric_values_tell_text_from_missing(dtype: object) -> None:
+    cells = ["1.5", " 2 ", "abc", "NaN", None, "null", True, "inf"]
+    if dtype == "str":
+        cells[6] = "true"  # a string column cannot hold a boolean; its text form is text too
+    numbers, text = numeric_values(pd.Series(cells, dtype=dtype))
     assert text.tolist() == [False, False, True, False, False, False, True, False]
     assert numbers.tolist()[:2] == [1.5, 2.0]
     assert numbers.isna().tolist() == [False, False, True, True, True, True, True, False]
     assert numbers.iloc[7] == np.inf
+
+
+def test_dates_are_not_numbers() -> None:
+    numbers, text = numeric_values(pd.Series(pd.to_datetime(["2026-01-01", None])))
+    assert text.tolist() == [True, False] and numbers.isna().all()
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl"])
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path, ext: str) -> None:
+    path = tmp_path / f"excel{ext}"
+    text = "a,b\n1,2\n" if ext == ".csv" else '{"a": 1, "b": 2}\n'
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert list(read_frame(path, path.name, 10).columns) == ["a", "b"]
