@@ -1,0 +1,204 @@
+"""The predict function as a real functions-framework process on a real local bucket folder."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+
+import pandas as pd
+import pytest
+import requests
+from conftest import fit_serving_bundle, serving_env, write_serving_table
+
+from shared.functions_spec import load_declaration
+from shared.localproc import FunctionProcess, free_port
+from shared.model import to_frame
+from shared.serving import CURRENT_MODEL
+from shared.storage.local import LocalBucket
+from shared.traffic import read_traffic
+
+pytestmark = pytest.mark.slow
+
+COUNTRIES = ["br", "de", "kr", "us"]
+KEYS = [(c, h) for c in COUNTRIES for h in range(24)]
+
+
+@pytest.fixture(scope="module")
+def bundles():
+    return {"v1": fit_serving_bundle("v1"), "v2": fit_serving_bundle("v2", flip=True)}
+
+
+@pytest.fixture(scope="module")
+def expected(bundles):
+    """Each version's score of every key (bid at its default 1.5)."""
+    frame = pd.DataFrame([{"country": c, "hour": h, "bid": 1.5} for c, h in KEYS])
+    out = {}
+    for version, bundle in bundles.items():
+        scores = bundle.scores(to_frame(bundle.schema, frame))
+        out[version] = dict(zip(KEYS, scores.tolist(), strict=True))
+    return out
+
+
+@pytest.fixture
+def buckets_root(tmp_path):
+    return tmp_path / "buckets"
+
+
+@pytest.fixture
+def artifacts(buckets_root):
+    return LocalBucket(buckets_root, "prodml-artifacts")
+
+
+def start(buckets_root, tmp_path, **env) -> FunctionProcess:
+    spec = load_declaration().functions["predict"]
+    process = FunctionProcess(spec, free_port(), serving_env(buckets_root, **env), tmp_path / "predict.log")
+    return process.start()
+
+
+def publish(artifacts, bundle, table=True, even_only=True):
+    generation = artifacts.write(CURRENT_MODEL, bundle.to_bytes())
+    if table:
+        keep = (lambda codes: codes % 2 == 0) if even_only else None
+        write_serving_table(artifacts, bundle, generation, keep=keep)
+
+
+def post(url, instances, session=requests):
+    return session.post(url, json={"instances": instances}, timeout=30)
+
+
+def test_each_mode_answers_correctly(artifacts, buckets_root, tmp_path, bundles, expected):
+    publish(artifacts, bundles["v1"])  # table of the even codes: hour 0, 2, 4, ... of each country
+    modes = ["static", "dynamic", "hybrid"]
+    spec = load_declaration().functions["predict"]
+    processes = {
+        mode: FunctionProcess(
+            spec, free_port(), serving_env(buckets_root, SERVING_MODE=mode), tmp_path / f"{mode}.log"
+        )
+        for mode in modes
+    }
+    starters = [threading.Thread(target=p.start) for p in processes.values()]  # start in parallel
+    for t in starters:
+        t.start()
+    for t in starters:
+        t.join()
+    try:
+        for mode, fn in processes.items():
+            check_mode(mode, fn, expected)
+    finally:
+        for fn in processes.values():
+            fn.stop()
+
+
+def check_mode(mode, fn, expected):
+    instances = [{"country": "us", "hour": 20}, {"country": "de", "hour": 7, "bid": 1.5}]
+    response = post(fn.url, instances)
+    assert response.status_code == 200, (mode, response.text)
+    answer = response.json()
+    assert answer["model_version"] == "v1"
+    sources = [p["source"] for p in answer["predictions"]]
+    want = {"static": ["table", "miss"], "dynamic": ["model"] * 2, "hybrid": ["table", "model"]}
+    assert sources == want[mode]
+    for (country, hour), prediction in zip([("us", 20), ("de", 7)], answer["predictions"], strict=True):
+        if prediction["source"] == "miss":
+            assert prediction["score"] is None
+        else:
+            assert prediction["score"] == pytest.approx(expected["v1"][(country, hour)], rel=1e-12)
+            assert prediction["label"] == int(prediction["score"] >= 0.5)
+    health = requests.get(f"{fn.url}/health", timeout=10).json()
+    assert health["mode"] == mode and health["model"]["version"] == "v1"
+    assert health["counters"]["requests"] == 1
+    if mode != "dynamic":
+        assert health["table"]["rows"] == 48 and health["table"]["coverage"] == 0.5
+
+
+def test_http_faults_are_4xx_and_no_model_is_a_503(artifacts, buckets_root, tmp_path, bundles):
+    with start(
+        buckets_root, tmp_path, SERVING_MODE="dynamic", RELOAD_SECONDS="0.2", MAX_BODY_BYTES="2000"
+    ) as fn:
+        good = [{"country": "us", "hour": 20, "bid": 1.0}]
+        response = post(fn.url, good)
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+        assert "no model is being served yet" in response.json()["error"]["message"]
+        assert requests.get(f"{fn.url}/health", timeout=10).json()["status"] == "no_model"
+
+        def status(method, path="/", **kw):
+            r = requests.request(method, fn.url + path, timeout=10, **kw)
+            return r.status_code, r.json()["error"]["code"]
+
+        assert status("GET") == (405, "method_not_allowed")
+        assert status("PUT", json={"instances": good}) == (405, "method_not_allowed")
+        assert status("POST", "/health") == (405, "method_not_allowed")
+        assert status("POST", "/nowhere", json={}) == (404, "not_found")
+        assert status("POST", data=b'{"instances": []}', headers={"Content-Type": "text/plain"}) == (
+            415,
+            "unsupported_media_type",
+        )
+        big = b'{"instances": [' + b" " * 3000 + b"]}"
+        headers = {"Content-Type": "application/json"}
+        assert status("POST", data=big, headers=headers) == (413, "body_too_large")
+        # no Content-Length (chunked): the limit holds on what is actually read
+        assert status("POST", data=iter([big[:1000], big[1000:]]), headers=headers) == (413, "body_too_large")
+
+        publish(artifacts, bundles["v1"], table=False)
+        deadline = time.monotonic() + 30
+        while (response := post(fn.url, good)).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert response.status_code == 200 and response.json()["model_version"] == "v1"
+        assert status("POST", data=b"{oops", headers=headers) == (400, "invalid_json")
+        health = requests.get(f"{fn.url}/health", timeout=10).json()
+        assert health["counters"]["client_errors"] == 8 and health["counters"]["server_errors"] == 0
+    # stopping the process flushed its traffic counts
+    assert read_traffic(artifacts, key=["country", "hour"])['["us",20]'] >= 1
+
+
+def test_a_model_promoted_under_load_is_picked_up_with_every_answer_consistent(
+    artifacts, buckets_root, tmp_path, bundles, expected
+):
+    publish(artifacts, bundles["v1"])
+    answers: list[tuple[str, tuple[str, int], float, str]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client(seed):
+        rng = random.Random(seed)
+        session = requests.Session()
+        while not stop.is_set():
+            key = rng.choice(KEYS)
+            try:
+                r = post(fn.url, [{"country": key[0], "hour": key[1]}], session)
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code}: {r.text[:200]}")
+                    continue
+                body = r.json()
+                p = body["predictions"][0]
+                answers.append((body["model_version"], key, p["score"], p["source"]))
+            except Exception as exc:
+                failures.append(repr(exc))
+
+    with start(buckets_root, tmp_path, SERVING_MODE="hybrid", RELOAD_SECONDS="0.3") as fn:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        promoted = time.monotonic()
+        publish(artifacts, bundles["v2"])  # model first, its table a moment later, as the builder does
+        seen_v2 = None
+        while time.monotonic() - promoted < 30 and seen_v2 is None:
+            if any(a[0] == "v2" for a in answers[-20:]):
+                seen_v2 = time.monotonic() - promoted
+            time.sleep(0.05)
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert seen_v2 is not None, "v2 was never served"
+    versions = Counter(a[0] for a in answers)
+    assert versions["v1"] > 0 and versions["v2"] > 0
+    for version, key, score, _ in answers:
+        assert score == pytest.approx(expected[version][key], rel=1e-9), (version, key)
+    # once the table of v2 is in, v2 answers come from it again
+    assert any(a[0] == "v2" and a[3] == "table" for a in answers)
+    print(f"v2 first served {seen_v2:.2f} s after promotion (RELOAD_SECONDS=0.3); {versions}")
