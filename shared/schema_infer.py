@@ -10,10 +10,12 @@ How each column is read (values as ``shared.datafiles`` reads them):
   with the exact observed min/max (they are enumerable, so they can be table keys; widening
   would add keys never seen). Whole numbers with more distinct values are quantities, not codes:
   they become ``float``.
-- other numbers become ``float`` with the observed range widened by ``RANGE_MARGIN`` of its span
-  on each side, but never across zero: tomorrow's file will hold values slightly beyond
-  today's extremes, and a range that tight would quarantine healthy data; a non-negative
-  quantity stays non-negative.
+- other numbers become ``float`` with the observed range widened by ``RANGE_MARGIN`` (one whole
+  span) on each side, but never across zero. A range is there to catch impossible values and
+  unit mistakes (cents for dollars, a -999 sentinel), not shifts within plausible values: those
+  are drift, measured by PSI and handled by DRIFT_POLICY. A tight range would quarantine a
+  healthy file whose extremes are a little beyond today's; a non-negative quantity stays
+  non-negative.
 - the label is ``category`` when it is text, true/false, or whole numbers with at most
   ``MAX_INTEGER_VALUES`` distinct values (classes); otherwise ``float`` (regression, unbounded).
 - the key (what a static table is keyed by) defaults to every category and integer feature; it
@@ -35,7 +37,7 @@ from shared.logs import get_logger
 from shared.schema import Feature, Label, Scalar, Schema
 
 MAX_INTEGER_VALUES = 50
-RANGE_MARGIN = 0.1
+RANGE_MARGIN = 1.0  # times the observed span, on each side
 LABEL_NAMES = ("label", "target", "y")
 
 log = get_logger(__name__)

@@ -152,14 +152,14 @@ def validate_frame(
         "not_integer",
         {f.name: _fractional(numbers[f.name]) for f in integers},
         raw,
-        "must hold whole numbers, found fractions",
+        "must hold whole numbers, found",
     )
     _check_masks(
         object_name,
         "non_finite",
         {n: pd.Series(np.isinf(v.to_numpy()), index=v.index) for n, v in numbers.items()},
         raw,
-        "must hold finite numbers, found infinities",
+        "must hold finite numbers, found",
     )
     _check_range(object_name, schema, numbers, raw)
     unseen = _check_domains(object_name, schema, strings, raw, settings.unseen_category_policy)
@@ -232,11 +232,12 @@ def _fail_columns(
     samples = _samples(shown[first], bad[first])
     rows = _rows(bad[first])
     count = int(sum(int(m.sum()) for m in bad.values()))
-    parts = [f"{name!r} ({int(m.sum())} rows)" for name, m in bad.items()]
+    parts = [f"{name!r} ({int(m.sum())} {'row' if int(m.sum()) == 1 else 'rows'})" for name, m in bad.items()]
+    shown = ", ".join(repr(s) for s in samples)
+    where = f"{'row' if len(rows) == 1 else 'rows'} {', '.join(map(str, rows[:5]))}"
     raise ValidationFailed(
         rule,
-        f"{object_name!r}: column {', '.join(parts)} {what}, e.g. "
-        f"{', '.join(repr(s) for s in samples)} in {first!r} at row(s) {', '.join(map(str, rows[:5]))}",
+        f"{object_name!r}: column {', '.join(parts)} {what} {shown} (in {first!r} at {where})",
         details(columns=list(bad), rows=rows, samples=samples, count=count, **extra),
     )
 
@@ -318,7 +319,7 @@ def _check_domains(
             "unseen_category",
             masks,
             strings,
-            "holds value(s) outside the schema's domain (UNSEEN_CATEGORY_POLICY=quarantine)",
+            "holds values outside the schema's domain (UNSEEN_CATEGORY_POLICY=quarantine), found",
             unseen={n: v[:MAX_SAMPLES] for n, v in unseen.items()},
         )
     return unseen

@@ -178,6 +178,7 @@ def test_prodml_monitor_shows_files_metrics_drift_and_quarantine(tmp_path: Path)
     record = monitoring.make_record(
         "incoming/d1.csv", 7, "v3", metrics_, {"x": 0.4, "country": 0.01}, ["x"], "warning"
     )
+    record["training"] = {"outcome": "promoted", "version": "v4"}  # what the trainer adds afterwards
     monitoring.write_record(artifacts, record)
     generation = data.write("incoming/bad.csv", b"")
     quarantine_object(
@@ -189,7 +190,7 @@ def test_prodml_monitor_shows_files_metrics_drift_and_quarantine(tmp_path: Path)
     table = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0, table.stderr
     line = next(row for row in table.stdout.splitlines() if "incoming/d1.csv@7" in row)
-    for text in ("v3", "log_loss=0.351", "0.850/0.910", "0.400", " x ", "warning"):
+    for text in ("v3", "log_loss=0.351", "0.850/0.910", "0.400", " x ", "warning, promoted v4"):
         assert text in line
     assert "quarantined (empty)" in table.stdout and "'incoming/bad.csv' is empty" in table.stdout
 

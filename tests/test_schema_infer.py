@@ -17,7 +17,7 @@ from shared.config import load_settings
 from shared.datafiles import read_frame
 from shared.errors import SchemaError
 from shared.schema import Schema, load_schema
-from shared.schema_infer import default_label, infer_schema
+from shared.schema_infer import RANGE_MARGIN, default_label, infer_schema
 from shared.storage.local import LocalBucket
 from shared.validation import validate_file
 
@@ -67,13 +67,13 @@ def test_column_types_ranges_and_defaults() -> None:
     assert by_name["visits"].type == "float"  # too many distinct whole numbers to be a code
     bid = by_name["bid"]
     assert bid.min == 0.0  # widened, but a non-negative quantity stays non-negative
-    assert (
-        frame["bid"].max() < bid.max <= frame["bid"].max() + 0.11 * (frame["bid"].max() - frame["bid"].min())
-    )
+    bid_span = frame["bid"].max() - frame["bid"].min()
+    assert bid.max == pytest.approx(frame["bid"].max() + RANGE_MARGIN * bid_span, rel=1e-5)
     assert bid.default == pytest.approx(frame["bid"].median(), rel=1e-5)
     delta = by_name["delta"]
     span = frame["delta"].max() - frame["delta"].min()
-    assert delta.min == pytest.approx(frame["delta"].min() - 0.1 * span, rel=1e-5)
+    assert delta.min == pytest.approx(frame["delta"].min() - RANGE_MARGIN * span, rel=1e-5)
+    assert delta.max == pytest.approx(frame["delta"].max() + RANGE_MARGIN * span, rel=1e-5)
     assert schema.key == ("country", "hour", "mobile")  # every category and integer feature
     assert all(f.default is None for f in schema.key_features)
     assert schema.label.type == "category" and schema.label.classes == (0, 1)

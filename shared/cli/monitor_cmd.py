@@ -79,8 +79,15 @@ def render(rows: list[dict[str, Any]]) -> str:
             else "-"
         )
         outcome = row.get("decision") or "-"
-        if "quarantine" in row:
-            outcome = f"quarantined ({row['quarantine'].get('rule')})"
+        rule = (row.get("quarantine") or {}).get("rule") or row.get("rule")
+        if outcome == "quarantined" and rule:
+            outcome = f"quarantined ({rule})"
+        training = row.get("training") or {}
+        if training.get("outcome") and outcome != "quarantined" and not outcome.startswith("quarantined ("):
+            # The trainer adds what became of the file after the test-then-train numbers.
+            outcome += f", {training['outcome']}" + (
+                f" {training['version']}" if training.get("version") else ""
+            )
         table.append(
             (
                 str(row.get("time") or "-")[:19].replace("T", " "),
@@ -95,7 +102,11 @@ def render(rows: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
-    reasons = [f"  {r['object']}: {r['quarantine'].get('message')}" for r in rows if "quarantine" in r]
+    reasons = [
+        f"  {r['object']}: {(r.get('quarantine') or {}).get('message') or r.get('message')}"
+        for r in rows
+        if r.get("decision") == "quarantined"
+    ]
     if reasons:
         lines += ["", "quarantined:", *reasons]
     return "\n".join(lines)
