@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "schema_cmd",
     "monitor_cmd",
     "train_cmd",
+    "pipeline_cmd",
 )
 
 
