@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from shared import monitoring
-from shared.config import load_settings
+from shared.cli import main as prodml
+from shared.config import get_settings, load_settings
 from shared.errors import ValidationFailed
 from shared.model import ModelBundle, to_frame
 from shared.quarantine import quarantine_object
@@ -171,7 +169,9 @@ def test_records_are_written_per_file_and_listed_in_time_order(buckets_root: Pat
     assert [r["decision"] for r in monitoring.list_records(artifacts)] == ["accepted", "warning"]
 
 
-def test_prodml_monitor_shows_files_metrics_drift_and_quarantine(tmp_path: Path) -> None:
+def test_prodml_monitor_shows_files_metrics_drift_and_quarantine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = tmp_path / "buckets"
     artifacts, data = LocalBucket(root, "prodml-artifacts"), LocalBucket(root, "prodml-data")
     metrics_ = {"log_loss": 0.3512, "roc_auc": 0.91, "accuracy": 0.85}
@@ -185,17 +185,21 @@ def test_prodml_monitor_shows_files_metrics_drift_and_quarantine(tmp_path: Path)
         data, "incoming/bad.csv", generation, ValidationFailed("empty", "'incoming/bad.csv' is empty")
     )
 
-    command = [str(Path(sys.executable).with_name("prodml")), "monitor"]
-    env = {**os.environ, "LOCAL_BUCKETS_ROOT": str(root), "LOG_FORMAT": "json"}
-    table = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert table.returncode == 0, table.stderr
-    line = next(row for row in table.stdout.splitlines() if "incoming/d1.csv@7" in row)
+    # In process (the console script itself is run end to end in test_schema_infer): the same
+    # main(), with the settings read from this test's environment.
+    monkeypatch.setenv("LOCAL_BUCKETS_ROOT", str(root))
+    get_settings.cache_clear()
+    try:
+        assert prodml(["monitor"]) == 0
+        table = capsys.readouterr().out
+        assert prodml(["monitor", "--json"]) == 0
+        rows = json.loads(capsys.readouterr().out)
+    finally:
+        get_settings.cache_clear()
+    line = next(row for row in table.splitlines() if "incoming/d1.csv@7" in row)
     for text in ("v3", "log_loss=0.351", "0.850/0.910", "0.400", " x ", "warning, promoted v4"):
         assert text in line
-    assert "quarantined (empty)" in table.stdout and "'incoming/bad.csv' is empty" in table.stdout
-
-    as_json = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=120)
-    rows = json.loads(as_json.stdout)
+    assert "quarantined (empty)" in table and "'incoming/bad.csv' is empty" in table
     assert [(r["object"], r["decision"]) for r in rows] == [
         ("incoming/d1.csv", "warning"),
         ("incoming/bad.csv", "quarantined"),
