@@ -83,7 +83,7 @@ def make_data_file(
 ) -> DataFile:
     """A ``DataFile`` with its deterministic held-out rows."""
     mask = training.holdout_mask(
-        len(frame), file_key(bucket, name, generation), settings.holdout_fraction, settings.random_seed
+        len(frame), f"{bucket}/{name}", settings.holdout_fraction, settings.random_seed
     )
     return DataFile(bucket, name, generation, frame, mask)
 

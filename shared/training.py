@@ -118,10 +118,10 @@ def features(frame: pd.DataFrame, schema: Schema) -> pd.DataFrame:
 def holdout_mask(rows: int, file_key: str, fraction: float, seed: int) -> np.ndarray:
     """Which rows of a file are held out (True) from training, to compare models on.
 
-    The choice depends only on the file's identity (``file_key``, e.g. ``bucket/name@generation``)
-    and the seed, so every model trained in this system holds out the very same rows of a file,
-    and no model is ever compared on rows it was trained on. A file of two rows or more keeps at
-    least one row on each side.
+    The choice depends only on ``file_key`` (the file's ``bucket/name``) and the seed, so every
+    model trained in this system holds out the very same rows of a file, no model is ever compared
+    on rows it was trained on, and a rerun on the same files repeats exactly. A file of two rows
+    or more keeps at least one row on each side.
     """
     digest = hashlib.sha256(f"{seed}:{file_key}".encode()).digest()
     rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))

@@ -327,3 +327,103 @@ def serving_env(buckets_root: Path, **overrides: str) -> dict[str, str]:
 
 
 # === end of serving fixtures ==================================================================
+
+
+# =============================================================================================
+# training: a small schema per task, synthetic files whose label depends on the features, and
+# delivering a real CloudEvent to a train function process the way Eventarc does
+# =============================================================================================
+
+TRAINING_FEATURES = [
+    {"name": "country", "type": "category", "domain": ["br", "de", "kr", "us"]},
+    {"name": "hour", "type": "integer", "min": 0, "max": 23},
+    {"name": "bid", "type": "float", "min": 0.0, "max": 10.0, "default": 1.5},
+]
+TRAINING_LABELS = {
+    "binary": {"name": "converted", "type": "category", "classes": [0, 1]},
+    "multiclass": {"name": "plan", "type": "category", "classes": ["basic", "plus", "pro"]},
+    "regression": {"name": "spend", "type": "float"},
+}
+
+
+def training_schema(task: str = "binary"):  # -> Schema
+    """Country, hour and bid, with a label of the given task; key country x hour."""
+    from shared.schema import Schema
+
+    return Schema.from_dict(
+        {"features": TRAINING_FEATURES, "label": TRAINING_LABELS[task], "key": ["country", "hour"]}
+    )
+
+
+def training_rows(rows: int, seed: int, task: str = "binary", shuffle: bool = False):  # -> DataFrame
+    """A data file's rows: the label follows the features (plus noise), so models beat chance.
+
+    ``shuffle`` permutes the label column: the same label shares, no relation to the features.
+    """
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    country = rng.choice(["br", "de", "kr", "us"], rows)
+    hour = rng.integers(0, 24, rows)
+    bid = np.round(rng.uniform(0, 10, rows), 3)
+    effect = pd.Series(country).map({"br": -1.0, "de": 0.0, "kr": 0.5, "us": 1.0}).to_numpy()
+    signal = 0.9 * (bid - 5) + effect + 0.1 * (hour - 12)
+    spec = TRAINING_LABELS[task]
+    if task == "binary":
+        label = (rng.random(rows) < 1 / (1 + np.exp(-signal))).astype(int)
+    elif task == "multiclass":
+        label = np.array(spec["classes"])[np.digitize(signal + rng.normal(0, 1, rows), [-1.5, 1.5])]
+    else:
+        label = np.round(3 * signal + 20 + rng.normal(0, 1, rows), 3)
+    if shuffle:
+        label = rng.permutation(label)
+    return pd.DataFrame({"country": country, "hour": hour, "bid": bid, spec["name"]: label})
+
+
+def drop_file(data, name: str, content) -> object:  # (Bucket, str, DataFrame | bytes) -> ObjectInfo
+    """Write a data file (a frame as CSV, or raw bytes) into ``data``; return its ObjectInfo."""
+    body = content if isinstance(content, bytes) else content.to_csv(index=False).encode()
+    data.write(name, body)
+    return data.stat(name)
+
+
+def deliver(url: str, info, event_id: str | None = None, attempts: int = 8) -> list[int]:
+    """POST the CloudEvent Eventarc sends for ``info``, redelivering (same id) on 5xx or a dropped
+    connection as Eventarc does; the status codes seen, the last one final."""
+    from shared.events import build_cloudevent
+
+    headers, body = build_cloudevent(info, event_id)
+    statuses: list[int] = []
+    for attempt in range(attempts):
+        try:
+            status = requests.post(url, headers=headers, data=body, timeout=120).status_code
+        except requests.ConnectionError:
+            status = 599  # the instance died mid-request: Eventarc retries
+        statuses.append(status)
+        if status < 500:
+            return statuses
+        time.sleep(min(2.0, 0.2 * 2**attempt))
+    return statuses
+
+
+def train_env(buckets_root: Path, **overrides: str) -> dict[str, str]:
+    """The environment of a train function process (or a CLI run) on local buckets."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("TRAINING_STRATEGY", "ESTIMATOR", "TRAIN_CRASH_FILE")
+    }
+    env.update(
+        {
+            "STORAGE_BACKEND": "local",
+            "LOCAL_BUCKETS_ROOT": str(buckets_root),
+            "DATA_BUCKET": "prodml-data",
+            "ARTIFACTS_BUCKET": "prodml-artifacts",
+            "LOG_FORMAT": "json",
+            "THREADS": "8",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+# === end of training fixtures =================================================================

@@ -1,0 +1,295 @@
+"""The train function in a real functions-framework process, sent real CloudEvents over HTTP.
+
+One process (binary label, default settings, a small MAX_FILE_BYTES, a crash trigger file) serves
+every test of this module but the concurrency one, which has its own process. Tests that need a
+current model make sure there is one, so each can also run alone.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from conftest import deliver, drop_file, train_env, training_rows, training_schema
+
+from shared import registry
+from shared.events import build_cloudevent
+from shared.functions_spec import load_declaration
+from shared.localproc import FunctionProcess, free_port
+from shared.model import ModelBundle
+from shared.schema import save_schema
+from shared.storage.local import LocalBucket
+
+pytestmark = pytest.mark.slow
+
+MAX_FILE_BYTES = 20_000  # a 300-row file is ~4 kB; the "too large" case writes ~40 kB
+
+
+@dataclass
+class Stack:
+    """A train function process on its own local buckets."""
+
+    process: FunctionProcess
+    data: LocalBucket
+    artifacts: LocalBucket
+    crash_file: Path
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    def current_bytes(self) -> bytes:
+        return self.artifacts.read(registry.CURRENT)
+
+    def current(self) -> registry.Current:
+        current = registry.read_current(self.artifacts)
+        assert current is not None
+        return current
+
+    def cards(self) -> list[dict[str, Any]]:
+        return registry.list_cards(self.artifacts)
+
+    def cards_for(self, name: str) -> list[dict[str, Any]]:
+        return [c for c in self.cards() if (c.get("event") or {}).get("name") == name]
+
+    def train(self, name: str, seed: int, rows: int = 300, **kwargs: Any) -> Any:
+        info = drop_file(self.data, name, training_rows(rows, seed, **kwargs))
+        assert deliver(self.url, info) == [200], self.process.log_tail()
+        return info
+
+
+def _start(tmp: Path, **overrides: str) -> Stack:
+    root = tmp / "buckets"
+    artifacts = LocalBucket(root, "prodml-artifacts")
+    save_schema(artifacts, training_schema("binary"))
+    crash_file = tmp / "crash-now"
+    env = train_env(root, MAX_FILE_BYTES=str(MAX_FILE_BYTES), TRAIN_CRASH_FILE=str(crash_file), **overrides)
+    spec = load_declaration().functions["train"]
+    process = FunctionProcess(spec, free_port(), env, log_path=tmp / "train.log").start()
+    return Stack(process, LocalBucket(root, "prodml-data"), artifacts, crash_file, env)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The module's train function process."""
+    s = _start(tmp_path_factory.mktemp("train-fn"))
+    try:
+        yield s
+    finally:
+        s.process.stop()
+
+
+@pytest.fixture
+def trained(stack: Stack) -> Stack:
+    """The stack with a current model trained on at least three files."""
+    current = registry.read_current(stack.artifacts)
+    have = len(current.lineage) if current is not None else 0
+    for i in range(have, 3):
+        stack.train(f"incoming/base-{i}.csv", seed=900 + i)
+    return stack
+
+
+def test_five_files_in_sequence_give_five_versions_and_the_right_current_model(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = [f"incoming/day-{i}.csv" for i in range(5)]
+    for i, name in enumerate(names):
+        stack.train(name, seed=i)
+
+    versions = [stack.cards_for(name) for name in names]
+    assert [len(v) for v in versions] == [1, 1, 1, 1, 1]
+    cards = [v[0] for v in versions]
+    # Five files of one distribution: each full retrain is not worse than the model before it.
+    assert [c["decision"]["status"] for c in cards] == ["promoted"] * 5, [c["decision"] for c in cards]
+    for parent, child in zip(cards, cards[1:], strict=False):
+        assert child["parent"] == parent["version"]
+    current = stack.current()
+    assert current.version == cards[-1]["version"]
+    assert stack.current_bytes() == stack.artifacts.read(registry.model_name(cards[-1]["version"]))
+    lineage_names = [r["name"] for r in current.lineage]
+    assert lineage_names[-5:] == names
+    for card in cards:  # each card compares both models on the same held-out rows
+        metrics = card["metrics"]
+        if metrics["champion"] is not None:
+            assert metrics["champion"]["rows"] == metrics["challenger"]["rows"] > 0
+    assert cards[-1]["metrics"]["challenger"]["roc_auc"] > 0.75  # it learned the signal
+
+    from shared.cli import main
+    from shared.config import get_settings
+
+    for key, value in stack.env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    monkeypatch.setattr("shared.cli.get_settings", get_settings)
+    try:
+        capsys.readouterr()
+        assert main(["models"]) == 0
+        table = capsys.readouterr().out
+        assert main(["models", "--json"]) == 0
+        listing = json.loads(capsys.readouterr().out)
+    finally:
+        get_settings.cache_clear()
+    for card in cards:
+        assert card["version"] in table
+    current_line = next(line for line in table.splitlines() if line.startswith("*"))
+    assert cards[-1]["version"] in current_line
+    assert listing["current"] == cards[-1]["version"]
+    shown = {row["version"]: row for row in listing["versions"]}
+    assert [shown[c["version"]]["decision"] for c in cards] == ["promoted"] * 5
+
+
+def test_the_same_event_delivered_three_times_trains_once(trained: Stack) -> None:
+    stack = trained
+    info = drop_file(stack.data, "incoming/repeated.csv", training_rows(300, 21))
+    event_id = str(uuid.uuid4())
+    for _ in range(3):
+        assert deliver(stack.url, info, event_id) == [200]
+    assert len(stack.cards_for("incoming/repeated.csv")) == 1
+    keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in stack.current().lineage]
+    assert keys.count(registry.file_key("prodml-data", "incoming/repeated.csv", info.generation)) == 1
+    marker = registry.read_processed(stack.artifacts, "prodml-data", "incoming/repeated.csv", info.generation)
+    assert marker is not None and marker["outcome"] == "promoted"
+
+
+def _bad_csv(**columns: Any) -> bytes:
+    frame = training_rows(50, 5)
+    for name, value in columns.items():
+        if value is None:
+            frame = frame.drop(columns=[name])
+        else:
+            frame[name] = frame[name].astype(object)
+            frame.loc[3, name] = value
+    return frame.to_csv(index=False).encode()
+
+
+BAD_FILES = {
+    "empty": ("incoming/empty.csv", b"", "empty"),
+    "binary_junk": ("incoming/junk.csv", np.random.default_rng(1).bytes(4000), "unreadable"),
+    "header_only": ("incoming/header.csv", b"country,hour,bid,converted\n", "empty"),
+    "missing_label": ("incoming/nolabel.csv", _bad_csv(converted=None), "missing_label"),
+    "wrong_types": ("incoming/types.csv", _bad_csv(hour="noon"), "wrong_type"),
+    "nan_label": ("incoming/nanlabel.csv", _bad_csv(converted="NaN"), "invalid_label"),
+    "infinite_label": ("incoming/inflabel.csv", _bad_csv(converted="inf"), "invalid_label"),
+    "out_of_range": ("incoming/range.csv", _bad_csv(bid=12.5), "out_of_range"),
+    "unseen_category": ("incoming/unseen.csv", _bad_csv(country="fr"), "unseen_category"),
+    "too_large": ("incoming/large.csv", training_rows(3000, 6).to_csv(index=False).encode(), "too_large"),
+    "unknown_extension": ("incoming/sheet.xlsx", _bad_csv(), "unknown_format"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_bad_file_is_quarantined_with_its_reason_and_the_model_untouched(trained: Stack, case: str) -> None:
+    stack = trained
+    name, body, rule = BAD_FILES[case]
+    before = stack.current_bytes()
+    versions_before = len(stack.cards())
+    info = drop_file(stack.data, name, body)
+
+    assert deliver(stack.url, info) == [200]
+
+    assert stack.current_bytes() == before
+    assert len(stack.cards()) == versions_before
+    assert not stack.data.exists(name)
+    target = "quarantine/" + name.removeprefix("incoming/")
+    assert stack.data.read(target) == body
+    reason = json.loads(stack.data.read(target + ".reason.json"))
+    assert (reason["object"], reason["generation"], reason["rule"]) == (name, info.generation, rule)
+    assert reason["message"]
+    marker = registry.read_processed(stack.artifacts, "prodml-data", name, info.generation)
+    assert marker is not None and (marker["outcome"], marker["rule"]) == ("quarantined", rule)
+
+
+def test_a_file_with_shuffled_labels_trains_a_worse_model_that_is_rejected(trained: Stack) -> None:
+    stack = trained
+    before = stack.current_bytes()
+    name = "incoming/shuffled.csv"
+    stack.train(name, seed=77, shuffle=True)
+
+    (card,) = stack.cards_for(name)
+    assert card["decision"]["status"] == "rejected", card["decision"]
+    metrics = card["metrics"]
+    worse_by = metrics["challenger"]["log_loss"] - metrics["champion"]["log_loss"]
+    assert worse_by > 0.01  # PROMOTION_TOLERANCE
+    assert stack.current_bytes() == before
+    assert stack.artifacts.exists(registry.model_name(card["version"]))  # kept, for the record
+    assert name not in [r["name"] for r in stack.current().lineage]
+
+
+def test_objects_outside_incoming_and_foreign_events_are_ignored_with_2xx(stack: Stack) -> None:
+    before = len(stack.cards())
+    for name in ("quarantine/elsewhere.csv", "other/elsewhere.csv"):
+        info = drop_file(stack.data, name, training_rows(30, 3))
+        assert deliver(stack.url, info) == [200]
+        assert stack.data.exists(name)
+        assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+    headers, body = build_cloudevent(stack.data.stat("other/elsewhere.csv"))
+    headers["ce-type"] = "google.cloud.storage.object.v1.deleted"
+    assert requests.post(stack.url, headers=headers, data=body, timeout=30).status_code == 200
+    assert len(stack.cards()) == before
+
+
+def test_a_trainer_killed_before_the_swap_leaves_the_model_whole_and_redelivery_completes(
+    trained: Stack,
+) -> None:
+    """Fault injection: TRAIN_CRASH_FILE makes the worker SIGKILL itself after writing its version."""
+    stack = trained
+    before_bytes, before_version = stack.current_bytes(), stack.current().version
+    stack.crash_file.touch()
+    name = "incoming/crash.csv"
+    info = drop_file(stack.data, name, training_rows(300, 31))
+    event_id = str(uuid.uuid4())
+
+    first = deliver(stack.url, info, event_id, attempts=1)
+
+    assert first[0] >= 500  # the connection died with the worker
+    assert not stack.crash_file.exists()
+    assert stack.current_bytes() == before_bytes
+    assert ModelBundle.from_bytes(before_bytes).version == before_version
+    (written,) = stack.cards_for(name)
+    assert written["decision"]["status"] == "pending"
+    assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+
+    assert deliver(stack.url, info, event_id)[-1] == 200  # Eventarc redelivers
+
+    current = stack.current()
+    assert current.version == written["version"]  # the very version written before the crash
+    assert [c["version"] for c in stack.cards_for(name)] == [written["version"]]
+    assert registry.read_card(stack.artifacts, written["version"])["decision"]["status"] == "promoted"
+    keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in current.lineage]
+    assert keys.count(registry.file_key("prodml-data", name, info.generation)) == 1
+    assert registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+
+
+def test_ten_files_delivered_concurrently_end_in_one_model_holding_all_ten_once(
+    tmp_path: Path,
+) -> None:
+    # The gate is opened wide here: this test is about lost updates, not about model quality.
+    stack = _start(tmp_path, PROMOTION_TOLERANCE="1000", CAS_MAX_ATTEMPTS="3")
+    try:
+        infos = [
+            drop_file(stack.data, f"incoming/burst-{i}.csv", training_rows(200, 300 + i)) for i in range(10)
+        ]
+        # Every event twice, all at once: at-least-once delivery may duplicate an event.
+        jobs = [(info, str(uuid.uuid4())) for info in infos]
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            results = list(pool.map(lambda job: deliver(stack.url, *job, attempts=12), jobs + jobs))
+        assert all(statuses[-1] == 200 for statuses in results), results
+
+        current = stack.current()
+        keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in current.lineage]
+        expected = [registry.file_key("prodml-data", i.name, i.generation) for i in infos]
+        assert sorted(keys) == sorted(expected)  # all ten, each exactly once
+        promoted = [c for c in stack.cards() if c["decision"]["status"] == "promoted"]
+        assert sorted(c["event"]["name"] for c in promoted) == sorted(i.name for i in infos)
+        assert all(registry.is_processed(stack.artifacts, "prodml-data", i.name, i.generation) for i in infos)
+    finally:
+        stack.process.stop()
