@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "monitor_cmd",
     "train_cmd",
     "pipeline_cmd",
+    "up_cmd",
 )
 
 
