@@ -40,11 +40,10 @@ import numpy as np
 
 from shared.config import Settings
 from shared.errors import ModelNotReady, NotFound
-from shared.keyspace import score_keys, score_width, valid_key_counts
+from shared.keyspace import decode_keys, score_keys, score_width, valid_key_counts
 from shared.model import ModelBundle
 from shared.schema import Schema, load_schema
 from shared.storage import Bucket
-from shared.table import decode_codes
 from shared.table_build import CURRENT_MODEL
 from shared.traffic import read_traffic
 
@@ -269,7 +268,7 @@ def measure_model(bundle: ModelBundle, sample_rows: int = THROUGHPUT_SAMPLE_ROWS
     rng = np.random.default_rng(seed)
     n = max(1, min(sample_rows, schema.key_cardinality))
     codes = rng.integers(0, schema.key_cardinality, size=n, dtype=np.int64)
-    columns = decode_codes(schema, codes)
+    columns = decode_keys(schema, codes)
     score_keys(bundle, schema, {k: v[:1] for k, v in columns.items()})  # warm caches before timing
     times = []
     for _ in range(3):

@@ -22,6 +22,7 @@ Concurrent duplicate deliveries may both compute the same table; the pointer end
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -172,6 +173,7 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
         return BuildResult(NOTHING, f"cannot load {CURRENT_MODEL} generation {info.generation}: {exc}")
     schema = bundle.schema
     base = {"model_version": bundle.version, "model_generation": info.generation}
+    table_blob(bundle.version)  # a version that cannot name a table fails now, not after scoring
     if not schema.key:
         return BuildResult(
             NOTHING, "the model's schema has no key features: there is no table to build", **base
@@ -294,11 +296,11 @@ def _same_build(pointer: dict[str, Any] | None, model_generation: int, plan: _Pl
     )
 
 
-def _chunks(schema: Schema, plan: _Plan, chunk_rows: int) -> tuple[np.ndarray | None, Any]:
+def _chunks(schema: Schema, plan: _Plan, chunk_rows: int) -> Iterator[KeyChunk]:
+    """The planned keys in ascending code order (the table's order, for binary-search lookups)."""
     if plan.top is None:
-        return None, full_chunks(schema, chunk_rows)
-    codes = np.sort(plan.top.codes)  # the table's codes are sorted for lookup by binary search
-    return codes, code_chunks(schema, codes, chunk_rows)
+        return full_chunks(schema, chunk_rows)
+    return code_chunks(schema, np.sort(plan.top.codes), chunk_rows)
 
 
 def _score(
@@ -308,11 +310,9 @@ def _score(
     width = score_width(bundle)
     codes = np.empty(plan.rows, dtype=np.int64)
     scores = np.empty((plan.rows, width) if width > 1 else plan.rows, dtype=np.float64)
-    _, chunks = _chunks(schema, plan, chunk_rows)
     start = time.perf_counter()
     done = 0
-    chunk: KeyChunk
-    for chunk in chunks:
+    for chunk in _chunks(schema, plan, chunk_rows):
         end = done + len(chunk)
         codes[done:end] = chunk.codes
         scores[done:end] = score_keys(bundle, schema, chunk.columns)
