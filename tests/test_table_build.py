@@ -12,11 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import fit_table_bundle
+from sklearn.compose import ColumnTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
 
 import shared.table_build as table_build
 from shared.config import Settings, load_settings
 from shared.errors import BadRequest
-from shared.model import to_frame
+from shared.model import ModelBundle, to_frame
+from shared.schema import Schema
+from shared.storage.local import LocalBucket
 from shared.table import encode_keys, key_string, load_current_table, read_pointer, read_table, table_blob
 from shared.table_build import BUILT, NOTHING, SKIPPED, BuildRequest, build_table, parse_build_request
 from shared.traffic import flush_counts
@@ -143,8 +149,6 @@ def test_auto_uses_top_k_when_the_key_space_is_too_big(table_artifacts, buckets_
 
 
 def test_no_model_builds_nothing(buckets_root) -> None:
-    from shared.storage.local import LocalBucket
-
     artifacts = LocalBucket(buckets_root, "prodml-artifacts")
     result = build_table(artifacts, _settings(buckets_root))
     assert result.status == NOTHING and "no model yet" in result.message
@@ -224,3 +228,38 @@ def test_prodml_table_build_exits_non_zero_with_one_line_when_nothing_can_be_bui
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["status"] == "built" and summary["rows"] == 360
+
+
+def test_multiclass_tables_hold_one_score_per_class(buckets_root: Path) -> None:
+    schema = Schema.from_dict(
+        {
+            "features": [
+                {"name": "color", "type": "category", "domain": ["red", "green", "blue"]},
+                {"name": "size", "type": "integer", "min": 1, "max": 4},
+            ],
+            "label": {"name": "kind", "type": "category", "classes": ["a", "b", "c"]},
+            "key": ["color", "size"],
+        }
+    )
+    records = [{"color": c, "size": s} for c in ("red", "green", "blue") for s in (1, 2, 3, 4)] * 3
+    frame = to_frame(schema, records)
+    estimator = Pipeline(
+        [
+            ("prep", ColumnTransformer([("cat", OneHotEncoder(), ["color"])], remainder="passthrough")),
+            ("model", LogisticRegression()),
+        ]
+    ).fit(frame, ["a", "b", "c"] * 12)
+    bundle = ModelBundle("mc1", estimator, schema)
+    artifacts = LocalBucket(buckets_root, "prodml-artifacts")
+    artifacts.write("models/current.skops", bundle.to_bytes())
+
+    assert build_table(artifacts, _settings(buckets_root)).rows == 12
+    table = read_table(artifacts, "mc1")
+    assert table.scores.shape == (12, 3)
+    instances = [{"color": c, "size": s} for c in ("red", "green", "blue") for s in (1, 2, 3, 4)]
+    found, scores = table.lookup(
+        encode_keys(
+            schema, {"color": [i["color"] for i in instances], "size": [i["size"] for i in instances]}
+        )
+    )
+    assert found.all() and (scores == bundle.scores(to_frame(schema, instances))).all()
