@@ -1,0 +1,239 @@
+"""The trainer in-process, on real local buckets: every task, both strategies, the paths around.
+
+The train function process (tests/test_train_function.py) runs the same ``handle_event``; here the
+cases that need a different schema or settings per test, or an injected fault, run without one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import drop_file, training_rows, training_schema
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.pipeline import Pipeline
+
+from shared import monitoring, registry, training
+from shared.config import Settings, load_settings
+from shared.errors import PreconditionFailed
+from shared.events import parse_storage_event, to_cloudevent
+from shared.schema import Schema, save_schema
+from shared.storage.local import LocalBucket
+from shared.trainer import Outcome, RetryLater, handle_event
+
+
+@dataclass
+class World:
+    settings: Settings
+    data: LocalBucket
+    artifacts: LocalBucket
+
+    def send(self, name: str, content: Any, event_id: str | None = None) -> Outcome:
+        info = drop_file(self.data, name, content)
+        return self.deliver(info, event_id)
+
+    def deliver(self, info: Any, event_id: str | None = None) -> Outcome:
+        event = parse_storage_event(to_cloudevent(info, event_id))
+        return handle_event(event, self.settings, data=self.data, artifacts=self.artifacts)
+
+    def with_settings(self, **env: str) -> World:
+        return World(_settings(Path(self.data.folder).parent, **env), self.data, self.artifacts)
+
+    def current(self) -> registry.Current:
+        current = registry.read_current(self.artifacts, self.settings.model_trusted_types)
+        assert current is not None
+        return current
+
+
+def _settings(root: Path, **env: str) -> Settings:
+    return load_settings({"LOCAL_BUCKETS_ROOT": str(root), **env})
+
+
+def make_world(tmp_path: Path, task: str = "binary", schema: Schema | None = None, **env: str) -> World:
+    root = tmp_path / "buckets"
+    settings = _settings(root, **env)
+    world = World(
+        settings, LocalBucket(root, settings.data_bucket), LocalBucket(root, settings.artifacts_bucket)
+    )
+    save_schema(world.artifacts, schema or training_schema(task))
+    return world
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_every_label_task_trains_full_then_incremental_and_beats_a_trivial_model(
+    tmp_path: Path, task: str
+) -> None:
+    world = make_world(tmp_path, task)
+    for i in range(3):
+        assert world.send(f"incoming/full-{i}.csv", training_rows(300, i, task)).status == "promoted"
+    incremental = world.with_settings(TRAINING_STRATEGY="incremental")
+    before = world.current().version
+    outcome = incremental.send("incoming/inc.csv", training_rows(300, 9, task))
+    assert outcome.status == "promoted", outcome.message
+    card = registry.read_card(world.artifacts, outcome.version or "")
+    assert card["strategy"] == "incremental"
+    assert card["parent"] == before
+    assert card["trained_on"] == [
+        "prodml-data/incoming/inc.csv@" + str(world.data.stat("incoming/inc.csv").generation)
+    ]
+
+    current = world.current()
+    test = training_rows(2000, 12345, task)
+    quality = monitoring.evaluate(current.bundle, test)
+    label = test[training_schema(task).label.name]
+    if task == "binary":
+        assert quality["roc_auc"] > 0.8
+    elif task == "multiclass":
+        majority = label.value_counts(normalize=True).max()
+        assert quality["accuracy"] > majority + 0.15
+    else:
+        assert quality["rmse"] < 0.5 * float(label.std())
+
+
+def test_test_then_train_records_the_live_model_on_the_file_before_training(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    first = world.send("incoming/a.csv", training_rows(300, 1))
+    second = world.send("incoming/b.csv", training_rows(300, 2))
+
+    info = world.data.stat("incoming/b.csv")
+    record = json.loads(world.artifacts.read(monitoring.record_name("incoming/b.csv", info.generation)))
+    assert record["model_version"] == first.version  # scored by the model before b trained it
+    assert record["metrics"]["log_loss"] > 0 and 0 <= record["metrics"]["roc_auc"] <= 1
+    assert set(record["psi"]) == {"country", "hour", "bid"}
+    assert record["decision"] == "accepted"
+    assert record["training"] == {"outcome": "promoted", "version": second.version, "message": second.message}
+    card = registry.read_card(world.artifacts, second.version or "")
+    assert card["reference"]["rows"] == card["training_rows"]
+
+
+def _drifted_rows(seed: int) -> Any:
+    frame = training_rows(300, seed)
+    frame["bid"] = np.round(9 + frame["bid"] / 10, 3)  # every bid in [9, 10]
+    return frame
+
+
+def test_drift_warns_by_default_and_quarantines_by_setting(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    world.send("incoming/a.csv", training_rows(300, 1))
+
+    warned = world.send("incoming/drift-warn.csv", _drifted_rows(2))
+    info = world.data.stat("incoming/drift-warn.csv")
+    record = json.loads(world.artifacts.read(monitoring.record_name(info.name, info.generation)))
+    assert record["decision"] == "warning" and record["drifted"] == ["bid"]
+    assert warned.status == "promoted", warned.message  # a warning does not stop training
+
+    strict = world.with_settings(DRIFT_POLICY="quarantine")
+    before = world.artifacts.read(registry.CURRENT)
+    outcome = strict.send("incoming/drift-strict.csv", _drifted_rows(3))
+    assert (outcome.status, outcome.rule) == ("quarantined", "drift")
+    reason = json.loads(world.data.read("quarantine/drift-strict.csv.reason.json"))
+    assert reason["rule"] == "drift" and "bid" in reason["message"]
+    assert world.artifacts.read(registry.CURRENT) == before
+
+
+def test_without_a_schema_the_file_stays_and_a_later_delivery_trains_it(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    world.artifacts.delete("schema.json")
+    info = drop_file(world.data, "incoming/early.csv", training_rows(300, 1))
+
+    outcome = world.deliver(info)
+
+    assert outcome.status == "no_schema" and "schema.json" in outcome.message
+    assert world.data.exists("incoming/early.csv")
+    assert not registry.is_processed(world.artifacts, "prodml-data", "incoming/early.csv", info.generation)
+    save_schema(world.artifacts, training_schema())
+    assert world.deliver(info).status == "promoted"
+
+
+def test_ignored_and_gone_objects(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    assert world.send("elsewhere/a.csv", training_rows(30, 1)).status == "ignored"
+    old = drop_file(world.data, "incoming/replaced.csv", training_rows(300, 1))
+    drop_file(world.data, "incoming/replaced.csv", training_rows(300, 2))
+    assert world.deliver(old).status == "gone"
+    assert registry.list_cards(world.artifacts) == []
+
+
+def test_a_promotion_whose_marker_was_lost_is_only_marked_on_redelivery(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    info = drop_file(world.data, "incoming/a.csv", training_rows(300, 1))
+    first = world.deliver(info)
+    world.artifacts.delete(registry.processed_name("prodml-data", "incoming/a.csv", info.generation))
+
+    again = world.deliver(info)
+
+    assert (again.status, again.version) == ("already_trained", first.version)
+    assert len(registry.list_cards(world.artifacts)) == 1
+    assert registry.is_processed(world.artifacts, "prodml-data", "incoming/a.csv", info.generation)
+
+
+def test_a_version_left_by_a_crash_is_superseded_when_another_model_was_promoted_meanwhile(
+    tmp_path: Path, mocker: Any
+) -> None:
+    world = make_world(tmp_path)
+    world.send("incoming/a.csv", training_rows(300, 1))
+    crashed = drop_file(world.data, "incoming/crashed.csv", training_rows(300, 2))
+    # Fault injection: the process "dies" right after writing its version and claim.
+    mocker.patch("shared.trainer._maybe_crash", side_effect=SystemExit("killed"))
+    with pytest.raises(SystemExit):
+        world.deliver(crashed)
+    mocker.stopall()
+    (pending,) = [c for c in registry.list_cards(world.artifacts) if c["decision"]["status"] == "pending"]
+    other = world.send("incoming/other.csv", training_rows(300, 3))  # promoted meanwhile
+
+    redelivered = world.deliver(crashed)
+
+    assert redelivered.status == "promoted" and redelivered.version != pending["version"]
+    assert registry.read_card(world.artifacts, pending["version"])["decision"]["status"] == "superseded"
+    card = registry.read_card(world.artifacts, redelivered.version or "")
+    assert card["parent"] == other.version
+    names = [r["name"] for r in world.current().lineage]
+    assert names == ["incoming/a.csv", "incoming/other.csv", "incoming/crashed.csv"]
+
+
+def test_when_others_always_promote_first_the_trainer_asks_for_redelivery(
+    tmp_path: Path, mocker: Any
+) -> None:
+    world = make_world(tmp_path, CAS_MAX_ATTEMPTS="2")
+    world.send("incoming/a.csv", training_rows(300, 1))
+    before = world.artifacts.read(registry.CURRENT)
+    mocker.patch("shared.registry.swap_current", side_effect=PreconditionFailed("someone else won"))
+    mocker.patch("shared.trainer.time.sleep")  # the jittered pause between attempts
+    info = drop_file(world.data, "incoming/b.csv", training_rows(300, 2))
+
+    with pytest.raises(RetryLater, match="CAS_MAX_ATTEMPTS"):
+        world.deliver(info)
+
+    assert world.artifacts.read(registry.CURRENT) == before
+    assert not registry.is_processed(world.artifacts, "prodml-data", "incoming/b.csv", info.generation)
+    statuses = [c["decision"]["status"] for c in registry.list_cards(world.artifacts)]
+    assert statuses == ["promoted", "superseded", "superseded"]
+
+
+def forest(schema: Schema) -> Pipeline:
+    """An ESTIMATOR plug-in without partial_fit (see test below)."""
+    preprocess: ColumnTransformer = training.default_preprocessor(schema)
+    return Pipeline(
+        [("preprocess", preprocess), ("model", RandomForestClassifier(n_estimators=20, random_state=0))]
+    )
+
+
+def test_a_plugged_in_estimator_trains_and_incremental_falls_back_to_full(tmp_path: Path) -> None:
+    world = make_world(
+        tmp_path,
+        ESTIMATOR="test_trainer:forest",
+        TRAINING_STRATEGY="incremental",
+        MODEL_TRUSTED_TYPES="sklearn.tree._tree.Tree",  # skops does not trust tree internals by default
+    )
+    world.send("incoming/a.csv", training_rows(300, 1))
+    outcome = world.send("incoming/b.csv", training_rows(300, 2))
+
+    card = registry.read_card(world.artifacts, outcome.version or "")
+    assert card["estimator"] == "test_trainer:forest"
+    assert card["strategy"] == "full (the current model has no partial_fit)"
+    assert isinstance(world.current().bundle.estimator[-1], RandomForestClassifier)
