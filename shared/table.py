@@ -243,6 +243,10 @@ class Table:
         n = len(self.codes)
         # A full table (every code 0..n-1) is answered by direct indexing, no search at all.
         self._dense = bool(n == 0 or (int(self.codes[0]) == 0 and int(self.codes[-1]) == n - 1))
+        # Bound methods and .item() (a Python number, no numpy scalar) keep lookup_one near 1 us.
+        self._search = self.codes.searchsorted
+        self._code_at = self.codes.item
+        self._score_at = self.scores.item if self.scores.ndim == 1 else self.scores.__getitem__
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -260,18 +264,14 @@ class Table:
     def lookup_one(self, code: int) -> float | np.ndarray | None:
         """The score (a float, or a row for multiclass) of one code, or None if absent."""
         n = len(self.codes)
-        if code < 0 or n == 0:
+        if code < 0:
             return None
         if self._dense:
-            if code >= n:
-                return None
-            row = self.scores[code]
-        else:
-            i = int(self.codes.searchsorted(code))
-            if i >= n or self.codes[i] != code:
-                return None
-            row = self.scores[i]
-        return float(row) if self.scores.ndim == 1 else row
+            return self._score_at(code) if code < n else None
+        i = int(self._search(code))
+        if i < n and self._code_at(i) == code:
+            return self._score_at(i)
+        return None
 
 
 def _check_arrays(codes: np.ndarray, scores: np.ndarray, where: str) -> None:

@@ -1,0 +1,430 @@
+"""Serving speed: table hits against the model path, over HTTP against the server's floor, and
+the load and lookup cost of a million-key table.
+
+Model: a one-hot + logistic regression pipeline (``ModelBundle``) on country (20) x hour (24) x
+device (3) = 1,440 keys plus a non-key float, the shape the predict tests use, a bit bigger.
+
+1. In process (``Predictor.predict`` on a single-instance body): a table hit (hybrid, full
+   table) against the model path (dynamic). Goal: a hit at least 50x cheaper.
+2. Over HTTP, single-instance requests one after another on a keep-alive connection, against
+   real functions-framework processes: p50 and p99 of static, dynamic and hybrid (all hits)
+   against an empty HTTP function on the same server (the floor). Goal: hybrid p50 within 1.3x.
+   Targets are measured interleaved, request by request, so machine noise hits them alike.
+3. Throughput, 8 concurrent clients sending single-instance requests whose keys follow a Zipf
+   law (s = 1.1): hybrid with a top-K table (the keys holding 90% of the traffic, the rest to
+   the model) against dynamic (goal >= 3x); and dynamic against a plain handler on the same
+   server that calls the same model once per instance (``bench/serving_targets``), with 8
+   instances per request (goal >= 1x: one vectorized call beats a call per instance).
+4. A table of 1,000,000 keys: ``read_table`` from the local bucket (goal < 200 ms; the ratio is
+   to that budget, the raw read of the same bytes is shown beside it) and ``Table.lookup_one``
+   of random present codes (goal < 2 us; beside it a Python ``dict.get``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import requests
+
+from bench.common import Row, goal_row, median_seconds
+from shared.config import load_settings
+from shared.functions_spec import REPO_ROOT, FunctionSpec, load_declaration
+from shared.localproc import FunctionProcess, free_port
+from shared.model import ModelBundle, to_frame
+from shared.schema import Schema
+from shared.serving import CURRENT_MODEL, Predictor
+from shared.storage.local import LocalBucket
+from shared.table import decode_codes, read_table, switch_pointer, table_blob, write_table
+
+AREA = "serving"
+HIT_GOAL = 50.0
+FLOOR_GOAL = 1.3
+HYBRID_GOAL = 3.0
+PLAIN_GOAL = 1.0
+LOAD_BUDGET = 0.200
+LOOKUP_BUDGET = 2e-6
+ZIPF_S = 1.1
+TOP_SHARE = 0.9
+CLIENTS = 8
+
+SCHEMA = Schema.from_dict(
+    {
+        "features": [
+            {"name": "country", "type": "category", "domain": [f"c{i:02d}" for i in range(20)]},
+            {"name": "hour", "type": "integer", "min": 0, "max": 23},
+            {"name": "device", "type": "category", "domain": ["mobile", "desktop", "tablet"]},
+            {"name": "bid", "type": "float", "min": 0.0, "max": 10.0, "default": 1.5},
+        ],
+        "label": {"name": "converted", "type": "category", "classes": [0, 1]},
+        "key": ["country", "hour", "device"],
+    }
+)
+
+
+def _fit() -> ModelBundle:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    codes = rng.integers(0, SCHEMA.key_cardinality, n)
+    columns: dict[str, Any] = decode_codes(SCHEMA, codes)
+    columns["bid"] = rng.uniform(0, 10, n)
+    frame = to_frame(SCHEMA, pd.DataFrame(columns))
+    logit = (frame["hour"] - 12) / 6 + (frame["device"] == "mobile") + frame["bid"] / 5 - 1
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int)
+    cats = ["country", "hour", "device"]
+    prep = ColumnTransformer(
+        [
+            ("cat", OneHotEncoder(categories=[SCHEMA.feature(c).values() for c in cats]), cats),
+            ("num", StandardScaler(), ["bid"]),
+        ]
+    )
+    return ModelBundle(
+        "bench-v1", Pipeline([("prep", prep), ("lr", LogisticRegression())]).fit(frame, y), SCHEMA
+    )
+
+
+def _publish(artifacts: LocalBucket, bundle: ModelBundle, codes: np.ndarray, version: str) -> None:
+    """Write the model, and a table of ``codes`` scored by it, as the current ones."""
+    generation = artifacts.write(CURRENT_MODEL, bundle.to_bytes())
+    columns: dict[str, Any] = decode_codes(SCHEMA, codes)
+    columns["bid"] = np.full(len(codes), 1.5)
+    scores = bundle.scores(to_frame(SCHEMA, pd.DataFrame(columns)))
+    meta = {"model_version": bundle.version, "model_generation": generation, "key": list(SCHEMA.key)}
+    write_table(artifacts, version, codes, scores, meta)
+    pointer = {
+        **meta,
+        "version": version,
+        "rows": len(codes),
+        "strategy": "bench",
+        "built_at": "2026-01-01T00:00:00+00:00",
+    }
+    switch_pointer(artifacts, pointer, if_generation_match=0)
+
+
+def _instance(code: int) -> dict[str, Any]:
+    """A full instance of key ``code``: its key values and the non-key bid at its default."""
+    columns = decode_codes(SCHEMA, [code])
+    instance: dict[str, Any] = {name: values[0] for name, values in columns.items()}
+    instance["hour"] = int(instance["hour"])
+    instance["bid"] = 1.5
+    return instance
+
+
+def _zipf_weights(n: int) -> np.ndarray:
+    weights = 1.0 / np.arange(1, n + 1) ** ZIPF_S
+    return weights / weights.sum()
+
+
+# --- 1. in process ------------------------------------------------------------------------------
+
+
+def _in_process(root: Path, bundle: ModelBundle, repeat: int) -> list[Row]:
+    artifacts = LocalBucket(root / "inproc", "prodml-artifacts")
+    _publish(artifacts, bundle, np.arange(SCHEMA.key_cardinality, dtype=np.int64), "full")
+    env = {
+        "LOCAL_BUCKETS_ROOT": str(root / "inproc"),
+        "RELOAD_SECONDS": "3600",
+        "TRAFFIC_FLUSH_SECONDS": "3600",
+    }
+    hybrid = Predictor(artifacts, load_settings({**env, "SERVING_MODE": "hybrid"}), "bench")
+    dynamic = Predictor(artifacts, load_settings({**env, "SERVING_MODE": "dynamic"}), "bench")
+    bodies = [json.dumps({"instances": [_instance(c)]}).encode() for c in range(0, 1440, 7)]
+
+    def per_call(predictor: Predictor, calls: int) -> Callable[[], None]:
+        def go() -> None:
+            for i in range(calls):
+                predictor.predict(bodies[i % len(bodies)])
+
+        return go
+
+    hit_calls, model_calls = 2000, 100
+    assert hybrid.predict(bodies[0])["predictions"][0]["source"] == "table"
+    hit = median_seconds(per_call(hybrid, hit_calls), repeat=repeat) / hit_calls
+    model = median_seconds(per_call(dynamic, model_calls), repeat=repeat) / model_calls
+    hybrid.close()
+    dynamic.close()
+    return [
+        goal_row(
+            AREA,
+            "in-process single instance: table hit",
+            hit,
+            "s",
+            f"model path ({model * 1e6:.0f} us)",
+            model / hit,
+            at_least=HIT_GOAL,
+        )
+    ]
+
+
+# --- 2 and 3. over HTTP -------------------------------------------------------------------------
+
+
+def _spec(name: str, entry_point: str, source: Path) -> FunctionSpec:
+    return FunctionSpec(name, source, entry_point, "http", "PREDICT_PORT")
+
+
+def _env(root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "RELOAD_", "TRAFFIC_"))}
+    env.update(
+        {
+            "STORAGE_BACKEND": "local",
+            "LOCAL_BUCKETS_ROOT": str(root),
+            "ARTIFACTS_BUCKET": "prodml-artifacts",
+            "LOG_LEVEL": "warning",
+            "RELOAD_SECONDS": "3600",
+            "TRAFFIC_FLUSH_SECONDS": "3600",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def _start_all(
+    targets: dict[str, tuple[FunctionSpec, dict[str, str]]], logs: Path
+) -> dict[str, FunctionProcess]:
+    processes = {
+        name: FunctionProcess(spec, free_port(), env, logs / f"{name}.log")
+        for name, (spec, env) in targets.items()
+    }
+    starters = [threading.Thread(target=p.start, kwargs={"timeout": 120}) for p in processes.values()]
+    for t in starters:
+        t.start()
+    for t in starters:
+        t.join()
+    return processes
+
+
+def _latencies(url: str, bodies: list[bytes], session: requests.Session) -> list[float]:
+    out = []
+    headers = {"Content-Type": "application/json"}
+    for body in bodies:
+        start = time.perf_counter()
+        response = session.post(url, data=body, headers=headers, timeout=30)
+        out.append(time.perf_counter() - start)
+        if response.status_code != 200:
+            raise RuntimeError(f"{url} answered {response.status_code}: {response.text[:300]}")
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def _throughput(url: str, make_body: Callable[[random.Random], bytes], seconds: float) -> float:
+    """Instances per second answered by ``url`` under ``CLIENTS`` concurrent clients."""
+    done = [0] * CLIENTS
+    failures: list[str] = []
+    stop = time.perf_counter() + seconds
+
+    def client(i: int) -> None:
+        rng = random.Random(i)
+        session = requests.Session()
+        headers = {"Content-Type": "application/json"}
+        while time.perf_counter() < stop:
+            body = make_body(rng)
+            response = session.post(url, data=body, headers=headers, timeout=30)
+            if response.status_code != 200:
+                failures.append(f"{response.status_code}: {response.text[:200]}")
+                return
+            done[i] += len(response.json()["predictions"])
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise RuntimeError(f"{url}: {failures[0]}")
+    return sum(done) / (time.perf_counter() - start)
+
+
+def _over_http(root: Path, bundle: ModelBundle, quick: bool) -> list[Row]:
+    n_keys = SCHEMA.key_cardinality
+    # Zipf ranks over a shuffled key order, so frequent keys are spread over the code space.
+    order = np.random.default_rng(1).permutation(n_keys)
+    weights = _zipf_weights(n_keys)
+    top_k = int(np.searchsorted(np.cumsum(weights), TOP_SHARE)) + 1
+    full_root, top_root = root / "http-full", root / "http-top"
+    _publish(LocalBucket(full_root, "prodml-artifacts"), bundle, np.arange(n_keys, dtype=np.int64), "full")
+    _publish(
+        LocalBucket(top_root, "prodml-artifacts"), bundle, np.sort(order[:top_k]).astype(np.int64), "top"
+    )
+
+    predict = load_declaration().functions["predict"]
+    baselines = REPO_ROOT / "bench" / "serving_targets"
+    targets = {
+        "floor": (_spec("empty", "empty", baselines), _env(full_root)),
+        "static": (predict, _env(full_root, SERVING_MODE="static")),
+        "dynamic": (predict, _env(full_root, SERVING_MODE="dynamic")),
+        "hybrid": (predict, _env(full_root, SERVING_MODE="hybrid")),
+        "hybrid-top": (predict, _env(top_root, SERVING_MODE="hybrid")),
+        "plain": (_spec("plain", "plain_predict", baselines), _env(full_root)),
+    }
+    instances = [_instance(c) for c in range(n_keys)]
+    single = [json.dumps({"instances": [instances[c]]}).encode() for c in range(n_keys)]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serving-logs-") as logs:
+        processes = _start_all(targets, Path(logs))
+        try:
+            sessions = {name: requests.Session() for name in processes}
+            for name, p in processes.items():  # warm up: lazy loads, first-request costs
+                _latencies(p.url, single[:20], sessions[name])
+            rounds, per_round = (4, 50) if quick else (10, 100)
+            rng = random.Random(0)
+            samples: dict[str, list[float]] = {name: [] for name in ("floor", "static", "dynamic", "hybrid")}
+            # Interleaved request by request: a burst of noise on this shared machine hits every
+            # target alike instead of one target's whole series.
+            for _ in range(rounds * per_round):
+                body = single[rng.randrange(n_keys)]
+                for name in samples:
+                    samples[name] += _latencies(processes[name].url, [body], sessions[name])
+            floor50, floor99 = _percentile(samples["floor"], 50), _percentile(samples["floor"], 99)
+            for name in ("static", "dynamic", "hybrid"):
+                p50, p99 = _percentile(samples[name], 50), _percentile(samples[name], 99)
+                what = f"HTTP p50 single instance, {name}" + (
+                    " (all table hits)" if name != "dynamic" else ""
+                )
+                goal = {"at_most": FLOOR_GOAL} if name == "hybrid" else {}
+                rows.append(
+                    goal_row(
+                        AREA,
+                        what,
+                        p50,
+                        "s",
+                        f"empty function p50 ({floor50 * 1e3:.2f} ms)",
+                        p50 / floor50,
+                        **goal,
+                    )
+                )
+                rows.append(
+                    goal_row(
+                        AREA,
+                        f"HTTP p99 single instance, {name}",
+                        p99,
+                        "s",
+                        f"empty function p99 ({floor99 * 1e3:.2f} ms)",
+                        p99 / floor99,
+                    )
+                )
+
+            seconds = 3.0 if quick else 8.0
+
+            def zipf_body(k: int) -> Callable[[random.Random], bytes]:
+                def make(rng: random.Random) -> bytes:
+                    picks = rng.choices(range(n_keys), cum_weights=cum, k=k)
+                    return json.dumps({"instances": [instances[int(order[r])] for r in picks]}).encode()
+
+                return make
+
+            cum = list(np.cumsum(weights))
+            hybrid_tp = _throughput(processes["hybrid-top"].url, zipf_body(1), seconds)
+            dynamic_tp = _throughput(processes["dynamic"].url, zipf_body(1), seconds)
+            rows.append(
+                goal_row(
+                    AREA,
+                    f"throughput, {CLIENTS} clients, Zipf keys, 1/request: hybrid (top {top_k} keys = "
+                    f"{TOP_SHARE:.0%} of traffic)",
+                    hybrid_tp,
+                    "inst/s",
+                    f"dynamic ({dynamic_tp:.0f} inst/s)",
+                    hybrid_tp / dynamic_tp,
+                    at_least=HYBRID_GOAL,
+                )
+            )
+            dynamic8 = _throughput(processes["dynamic"].url, zipf_body(8), seconds)
+            plain8 = _throughput(processes["plain"].url, zipf_body(8), seconds)
+            rows.append(
+                goal_row(
+                    AREA,
+                    f"throughput, {CLIENTS} clients, Zipf keys, 8/request: dynamic",
+                    dynamic8,
+                    "inst/s",
+                    f"plain handler, a model call per instance ({plain8:.0f} inst/s)",
+                    dynamic8 / plain8,
+                    at_least=PLAIN_GOAL,
+                )
+            )
+        finally:
+            for p in processes.values():
+                p.stop()
+    return rows
+
+
+# --- 4. a million-key table ---------------------------------------------------------------------
+
+
+def _big_table(root: Path, repeat: int) -> list[Row]:
+    artifacts = LocalBucket(root / "big", "prodml-artifacts")
+    rng = np.random.default_rng(2)
+    n = 1_000_000
+    # A sparse (top-K like) code set, so lookups binary-search instead of indexing directly.
+    codes = np.unique(rng.integers(0, 50 * n, int(n * 1.1)))[:n].astype(np.int64)
+    scores = rng.random(n)
+    meta = {"model_version": "m", "model_generation": 1, "key": ["k"]}
+    write_table(artifacts, "big", codes, scores, meta)
+    load = median_seconds(lambda: read_table(artifacts, "big"), repeat=repeat)
+    raw = median_seconds(lambda: artifacts.read(table_blob("big")), repeat=repeat)
+    table = read_table(artifacts, "big")
+    probe = [int(c) for c in rng.choice(codes, 20000)]
+    lookup_one = table.lookup_one
+
+    def lookups() -> None:
+        for c in probe:
+            lookup_one(c)
+
+    per_lookup = median_seconds(lookups, repeat=repeat) / len(probe)
+    as_dict = dict(zip(codes[:200_000].tolist(), scores[:200_000].tolist(), strict=True))
+    dict_probe = [int(c) for c in rng.choice(codes[:200_000], 20000)]
+
+    def dict_lookups() -> None:
+        for c in dict_probe:
+            as_dict.get(c)
+
+    per_dict = median_seconds(dict_lookups, repeat=repeat) / len(dict_probe)
+    return [
+        goal_row(
+            AREA,
+            f"load a 1,000,000-key table ({table.codes.nbytes + table.scores.nbytes >> 20} MiB)",
+            load,
+            "s",
+            f"budget 200 ms (raw read of the blob: {raw * 1e3:.1f} ms)",
+            load / LOAD_BUDGET,
+            at_most=1.0,
+        ),
+        goal_row(
+            AREA,
+            "lookup_one in a 1,000,000-key table",
+            per_lookup,
+            "s",
+            f"budget 2 us (Python dict.get: {per_dict * 1e9:.0f} ns)",
+            per_lookup / LOOKUP_BUDGET,
+            at_most=1.0,
+        ),
+    ]
+
+
+def run(quick: bool) -> list[Row]:
+    """Every serving measurement, as ratios to baselines measured in this run."""
+    repeat = 3 if quick else 7
+    bundle = _fit()
+    with tempfile.TemporaryDirectory(prefix="bench-serving-", dir=os.environ.get("BENCH_TMPDIR")) as tmp:
+        root = Path(tmp)
+        rows = _in_process(root, bundle, repeat)
+        rows += _over_http(root, bundle, quick)
+        rows += _big_table(root, repeat)
+    return rows
