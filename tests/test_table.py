@@ -60,6 +60,13 @@ def test_values_outside_the_domain_encode_to_minus_one():
     assert codes[4] == 3  # categories and integers compare by value, not by JSON type
 
 
+def test_a_few_rows_encode_as_many_rows_do():
+    columns = {"country": ["us", "fr", "de", "kr", "br", "us"], "hour": [7, 7, 24, 2.5, "3", np.int64(5)]}
+    small = encode_keys(SCHEMA, columns)
+    large = encode_keys(SCHEMA, {name: values * 10 for name, values in columns.items()})[: len(small)]
+    np.testing.assert_array_equal(small, large)
+
+
 def test_categories_compare_as_strings():
     schema = Schema.from_dict(
         {
