@@ -129,7 +129,6 @@ def test_five_files_in_sequence_give_five_versions_and_the_right_current_model(
     for key, value in stack.env.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
-    monkeypatch.setattr("shared.cli.get_settings", get_settings)
     try:
         capsys.readouterr()
         assert main(["models"]) == 0
