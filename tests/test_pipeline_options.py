@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,3 +201,30 @@ def test_the_template_command_writes_the_spec(tmp_path: Path) -> None:
     out = tmp_path / "spec.json"
     assert main(["pipeline", "template", "--image", "example.com/prodml/pipelines:1", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["image"] == "example.com/prodml/pipelines:1"
+
+
+def test_the_dataflow_module_grants_little_and_gives_build_table_what_a_launch_needs() -> None:
+    hcl2 = pytest.importorskip("hcl2")
+    from hcl2 import SerializationOptions
+
+    repo = Path(__file__).resolve().parents[1]
+    options = SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
+    with (repo / "infra" / "dataflow" / "main.tf").open() as handle:
+        module = hcl2.load(handle, serialization_options=options)
+    outputs = {name: body for block in module["output"] for name, body in block.items()}
+    env = outputs["env"]["value"]
+    assert set(env) <= set(settings_env(load_settings({})))  # every key is a real setting
+    # ... and with them (and the buckets the functions already have) a launch request can be made.
+    assert {"DATAFLOW_PROJECT", "DATAFLOW_REGION", "DATAFLOW_TEMP_LOCATION", "DATAFLOW_TEMPLATE"} <= set(env)
+    resources: dict[str, dict[str, Any]] = {}
+    for block in module["resource"]:
+        for rtype, named_bodies in block.items():
+            resources.setdefault(rtype, {}).update(named_bodies)
+    project_roles = sorted(body["role"] for body in resources["google_project_iam_member"].values())
+    assert project_roles == ["roles/dataflow.developer", "roles/dataflow.worker"]
+    assert resources["google_storage_bucket_object"]["template"]["name"].endswith(".json")
+    dockerfile = (repo / "infra" / "dataflow" / "Dockerfile").read_text()
+    entry = dockerfile.split("FLEX_TEMPLATE_PYTHON_PY_FILE=/template/", 1)[1].split()[0]
+    assert (repo / entry).is_file() and entry == "shared/pipelines/run.py"
+    assert "apache/beam_python3.11_sdk:2.77.0" in dockerfile  # the Beam of requirements-beam.txt
+    assert "apache-beam[gcp]==2.77.0" in (repo / "requirements-beam.txt").read_text()
