@@ -1,0 +1,434 @@
+"""Packaging (infra/package.py): reproducible zips, and each zip self-sufficient.
+
+The self-sufficiency tests unpack a zip into a fresh folder, make a fresh virtualenv holding
+ONLY that function's requirements.txt (no pip, no project package), and answer a real request
+or event through functions-framework's test client, run by that venv's Python in isolated mode
+(-I: no PYTHONPATH, no cwd on sys.path) against local buckets under tmp_path. ``shared`` must
+come from the zip, or the import fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FUNCTIONS = REPO / "functions"
+
+
+def _load_package_module() -> Any:
+    spec = importlib.util.spec_from_file_location("infra_package", REPO / "infra" / "package.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+package = _load_package_module()
+
+
+def landed(name: str) -> bool:
+    """Whether the function folder has its code and requirements yet."""
+    folder = FUNCTIONS / name
+    return (folder / "main.py").is_file() and (folder / "requirements.txt").is_file()
+
+
+def require(name: str) -> None:
+    """Skip (saying why) when a declared function has not been written yet."""
+    if not landed(name):
+        pytest.skip(f"functions/{name}/main.py or requirements.txt does not exist yet")
+
+
+LANDED = [name for name in sorted(package.source_folders()) if landed(name)]
+
+
+def run_package_cli(out: Path, *names: str, env: dict[str, str] | None = None) -> str:
+    """``python3 infra/package.py --out OUT --only NAME...``, as `make package` runs it."""
+    args = [sys.executable, str(REPO / "infra" / "package.py"), "--out", str(out)]
+    for name in names:
+        args += ["--only", name]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+# --- reproducibility and contents ------------------------------------------------------------
+
+
+def test_declaration_names_one_package_per_source_folder() -> None:
+    declared = json.loads((REPO / "infra" / "functions.json").read_text())["functions"]
+    folders = package.source_folders()
+    assert set(folders) == {Path(spec["source"]).name for spec in declared.values()}
+    assert set(folders) == {"build_table", "predict", "train"}
+
+
+@pytest.mark.skipif(not LANDED, reason="no function has landed yet")
+def test_building_twice_gives_byte_identical_zips(tmp_path: Path) -> None:
+    run_package_cli(tmp_path / "a", *LANDED)
+    run_package_cli(tmp_path / "b", *LANDED)
+    for name in LANDED:
+        first = (tmp_path / "a" / f"{name}.zip").read_bytes()
+        second = (tmp_path / "b" / f"{name}.zip").read_bytes()
+        assert first == second, f"{name}.zip differs between two builds of the same sources"
+
+
+@pytest.mark.skipif(not LANDED, reason="no function has landed yet")
+def test_zip_ignores_file_times_permissions_and_caches(tmp_path: Path) -> None:
+    """Two checkouts of the same sources (other mtimes, modes, a stray __pycache__) zip the same."""
+    name = LANDED[0]
+    zips = []
+    for copy, mode, stamp in (("one", 0o644, 1_000_000_000), ("two", 0o755, 1_700_000_000)):
+        root = tmp_path / copy
+        shutil.copytree(REPO / "shared", root / "shared", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(FUNCTIONS / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        if copy == "two":
+            (root / "shared" / "__pycache__").mkdir()
+            (root / "shared" / "__pycache__" / "config.cpython-311.pyc").write_bytes(b"stale")
+            (root / "shared" / ".notes.swp").write_text("editor state")
+        for path in root.rglob("*"):
+            if path.is_file():
+                path.chmod(mode)
+                os.utime(path, (stamp, stamp))
+        out = tmp_path / f"{copy}.zip"
+        package.write_zip(package.package_members(root / name, root / "shared"), out)
+        zips.append(out.read_bytes())
+    assert zips[0] == zips[1]
+
+
+@pytest.mark.skipif(not LANDED, reason="no function has landed yet")
+def test_zip_holds_main_requirements_and_all_of_shared(tmp_path: Path) -> None:
+    run_package_cli(tmp_path, *LANDED)
+    shared_files = {
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "shared").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    for name in LANDED:
+        with zipfile.ZipFile(tmp_path / f"{name}.zip") as archive:
+            infos = archive.infolist()
+            names = [i.filename for i in infos]
+            assert names == sorted(names), "entries must be in a fixed (sorted) order"
+            assert {"main.py", "requirements.txt"} <= set(names)
+            assert shared_files <= set(names), sorted(shared_files - set(names))
+            assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+            assert not [n for n in names if n.startswith(("tests/", "functions/", "infra/"))]
+            assert {i.date_time for i in infos} == {(1980, 1, 1, 0, 0, 0)}
+            assert {(i.external_attr >> 16) & 0o777 for i in infos} == {0o644}
+            assert archive.read("requirements.txt") == (FUNCTIONS / name / "requirements.txt").read_bytes()
+            assert archive.read("main.py") == (FUNCTIONS / name / "main.py").read_bytes()
+            assert archive.testzip() is None
+
+
+@pytest.mark.skipif(not LANDED, reason="no function has landed yet")
+def test_source_date_epoch_sets_every_timestamp(tmp_path: Path) -> None:
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000"}  # 2023-11-14 22:13:20 UTC
+    run_package_cli(tmp_path, LANDED[0], env=env)
+    with zipfile.ZipFile(tmp_path / f"{LANDED[0]}.zip") as archive:
+        assert {i.date_time for i in archive.infolist()} == {(2023, 11, 14, 22, 13, 20)}
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+@pytest.mark.parametrize("name", ["predict", "train", "build_table"])
+def test_function_requirements_are_pinned_at_the_project_pins(name: str) -> None:
+    require(name)
+    package.check_requirements(FUNCTIONS / name / "requirements.txt")  # every line name==version
+    project = _pins(REPO / "requirements.txt")
+    own = _pins(FUNCTIONS / name / "requirements.txt")
+    assert "functions-framework" in own
+    differing = {pkg: (v, project.get(pkg)) for pkg, v in own.items() if project.get(pkg) != v}
+    assert not differing, f"functions/{name}/requirements.txt disagrees with requirements.txt: {differing}"
+
+
+def test_unpinned_requirement_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "fn"
+    folder.mkdir()
+    (folder / "main.py").write_text("def handler(request):\n    return 'ok'\n")
+    (folder / "requirements.txt").write_text("functions-framework==3.10.2\npandas>=2.2\n")
+    with pytest.raises(package.PackagingError, match=r"pandas>=2\.2"):
+        package.package_members(folder)
+
+
+def test_folder_without_main_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "requirements.txt").write_text("functions-framework==3.10.2\n")
+    with pytest.raises(package.PackagingError, match="no main.py"):
+        package.package_members(tmp_path)
+
+
+def test_unknown_package_name_is_refused(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "infra" / "package.py"), "--out", str(tmp_path), "--only", "nope"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert "unknown package(s) ['nope']" in proc.stderr
+
+
+# --- self-sufficiency: each zip in a venv of its own requirements only ------------------------
+
+# Run by the function venv's Python: build the functions-framework app from the unpacked zip
+# and send it one request; print what came back and where `shared` was imported from.
+CLIENT_SCRIPT = """
+import json, sys
+source, target, request_file = sys.argv[1:4]
+request = json.load(open(request_file))
+import functions_framework
+app = functions_framework.create_app(target, source)
+response = app.test_client().open(
+    request["path"], method=request["method"], headers=request["headers"],
+    data=request["body"].encode("latin-1"),
+)
+import shared
+print(json.dumps({
+    "status": response.status_code,
+    "body": response.get_data(as_text=True),
+    "shared": shared.__file__,
+}))
+"""
+
+
+def make_function_venv(venv: Path, requirements: Path) -> Path:
+    """A venv with no pip and nothing but ``requirements`` installed (wheels from the pip cache)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-compile"]
+        + ["--quiet", "--disable-pip-version-check", "--no-input", "-r", str(requirements)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"pip install -r {requirements} failed:\n{proc.stderr[-3000:]}"
+    return python
+
+
+@pytest.fixture(scope="module")
+def function_venv(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``venv_for(name)``: the Python of a fresh venv with only functions/<name>/requirements.txt.
+
+    Made on first use, once per function per module (one after the other: on two cores,
+    parallel pip installs measured slower); the venv has no pip and not the project's package,
+    so only the zip can provide ``shared``.
+    """
+    root = tmp_path_factory.mktemp("venvs")
+    made: dict[str, Path] = {}
+
+    def venv_for(name: str) -> Path:
+        if name not in made:
+            made[name] = make_function_venv(root / name, FUNCTIONS / name / "requirements.txt")
+        return made[name]
+
+    return venv_for
+
+
+@pytest.fixture(scope="module")
+def zips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The landed functions' zips, built once by the packaging command."""
+    out = tmp_path_factory.mktemp("dist")
+    if LANDED:
+        run_package_cli(out, *LANDED)
+    return out
+
+
+def call_in_venv(
+    python: Path,
+    zip_path: Path,
+    target: str,
+    request: dict[str, Any],
+    env: dict[str, str],
+    workdir: Path,
+) -> dict[str, Any]:
+    """Unpack ``zip_path`` into a fresh folder and send ``request`` to ``target`` in that venv."""
+    unpacked = workdir / "unpacked"
+    with zipfile.ZipFile(zip_path) as archive:
+        archive.extractall(unpacked)
+    (workdir / "client.py").write_text(CLIENT_SCRIPT)
+    (workdir / "request.json").write_text(json.dumps(request))
+    base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+    proc = subprocess.run(
+        [
+            str(python),
+            "-I",
+            str(workdir / "client.py"),
+            str(unpacked / "main.py"),
+            target,
+            str(workdir / "request.json"),
+        ],
+        cwd=workdir,  # not the unpacked folder: only functions-framework's own path setup finds it
+        env={**base, **env, "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"{target} in its own venv failed:\n{proc.stderr[-4000:]}"
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(answer["shared"]).resolve().is_relative_to(unpacked.resolve()), answer["shared"]
+    return answer
+
+
+def local_env(buckets_root: Path, **extra: str) -> dict[str, str]:
+    """Settings of a function on local buckets under ``buckets_root``."""
+    return {
+        "STORAGE_BACKEND": "local",
+        "LOCAL_BUCKETS_ROOT": str(buckets_root),
+        "DATA_BUCKET": "prodml-data",
+        "ARTIFACTS_BUCKET": "prodml-artifacts",
+        "LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+def cloudevent_request(bucket: Any, name: str) -> dict[str, Any]:
+    """The binary-mode request Eventarc sends for ``name`` finalized in ``bucket``."""
+    from shared.events import build_cloudevent
+
+    headers, body = build_cloudevent(bucket.stat(name))
+    return {"path": "/", "method": "POST", "headers": headers, "body": body.decode("latin-1")}
+
+
+def artifacts_with_model(root: Path, bundle: Any) -> Any:
+    """A local artifacts bucket under ``root`` holding schema.json and models/current.skops."""
+    from shared.schema import save_schema
+    from shared.storage.local import LocalBucket
+
+    artifacts = LocalBucket(root, "prodml-artifacts")
+    save_schema(artifacts, bundle.schema)
+    artifacts.write("models/current.skops", bundle.to_bytes())
+    return artifacts
+
+
+@pytest.mark.slow
+def test_predict_zip_answers_a_prediction_in_its_own_venv(
+    tmp_path: Path, zips: Path, function_venv: Callable[[str], Path], table_bundle: Any
+) -> None:
+    require("predict")
+    from shared.model import to_frame
+
+    root = tmp_path / "buckets"
+    artifacts_with_model(root, table_bundle)
+    instance = {"country": "us", "hour": 18, "device": "mobile", "segment": "new", "bid": 2.5}
+    request = {
+        "path": "/",
+        "method": "POST",
+        "headers": {"Content-Type": "application/json"},
+        "body": json.dumps({"instances": [instance]}),
+    }
+    answer = call_in_venv(
+        function_venv("predict"),
+        zips / "predict.zip",
+        "predict",
+        request,
+        local_env(root, SERVING_MODE="dynamic"),
+        tmp_path,
+    )
+    assert answer["status"] == 200, answer["body"]
+    body = json.loads(answer["body"])
+    expected = float(table_bundle.scores(to_frame(table_bundle.schema, [instance]))[0])
+    assert body["model_version"] == "v1"
+    assert body["predictions"][0]["source"] == "model"
+    assert body["predictions"][0]["score"] == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_build_table_zip_builds_a_table_over_http_in_its_own_venv(
+    tmp_path: Path, zips: Path, function_venv: Callable[[str], Path], table_bundle: Any
+) -> None:
+    require("build_table")
+    root = tmp_path / "buckets"
+    artifacts = artifacts_with_model(root, table_bundle)
+    request = {
+        "path": "/",
+        "method": "POST",
+        "headers": {"Content-Type": "application/json"},
+        "body": json.dumps({"strategy": "full"}),
+    }
+    answer = call_in_venv(
+        function_venv("build_table"),
+        zips / "build_table.zip",
+        "build_table_http",
+        request,
+        local_env(root),
+        tmp_path,
+    )
+    assert answer["status"] == 200, answer["body"]
+    pointer = json.loads(artifacts.read("tables/current.json"))
+    assert pointer["model_version"] == "v1"
+    assert pointer["rows"] == 5 * 24 * 3  # every key of the schema
+
+
+@pytest.mark.slow
+def test_build_table_zip_answers_storage_events_in_its_own_venv(
+    tmp_path: Path, zips: Path, function_venv: Callable[[str], Path], table_bundle: Any
+) -> None:
+    """An unrelated object is ignored (2xx, no table); models/current.skops builds the table."""
+    require("build_table")
+    root = tmp_path / "buckets"
+    artifacts = artifacts_with_model(root, table_bundle)
+    artifacts.write("notes/readme.txt", b"not a model")
+    python = function_venv("build_table")
+    env = local_env(root)
+
+    ignored = call_in_venv(
+        python,
+        zips / "build_table.zip",
+        "on_model_promoted",
+        cloudevent_request(artifacts, "notes/readme.txt"),
+        env,
+        tmp_path / "ignored",
+    )
+    assert 200 <= ignored["status"] < 300, ignored["body"]
+    assert not artifacts.exists("tables/current.json")
+
+    built = call_in_venv(
+        python,
+        zips / "build_table.zip",
+        "on_model_promoted",
+        cloudevent_request(artifacts, "models/current.skops"),
+        env,
+        tmp_path / "built",
+    )
+    assert 200 <= built["status"] < 300, built["body"]
+    assert json.loads(artifacts.read("tables/current.json"))["model_version"] == "v1"
+
+
+@pytest.mark.slow
+def test_train_zip_ignores_objects_outside_incoming_in_its_own_venv(
+    tmp_path: Path, zips: Path, function_venv: Callable[[str], Path]
+) -> None:
+    require("train")
+    from shared.storage.local import LocalBucket
+
+    root = tmp_path / "buckets"
+    data = LocalBucket(root, "prodml-data")
+    data.write("quarantine/bad.csv", b"a,b\n1,2\n")
+    answer = call_in_venv(
+        function_venv("train"),
+        zips / "train.zip",
+        "on_data_file",
+        cloudevent_request(data, "quarantine/bad.csv"),
+        local_env(root),
+        tmp_path,
+    )
+    assert 200 <= answer["status"] < 300, answer["body"]
+    assert data.exists("quarantine/bad.csv")  # nothing moved, nothing trained
+    assert not (root / "prodml-artifacts" / "models").exists()
