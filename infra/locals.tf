@@ -1,0 +1,147 @@
+# Everything computed before any resource: the functions, triggers and schedules read from
+# infra/functions.json (THE one declaration: the local router and `prodml up` read it through
+# shared/functions_spec.py, Terraform here), their env vars, sizes, ingress and storage grants.
+# This file holds no resource and no data source, so tests/test_infra.py can evaluate it with
+# a real terraform binary and no provider (offline).
+
+locals {
+  declaration = jsondecode(file("${path.module}/functions.json"))
+
+  # Deployed function name (the declaration's key) -> its spec. A package is a source folder:
+  # build_table and build_table_event are two entry points of one zip and one identity.
+  functions = {
+    for name, spec in local.declaration.functions : name => merge(spec, {
+      package       = basename(spec.source)
+      resource_name = "${var.name_prefix}-${replace(name, "_", "-")}"
+    })
+  }
+  packages = toset([for spec in local.functions : spec.package])
+
+  # A 2nd gen function has at most one event trigger; keyed by the function it fires.
+  triggers  = { for t in local.declaration.triggers : t.function => t }
+  schedules = { for s in local.declaration.schedules : s.function => s }
+
+  bucket_names = {
+    data      = var.data_bucket != "" ? var.data_bucket : "${var.project_id}-prodml-data"
+    artifacts = var.artifacts_bucket != "" ? var.artifacts_bucket : "${var.project_id}-prodml-artifacts"
+  }
+
+  # Settings of shared/config.py that mean something in the cloud (ports, local folders and
+  # the local router's knobs do not). tests/test_infra.py checks each is a real Setting.
+  deployable_settings = [
+    "STORAGE_BACKEND", "DATA_BUCKET", "ARTIFACTS_BUCKET", "LOG_FORMAT", "LOG_LEVEL",
+    "MAX_FILE_BYTES", "MAX_ROWS", "MAX_NULL_SHARE", "UNSEEN_CATEGORY_POLICY",
+    "DRIFT_PSI_THRESHOLD", "DRIFT_POLICY", "TRAINING_STRATEGY", "TRAINING_WINDOW_FILES",
+    "PROMOTION_TOLERANCE", "HOLDOUT_FRACTION", "CAS_MAX_ATTEMPTS", "ESTIMATOR",
+    "MODEL_TRUSTED_TYPES", "RANDOM_SEED", "SERVING_MODE", "RELOAD_SECONDS", "MAX_BODY_BYTES",
+    "MAX_INSTANCES", "TRAFFIC_FLUSH_SECONDS", "TRAFFIC_SKETCH_SIZE", "TABLE_MAX_ROWS",
+    "TABLE_CHUNK_ROWS", "TABLE_TOP_K", "TABLE_FUNCTION_BUDGET_SECONDS", "PIPELINE_MAX_ROWS",
+    "PIPELINE_RUNNER", "DATAFLOW_PROJECT", "DATAFLOW_REGION", "DATAFLOW_TEMP_LOCATION",
+    "DATAFLOW_SERVICE_ACCOUNT", "DATAFLOW_TEMPLATE", "DATAFLOW_MAX_WORKERS", "DATAFLOW_MACHINE_TYPE",
+  ]
+
+  # Env vars of every function: the GCS backend, the two buckets, JSON logs for Cloud Logging.
+  common_env = {
+    STORAGE_BACKEND  = "gcs"
+    DATA_BUCKET      = local.bucket_names.data
+    ARTIFACTS_BUCKET = local.bucket_names.artifacts
+    LOG_FORMAT       = "json"
+    LOG_LEVEL        = var.log_level
+  }
+  # Env vars a package needs beyond those; var.extra_env adds or overrides per package.
+  package_env = {
+    predict = { SERVING_MODE = var.serving_mode }
+    train   = { TRAINING_STRATEGY = var.training_strategy }
+    # Table builds run inside the function: this deployment provisions no Dataflow (template,
+    # worker account, roles). To scale out, set PIPELINE_RUNNER and DATAFLOW_* in extra_env
+    # and grant what docs/scale-out.md asks.
+    build_table = { PIPELINE_RUNNER = "function" }
+  }
+  function_env = {
+    for name, spec in local.functions : name => merge(
+      local.common_env,
+      lookup(local.package_env, spec.package, {}),
+      lookup(var.extra_env, spec.package, {}),
+    )
+  }
+
+  # Sizes per deployed function. Event functions may run 540 s at most (Eventarc's limit for
+  # 2nd gen); an HTTP function up to 3600 s, but Cloud Scheduler waits 1800 s at most.
+  # concurrency > 1 needs cpu >= 1; predict serves concurrent requests from one loaded model.
+  default_resources = {
+    predict           = { memory = "1Gi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 10, concurrency = 8 }
+    train             = { memory = "2Gi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 3, concurrency = 1 }
+    build_table       = { memory = "2Gi", cpu = "1", timeout_seconds = 1800, min_instances = 0, max_instances = 1, concurrency = 1 }
+    build_table_event = { memory = "2Gi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 1, concurrency = 1 }
+  }
+  fallback_resources = { memory = "1Gi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 1, concurrency = 1 }
+  resources = {
+    for name in keys(local.functions) : name => lookup(
+      var.function_resources, name, lookup(local.default_resources, name, local.fallback_resources)
+    )
+  }
+
+  # Only predict is reached from outside; event and scheduled functions are called by
+  # Eventarc and Cloud Scheduler, which Cloud Run counts as internal traffic of the project.
+  ingress = {
+    for name, spec in local.functions : name => name == "predict" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
+  }
+
+  apis = [
+    "artifactregistry.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "cloudfunctions.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "eventarc.googleapis.com",
+    "iam.googleapis.com",
+    "logging.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com",
+    "storage.googleapis.com",
+  ]
+
+  # Each grant: whose, on which bucket, which role, and the object prefixes it is limited to
+  # (empty: the whole bucket). Bucket-level roles only, never project-level storage roles.
+  storage_grants = {
+    # predict reads schema, models and tables. A reader needs storage.objects.list, which is
+    # checked on the bucket, not on an object, so a prefix condition cannot narrow the read.
+    predict_read_artifacts = {
+      package = "predict", bucket = "artifacts", role = "roles/storage.objectViewer", prefixes = []
+    }
+    # ... and writes its key counts under traffic/ only. Each flush creates a new object
+    # (if_generation_match=0, shared/traffic.py), never overwrites one: create is enough.
+    predict_write_traffic = {
+      package = "predict", bucket = "artifacts", role = "roles/storage.objectCreator", prefixes = ["traffic/"]
+    }
+    # train reads incoming files, copies bad ones to quarantine/ and deletes them from
+    # incoming/: read, write and delete on the data bucket, the only bucket of its input.
+    train_readwrite_data = {
+      package = "train", bucket = "data", role = "roles/storage.objectUser", prefixes = []
+    }
+    # train reads the schema and the champion, and writes models, cards, idempotency markers
+    # and monitoring records.
+    train_read_artifacts = {
+      package = "train", bucket = "artifacts", role = "roles/storage.objectViewer", prefixes = []
+    }
+    train_write_artifacts = {
+      package  = "train", bucket = "artifacts", role = "roles/storage.objectUser",
+      prefixes = ["models/", "registry/", "monitoring/"]
+    }
+    # build_table reads schema, model and traffic, and writes tables/ (and tables/current.json).
+    build_table_read_artifacts = {
+      package = "build_table", bucket = "artifacts", role = "roles/storage.objectViewer", prefixes = []
+    }
+    build_table_write_tables = {
+      package = "build_table", bucket = "artifacts", role = "roles/storage.objectUser", prefixes = ["tables/"]
+    }
+  }
+
+  # The IAM condition of each prefix-limited grant: any of its prefixes. The object's resource
+  # name in IAM is "projects/_/buckets/<bucket>/objects/<name>".
+  storage_grant_conditions = {
+    for key, grant in local.storage_grants : key => join(" || ", [
+      for prefix in grant.prefixes :
+      "resource.name.startsWith(\"projects/_/buckets/${local.bucket_names[grant.bucket]}/objects/${prefix}\")"
+    ]) if length(grant.prefixes) > 0
+  }
+}
