@@ -1,11 +1,9 @@
 """Online serving: the model and table in memory, hot reload, and the three serving modes.
 
-``Predictor`` holds one immutable ``ServingState`` (model, table, checks) and swaps it whole:
-a request reads the reference once, so every answer is computed by one model version and names
-it, and no request waits for a reload. Loading is lazy (first request, once per instance);
-afterwards a background thread stats ``models/current.skops`` and ``tables/current.json`` at most
-every ``RELOAD_SECONDS`` and loads only what changed. A broken new model or table is logged and
-skipped: the instance keeps serving what it had.
+``Predictor`` answers from one immutable ``ServingState`` (``shared.serving_state``) read once
+per request, so every answer is computed by one model version and names it, and no request waits
+for a reload. Loading is lazy (first request, once per instance); afterwards a background thread
+reloads what changed at most every ``RELOAD_SECONDS``.
 
 Modes (``SERVING_MODE``):
 
@@ -37,35 +35,20 @@ import numpy as np
 import pandas as pd
 
 from shared.config import Settings
-from shared.errors import ModelNotReady, NotFound, ProdMLError
+from shared.errors import ModelNotReady, ProdMLError, StorageError
 from shared.logs import get_logger
 from shared.model import ModelBundle, to_frame
-from shared.requests_check import InstanceChecker
 from shared.schema import Scalar
+from shared.serving_state import CURRENT_MODEL, ServingState, StateLoader
 from shared.storage import Bucket
-from shared.table import CURRENT_POINTER, KeyCodec, Table, key_string, read_pointer, read_table
+from shared.table import key_string
 from shared.traffic import HeavyHitters, flush_counts
+
+__all__ = ["CURRENT_MODEL", "MODES", "Counters", "Predictor", "ServingState"]
 
 log = get_logger(__name__)
 
-CURRENT_MODEL = "models/current.skops"
 MODES = ("static", "dynamic", "hybrid")
-
-
-@dataclass(frozen=True)
-class ServingState:
-    """Everything one answer is computed from; replaced whole, never changed."""
-
-    model: ModelBundle
-    model_generation: int
-    model_updated: datetime
-    table: Table | None
-    table_generation: int  # generation of the pointer the table was read through (0: none)
-    table_usable: bool  # whether this mode may answer from the table
-    table_note: str  # why the table is (not) used, for /health
-    checker: InstanceChecker
-    codec: KeyCodec
-    loaded_at: datetime
 
 
 @dataclass
@@ -80,8 +63,6 @@ class Counters:
     client_errors: int = 0
     server_errors: int = 0
     not_ready: int = 0
-    reloads: int = 0
-    reload_failures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **deltas: int) -> None:
@@ -96,19 +77,6 @@ class Counters:
             return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-def _table_fits(table: Table, model: ModelBundle, mode: str) -> tuple[bool, str]:
-    """Whether ``mode`` may answer from ``table`` while ``model`` is served, and why (not)."""
-    schema = model.schema
-    if tuple(table.key) != tuple(schema.key):
-        return False, f"table key {list(table.key)} differs from the schema key {list(schema.key)}"
-    width = len(model.classes) if model.task == "multiclass" else 0
-    if (table.scores.ndim == 2 and table.scores.shape[1] != width) or (table.scores.ndim == 1 and width):
-        return False, f"table scores of shape {table.scores.shape} do not fit a {model.task} model"
-    if mode == "hybrid" and table.model_version != model.version:
-        return False, f"table was built from model {table.model_version!r}, serving {model.version!r}"
-    return True, "in use"
-
-
 class Predictor:
     """One serving instance: lazy load, background reload and traffic flush, the three modes."""
 
@@ -120,34 +88,38 @@ class Predictor:
         self.counters = Counters()
         self.traffic = HeavyHitters(settings.traffic_sketch_size)
         self._traffic_since = datetime.now(UTC)
-        self._state: ServingState | None = None
+        self.loader = StateLoader(artifacts, settings)
         self._tried_first_load = False
-        self._load_lock = threading.Lock()  # first load, and one reload at a time
+        self._first_load_lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._skip: dict[str, int] = {}  # blob -> generation that failed to load (not retried)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.last_reload_error: str | None = None
 
     # --- loading ---------------------------------------------------------------------------
 
     def state(self) -> ServingState:
         """The current state; loads it on the first call. ``ModelNotReady`` when there is none."""
-        state = self._state
+        state = self.loader.state
         if state is not None:
             return state
-        with self._load_lock:
+        with self._first_load_lock:
             if not self._tried_first_load:
                 self._tried_first_load = True
-                self._reload_locked()
-                self._start_threads()
-        state = self._state
+                try:
+                    self.loader.reload()
+                except StorageError as exc:  # transient: 503 now, the reload loop retries
+                    self.loader.last_error = repr(exc)
+                    log.warning("first load failed", extra={"fields": {"error": repr(exc)}})
+                finally:
+                    self._start_threads()
+        state = self.loader.state
         if state is None:
             raise ModelNotReady(self._not_ready_message())
         return state
 
     def _not_ready_message(self) -> str:
-        reason = f" (last error: {self.last_reload_error})" if self.last_reload_error else ""
+        error = self.loader.last_error
+        reason = f" (last error: {error})" if error else ""
         return (
             f"no model is being served yet: {CURRENT_MODEL} is absent from bucket {self.artifacts.name!r} "
             f"or could not be loaded{reason}; train one with `prodml train FILE`"
@@ -155,124 +127,7 @@ class Predictor:
 
     def reload(self) -> bool:
         """Load whatever changed since the last look; True when a new state was swapped in."""
-        with self._load_lock:
-            return self._reload_locked()
-
-    def _generation(self, blob: str) -> int:
-        try:
-            return self.artifacts.stat(blob).generation
-        except NotFound:
-            return 0
-
-    def _reload_locked(self) -> bool:
-        current = self._state
-        model_gen = self._generation(CURRENT_MODEL)
-        pointer_gen = self._generation(CURRENT_POINTER)
-        if current is not None and (current.model_generation, current.table_generation) == (
-            model_gen,
-            pointer_gen,
-        ):
-            return False
-        model, model_gen, model_updated = self._load_model(current, model_gen)
-        if model is None:
-            return False
-        table, table_gen = self._load_table(current, pointer_gen)
-        if current is not None and (model_gen, table_gen) == (
-            current.model_generation,
-            current.table_generation,
-        ):
-            return False
-        if table is not None:
-            usable, note = _table_fits(table, model, self.mode)
-        else:
-            usable, note = False, "no table"
-        if self.mode == "dynamic":
-            usable, note = False, "dynamic mode answers from the model only"
-        same_schema = current is not None and current.model.schema == model.schema
-        state = ServingState(
-            model=model,
-            model_generation=model_gen,
-            model_updated=model_updated,
-            table=table,
-            table_generation=table_gen,
-            table_usable=usable,
-            table_note=note,
-            checker=current.checker
-            if same_schema and current
-            else InstanceChecker(model.schema, self.settings.max_instances),
-            codec=current.codec if same_schema and current else KeyCodec(model.schema),
-            loaded_at=datetime.now(UTC),
-        )
-        self._state = state  # one reference assignment: requests see the old or the new state
-        self.counters.add(reloads=1)
-        log.info(
-            "serving state loaded",
-            extra={
-                "fields": {
-                    "mode": self.mode,
-                    "model_version": model.version,
-                    "model_generation": model_gen,
-                    "table_version": table.version if table else None,
-                    "table_rows": len(table) if table else 0,
-                    "table_used": usable,
-                    "table_note": note,
-                }
-            },
-        )
-        return True
-
-    def _failed(self, blob: str, generation: int, exc: BaseException) -> None:
-        self._skip[blob] = generation
-        self.last_reload_error = f"{blob}@{generation}: {exc}"
-        self.counters.add(reload_failures=1)
-        log.error(
-            "could not load a new serving artifact; keeping the current one",
-            extra={"fields": {"blob": blob, "generation": generation, "error": repr(exc)}},
-        )
-
-    def _load_model(
-        self, current: ServingState | None, generation: int
-    ) -> tuple[ModelBundle | None, int, datetime]:
-        keep = (
-            (current.model, current.model_generation, current.model_updated) if current else (None, 0, _EPOCH)
-        )
-        if generation == 0:
-            if current is not None:
-                log.warning("serving model blob vanished; keeping the loaded model")
-            return keep
-        if current is not None and generation == current.model_generation:
-            return keep
-        if self._skip.get(CURRENT_MODEL) == generation:
-            return keep
-        try:
-            data, info = self.artifacts.read_with_info(CURRENT_MODEL)
-            model = ModelBundle.from_bytes(data, extra_trusted=self.settings.model_trusted_types)
-        except NotFound:
-            return keep
-        except Exception as exc:  # a corrupt or untrusted model must not take serving down
-            self._failed(CURRENT_MODEL, generation, exc)
-            return keep
-        return model, info.generation, info.updated
-
-    def _load_table(self, current: ServingState | None, generation: int) -> tuple[Table | None, int]:
-        keep = (current.table, current.table_generation) if current else (None, 0)
-        if self.mode == "dynamic":
-            return None, generation  # never used: do not spend memory on it
-        if current is not None and generation == current.table_generation:
-            return keep
-        if generation == 0:
-            return None, 0
-        if self._skip.get(CURRENT_POINTER) == generation:
-            return keep
-        try:
-            pointer, pointer_gen = read_pointer(self.artifacts)
-            if pointer is None:
-                return None, pointer_gen
-            table = read_table(self.artifacts, str(pointer["version"]))
-        except Exception as exc:  # a missing or malformed table: keep serving what we have
-            self._failed(CURRENT_POINTER, generation, exc)
-            return keep
-        return table, pointer_gen
+        return self.loader.reload()
 
     # --- background threads ----------------------------------------------------------------
 
@@ -292,8 +147,8 @@ class Predictor:
             try:
                 self.reload()
             except Exception as exc:  # storage hiccup: try again next interval
-                self.last_reload_error = repr(exc)
-                self.counters.add(reload_failures=1)
+                self.loader.last_error = repr(exc)
+                self.loader.failures += 1
                 log.warning("reload check failed", extra={"fields": {"error": repr(exc)}})
 
     def _traffic_loop(self) -> None:
@@ -304,7 +159,7 @@ class Predictor:
     def flush_traffic(self) -> str | None:
         """Write the key counts since the last flush to ``traffic/``; the object name, or None."""
         with self._flush_lock:
-            state = self._state
+            state = self.loader.state
             counts = self.traffic.drain()
             start, end = self._traffic_since, datetime.now(UTC)
             self._traffic_since = end
@@ -390,8 +245,12 @@ class Predictor:
             "status": "ok" if state is not None else "no_model",
             "mode": self.mode,
             "reload_seconds": self.settings.reload_seconds,
-            "counters": self.counters.snapshot(),
-            "last_reload_error": self.last_reload_error,
+            "counters": {
+                **self.counters.snapshot(),
+                "reloads": self.loader.reloads,
+                "reload_failures": self.loader.failures,
+            },
+            "last_reload_error": self.loader.last_error,
             "model": None,
             "table": None,
         }
@@ -420,9 +279,6 @@ class Predictor:
         if self.mode == "static" and not state.table_usable:
             out["status"] = "no_table"
         return out
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _plain(value: Any) -> Any:
