@@ -214,13 +214,19 @@ def analyze(
         hit = float(held[k - 1])
     # The hit rate is of valid-key requests; requests for invalid keys are misses anyway.
     hit_all = hit * (requests - invalid_requests) / requests
+    limit = "TABLE_MAX_ROWS" if k == table_max_rows else "every key seen in the ranking half"
     if k and hit_all >= MIN_HYBRID_HIT_RATE:
         recommended = table(k)
         reason = (
             f"hybrid: {cardinality:,} keys are too many for a full table, but traffic is peaked: "
             f"a table of the {k:,} most requested keys ({k / cardinality:.2%} of the key space, "
-            f"{_size(recommended)}) answered {hit_all:.0%} of held-out requests (target "
-            f"{TARGET_HIT_RATE:.0%}); the model serves the rest. Build it with "
+            f"{_size(recommended)}) answered {hit_all:.0%} of held-out requests ("
+            + (
+                f"the fewest keys reaching the target of {TARGET_HIT_RATE:.0%}"
+                if hit >= TARGET_HIT_RATE
+                else f"short of the {TARGET_HIT_RATE:.0%} target: K is {limit}"
+            )
+            + f"); the model serves the rest. Build it with "
             f"`prodml table build --strategy top_k --k {k}`. {words}"
         )
         return Advice("hybrid", reason, k, round(hit_all, 4), recommended_table=recommended, **common)
@@ -348,7 +354,7 @@ def plot_coverage(advice: Advice, path: Path) -> Path:
         ax.set_title(f"coverage by the most requested keys: {advice.recommendation}")
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="lower right", fontsize=8)
+            ax.legend(loc="upper left", fontsize=8)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png")
     finally:

@@ -16,6 +16,10 @@ HTTP function (a scheduler or a person) and ``prodml table build``. ``build_tabl
    newer model's table: then the finished table stays under its version and the newer one keeps
    (or will win) the pointer.
 
+The metadata's ``expected_hit_rate`` is in sample: the share of the counted requests (in
+``traffic/`` when the table was built) whose key the table holds (None without traffic). For a
+forecast of future traffic, held out, see ``prodml advise``.
+
 Concurrent duplicate deliveries may both compute the same table; the pointer ends the same.
 """
 
