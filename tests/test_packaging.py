@@ -412,23 +412,28 @@ def test_build_table_zip_answers_storage_events_in_its_own_venv(
 
 
 @pytest.mark.slow
-def test_train_zip_ignores_objects_outside_incoming_in_its_own_venv(
+def test_train_zip_trains_and_promotes_a_first_model_in_its_own_venv(
     tmp_path: Path, zips: Path, function_venv: Callable[[str], Path]
 ) -> None:
+    """A data file lands in incoming/ with a schema in place: the first model is promoted."""
     require("train")
+    from shared.model import ModelBundle
+    from shared.schema import save_schema
     from shared.storage.local import LocalBucket
+    from shared.synth import day_frame, synth_schema
 
     root = tmp_path / "buckets"
-    data = LocalBucket(root, "prodml-data")
-    data.write("quarantine/bad.csv", b"a,b\n1,2\n")
+    data, artifacts = LocalBucket(root, "prodml-data"), LocalBucket(root, "prodml-artifacts")
+    save_schema(artifacts, synth_schema())
+    data.write("incoming/day-000.csv", day_frame(seed=0, day=0, rows=400).to_csv(index=False).encode())
     answer = call_in_venv(
         function_venv("train"),
         zips / "train.zip",
         "on_data_file",
-        cloudevent_request(data, "quarantine/bad.csv"),
+        cloudevent_request(data, "incoming/day-000.csv"),
         local_env(root),
         tmp_path,
     )
     assert 200 <= answer["status"] < 300, answer["body"]
-    assert data.exists("quarantine/bad.csv")  # nothing moved, nothing trained
-    assert not (root / "prodml-artifacts" / "models").exists()
+    promoted = ModelBundle.from_bytes(artifacts.read("models/current.skops"))
+    assert promoted.schema == synth_schema()
