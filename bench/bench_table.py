@@ -3,8 +3,9 @@
 Throughput: a full build (``shared.table_build.build_table``, strategy full, on a local bucket)
 of the synthetic ad schema's 691,200 keys with the project's default pipeline, in rows per
 second, as a ratio to raw ``predict_proba`` of the same pipeline on a prebuilt model-input frame
-of the same rows (built once, outside the timing); the two alternate, medians of 5 runs (quick: 1). The build adds key decoding, ``to_frame``, writing the npz and
-switching the pointer; the goal is to keep at least 70% of the raw speed.
+of the same rows (built once, outside the timing); the two alternate, medians of 5 runs (quick:
+1). The build adds key decoding, ``to_frame``, writing the npz and switching the pointer; the
+goal is to keep at least 70% of the raw speed.
 
 Memory: peak resident memory of a fresh process building a full table of 2,000,000 keys against
 one of 200,000 keys (same features, one key feature's range ten times longer). Each size runs in
