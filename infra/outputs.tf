@@ -36,3 +36,8 @@ output "scheduler_jobs" {
   description = "Cloud Scheduler job per scheduled function (run one now: gcloud scheduler jobs run NAME --location REGION)."
   value       = { for name, job in google_cloud_scheduler_job.schedule : name => job.name }
 }
+
+output "region" {
+  description = "Region of the functions, buckets and scheduler job (for gcloud --region / --location)."
+  value       = var.region
+}
