@@ -46,3 +46,31 @@ $(BEAM_STAMP): requirements.txt requirements-beam.txt pyproject.toml
 	$(VENV_BEAM)/bin/python -m pip install --quiet -r $(VENV_BEAM)/requirements-main.txt -r requirements-beam.txt
 	$(VENV_BEAM)/bin/python -m pip install --quiet --no-deps -e .
 	touch $(BEAM_STAMP)
+
+# --- deploy to GCP (docs/deploy.md) --------------------------------------------------------------
+.PHONY: check-infra
+TERRAFORM ?= terraform
+VENV_CHECKOV := .venv-checkov
+CHECKOV_STAMP := $(VENV_CHECKOV)/.installed
+
+# dist/<function>.zip for each function source folder; reproducible (same sources, same bytes).
+package:
+	$(PYTHON) infra/package.py
+
+# Package, then create or update the deployment. Needs terraform >= 1.9, gcloud credentials
+# (gcloud auth application-default login) and infra/terraform.tfvars. DEPLOY_ARGS e.g. -auto-approve.
+deploy: package
+	@command -v $(TERRAFORM) >/dev/null 2>&1 || { echo "make deploy: terraform is not installed (Terraform >= 1.9 is needed; see docs/deploy.md). The zips are built in dist/." >&2; exit 1; }
+	@test -f infra/terraform.tfvars || { echo "make deploy: infra/terraform.tfvars is missing: cp infra/terraform.tfvars.example infra/terraform.tfvars and set project_id" >&2; exit 1; }
+	$(TERRAFORM) -chdir=infra init -input=false
+	$(TERRAFORM) -chdir=infra apply -input=false $(DEPLOY_ARGS)
+
+# checkov scans infra/ in its own venv (checkov pins many packages); every skip has its reason inline.
+check-infra: $(CHECKOV_STAMP)
+	$(VENV_CHECKOV)/bin/checkov --directory infra --framework terraform --compact --quiet --skip-download
+
+$(CHECKOV_STAMP): requirements-checkov.txt
+	test -x $(VENV_CHECKOV)/bin/python || $(PYTHON) -m venv $(VENV_CHECKOV)
+	$(VENV_CHECKOV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV_CHECKOV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	touch $(CHECKOV_STAMP)
