@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from shared.advisor import Advice, advise, plot_coverage
-from shared.config import get_settings
+from shared.config import Settings, get_settings
+from shared.pipelines.decide import Decision, decide
 from shared.storage import artifacts_bucket
 
 DEFAULT_PNG = Path(".local/advise-coverage.png")
@@ -36,11 +37,21 @@ def run_advise(args: argparse.Namespace) -> int:
     settings = get_settings()
     advice = advise(artifacts_bucket(settings), settings)
     png = plot_coverage(advice, args.png)
+    path = table_build_path(advice, settings)
     if args.json:
-        print(json.dumps({**advice.to_dict(), "png": str(png)}, indent=2))
+        print(json.dumps({**advice.to_dict(), "png": str(png), "table_build_path": path.to_dict()}, indent=2))
     else:
         print(render(advice, png))
+        print(f"{'table build':<18} {path.line()}")
     return 0
+
+
+def table_build_path(advice: Advice, settings: Settings) -> Decision:
+    """Where a build of the advised table (else every key) would run and why (shared.pipelines)."""
+    rows = advice.k or advice.cardinality
+    rate = (advice.model or {}).get("rows_per_second")
+    strategy = "full" if rows == advice.cardinality else "top_k"
+    return decide(rows, float(rate) if rate else None, settings, strategy=strategy)
 
 
 def _num(value: float | None, fmt: str = ",.0f", none: str = "-") -> str:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from shared.cli.pipeline_cmd import register_validate
 from shared.synth import KEY_CARDINALITY, synthesize
 
 
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--traffic", type=int, default=0, help="request instances in traffic.jsonl")
     synth.add_argument("--json", action="store_true", help="print JSON instead of a table")
     synth.set_defaults(func=run_synth)
+    register_validate(commands)  # prodml data validate: bulk validation (shared/pipelines)
 
 
 def run_synth(args: argparse.Namespace) -> int:

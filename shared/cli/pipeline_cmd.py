@@ -30,10 +30,15 @@ from shared.storage import artifacts_bucket
 from shared.table_build import CURRENT_MODEL, NOTHING, STRATEGIES, parse_build_request
 
 
-def add_runner_argument(parser: argparse.ArgumentParser, *, allow_function: bool = True) -> None:
-    """``--runner`` (and ``--dry-run``) on a command that can run as a pipeline."""
+def add_runner_argument(
+    parser: argparse.ArgumentParser, *, allow_function: bool = True, default: str | None = "auto"
+) -> None:
+    """``--runner`` (and ``--dry-run``) on a command that can run as a pipeline.
+
+    ``allow_function=False``: only the pipeline runners (default: by ``STORAGE_BACKEND``).
+    """
     choices = ("auto", *PATHS) if allow_function else (DIRECT, DATAFLOW)
-    default = "auto" if allow_function else None
+    default = default if allow_function else None
     parser.add_argument(
         "--runner",
         choices=choices,

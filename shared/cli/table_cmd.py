@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from shared.cli.pipeline_cmd import add_runner_argument
+from shared.cli.pipeline_cmd import run_table as run_routed_table
 from shared.config import get_settings
 from shared.storage import artifacts_bucket
 from shared.table_build import NOTHING, STRATEGIES, BuildResult, build_table, parse_build_request
@@ -30,11 +32,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--k", type=int, default=None, help="keys of a top_k table (default TABLE_TOP_K)")
     build.add_argument("--force", action="store_true", help="rebuild even if this model's table is current")
     build.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    # Scale-out (docs/scale-out.md): --runner auto|function|direct|dataflow routes the build.
+    add_runner_argument(build, default=None)
     build.set_defaults(func=run_build)
 
 
 def run_build(args: argparse.Namespace) -> int:
     """Build, print the summary; exit 1 with a one-line reason when nothing could be built."""
+    if args.runner is not None:  # where to build is decided (or forced): see shared.pipelines
+        return run_routed_table(args)
     settings = get_settings()
     body = {"strategy": args.strategy, "force": args.force}
     if args.k is not None:
