@@ -95,6 +95,7 @@ resource "google_cloudfunctions2_function" "fn" {
     google_project_iam_member.trigger_event_receiver,
     google_project_iam_member.build_log_writer,
     google_storage_bucket_iam_member.build_read_sources,
+    google_project_iam_member.build_read_staged_sources,
     google_artifact_registry_repository_iam_member.build_push_images,
   ]
 }

@@ -90,6 +90,24 @@ resource "google_project_iam_member" "build_log_writer" {
   member  = "serviceAccount:${google_service_account.build.email}"
 }
 
+# Cloud Functions stages each build's source in its own bucket, gcf-v2-sources-<number>-<region>,
+# which Terraform does not manage; the build reads it there. A project-level grant is the only
+# way to reach a bucket that is not ours, so the condition limits it to those buckets.
+# (Google's page on custom build accounts lists Storage Object Admin; reading is what a build
+# does here, images go to Artifact Registry. If a build reports a storage permission error,
+# raise this role to roles/storage.objectAdmin under the same condition.)
+resource "google_project_iam_member" "build_read_staged_sources" {
+  project = var.project_id
+  role    = "roles/storage.objectViewer"
+  member  = "serviceAccount:${google_service_account.build.email}"
+
+  condition {
+    title       = "gcf_v2_sources_only"
+    description = "Only the buckets where Cloud Functions stages build sources"
+    expression  = "resource.name.startsWith(\"projects/_/buckets/gcf-v2-sources-\")"
+  }
+}
+
 resource "google_storage_bucket_iam_member" "build_read_sources" {
   bucket = google_storage_bucket.source.name
   role   = "roles/storage.objectViewer"

@@ -214,12 +214,18 @@ def test_predict_is_private_unless_the_variable_opens_it(tf: dict[str, dict[str,
 
 
 def test_no_broad_roles_anywhere(tf: dict[str, dict[str, Any]]) -> None:
-    project_roles = {body["role"] for body in resources(tf, "google_project_iam_member").values()}
+    project_grants = resources(tf, "google_project_iam_member")
+    project_roles = {body["role"] for body in project_grants.values()}
     assert project_roles == {
         "roles/pubsub.publisher",
         "roles/eventarc.eventReceiver",
         "roles/logging.logWriter",
+        "roles/storage.objectViewer",
     }
+    # The one project-level storage role reaches only the buckets Cloud Functions stages sources in.
+    (staged,) = [g for g in project_grants.values() if g["role"].startswith("roles/storage.")]
+    (condition,) = staged["condition"]
+    assert condition["expression"] == 'resource.name.startsWith("projects/_/buckets/gcf-v2-sources-")'
     text = "\n".join(path.read_text() for path in INFRA.glob("*.tf"))
     for broad in ("roles/owner", "roles/editor", "roles/storage.admin", "roles/cloudfunctions.admin"):
         assert broad not in text
