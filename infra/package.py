@@ -179,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for package in packages:
         print(
-            f"{package.path}  {package.files:4d} files  {package.size:9,d} bytes"
+            f"{os.path.relpath(package.path)}  {package.files:4d} files  {package.size:9,d} bytes"
             f"  sha256 {package.sha256[:16]}"
         )
     return 0
