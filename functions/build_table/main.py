@@ -1,6 +1,9 @@
 """build_table: (re)build the static prediction table, on model promotion or on request.
 
-Two entry points on one builder (``shared.table_build.build_table``):
+Two entry points on one builder (``shared.table_build.build_table``), routed by
+``shared.pipelines.launch.build_table_routed``: in-process when the key space fits the measured
+budget, else a Beam pipeline (DirectRunner locally, Dataflow on GCP); the log and the answer's
+``path`` say which and why (docs/scale-out.md).
 
 - ``on_model_promoted``: a CloudEvent function on the artifacts bucket. Eventarc cannot filter by
   object name, so every finalized object arrives; all but ``models/current.skops`` are ignored
@@ -21,11 +24,12 @@ import functions_framework
 from cloudevents.http import CloudEvent
 
 from shared.config import get_settings
-from shared.errors import BadRequest, InvalidEvent, InvalidObjectName, SchemaError
+from shared.errors import BadRequest, ConfigError, InvalidEvent, InvalidObjectName, SchemaError
 from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
+from shared.pipelines.launch import PipelineFailed, build_table_routed
 from shared.storage import artifacts_bucket
-from shared.table_build import CURRENT_MODEL, BuildRequest, build_table, parse_build_request
+from shared.table_build import CURRENT_MODEL, BuildRequest, parse_build_request
 
 MAX_BODY_BYTES = 4096  # a build request is a few short fields
 
@@ -46,14 +50,17 @@ def on_model_promoted(cloud_event: CloudEvent) -> None:
         log.debug(f"ignored gs://{event.bucket}/{event.name}: not {CURRENT_MODEL}")
         return
     try:
-        result = build_table(artifacts_bucket(_settings), _settings, BuildRequest(strategy="auto"))
-    except (BadRequest, SchemaError, InvalidObjectName) as exc:
+        # In-process when the key space fits the budget, else a Beam pipeline (shared.pipelines).
+        result = build_table_routed(
+            artifacts_bucket(_settings), _settings, BuildRequest(strategy="auto")
+        ).to_dict()
+    except (BadRequest, SchemaError, InvalidObjectName, ConfigError, PipelineFailed) as exc:
         # A redelivery would meet the same model and fail the same way: answer 2xx, say why.
         log.error(f"table not built for model generation {event.generation}: {exc}")
         return
     log.info(
-        f"build_table for model generation {event.generation}: {result.status}: {result.message}",
-        extra={"fields": {"event_id": event.event_id, **result.to_dict()}},
+        f"build_table for model generation {event.generation}: {result['status']}: {result['message']}",
+        extra={"fields": {"event_id": event.event_id, **result}},
     )
 
 
@@ -62,14 +69,17 @@ def build_table_http(request: flask.Request) -> tuple[dict[str, Any], int]:
     """Build the table as the JSON body asks (see the module docstring); answer a summary."""
     try:
         build = _parse(request)
-        result = build_table(artifacts_bucket(_settings), _settings, build)
+        result = build_table_routed(artifacts_bucket(_settings), _settings, build).to_dict()
     except BadRequest as exc:
         return exc.to_dict(), exc.http_status
     except (SchemaError, InvalidObjectName) as exc:
         # The stored model or schema is unusable: a retry cannot help, so no 5xx; say what to fix.
         return BadRequest(str(exc), code="unusable_model", status=409).to_dict(), 409
-    log.info(f"build_table: {result.status}: {result.message}", extra={"fields": result.to_dict()})
-    return result.to_dict(), 200
+    except (ConfigError, PipelineFailed) as exc:  # the scale-out pipeline could not run (docs/scale-out.md)
+        log.error(f"build_table: {exc}")
+        return BadRequest(str(exc), code="pipeline_failed", status=500).to_dict(), 500
+    log.info(f"build_table: {result['status']}: {result['message']}", extra={"fields": result})
+    return result, 200
 
 
 def _parse(request: flask.Request) -> BuildRequest:
