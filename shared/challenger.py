@@ -329,9 +329,10 @@ def build_challenger(
         )
     if force_promote and not promote:
         promote, reason = True, f"promoted by hand despite the gate ({reason})"
+    train_frame = _concat([f.train_rows for f in (trained_on if used != "incremental" else new_files)])
+    reference = monitoring.reference_stats(train_frame, schema)
     eval_seconds = time.perf_counter() - started_eval
 
-    train_frame = _concat([f.train_rows for f in (trained_on if used != "incremental" else new_files)])
     lineage = prior + [dict(f.ref(), added_by=version) for f in new_files]
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
@@ -348,7 +349,7 @@ def build_challenger(
         "training_rows": int(len(train_frame)),
         "skipped_files": skipped,
         "metrics": metrics,
-        "reference": monitoring.reference_stats(train_frame, schema),
+        "reference": reference,
         "libraries": training.library_versions(),
         "seconds": {
             "read": round(read_seconds, 4),

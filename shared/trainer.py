@@ -33,7 +33,9 @@ import random
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,33 @@ class Outcome:
     message: str
     version: str | None = None
     rule: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict, compare=False)
+
+
+class _Clock:
+    """Seconds spent per phase of one event (read, evaluate, train, write; the rest is "other")."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - started)
+
+    def result(self) -> dict[str, float]:
+        total = time.perf_counter() - self.started
+        out = {name: round(value, 4) for name, value in self.seconds.items()}
+        out["other"] = round(total - sum(self.seconds.values()), 4)
+        out["total"] = round(total, 4)
+        return out
 
 
 def handle_event(
@@ -89,6 +118,7 @@ def handle_event(
     (the current model holds it), ``model_error`` (the current model cannot be loaded; left for
     replay). Raises only for transient faults.
     """
+    clock = _Clock()
     settings = settings or get_settings()
     data = data or data_bucket(settings)
     artifacts = artifacts or artifacts_bucket(settings)
@@ -114,7 +144,8 @@ def handle_event(
 
     marker = {"event_id": event.event_id}
     try:
-        new_file = _read_and_validate(event, schema, settings, data)
+        with clock.phase("read"):
+            new_file = _read_and_validate(event, schema, settings, data)
     except ValidationFailed as failure:
         return _quarantine(event, failure, None, artifacts, data, marker, fields)
     if new_file is None:
@@ -144,7 +175,8 @@ def handle_event(
             return _done(outcome, fields)
         if attempt == 1:
             try:
-                _test_then_train(event, new_file, current, schema, settings, artifacts)
+                with clock.phase("evaluate"):
+                    _test_then_train(event, new_file, current, schema, settings, artifacts)
             except ValidationFailed as failure:  # drift under DRIFT_POLICY=quarantine
                 return _quarantine(event, failure, current, artifacts, data, marker, fields)
 
@@ -154,28 +186,34 @@ def handle_event(
         else:
             try:
                 version, model_bytes, card = _train(
-                    event, schema, settings, data, artifacts, new_file, current
+                    event, schema, settings, data, artifacts, new_file, current, clock
                 )
             except ValidationFailed as failure:  # the estimator refused the data (one class only, ...)
                 return _quarantine(event, failure, current, artifacts, data, marker, fields)
             if card["decision"]["status"] == "rejected":
-                outcome = Outcome("rejected", card["decision"]["reason"], version)
-                _finish(artifacts, event, marker, outcome)
-                return _done(outcome, fields)
-            registry.write_claim(
-                artifacts, event.bucket, event.name, event.generation, version, _version(current)
-            )
+                with clock.phase("write"):
+                    _finish(
+                        artifacts, event, marker, Outcome("rejected", card["decision"]["reason"], version)
+                    )
+                return _done(
+                    Outcome("rejected", card["decision"]["reason"], version, seconds=clock.result()), fields
+                )
+            with clock.phase("write"):
+                registry.write_claim(
+                    artifacts, event.bucket, event.name, event.generation, version, _version(current)
+                )
             _maybe_crash(settings)
         try:
-            registry.swap_current(
-                artifacts,
-                version,
-                model_bytes,
-                current.generation if current is not None else 0,
-                kind="promote",
-                previous=_version(current),
-                by=f"train {_key(event)}",
-            )
+            with clock.phase("write"):
+                registry.swap_current(
+                    artifacts,
+                    version,
+                    model_bytes,
+                    current.generation if current is not None else 0,
+                    kind="promote",
+                    previous=_version(current),
+                    by=f"train {_key(event)}",
+                )
         except PreconditionFailed:
             registry.set_decision(
                 artifacts, card, "superseded", "another model was promoted first; redone on top of it"
@@ -189,10 +227,10 @@ def handle_event(
             )
             time.sleep(pause)
             continue
-        registry.set_decision(artifacts, card, "promoted", card["decision"]["reason"])
-        outcome = Outcome("promoted", card["decision"]["reason"], version)
-        _finish(artifacts, event, marker, outcome)
-        return _done(outcome, fields)
+        with clock.phase("write"):
+            registry.set_decision(artifacts, card, "promoted", card["decision"]["reason"])
+            _finish(artifacts, event, marker, Outcome("promoted", card["decision"]["reason"], version))
+        return _done(Outcome("promoted", card["decision"]["reason"], version, seconds=clock.result()), fields)
     raise RetryLater(
         f"{_key(event)}: other models were promoted first {settings.cas_max_attempts} times "
         "(CAS_MAX_ATTEMPTS); the event must be delivered again"
@@ -211,7 +249,13 @@ def _done(outcome: Outcome, fields: dict[str, Any]) -> Outcome:
     log.info(
         f"{outcome.status}: {outcome.message}",
         extra={
-            "fields": {**fields, "outcome": outcome.status, "version": outcome.version, "rule": outcome.rule}
+            "fields": {
+                **fields,
+                "outcome": outcome.status,
+                "version": outcome.version,
+                "rule": outcome.rule,
+                "seconds": outcome.seconds or None,
+            }
         },
     )
     return outcome
@@ -360,6 +404,7 @@ def _train(
     artifacts: Bucket,
     new_file: DataFile,
     current: Current | None,
+    clock: _Clock,
 ) -> tuple[str, bytes, dict[str, Any]]:
     """Train, evaluate and judge a challenger; write its version; (version, model bytes, card)."""
     version = registry.new_version_id()
@@ -379,10 +424,13 @@ def _train(
         },
         by="train function",
     )
-    started = time.perf_counter()
-    model_bytes = challenger.bundle.to_bytes()
-    challenger.card["seconds"]["serialize"] = round(time.perf_counter() - started, 4)
-    registry.write_version(artifacts, version, model_bytes, challenger.card)
+    for phase in ("read", "train", "evaluate"):
+        clock.add(phase, challenger.card["seconds"][phase])
+    with clock.phase("write"):
+        started = time.perf_counter()
+        model_bytes = challenger.bundle.to_bytes()
+        challenger.card["seconds"]["serialize"] = round(time.perf_counter() - started, 4)
+        registry.write_version(artifacts, version, model_bytes, challenger.card)
     return version, model_bytes, challenger.card
 
 

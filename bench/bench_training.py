@@ -1,0 +1,194 @@
+"""Dynamic training speed: where one event's time goes, and how it grows with accumulated data.
+
+Data: the synthetic ad-conversion days (``shared.synth``: 6 categories, an hour and a bid; a
+one-hot model of ~80 columns), in local buckets under a temp folder.
+
+1. **One event, 10,000-row file** (quick: 2,000): the current model was trained on one earlier
+   file of the same size; the new file arrives (``TRAINING_STRATEGY=full``, so the challenger is
+   a retrain on both). The whole event is ``trainer.handle_event``, median of repeats (the
+   buckets reset in place between runs). Its phases are the trainer's own clock
+   (``Outcome.seconds``, also in the event's log line): read+validate (the new file and the
+   window's files), train, evaluate (test-then-train on the new file, both models on the held-out
+   rows, the paired gate, reference statistics), write (skops, version, compare-and-swap,
+   marker, monitoring record), other (schema, loading the current model, checks). Each phase is
+   a ratio to the whole event.
+2. **Growth**: the current model holds 1, 10 and 50 files of 2,000 rows (quick: 1,000); one more
+   file arrives. The cost of the event with ``incremental`` (partial_fit on the new file; the
+   gate reads at most ``HOLDOUT_WINDOW_FILES`` earlier files) and with ``full`` (a retrain on all
+   accumulated files, ``TRAINING_WINDOW_FILES=100``), each as a ratio to the same strategy at 1x.
+   Goal for incremental: at most 1.5x at 10x and 50x. Expected for full: about linear.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.common import Row, goal_row
+
+AREA = "training"
+INCREMENTAL_GOAL = 1.5
+
+
+def _settings(root: Path, **env: str) -> Any:
+    from shared.config import load_settings
+
+    return load_settings({"LOCAL_BUCKETS_ROOT": str(root), "LOG_LEVEL": "error", **env})
+
+
+def _prepare(root: Path, files: int, rows: int, **env: str) -> tuple[Any, Any]:
+    """Buckets with the schema and a current model trained on ``files`` files; the new file dropped.
+
+    Returns (settings, the new file's ObjectInfo).
+    """
+    from shared import registry
+    from shared.challenger import build_challenger, make_data_file
+    from shared.schema import save_schema
+    from shared.storage.local import LocalBucket
+    from shared.synth import day_frame, synth_schema
+
+    settings = _settings(root, **env)
+    data = LocalBucket(root, settings.data_bucket)
+    artifacts = LocalBucket(root, settings.artifacts_bucket)
+    schema = synth_schema()
+    save_schema(artifacts, schema)
+    accepted = []
+    for day in range(1, files + 1):
+        frame = day_frame(seed=0, day=day, rows=rows)
+        name = f"incoming/day-{day:03d}.csv"
+        generation = data.write(name, frame.to_csv(index=False).encode())
+        accepted.append(make_data_file(data.name, name, generation, frame, settings))
+    version = registry.new_version_id()
+    champion = build_challenger(
+        version=version,
+        schema=schema,
+        settings=settings,
+        data=None,
+        new_files=accepted,
+        champion=None,
+        strategy="full",
+        event=None,
+        by="bench",
+        accumulate_lineage=False,
+    )
+    model_bytes = champion.bundle.to_bytes()
+    registry.write_version(artifacts, version, model_bytes, champion.card)
+    registry.swap_current(artifacts, version, model_bytes, 0, kind="promote", previous=None, by="bench")
+    new = day_frame(seed=0, day=files + 1, rows=rows)
+    data.write("incoming/new.csv", new.to_csv(index=False).encode())
+    return settings, data.stat("incoming/new.csv")
+
+
+def _reset(root: Path, env: dict[str, str], champion: str) -> None:
+    """Undo one event: the champion current again, the new file not done (its marker removed).
+
+    The buckets are reset in place: a copy of the folder would give every object a new local
+    generation (the local store notices a file it did not write), and the lineage would no longer
+    match.
+    """
+    from shared import monitoring, registry
+    from shared.storage.local import LocalBucket
+
+    settings = _settings(root, **env)
+    data = LocalBucket(root, settings.data_bucket)
+    artifacts = LocalBucket(root, settings.artifacts_bucket)
+    new = data.stat("incoming/new.csv")
+    registry.swap_current(
+        artifacts,
+        champion,
+        artifacts.read(registry.model_name(champion)),
+        registry.current_generation(artifacts),
+        kind="rollback",
+        previous=None,
+        by="bench",
+    )
+    for name in (
+        registry.processed_name(data.name, new.name, new.generation),
+        monitoring.record_name(new.name, new.generation),
+    ):
+        if artifacts.exists(name):
+            artifacts.delete(name)
+
+
+def _event_seconds(root: Path, env: dict[str, str], repeat: int) -> dict[str, float]:
+    """Median seconds of ``handle_event`` for the new file, whole and per phase (as the trainer
+    times them: ``Outcome.seconds``); the buckets are reset after each run."""
+    from shared import registry
+    from shared.events import parse_storage_event, to_cloudevent
+    from shared.storage.local import LocalBucket
+    from shared.trainer import handle_event
+
+    settings = _settings(root, **env)
+    data = LocalBucket(root, settings.data_bucket)
+    artifacts = LocalBucket(root, settings.artifacts_bucket)
+    current = registry.read_current(artifacts)
+    assert current is not None
+    runs = []
+    for i in range(repeat + 1):
+        event = parse_storage_event(to_cloudevent(data.stat("incoming/new.csv")))
+        outcome = handle_event(event, settings, data=data, artifacts=artifacts)
+        if outcome.status not in ("promoted", "rejected"):
+            raise RuntimeError(f"bench event ended {outcome.status}: {outcome.message}")
+        if i > 0:  # the first run warms imports and caches
+            runs.append(outcome.seconds)
+        _reset(root, env, current.version)
+    return {phase: statistics.median(r.get(phase, 0.0) for r in runs) for phase in runs[0]}
+
+
+def _event_rows(work: Path, rows: int, repeat: int) -> list[Row]:
+    template = work / "event"
+    _prepare(template, files=1, rows=rows)
+    seconds = _event_seconds(template, {}, repeat)
+    total = seconds.pop("total")
+    shutil.rmtree(template)
+    what = f"one event, {rows:,}-row file"
+    out = [Row(AREA, f"{what}: whole (full retrain on 2 files)", total, "s", "-", 1.0)]
+    against = f"whole event ({total:.3f} s)"
+    names = {
+        "read": "read+validate (new file and window)",
+        "train": "train",
+        "evaluate": "evaluate (test-then-train, gate, reference stats)",
+        "write": "write (model, card, swap, marker, record)",
+        "other": "other (schema, current model load, checks)",
+    }
+    for phase, label in names.items():
+        value = seconds.get(phase, 0.0)
+        out.append(Row(AREA, f"{what}: {label}", value, "s", against, value / total))
+    return out
+
+
+def _growth_rows(work: Path, rows: int, repeat: int, sizes: tuple[int, ...]) -> list[Row]:
+    out: list[Row] = []
+    for strategy in ("incremental", "full"):
+        env = {"TRAINING_STRATEGY": strategy, "TRAINING_WINDOW_FILES": "100"}
+        base = 0.0
+        for files in sizes:
+            template = work / f"{strategy}-{files}"
+            _prepare(template, files=files, rows=rows, **env)
+            seconds = _event_seconds(template, env, repeat)["total"]
+            shutil.rmtree(template)
+            if files == sizes[0]:
+                base = seconds
+            what = f"{strategy} event, model holds {files}x{rows:,} rows"
+            against = f"{strategy} at {sizes[0]}x ({base:.3f} s)"
+            ratio = seconds / base
+            if strategy == "incremental" and files != sizes[0]:
+                out.append(goal_row(AREA, what, seconds, "s", against, ratio, at_most=INCREMENTAL_GOAL))
+            else:
+                out.append(
+                    Row(AREA, what, seconds, "s", against, ratio, "~linear" if strategy == "full" else "")
+                )
+    return out
+
+
+def run(quick: bool) -> list[Row]:
+    """The rows of this area (see the module docstring)."""
+    repeat = 2 if quick else 5
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as folder:
+        work = Path(folder)
+        rows = _event_rows(work, 2_000 if quick else 10_000, repeat)
+        rows += _growth_rows(work, 1_000 if quick else 2_000, repeat, (1, 10, 50))
+    return rows
