@@ -196,9 +196,10 @@ class Predictor:
         model = state.model
         n = len(instances)
         keys = [state.codec.key_values(instance) for instance in instances] if state.codec.key else []
+        static = self.mode == "static"
         scores: list[Any] = [None] * n
-        sources = ["model"] * n
-        to_model: Sequence[int] = range(n)
+        sources = ["miss" if static else "model"] * n
+        to_model: Sequence[int] = [] if static else range(n)  # static never calls the model
         hits = 0
         if state.table_usable and state.table is not None and keys:
             table, codec = state.table, state.codec
@@ -211,10 +212,8 @@ class Predictor:
                     scores[i] = row
                     sources[i] = "table"
             hits = n - len(missed)
-            to_model = missed if self.mode == "hybrid" else []
-            if self.mode == "static":
-                for i in missed:
-                    sources[i] = "miss"
+            if not static:
+                to_model = missed
         if to_model:
             rows = [instances[i] for i in to_model]
             frame = to_frame(
@@ -232,7 +231,7 @@ class Predictor:
             model_predictions=len(to_model),
             misses=n - hits - len(to_model),
         )
-        version = state.table.model_version if self.mode == "static" and state.table else model.version
+        version = state.table.model_version if static and state.table else model.version
         return _answer(model, version, scores, sources)
 
     def health(self) -> dict[str, Any]:
