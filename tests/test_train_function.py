@@ -7,6 +7,7 @@ current model make sure there is one, so each can also run alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
@@ -233,7 +234,10 @@ def test_objects_outside_incoming_and_foreign_events_are_ignored_with_2xx(stack:
     headers, body = build_cloudevent(stack.data.stat("other/elsewhere.csv"))
     headers["ce-type"] = "google.cloud.storage.object.v1.deleted"
     assert requests.post(stack.url, headers=headers, data=body, timeout=30).status_code == 200
+    escaping = dataclasses.replace(stack.data.stat("other/elsewhere.csv"), name="incoming/../../escape.csv")
+    assert deliver(stack.url, escaping) == [200]  # refused, not retried
     assert len(stack.cards()) == before
+    assert "escape.csv" in stack.process.log_tail() and "refuses" in stack.process.log_tail()
 
 
 def test_a_trainer_killed_before_the_swap_leaves_the_model_whole_and_redelivery_completes(

@@ -13,7 +13,7 @@ import functions_framework
 from cloudevents.http import CloudEvent
 
 from shared.config import get_settings
-from shared.errors import InvalidEvent, ProdMLError, StorageError
+from shared.errors import InvalidEvent, InvalidObjectName, ProdMLError, StorageError
 from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
 from shared.trainer import RetryLater, handle_event
@@ -33,6 +33,8 @@ def on_data_file(cloud_event: CloudEvent) -> None:
         return
     try:
         handle_event(event, _settings)
+    except InvalidObjectName as exc:
+        log.error(f"ignoring an event for an object name this system refuses: {exc}")
     except (StorageError, RetryLater, OSError):
         raise  # transient: a 5xx makes the platform deliver the event again
     except ProdMLError as exc:
