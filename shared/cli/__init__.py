@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train_cmd",
     "pipeline_cmd",
     "up_cmd",
+    "replay_cmd",
 )
 
 

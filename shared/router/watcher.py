@@ -88,8 +88,9 @@ class FolderWatcher:
         """Stop watching; files still settling do not fire."""
         self._stop.set()
         self._wake.set()
-        self._observer.stop()
-        self._observer.join(timeout=5)
+        if self._observer.is_alive():
+            self._observer.stop()
+            self._observer.join(timeout=5)
         if self._checker.is_alive():
             self._checker.join(timeout=5)
 
