@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import requests
 from conftest import fit_serving_bundle
 
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError
+from shared.functions_spec import load_declaration
+from shared.localproc import FunctionProcess, free_port
 from shared.pipelines.decide import DIRECT
 from shared.pipelines.launch import build_table_routed
 from shared.pipelines.options import pipeline_python
@@ -113,3 +117,28 @@ def test_a_missing_beam_interpreter_is_named_with_the_way_to_make_it(
     with pytest.raises(ConfigError, match=r"PIPELINE_PYTHON=.*no-such-venv.*make venv-beam"):
         build_table_routed(table_artifacts, settings, BuildRequest("full"), runner=DIRECT)
     assert read_pointer(table_artifacts) == (None, 0)  # nothing half-built
+
+
+def test_the_build_table_function_sends_a_table_over_its_budget_to_the_pipeline_and_says_so(
+    table_artifacts: LocalBucket, buckets_root: Path, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "LOCAL_BUCKETS_ROOT": str(buckets_root),
+        "TABLE_MAX_ROWS": "100",  # the 360-key table no longer fits a function
+        "TABLE_CHUNK_ROWS": "64",
+        "LOG_FORMAT": "json",
+    }
+    spec = load_declaration().functions["build_table"]
+    with FunctionProcess(spec, free_port(), env, tmp_path / "build_table.log") as function:
+        answer = requests.post(function.url, json={"strategy": "auto"}, timeout=120)
+        log = function.log_tail()
+    assert answer.status_code == 200, log
+    body = answer.json()
+    assert body["status"] == BUILT and body["strategy"] == "full" and body["rows"] == 360
+    assert body["path"]["path"] == DIRECT
+    assert "over TABLE_MAX_ROWS=100 keys a function holds" in body["path"]["reason"]
+    assert "table build as a Beam pipeline (direct runner)" in log  # the function's log says it too
+    pointer, _ = read_pointer(table_artifacts)
+    assert pointer is not None and pointer["rows"] == 360 and pointer["strategy"] == "full"
+    assert read_table(table_artifacts, "v1").meta["built_by"] == "pipeline"
