@@ -161,7 +161,12 @@ class LocalStack:
                 for future in [pool.submit(p.start, timeout) for p in self.processes.values()]:
                     future.result()
             urls = self.urls
-            routes = routes_from_declaration(self.settings, self.declaration, urls)
+            # Only to the functions running here: a trigger of one left out has nobody to deliver to.
+            routes = [
+                r
+                for r in routes_from_declaration(self.settings, self.declaration, urls)
+                if r.function in urls
+            ]
             self.router = Router(routes, self.settings)
             self.router.start()
             if self.scheduler:
