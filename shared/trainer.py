@@ -27,6 +27,7 @@ Only transient faults raise (storage outages, contention): everything else is an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -104,6 +105,54 @@ class _Clock:
         return out
 
 
+@dataclass
+class _Job:
+    """One event being processed: its inputs, and where its outcome is recorded."""
+
+    event: StorageObjectEvent
+    settings: Settings
+    data: Bucket
+    artifacts: Bucket
+    clock: _Clock
+
+    @property
+    def key(self) -> str:
+        return file_key(self.event.bucket, self.event.name, self.event.generation)
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        e = self.event
+        return {"bucket": e.bucket, "object": e.name, "generation": e.generation, "event_id": e.event_id}
+
+    def done(self, outcome: Outcome) -> Outcome:
+        """Log the outcome (with the phase times) and return it."""
+        outcome = dataclasses.replace(outcome, seconds=self.clock.result())
+        log.info(
+            f"{outcome.status}: {outcome.message}",
+            extra={
+                "fields": {
+                    **self.fields,
+                    "outcome": outcome.status,
+                    "version": outcome.version,
+                    "rule": outcome.rule,
+                    "seconds": outcome.seconds,
+                }
+            },
+        )
+        return outcome
+
+    def finish(self, outcome: Outcome) -> Outcome:
+        """Write the "done" record (marker only if absent; the claim is dropped), then ``done``."""
+        e = self.event
+        record = {"event_id": e.event_id, "outcome": outcome.status, "version": outcome.version}
+        record.update({"message": outcome.message, **({"rule": outcome.rule} if outcome.rule else {})})
+        with self.clock.phase("write"):
+            registry.mark_processed(self.artifacts, e.bucket, e.name, e.generation, record)
+            registry.delete_claim(self.artifacts, e.bucket, e.name, e.generation)
+            _add_training_to_record(self.artifacts, e, outcome)
+        return self.done(outcome)
+
+
 def handle_event(
     event: StorageObjectEvent,
     settings: Settings | None = None,
@@ -116,169 +165,140 @@ def handle_event(
     ``status``: ``ignored`` (not ours), ``duplicate`` (done before), ``no_schema``, ``gone`` (that
     generation no longer exists), ``quarantined``, ``promoted``, ``rejected``, ``already_trained``
     (the current model holds it), ``model_error`` (the current model cannot be loaded; left for
-    replay). Raises only for transient faults.
+    replay). ``Outcome.seconds`` holds the time of each phase. Raises only for transient faults.
     """
-    clock = _Clock()
     settings = settings or get_settings()
-    data = data or data_bucket(settings)
-    artifacts = artifacts or artifacts_bucket(settings)
-    fields = {
-        "bucket": event.bucket,
-        "object": event.name,
-        "generation": event.generation,
-        "event_id": event.event_id,
-    }
-
-    if event.bucket != data.name or not event.name.startswith(INCOMING_PREFIX) or event.name.endswith("/"):
-        return _done(
-            Outcome("ignored", f"{event.bucket}/{event.name} is not under {data.name}/{INCOMING_PREFIX}"),
-            fields,
-        )
-    if registry.is_processed(artifacts, event.bucket, event.name, event.generation):
-        return _done(Outcome("duplicate", f"{_key(event)} was processed already"), fields)
+    job = _Job(
+        event, settings, data or data_bucket(settings), artifacts or artifacts_bucket(settings), _Clock()
+    )
+    if (
+        event.bucket != job.data.name
+        or not event.name.startswith(INCOMING_PREFIX)
+        or event.name.endswith("/")
+    ):
+        where = f"{job.data.name}/{INCOMING_PREFIX}"
+        return job.done(Outcome("ignored", f"{event.bucket}/{event.name} is not under {where}"))
+    if registry.is_processed(job.artifacts, event.bucket, event.name, event.generation):
+        return job.done(Outcome("duplicate", f"{job.key} was processed already"))
     try:
-        schema = load_schema(artifacts)
+        schema = load_schema(job.artifacts)
     except SchemaError as exc:
-        log.error(f"cannot process {_key(event)}: {exc}; the file is left in place", extra={"fields": fields})
-        return Outcome("no_schema", str(exc))
-
-    marker = {"event_id": event.event_id}
+        log.error(f"cannot process {job.key}: {exc}; the file is left in place", extra={"fields": job.fields})
+        return job.done(Outcome("no_schema", str(exc)))
     try:
-        with clock.phase("read"):
-            new_file = _read_and_validate(event, schema, settings, data)
+        with job.clock.phase("read"):
+            new_file = _read_and_validate(event, schema, settings, job.data)
     except ValidationFailed as failure:
-        return _quarantine(event, failure, None, artifacts, data, marker, fields)
+        return _quarantine(job, failure, None)
     if new_file is None:
-        return _done(Outcome("gone", f"{_key(event)} no longer exists (deleted or replaced)"), fields)
+        return job.done(Outcome("gone", f"{job.key} no longer exists (deleted or replaced)"))
 
-    extra_trusted = settings.model_trusted_types
     for attempt in range(1, settings.cas_max_attempts + 1):
         started = time.perf_counter()
-        try:
-            current = registry.read_current(artifacts, extra_trusted)
-        except ModelNotReady as exc:
-            log.error(
-                f"cannot train on {_key(event)}: the current model cannot be loaded: {exc}",
-                extra={"fields": fields},
-            )
-            return Outcome("model_error", str(exc))
-        if current is not None and _in_lineage(current, new_file):
-            if (current.card or {}).get("decision", {}).get("status") == "pending":
-                # Promoted just before a crash that kept the card from saying so.
-                registry.set_decision(
-                    artifacts, current.card or {}, "promoted", "promoted (recorded after a restart)"
-                )
-            outcome = Outcome(
-                "already_trained", f"{_key(event)} is in the lineage of the current model", current.version
-            )
-            _finish(artifacts, event, marker, outcome)
-            return _done(outcome, fields)
-        if attempt == 1:
-            try:
-                with clock.phase("evaluate"):
-                    _test_then_train(event, new_file, current, schema, settings, artifacts)
-            except ValidationFailed as failure:  # drift under DRIFT_POLICY=quarantine
-                return _quarantine(event, failure, current, artifacts, data, marker, fields)
-
-        resumed = _resume(artifacts, event, current, extra_trusted)
-        if resumed is not None:
-            version, model_bytes, card = resumed
-        else:
-            try:
-                version, model_bytes, card = _train(
-                    event, schema, settings, data, artifacts, new_file, current, clock
-                )
-            except ValidationFailed as failure:  # the estimator refused the data (one class only, ...)
-                return _quarantine(event, failure, current, artifacts, data, marker, fields)
-            if card["decision"]["status"] == "rejected":
-                with clock.phase("write"):
-                    _finish(
-                        artifacts, event, marker, Outcome("rejected", card["decision"]["reason"], version)
-                    )
-                return _done(
-                    Outcome("rejected", card["decision"]["reason"], version, seconds=clock.result()), fields
-                )
-            with clock.phase("write"):
-                registry.write_claim(
-                    artifacts, event.bucket, event.name, event.generation, version, _version(current)
-                )
-            _maybe_crash(settings)
-        try:
-            with clock.phase("write"):
-                registry.swap_current(
-                    artifacts,
-                    version,
-                    model_bytes,
-                    current.generation if current is not None else 0,
-                    kind="promote",
-                    previous=_version(current),
-                    by=f"train {_key(event)}",
-                )
-        except PreconditionFailed:
-            registry.set_decision(
-                artifacts, card, "superseded", "another model was promoted first; redone on top of it"
-            )
-            registry.delete_claim(artifacts, event.bucket, event.name, event.generation)
-            pause = random.uniform(0, min(5.0, attempt * (time.perf_counter() - started)))
-            log.info(
-                f"another trainer promoted first; redoing {_key(event)} "
-                f"(attempt {attempt}) after {pause:.2f} s",
-                extra={"fields": fields},
-            )
-            time.sleep(pause)
-            continue
-        with clock.phase("write"):
-            registry.set_decision(artifacts, card, "promoted", card["decision"]["reason"])
-            _finish(artifacts, event, marker, Outcome("promoted", card["decision"]["reason"], version))
-        return _done(Outcome("promoted", card["decision"]["reason"], version, seconds=clock.result()), fields)
+        outcome = _attempt(job, schema, new_file, attempt)
+        if outcome is not None:
+            return outcome
+        pause = random.uniform(0, min(5.0, attempt * (time.perf_counter() - started)))
+        log.info(
+            f"another trainer promoted first; redoing {job.key} (attempt {attempt}) after {pause:.2f} s",
+            extra={"fields": job.fields},
+        )
+        time.sleep(pause)  # jitter, so that trainers who collided do not collide again at once
     raise RetryLater(
-        f"{_key(event)}: other models were promoted first {settings.cas_max_attempts} times "
+        f"{job.key}: other models were promoted first {settings.cas_max_attempts} times "
         "(CAS_MAX_ATTEMPTS); the event must be delivered again"
     )
 
 
-def _key(event: StorageObjectEvent) -> str:
-    return file_key(event.bucket, event.name, event.generation)
+def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Outcome | None:
+    """Train against the current model and try to swap; None when another trainer swapped first."""
+    event, artifacts = job.event, job.artifacts
+    try:
+        current = registry.read_current(artifacts, job.settings.model_trusted_types)
+    except ModelNotReady as exc:
+        log.error(
+            f"cannot train on {job.key}: the current model cannot be loaded: {exc}",
+            extra={"fields": job.fields},
+        )
+        return job.done(Outcome("model_error", str(exc)))
+    if current is not None and _in_lineage(current, new_file):
+        if (current.card or {}).get("decision", {}).get("status") == "pending":
+            # Promoted just before a crash that kept the card from saying so.
+            registry.set_decision(
+                artifacts, current.card or {}, "promoted", "promoted (recorded after a restart)"
+            )
+        message = f"{job.key} is in the lineage of the current model"
+        return job.finish(Outcome("already_trained", message, current.version))
+    if attempt == 1:
+        try:
+            with job.clock.phase("evaluate"):
+                _test_then_train(job, new_file, current, schema)
+        except ValidationFailed as failure:  # drift under DRIFT_POLICY=quarantine
+            return _quarantine(job, failure, current)
+
+    resumed = _resume(job, current)
+    if resumed is not None:
+        version, model_bytes, card = resumed
+    else:
+        try:
+            version, model_bytes, card = _train(job, schema, new_file, current)
+        except ValidationFailed as failure:  # the estimator refused the data (one class only, ...)
+            return _quarantine(job, failure, current)
+        if card["decision"]["status"] == "rejected":
+            return job.finish(Outcome("rejected", card["decision"]["reason"], version))
+        with job.clock.phase("write"):
+            registry.write_claim(
+                artifacts, event.bucket, event.name, event.generation, version, _version(current)
+            )
+        _maybe_crash(job.settings)
+    try:
+        with job.clock.phase("write"):
+            registry.swap_current(
+                artifacts,
+                version,
+                model_bytes,
+                current.generation if current is not None else 0,
+                kind="promote",
+                previous=_version(current),
+                by=f"train {job.key}",
+            )
+    except PreconditionFailed:
+        _supersede_unless_current(job, card)
+        registry.delete_claim(artifacts, event.bucket, event.name, event.generation)
+        return None
+    with job.clock.phase("write"):
+        registry.set_decision(artifacts, card, "promoted", card["decision"]["reason"])
+    return job.finish(Outcome("promoted", card["decision"]["reason"], version))
+
+
+def _supersede_unless_current(job: _Job, card: dict[str, Any]) -> None:
+    """Mark a version that lost the swap "superseded", unless it is current after all.
+
+    It can be: a duplicate delivery of the same event may have resumed this very version (from
+    its claim) and swapped it in first; its card must then keep saying "promoted".
+    """
+    try:
+        now = registry.read_current(job.artifacts, job.settings.model_trusted_types)
+    except ModelNotReady:
+        now = None
+    if now is None or now.version != card["version"]:
+        reason = "another model was promoted first; the work was redone on top of it"
+        registry.set_decision(job.artifacts, card, "superseded", reason)
 
 
 def _version(current: Current | None) -> str | None:
     return current.version if current is not None else None
 
 
-def _done(outcome: Outcome, fields: dict[str, Any]) -> Outcome:
-    log.info(
-        f"{outcome.status}: {outcome.message}",
-        extra={
-            "fields": {
-                **fields,
-                "outcome": outcome.status,
-                "version": outcome.version,
-                "rule": outcome.rule,
-                "seconds": outcome.seconds or None,
-            }
-        },
-    )
-    return outcome
-
-
-def _finish(artifacts: Bucket, event: StorageObjectEvent, marker: dict[str, Any], outcome: Outcome) -> None:
-    """The "done" record: the marker (only if absent), then the claim is no longer needed."""
-    record = {**marker, "outcome": outcome.status, "version": outcome.version, "message": outcome.message}
-    if outcome.rule:
-        record["rule"] = outcome.rule
-    registry.mark_processed(artifacts, event.bucket, event.name, event.generation, record)
-    registry.delete_claim(artifacts, event.bucket, event.name, event.generation)
-    try:  # the monitoring record gets the training outcome beside its test-then-train numbers
-        name = monitoring.record_name(event.name, event.generation)
-        record_json = json.loads(artifacts.read(name))
-        record_json["training"] = {
-            "outcome": outcome.status,
-            "version": outcome.version,
-            "message": outcome.message,
-        }
-        monitoring.write_record(artifacts, record_json)
+def _add_training_to_record(artifacts: Bucket, event: StorageObjectEvent, outcome: Outcome) -> None:
+    """The file's monitoring record gets the training outcome beside its test-then-train numbers."""
+    name = monitoring.record_name(event.name, event.generation)
+    try:
+        record = json.loads(artifacts.read(name))
     except (NotFound, ValueError):
-        pass
+        return
+    record["training"] = {"outcome": outcome.status, "version": outcome.version, "message": outcome.message}
+    monitoring.write_record(artifacts, record)
 
 
 def _read_and_validate(
@@ -298,24 +318,19 @@ def _read_and_validate(
     return make_data_file(event.bucket, event.name, event.generation, validated.frame, settings)
 
 
-def _quarantine(
-    event: StorageObjectEvent,
-    failure: ValidationFailed,
-    current: Current | None,
-    artifacts: Bucket,
-    data: Bucket,
-    marker: dict[str, Any],
-    fields: dict[str, Any],
-) -> Outcome:
-    target = quarantine_object(data, event.name, event.generation, failure)
+def _quarantine(job: _Job, failure: ValidationFailed, current: Current | None) -> Outcome:
+    """Move the file to quarantine with its reason; record it; done (2xx)."""
+    event = job.event
+    target = quarantine_object(job.data, event.name, event.generation, failure)
+    psi = failure.details.get("psi")
     monitoring.write_record(
-        artifacts,
+        job.artifacts,
         monitoring.make_record(
             event.name,
             event.generation,
             _version(current),
             None,
-            failure.details.get("psi", {}) if isinstance(failure.details.get("psi"), dict) else {},
+            psi if isinstance(psi, dict) else {},
             list(failure.details.get("columns", [])) if failure.rule == "drift" else [],
             "quarantined",
             rule=failure.rule,
@@ -323,60 +338,49 @@ def _quarantine(
             quarantined_as=target,
         ),
     )
-    outcome = Outcome("quarantined", f"{failure.rule}: {failure.message}", rule=failure.rule)
-    _finish(artifacts, event, marker, outcome)
-    return _done(outcome, fields)
+    return job.finish(Outcome("quarantined", f"{failure.rule}: {failure.message}", rule=failure.rule))
 
 
 def _in_lineage(current: Current, new_file: DataFile) -> bool:
     return any(file_key(r["bucket"], r["name"], r["generation"]) == new_file.key for r in current.lineage)
 
 
-def _test_then_train(
-    event: StorageObjectEvent,
-    new_file: DataFile,
-    current: Current | None,
-    schema: Schema,
-    settings: Settings,
-    artifacts: Bucket,
-) -> None:
+def _test_then_train(job: _Job, new_file: DataFile, current: Current | None, schema: Schema) -> None:
     """The current model's quality on the new file before any training, and its input drift.
 
     Writes the monitoring record; raises ``ValidationFailed("drift")`` when drift is over the
     threshold and ``DRIFT_POLICY=quarantine``.
     """
+    event = job.event
     metrics = monitoring.evaluate(current.bundle, new_file.frame) if current is not None else None
     reference = (current.card or {}).get("reference") if current is not None else None
     psi = monitoring.psi(reference, new_file.frame, schema) if reference else {}
-    drifted = monitoring.drift_check(psi, settings)
+    drifted = monitoring.drift_check(psi, job.settings)
     decision = "accepted"
     if drifted:
-        decision = "quarantined" if settings.drift_policy == "quarantine" else "warning"
+        decision = "quarantined" if job.settings.drift_policy == "quarantine" else "warning"
         log.warning(
-            f"input drift in {_key(event)}: {', '.join(f'{n} (PSI {psi[n]:.3f})' for n in drifted)}",
-            extra={"fields": {"object": event.name, "generation": event.generation, "drifted": drifted}},
+            f"input drift in {job.key}: {', '.join(f'{n} (PSI {psi[n]:.3f})' for n in drifted)}",
+            extra={"fields": {**job.fields, "drifted": drifted}},
         )
     if decision == "quarantined":
         raise monitoring.drift_failure(drifted, psi)
-    monitoring.write_record(
-        artifacts,
-        monitoring.make_record(
-            event.name,
-            event.generation,
-            _version(current),
-            metrics,
-            psi,
-            drifted,
-            decision,
-            rows=len(new_file.frame),
-        ),
+    record = monitoring.make_record(
+        event.name,
+        event.generation,
+        _version(current),
+        metrics,
+        psi,
+        drifted,
+        decision,
+        rows=len(new_file.frame),
     )
+    monitoring.write_record(job.artifacts, record)
 
 
-def _resume(
-    artifacts: Bucket, event: StorageObjectEvent, current: Current | None, extra_trusted: tuple[str, ...]
-) -> tuple[str, bytes, dict[str, Any]] | None:
+def _resume(job: _Job, current: Current | None) -> tuple[str, bytes, dict[str, Any]] | None:
     """A version written for this file before a crash, still valid against ``current``; or None."""
+    event, artifacts = job.event, job.artifacts
     claim = registry.read_claim(artifacts, event.bucket, event.name, event.generation)
     if claim is None:
         return None
@@ -386,36 +390,31 @@ def _resume(
         model_bytes = artifacts.read(registry.model_name(version))
     except ProdMLError:  # NotFound, or a card that is not JSON
         return None
-    if claim.get("parent") != _version(current) or card.get("decision", {}).get("status") != "pending":
-        if card.get("decision", {}).get("status") == "pending":
+    pending = card.get("decision", {}).get("status") == "pending"
+    if claim.get("parent") != _version(current) or not pending:
+        if pending:
             registry.set_decision(
                 artifacts, card, "superseded", "the current model changed before it was promoted"
             )
         return None
-    log.info(f"resuming {_key(event)}: promoting version {version}, written before an interruption")
+    log.info(f"resuming {job.key}: promoting version {version}, written before an interruption")
     return version, model_bytes, card
 
 
 def _train(
-    event: StorageObjectEvent,
-    schema: Schema,
-    settings: Settings,
-    data: Bucket,
-    artifacts: Bucket,
-    new_file: DataFile,
-    current: Current | None,
-    clock: _Clock,
+    job: _Job, schema: Schema, new_file: DataFile, current: Current | None
 ) -> tuple[str, bytes, dict[str, Any]]:
     """Train, evaluate and judge a challenger; write its version; (version, model bytes, card)."""
+    event = job.event
     version = registry.new_version_id()
     challenger = build_challenger(
         version=version,
         schema=schema,
-        settings=settings,
-        data=data,
+        settings=job.settings,
+        data=job.data,
         new_files=[new_file],
         champion=current,
-        strategy=settings.training_strategy,
+        strategy=job.settings.training_strategy,
         event={
             "bucket": event.bucket,
             "name": event.name,
@@ -425,12 +424,12 @@ def _train(
         by="train function",
     )
     for phase in ("read", "train", "evaluate"):
-        clock.add(phase, challenger.card["seconds"][phase])
-    with clock.phase("write"):
+        job.clock.add(phase, challenger.card["seconds"][phase])
+    with job.clock.phase("write"):
         started = time.perf_counter()
         model_bytes = challenger.bundle.to_bytes()
         challenger.card["seconds"]["serialize"] = round(time.perf_counter() - started, 4)
-        registry.write_version(artifacts, version, model_bytes, challenger.card)
+        registry.write_version(job.artifacts, version, model_bytes, challenger.card)
     return version, model_bytes, challenger.card
 
 
