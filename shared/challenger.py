@@ -295,6 +295,8 @@ def build_challenger(
     )
     read_seconds = time.perf_counter() - started
 
+    # Incremental reads only the gate's files; a fallback to full (no partial_fit, a new class)
+    # trains on those few files plus the new one, not on the whole TRAINING_WINDOW_FILES.
     training_window = window[-settings.training_window_files :] if accumulate_lineage else []
     estimator, used, trained_on, fit_seconds = fit_challenger(
         schema, settings, new_files, training_window, champion, strategy

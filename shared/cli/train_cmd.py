@@ -1,0 +1,305 @@
+"""``prodml train``, ``prodml models`` and ``prodml rollback``: static training and the registry.
+
+``prodml train FILE...`` is static training (DESIGN.md section 1): it validates the local files
+against ``schema.json``, uploads them to ``incoming/`` of the data bucket (so later full retrains
+of the train function can read them again, and the lineage names bucket objects), trains a
+fresh model on them alone, evaluates it beside the current model on the same held-out rows,
+writes a version and promotes it (``--gate``: only if the gate passes). The files' "done"
+markers are written too, so the train function (and ``prodml replay``) do not train on them
+again; if the function sees them first, its lineage check makes it harmless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from shared import registry
+from shared.challenger import build_challenger, make_data_file
+from shared.config import Settings, get_settings
+from shared.errors import ModelNotReady, NotFound, PreconditionFailed, ProdMLError
+from shared.quarantine import INCOMING_PREFIX
+from shared.schema import load_schema
+from shared.storage import Bucket, artifacts_bucket, data_bucket
+from shared.validation import validate_file
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``prodml train``, ``prodml models`` and ``prodml rollback``."""
+    train = subparsers.add_parser(
+        "train",
+        help="static training: train on local files, write a version, promote it",
+        description=(
+            "Validate FILEs against schema.json, upload them to incoming/ of the data bucket, train a "
+            "fresh model on them (the first model, or a full retrain by hand), compare it with the "
+            "current model on the same held-out rows, write a version and promote it."
+        ),
+    )
+    train.add_argument("files", nargs="+", type=Path, metavar="FILE", help=".csv, .jsonl or .parquet files")
+    train.add_argument(
+        "--gate",
+        action="store_true",
+        help="promote only if not worse than the current model (as the function)",
+    )
+    train.add_argument("--json", action="store_true", help="print JSON instead of text")
+    train.set_defaults(func=run_train)
+
+    models = subparsers.add_parser(
+        "models",
+        help="the registry: versions, data, metrics, decision, which is current",
+        description="List every model version, oldest first; '*' marks the current model.",
+    )
+    models.add_argument("--limit", type=int, default=0, help="show only the last N versions (default all)")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(func=run_models)
+
+    rollback = subparsers.add_parser(
+        "rollback",
+        help="make an earlier version current (default: the one promoted before the current one)",
+        description=(
+            "Overwrite models/current.skops with VERSION's model (compare-and-swap) and record it. "
+            "Without VERSION, the version promoted before the current one; rolling back again goes "
+            "further back."
+        ),
+    )
+    rollback.add_argument("version", nargs="?", default=None, metavar="VERSION", help="see `prodml models`")
+    rollback.add_argument("--json", action="store_true", help="print JSON instead of text")
+    rollback.set_defaults(func=run_rollback)
+
+
+# --- train -------------------------------------------------------------------------------------
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def upload_file(data: Bucket, path: Path) -> tuple[str, int]:
+    """Put ``path`` at ``incoming/<its name>``; (object name, generation).
+
+    An object already there with the very same bytes is reused (running ``prodml train`` again);
+    one with other bytes is an error: overwriting it would orphan the lineage that names it.
+    """
+    name = INCOMING_PREFIX + path.name
+    try:
+        return name, data.upload(name, path, if_generation_match=0)
+    except PreconditionFailed:
+        pass
+    with tempfile.TemporaryDirectory(prefix="prodml-cli-") as folder:
+        existing = Path(folder) / "existing"
+        info = data.download(name, existing)
+        if _sha256_file(existing) != _sha256_file(path):
+            raise ProdMLError(
+                f"{data.name}/{name} already exists with other content than {str(path)!r}; rename the file"
+            )
+    return name, info.generation
+
+
+def promote(
+    artifacts: Bucket, version: str, model_bytes: bytes, settings: Settings, by: str
+) -> tuple[str | None, int]:
+    """CAS-swap ``version`` in, re-reading the current model when another writer won; (previous, gen)."""
+    for _ in range(settings.cas_max_attempts):
+        try:
+            current = registry.read_current(artifacts, settings.model_trusted_types)
+        except ModelNotReady:
+            current = None  # an unloadable current model is exactly what a retrain by hand replaces
+        previous = current.version if current is not None else None
+        expected = current.generation if current is not None else registry.current_generation(artifacts)
+        try:
+            return previous, registry.swap_current(
+                artifacts, version, model_bytes, expected, kind="promote", previous=previous, by=by
+            )
+        except PreconditionFailed:
+            continue
+    raise ProdMLError(f"models/current.skops kept changing; {version} was written but not promoted")
+
+
+def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) -> dict[str, Any]:
+    """Static training on local files (see the module docstring); the summary printed by the command."""
+    data, artifacts = data_bucket(settings), artifacts_bucket(settings)
+    schema = load_schema(artifacts)
+    for path in paths:
+        if not path.is_file():
+            raise ProdMLError(f"no such file: {str(path)!r}")
+    validated = [validate_file(path, path.name, schema, settings) for path in paths]
+    names = [p.name for p in paths]
+    if len(set(names)) != len(names):
+        raise ProdMLError(f"two files share a name (they would share incoming/<name>): {names}")
+    files = []
+    for path, checked in zip(paths, validated, strict=True):
+        name, generation = upload_file(data, path)
+        files.append(make_data_file(data.name, name, generation, checked.frame, settings))
+    try:
+        champion = registry.read_current(artifacts, settings.model_trusted_types)
+    except ModelNotReady:
+        champion = None
+    version = registry.new_version_id()
+    challenger = build_challenger(
+        version=version,
+        schema=schema,
+        settings=settings,
+        data=data,
+        new_files=files,
+        champion=champion,
+        strategy="full",
+        event=None,
+        by="prodml train",
+        accumulate_lineage=False,
+        force_promote=not gate,
+    )
+    challenger.card["strategy"] = "static"
+    model_bytes = challenger.bundle.to_bytes()
+    registry.write_version(artifacts, version, model_bytes, challenger.card)
+    card = challenger.card
+    if challenger.promote:
+        previous, _ = promote(artifacts, version, model_bytes, settings, by="prodml train")
+        card = registry.set_decision(artifacts, card, "promoted", challenger.reason)
+        for f in files:
+            registry.mark_processed(
+                artifacts,
+                f.bucket,
+                f.name,
+                f.generation,
+                {"outcome": "trained_by_cli", "version": version, "message": "prodml train"},
+            )
+    return {
+        "version": version,
+        "promoted": challenger.promote,
+        "reason": challenger.reason,
+        "files": [f.key for f in files],
+        "training_rows": card["training_rows"],
+        "metrics": card["metrics"],
+        "decision": card["decision"]["status"],
+    }
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, print what happened; exit 1 when ``--gate`` rejected the model."""
+    summary = train_files(list(args.files), get_settings(), gate=args.gate)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        metrics = summary["metrics"]
+        primary = metrics["primary"]
+        mine = (metrics.get("challenger") or {}).get(primary)
+        theirs = (metrics.get("champion") or {}).get(primary)
+        print(f"version   {summary['version']}  ({summary['decision']})")
+        print(f"data      {len(summary['files'])} files, {summary['training_rows']} training rows")
+        print(f"{primary:<9} {_fmt(mine)} (current model: {_fmt(theirs)})")
+        print(f"decision  {summary['reason']}")
+    return 0 if summary["promoted"] else 1
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def list_models(settings: Settings) -> dict[str, Any]:
+    """Every version with what ``prodml models`` shows, and the current version."""
+    artifacts = artifacts_bucket(settings)
+    try:
+        current = registry.read_current(artifacts, settings.model_trusted_types)
+        current_version = current.version if current is not None else None
+    except ModelNotReady:
+        current_version = None
+    rows = []
+    for card in registry.list_cards(artifacts):
+        metrics = card.get("metrics") or {}
+        primary = metrics.get("primary")
+        rows.append(
+            {
+                "version": card["version"],
+                "created": card.get("created"),
+                "current": card["version"] == current_version,
+                "by": card.get("by"),
+                "strategy": card.get("strategy"),
+                "parent": card.get("parent"),
+                "files": len(card.get("lineage") or []),
+                "training_rows": card.get("training_rows"),
+                "primary_metric": primary,
+                "challenger": (metrics.get("challenger") or {}).get(primary),
+                "champion": (metrics.get("champion") or {}).get(primary),
+                "decision": (card.get("decision") or {}).get("status"),
+                "reason": (card.get("decision") or {}).get("reason"),
+            }
+        )
+    return {"current": current_version, "versions": rows}
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """Print the registry."""
+    listing = list_models(get_settings())
+    if args.limit > 0:
+        listing["versions"] = listing["versions"][-args.limit :]
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    if not listing["versions"]:
+        print("no model versions yet: train one with `prodml train FILE...`")
+        return 0
+    header = (
+        "",
+        "version",
+        "created",
+        "strategy",
+        "files",
+        "rows",
+        "metric",
+        "value",
+        "champion",
+        "decision",
+    )
+    table = [header]
+    for row in listing["versions"]:
+        table.append(
+            (
+                "*" if row["current"] else "",
+                row["version"],
+                str(row["created"] or "-")[:19].replace("T", " "),
+                str(row["strategy"] or "-").split(" ")[0],
+                str(row["files"]),
+                str(row["training_rows"] or "-"),
+                str(row["primary_metric"] or "-"),
+                _fmt(row["challenger"]),
+                _fmt(row["champion"]),
+                str(row["decision"] or "-"),
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    print(f"current: {listing['current'] or '(none)'}")
+    return 0
+
+
+# --- rollback ----------------------------------------------------------------------------------
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    """Roll back and say from which version to which."""
+    settings = get_settings()
+    try:
+        done = registry.rollback(artifacts_bucket(settings), args.version, settings.model_trusted_types)
+    except PreconditionFailed:
+        raise ProdMLError(
+            "the current model changed while rolling back; run `prodml rollback` again"
+        ) from None
+    except NotFound as exc:
+        raise ProdMLError(str(exc)) from None
+    if args.json:
+        print(json.dumps({"previous": done.previous, "current": done.version, "generation": done.generation}))
+    else:
+        print(f"rolled back: current model is now {done.version} (was {done.previous})")
+    return 0
