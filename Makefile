@@ -27,6 +27,14 @@ lint: venv
 bench: venv venv-beam
 	$(BIN)/python -m bench
 
+# The local stack (functions, file-drop router, scheduler) until Ctrl-C; UP_ARGS e.g. --state DIR.
+up: venv
+	$(BIN)/prodml up $(UP_ARGS)
+
+# The whole story on synthetic data; DEMO_ARGS e.g. --short.
+demo: venv
+	$(BIN)/prodml demo $(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) $(VENV_BEAM) .local dist .pytest_cache .ruff_cache
 

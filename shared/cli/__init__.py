@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pipeline_cmd",
     "up_cmd",
     "replay_cmd",
+    "demo_cmd",
 )
 
 
