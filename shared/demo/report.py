@@ -122,13 +122,13 @@ def figures(demo: Demo, models: dict[str, Any], monitor: list[dict[str, Any]]) -
     if demo.modes:
         fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
         modes = [m.mode for m in demo.modes]
-        left.bar(modes, [m.hit_rate for m in demo.modes], color="tab:blue", label="table hit")
-        left.bar(
-            modes, [m.miss_rate for m in demo.modes], bottom=[m.hit_rate for m in demo.modes],
-            color="tab:gray", label="miss",
-        )  # fmt: skip
+        bottom = [0.0] * len(modes)
+        for source, color in (("table", "tab:blue"), ("model", "tab:orange"), ("miss", "tab:gray")):
+            share = [m.sources.get(source, 0) / m.instances if m.instances else 0.0 for m in demo.modes]
+            left.bar(modes, share, bottom=bottom, color=color, label=source)
+            bottom = [b + v for b, v in zip(bottom, share, strict=True)]
         left.set_ylim(0, 1)
-        left.set_title("table coverage of held-out traffic")
+        left.set_title("who answered the held-out traffic")
         left.legend()
         right.bar(modes, [m.median_ms for m in demo.modes], label="p50")
         right.plot(modes, [m.percentile(95) for m in demo.modes], "kv", label="p95")

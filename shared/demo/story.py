@@ -144,6 +144,13 @@ class Demo:
         known.update({"demo": os.getpid(), **pids})
         self.pids_file.write_text(json.dumps(known, indent=2) + "\n")
 
+    def _settle(self, timeout: float = 300.0) -> None:
+        """Wait until the router has delivered everything (e.g. the table builds that model
+        promotions fired on the artifacts bucket), so the next step sees a quiet system."""
+        router = self.stack.router if self.stack is not None else None
+        if router is not None and not router.wait_idle(timeout):
+            raise DemoError(f"the stack was still busy after {timeout:g} s (see {self.stack.logs_dir}/)")
+
     def stop(self) -> None:
         """Stop every process the demo started."""
         for process in self.extra:
@@ -309,6 +316,7 @@ class Demo:
         """Step: the first half of the Zipf traffic through predict; its key counts reach traffic/."""
         assert self.stack is not None and synth.traffic_file is not None
         with self.step("zipf traffic") as s:
+            self._settle()
             instances = [json.loads(line) for line in synth.traffic_file.read_text().splitlines()]
             half = len(instances) // 2
             self.serve_instances = instances[half:]
@@ -335,6 +343,7 @@ class Demo:
     def build_table(self) -> None:
         """Step: the table of the advised keys, built with the current model."""
         with self.step("table build") as s:
+            self._settle()  # a table build fired by a promotion must not replace the advised one
             advice = self.facts.get("advice", {})
             args = ["table", "build", "--force"]
             if advice.get("recommendation") == "hybrid" and advice.get("k"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,10 @@ class FolderWatcher:
 
     def start(self) -> FolderWatcher:
         """Start watching (files already there are not fired: ``prodml replay`` does that)."""
+        # watchdog's inotify emitter warns when a new folder's watch is registered twice (a folder
+        # created while its parent's watch is being added); the second registration replaces the
+        # first and no event is lost, so the warning is only noise on the terminal.
+        warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
         for bucket, folder in self.folders.items():
             folder.mkdir(parents=True, exist_ok=True)
             self._observer.schedule(_Handler(self, bucket, folder), str(folder), recursive=True)

@@ -1,0 +1,82 @@
+"""`prodml demo --short` (what CI runs of `make demo`): the story runs, its summary and report
+exist and say what happened, and no process it started is left, after the end or after Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+PRODML = str(Path(sys.executable).with_name("prodml"))
+
+
+def gone(pid: int) -> bool:
+    """Whether neither a process nor a process group with this id is left."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, 0)
+            return False
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            return False
+    return True
+
+
+def test_short_demo_tells_the_story_and_leaves_nothing_running(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    result = subprocess.run(
+        [PRODML, "demo", "--short", "--state", str(state)],
+        capture_output=True, text=True, timeout=600, start_new_session=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    steps = [line for line in lines if line.startswith("[")]
+    assert len(steps) == 12 and steps[-1].startswith("[12/12] serving modes")
+
+    summary = json.loads((state / "demo" / "summary.json").read_text())
+    report = (state / "demo" / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 3
+    facts = summary["facts"]
+    assert facts["quarantine"]["rule"]  # the corrupt file was quarantined, with its reason
+    assert facts["drift"]["decision"] == "warning" and facts["drift"]["psi"]
+    assert facts["advice"]["recommendation"] == "hybrid"  # 691k keys, peaked traffic
+    versions = summary["models"]["versions"]
+    assert len(versions) >= 3 and versions[0]["version"] == facts["first_version"]
+    serving = {row["mode"]: row for row in summary["serving"]}
+    assert serving["hybrid"]["hit_rate"] > 0 and serving["hybrid"]["miss_rate"] == 0
+    assert serving["static"]["miss_rate"] > 0
+    assert serving["dynamic"]["hit_rate"] == 0
+    assert all(row["total_seconds"] is not None for row in summary["freshness"])
+    # the buckets stay to look at; no process is left
+    assert (state / "buckets" / "prodml-data" / "quarantine" / "corrupt.csv").exists()
+    pids = json.loads((state / "demo" / "processes.json").read_text())
+    assert {"demo", "predict", "train", "build_table", "build_table_event"} <= set(pids)
+    assert all(gone(pid) for pid in pids.values())
+
+
+def test_ctrl_c_stops_every_process_the_demo_started(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    demo = subprocess.Popen(
+        [PRODML, "demo", "--short", "--state", str(state)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            if "stack up" in line:
+                break
+        os.killpg(demo.pid, signal.SIGINT)  # what a terminal's Ctrl-C does to the foreground group
+        _, err = demo.communicate(timeout=120)
+    finally:
+        if demo.poll() is None:
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+    assert demo.returncode == 130, err[-2000:]
+    assert "interrupted; every process it started is stopped" in err
+    pids = json.loads((state / "demo" / "processes.json").read_text())
+    assert {"predict", "train"} <= set(pids)
+    assert all(gone(pid) for pid in pids.values())
