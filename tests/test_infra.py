@@ -369,6 +369,20 @@ def test_extra_env_reaches_only_its_package(tmp_path: Path) -> None:
 
 
 @needs_terraform
+def test_the_example_tfvars_pass_every_variable_validation(tmp_path: Path) -> None:
+    out = evaluate(tmp_path / "tf", f"-var-file={INFRA / 'terraform.tfvars.example'}")
+    assert out.returncode == 0, out.stderr
+    env = json.loads(out.stdout)["env"]
+    example = parse(INFRA / "terraform.tfvars.example")
+    for package, extra in example["extra_env"].items():
+        for name in (
+            n for n, spec in DECLARATION["functions"].items() if Path(spec["source"]).name == package
+        ):
+            assert extra.items() <= env[name].items()
+            load_settings(env[name])
+
+
+@needs_terraform
 @pytest.mark.parametrize("name", ["NOT_A_SETTING", "PREDICT_PORT"])
 def test_extra_env_refuses_what_is_not_a_deployable_setting(tmp_path: Path, name: str) -> None:
     out = evaluate(tmp_path / "tf", "-var", f'extra_env={{train={{{name}="1"}}}}')
