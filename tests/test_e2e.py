@@ -63,7 +63,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "SERVING_MODE": "dynamic",
         "RELOAD_SECONDS": "0.5",
         "ROUTER_QUIET_SECONDS": "0.3",
-        "TABLE_MAX_ROWS": "1000",  # a full table of 691k keys is not what this test is about
         "LOG_FORMAT": "json",
     }
     days = synthesize(base / "synth", days=3, rows_per_day=800, seed=1).day_files
@@ -80,10 +79,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     subprocess.run(["cp", str(days[2]), str(drop / "late.csv")], check=True)  # lands while the stack is down
 
     log = open(base / "up.log", "w")  # noqa: SIM115 - closed below
+    command = [PRODML, "up", "--state", str(state), "--only", "predict,train"]  # no table builds here
     up = subprocess.Popen(
-        [PRODML, "up", "--state", str(state)], env=env, stdout=subprocess.PIPE, stderr=log, text=True,
-        start_new_session=True,
-    )  # fmt: skip
+        command, env=env, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True
+    )
     try:
         assert up.stdout is not None
         for line in up.stdout:
@@ -99,9 +98,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "first_version": first.version,
             "predict": f"http://127.0.0.1:{env['PREDICT_PORT']}",
         }
-        up.send_signal(signal.SIGINT)
+        started = json.loads((state / "up.json").read_text())["functions"]
+        up.send_signal(signal.SIGINT)  # Ctrl-C
         up.communicate(timeout=60)
         assert up.returncode == 0
+        for function in started.values():  # every function's process group is gone
+            with pytest.raises(ProcessLookupError):
+                os.killpg(function["pid"], 0)
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,10 @@ from typing import Any
 import pytest
 import requests
 
+from shared.errors import ConfigError
+from shared.functions_spec import load_declaration
 from shared.localproc import free_port
+from shared.localstack import LocalStack, stack_environment
 
 PRODML = str(Path(sys.executable).with_name("prodml"))
 
@@ -159,10 +163,7 @@ def wait_for(path: Path, timeout: float = 30.0) -> list[dict[str, Any]]:
     pytest.fail(f"nothing was written to {path} within {timeout} s")
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-def test_up_runs_everything_and_a_signal_stops_every_process(
-    up: dict[str, Any], stop_signal: signal.Signals
-) -> None:
+def test_up_runs_everything_and_sigterm_stops_every_process(up: dict[str, Any]) -> None:
     state_file = up["state"] / "up.json"
     started = json.loads(state_file.read_text())
     web = started["functions"]["web"]
@@ -191,7 +192,7 @@ def test_up_runs_everything_and_a_signal_stops_every_process(
     assert (up["state"] / "logs" / "web.log").exists() and (up["state"] / "logs" / "ingest.log").exists()
 
     process: subprocess.Popen[str] = up["process"]
-    process.send_signal(stop_signal)
+    process.send_signal(signal.SIGTERM)  # what a process manager sends; Ctrl-C: tests/test_e2e.py
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 0
     assert "stopped: no process left running" in out
@@ -201,17 +202,16 @@ def test_up_runs_everything_and_a_signal_stops_every_process(
 
 
 def test_up_refuses_a_port_in_use_naming_the_setting(tmp_path: Path) -> None:
-    declaration = write_declaration(tmp_path)
-    busy = free_port()
-    with __import__("socket").socket() as holder:
-        holder.bind(("127.0.0.1", busy))
+    declaration = load_declaration(write_declaration(tmp_path))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
         holder.listen()
+        busy = holder.getsockname()[1]
         env = {**os.environ, "PREDICT_PORT": str(busy), "TRAIN_PORT": str(free_port())}
-        result = subprocess.run(
-            [PRODML, "up", "--state", str(tmp_path / "s"), "--declaration",
-             str(declaration)],
-            env=env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-    assert result.returncode == 1
-    assert f"port {busy} of function web is in use" in result.stderr
-    assert "set PREDICT_PORT to a free port" in result.stderr
+        stack = LocalStack(state_dir=tmp_path / "state", env=stack_environment(tmp_path / "state", env),
+                           declaration=declaration)  # fmt: skip
+        with pytest.raises(ConfigError) as refused:
+            stack.start()
+    assert f"port {busy} of function web is in use" in str(refused.value)
+    assert "set PREDICT_PORT to a free port" in str(refused.value)
+    assert stack.processes == {}  # nothing was started

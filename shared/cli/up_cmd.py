@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "LOCAL_DEADLETTER_DIR)",
     )
     up.add_argument("--no-scheduler", action="store_true", help="do not call build_table periodically")
+    up.add_argument(
+        "--only",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated functions to run (default: all); triggers of the others are not routed",
+    )
     up.add_argument("--declaration", type=Path, default=DECLARATION, help="the functions declaration to run")
     up.add_argument("--json", action="store_true", help="print the URLs and folders as one JSON line")
     up.set_defaults(func=run_up)
@@ -52,6 +58,7 @@ def run_up(args: argparse.Namespace) -> int:
         env=None if args.state is not None else _env_without_state(),
         declaration=load_declaration(args.declaration),
         scheduler=not args.no_scheduler,
+        functions=[name.strip() for name in args.only.split(",") if name.strip()] if args.only else None,
     )
     try:
         stack.start()
