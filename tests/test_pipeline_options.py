@@ -54,7 +54,8 @@ print(json.dumps({
     "runner": options.view_as(StandardOptions).runner, "project": gcp.project, "region": gcp.region,
     "temp_location": gcp.temp_location, "staging_location": gcp.staging_location,
     "service_account_email": gcp.service_account_email, "job_name": gcp.job_name,
-    "max_num_workers": workers.max_num_workers, "machine_type": workers.machine_type, "errors": errors,
+    "max_num_workers": workers.max_num_workers, "machine_type": workers.machine_type,
+    "sdk_container_image": workers.sdk_container_image, "errors": errors,
 }))
 """
 
@@ -68,7 +69,8 @@ def test_dataflow_arguments_pass_beams_own_dataflow_validation() -> None:
     python = pipeline_python(settings)
     if not python.exists():
         pytest.skip(f"no Beam interpreter at {python}: `make venv-beam` creates it")
-    args = beam_args(DATAFLOW, settings, run_id="Run_42", pipeline="table")
+    image = "europe-west1-docker.pkg.dev/acme-ml/prodml-pipelines/pipelines:2.77.0"
+    args = beam_args(DATAFLOW, settings, run_id="Run_42", pipeline="table", image=image)
     done = subprocess.run(
         [str(python), "-c", BEAM_CHECK, json.dumps(args)], capture_output=True, text=True, timeout=120
     )
@@ -85,6 +87,7 @@ def test_dataflow_arguments_pass_beams_own_dataflow_validation() -> None:
         "job_name": "prodml-table-run-42",
         "max_num_workers": 25,
         "machine_type": "n2-standard-4",
+        "sdk_container_image": image,
         "errors": [],
     }
 

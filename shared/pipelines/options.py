@@ -166,13 +166,15 @@ def settings_json(settings: Settings, overrides: Mapping[str, str] | None = None
 
 
 def beam_args(
-    runner: str, settings: Settings, *, run_id: str, pipeline: str, temp_location: str = ""
+    runner: str, settings: Settings, *, run_id: str, pipeline: str, temp_location: str = "", image: str = ""
 ) -> list[str]:
     """The Beam options of one run, as ``--name=value`` arguments.
 
     ``direct``: DirectRunner with ``PIPELINE_DIRECT_WORKERS`` workers (several run as threads of
     one process). ``dataflow``: the
-    options DataflowRunner needs, from the ``DATAFLOW_*`` settings (checked first).
+    options DataflowRunner needs, from the ``DATAFLOW_*`` settings (checked first); ``image`` is
+    the pipelines' container image (infra/dataflow/Dockerfile) the workers run, which holds
+    ``shared`` and the pinned libraries (a Flex Template launch sets it from the template).
     """
     if runner == "direct":
         args = ["--runner=DirectRunner", f"--direct_num_workers={settings.pipeline_direct_workers}"]
@@ -195,10 +197,11 @@ def beam_args(
         f"--max_num_workers={config.max_workers}",
         "--autoscaling_algorithm=THROUGHPUT_BASED",
         f"--machine_type={config.machine_type}",
-        # The workers run the template's image: Beam, the pinned libraries and shared/ installed.
-        "--sdk_location=container",
         "--experiments=use_runner_v2",
     ]
+    if image:
+        # The workers run the pipelines' image: Beam, the pinned libraries and shared/ installed.
+        args += [f"--sdk_container_image={image}", "--sdk_location=container"]
     if config.service_account:
         args.append(f"--service_account_email={config.service_account}")
     return args

@@ -52,12 +52,18 @@ def settings_from(raw_json: str) -> Settings:
     return load_settings({**os.environ, **given})
 
 
-def temp_location(beam_argv: list[str]) -> str:
-    """The ``--temp_location`` Beam was given, or a new local folder (DirectRunner)."""
+def temp_location(beam_argv: list[str], settings: Settings) -> tuple[str, bool]:
+    """Where the run's temporary files go, and whether this process made (and must remove) it.
+
+    The ``--temp_location`` Beam was given; else, with Cloud Storage, ``DATAFLOW_TEMP_LOCATION``
+    (workers on other machines must reach it); else a new local folder (DirectRunner).
+    """
     for arg in beam_argv:
         if arg.startswith("--temp_location="):
-            return arg.split("=", 1)[1]
-    return tempfile.mkdtemp(prefix="prodml-pipeline-")
+            return arg.split("=", 1)[1], False
+    if settings.storage_backend == "gcs" and settings.dataflow_temp_location.startswith("gs://"):
+        return settings.dataflow_temp_location, False
+    return tempfile.mkdtemp(prefix="prodml-pipeline-"), True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,9 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from(args.settings_json)
     setup_logging(settings.log_format, settings.log_level, stream=sys.stderr)
     run_id = args.run_id or uuid.uuid4().hex[:12]
-    temp = temp_location(beam_argv)
-    made_temp = not any(a.startswith("--temp_location=") for a in beam_argv)
-    if made_temp:
+    temp, made_temp = temp_location(beam_argv, settings)
+    if not any(a.startswith("--temp_location=") for a in beam_argv):
         beam_argv.append(f"--temp_location={temp}")
     try:
         if args.pipeline == "table":
