@@ -122,7 +122,7 @@ class FolderWatcher:
 
     def _check_loop(self) -> None:
         # Poll settling files a few times per quiet period; sleep until an event when none are.
-        interval = max(0.02, min(0.1, self.quiet_seconds / 4))
+        interval = max(0.02, min(0.05, self.quiet_seconds / 10))
         while not self._stop.is_set():
             if not self.settling:
                 self._wake.wait()
@@ -154,7 +154,11 @@ class FolderWatcher:
             with self._lock:
                 if self._pending.get((bucket, name)) is not entry:
                     continue
-                if signature != entry.signature:
+                if entry.signature is None:
+                    # First look: the quiet period runs from the event that brought it here (every
+                    # write sends one, so a later write restarts it through touched()).
+                    entry.signature = signature
+                elif signature != entry.signature:
                     entry.signature, entry.changed_at = signature, max(entry.changed_at, now)
                     continue
                 if now - entry.changed_at >= self.quiet_seconds:
