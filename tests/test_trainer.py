@@ -203,7 +203,6 @@ def test_when_others_always_promote_first_the_trainer_asks_for_redelivery(
     world.send("incoming/a.csv", training_rows(300, 1))
     before = world.artifacts.read(registry.CURRENT)
     mocker.patch("shared.registry.swap_current", side_effect=PreconditionFailed("someone else won"))
-    mocker.patch("shared.trainer.time.sleep")  # the jittered pause between attempts
     info = drop_file(world.data, "incoming/b.csv", training_rows(300, 2))
 
     with pytest.raises(RetryLater, match="CAS_MAX_ATTEMPTS"):
