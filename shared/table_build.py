@@ -145,7 +145,7 @@ class BuildResult:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class BuildPlan:
     """The keys chosen for a build, with what the traffic says of them."""
 
     strategy: str
@@ -183,13 +183,13 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
             NOTHING, "the model's schema has no key features: there is no table to build", **base
         )
 
-    plan = _plan(artifacts, settings, schema, request)
+    plan = plan_build(artifacts, settings, schema, request)
     if isinstance(plan, BuildResult):
         plan.model_version, plan.model_generation = bundle.version, info.generation
         return plan
 
     pointer, _ = read_pointer(artifacts)
-    if not request.force and _same_build(pointer, info.generation, plan):
+    if not request.force and is_same_build(pointer, info.generation, plan):
         assert pointer is not None
         return BuildResult(
             SKIPPED,
@@ -219,7 +219,7 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
         "built_at": built_at,
     }
     write_table(artifacts, bundle.version, codes, scores, meta)
-    switched, note = _switch(artifacts, settings, bundle, info.generation, plan, built_at)
+    switched, note = switch_to_table(artifacts, settings, bundle, info.generation, plan, built_at)
     rate = plan.rows / seconds if seconds > 0 else None
     log.info(
         "table built",
@@ -240,9 +240,9 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
     )
 
 
-def _plan(
+def plan_build(
     artifacts: Bucket, settings: Settings, schema: Schema, request: BuildRequest
-) -> _Plan | BuildResult:
+) -> BuildPlan | BuildResult:
     """Resolve the strategy and choose the keys, or say why there is nothing to build."""
     cardinality = schema.key_cardinality
     fits = cardinality <= settings.table_max_rows
@@ -264,7 +264,7 @@ def _plan(
         _, valid_counts, invalid = valid_key_counts(schema, counts)
         total = int(valid_counts.sum()) + invalid
         hit = (total - invalid) / total if total else None
-        return _Plan("full", cardinality, None, hit, total, through, None)
+        return BuildPlan("full", cardinality, None, hit, total, through, None)
 
     k = min(request.k or settings.table_top_k, settings.table_max_rows)
     top = top_k(schema, counts, k)
@@ -285,10 +285,10 @@ def _plan(
             f"flushed traffic to {TRAFFIC_PREFIX}",
             strategy="top_k",
         )
-    return _Plan("top_k", len(top.codes), top, top.hit_rate, top.total_requests, through, k)
+    return BuildPlan("top_k", len(top.codes), top, top.hit_rate, top.total_requests, through, k)
 
 
-def _same_build(pointer: dict[str, Any] | None, model_generation: int, plan: _Plan) -> bool:
+def is_same_build(pointer: dict[str, Any] | None, model_generation: int, plan: BuildPlan) -> bool:
     """Whether the current pointer already holds this build (same generation, strategy, inputs)."""
     if pointer is None or pointer.get("model_generation") != model_generation:
         return False
@@ -300,7 +300,7 @@ def _same_build(pointer: dict[str, Any] | None, model_generation: int, plan: _Pl
     )
 
 
-def _chunks(schema: Schema, plan: _Plan, chunk_rows: int) -> Iterator[KeyChunk]:
+def _chunks(schema: Schema, plan: BuildPlan, chunk_rows: int) -> Iterator[KeyChunk]:
     """The planned keys in ascending code order (the table's order, for binary-search lookups)."""
     if plan.top is None:
         return full_chunks(schema, chunk_rows)
@@ -308,7 +308,7 @@ def _chunks(schema: Schema, plan: _Plan, chunk_rows: int) -> Iterator[KeyChunk]:
 
 
 def _score(
-    bundle: ModelBundle, schema: Schema, plan: _Plan, chunk_rows: int
+    bundle: ModelBundle, schema: Schema, plan: BuildPlan, chunk_rows: int
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Score every planned key into preallocated arrays, one chunk at a time; log progress."""
     width = score_width(bundle)
@@ -329,12 +329,12 @@ def _score(
     return codes, scores, time.perf_counter() - start
 
 
-def _switch(
+def switch_to_table(
     artifacts: Bucket,
     settings: Settings,
     bundle: ModelBundle,
     model_generation: int,
-    plan: _Plan,
+    plan: BuildPlan,
     built_at: str,
 ) -> tuple[bool, str]:
     """Point ``tables/current.json`` at the new table by compare-and-swap, unless a newer model won."""

@@ -10,12 +10,12 @@ function cannot do 10^8 keys inside its timeout. This pipeline does the same bui
 What it shares with the in-function builder, called rather than copied:
 
 - the plan (strategy, which keys, hit rate from traffic) and the "already current" check:
-  ``table_build._plan`` and ``table_build._same_build``, with ``PIPELINE_MAX_ROWS`` as the limit
+  ``table_build.plan_build`` and ``table_build.is_same_build``, with ``PIPELINE_MAX_ROWS`` as the limit
   of a full build instead of ``TABLE_MAX_ROWS``;
-- the keys and their scores: ``keyspace.full_chunks`` / ``table.decode_codes`` and
+- the keys and their scores: ``keyspace.full_chunks`` / ``keyspace.decode_keys`` and
   ``keyspace.score_keys`` (``ModelBundle.scores`` on ``to_frame``), so a score is the same float;
 - the output: ``table.write_table`` (one npz, same arrays, same meta fields) and
-  ``table_build._switch`` (compare-and-swap of ``tables/current.json``, unless the model changed
+  ``table_build.switch_to_table`` (compare-and-swap of ``tables/current.json``, unless the model changed
   during the build or a newer model's table is current).
 
 Scored parts go to the run's temporary folder (``--temp_location``: a local folder for the
@@ -44,22 +44,22 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from shared.config import Settings
 from shared.errors import ModelNotReady, NotFound
-from shared.keyspace import non_key_defaults, score_keys, score_width
+from shared.keyspace import decode_keys, non_key_defaults, score_keys, score_width
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.storage import artifacts_bucket
-from shared.table import decode_codes, read_pointer, table_blob, write_table
+from shared.table import read_pointer, table_blob, write_table
 from shared.table_build import (
     BUILT,
     CURRENT_MODEL,
     NOTHING,
     SKIPPED,
+    BuildPlan,
     BuildRequest,
     BuildResult,
-    _Plan,
-    _plan,
-    _same_build,
-    _switch,
+    is_same_build,
+    plan_build,
+    switch_to_table,
 )
 
 log = get_logger(__name__)
@@ -80,7 +80,7 @@ class TableJob:
     run_id: str
     model_version: str
     model_generation: int
-    plan: _Plan
+    plan: BuildPlan
     codes: np.ndarray | None  # sorted codes of a top_k build; None for full (codes 0..rows-1)
     block_rows: int
     batch_blocks: int  # BatchElements' largest batch, in blocks (TABLE_CHUNK_ROWS keys)
@@ -133,7 +133,7 @@ class ScoreBlocks(beam.DoFn):
         assert self.bundle is not None
         codes = np.concatenate([block_codes(b) for b in batch])
         schema = self.bundle.schema
-        scores = score_keys(self.bundle, schema, decode_codes(schema, codes))
+        scores = score_keys(self.bundle, schema, decode_keys(schema, codes))
         path = FileSystems.join(self.temp_dir, f"part-{int(codes[0]):019d}-{uuid.uuid4().hex[:8]}.npz")
         buffer = io.BytesIO()
         np.savez(buffer, codes=codes, scores=np.asarray(scores, dtype=np.float64))
@@ -176,7 +176,7 @@ class Publish(beam.DoFn):
         }
         artifacts = artifacts_bucket(settings)
         write_table(artifacts, bundle.version, codes, scores, meta)
-        switched, note = _switch(artifacts, settings, bundle, job.model_generation, plan, built_at)
+        switched, note = switch_to_table(artifacts, settings, bundle, job.model_generation, plan, built_at)
         result = BuildResult(
             BUILT,
             f"built {plan.rows} rows ({plan.strategy}) for model {bundle.version!r} in {seconds:.1f} s "
@@ -238,12 +238,12 @@ def plan_job(
         )
     # A pipeline's limit is PIPELINE_MAX_ROWS: the builder's own plan, with the larger limit.
     wide = dataclasses.replace(settings, table_max_rows=settings.pipeline_max_rows)
-    plan = _plan(artifacts, wide, schema, request)
+    plan = plan_build(artifacts, wide, schema, request)
     if isinstance(plan, BuildResult):
         plan.model_version, plan.model_generation = bundle.version, generation
         return plan
     pointer, _ = read_pointer(artifacts)
-    if not request.force and _same_build(pointer, generation, plan):
+    if not request.force and is_same_build(pointer, generation, plan):
         assert pointer is not None
         return BuildResult(
             SKIPPED,
