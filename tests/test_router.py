@@ -27,13 +27,14 @@ from shared.storage.local import LocalBucket
 
 PAYLOADS = Path(__file__).parent / "payloads"
 
-# One function module, three behaviours (MODE): record every event; fail the first two deliveries
-# of each event id, then process it; always fail. It appends one JSON line per delivery to
+# One function module, four behaviours (MODE): record every event; fail the first two deliveries
+# of each event id, then process it; always fail; take half a second. It appends one JSON line per delivery to
 # RECORD_FILE, with what functions-framework handed it and the size of the file at that moment.
 TEST_FUNCTION = """
 import fcntl
 import json
 import os
+import time
 
 import functions_framework
 
@@ -48,6 +49,9 @@ def _deliveries_of(event_id, lines):
 def handle(event):
     record_file = os.environ["RECORD_FILE"]
     mode = os.environ["MODE"]
+    started = time.time()
+    if mode == "slow":
+        time.sleep(0.5)
     parsed = parse_storage_event(event)
     path = os.path.join(os.environ["LOCAL_BUCKETS_ROOT"], parsed.bucket, parsed.name)
     with open(record_file + ".lock", "w") as lock:
@@ -69,6 +73,8 @@ def handle(event):
             "size": parsed.size,
             "size_on_disk": os.path.getsize(path) if os.path.exists(path) else None,
             "processed": processed,
+            "started": started,
+            "ended": time.time(),
         }
         with open(record_file, "a") as f:
             f.write(json.dumps(entry) + "\\n")
@@ -79,7 +85,7 @@ def handle(event):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Three test functions (record, fail_twice, always_fail) sharing one buckets root."""
+    """Test functions (record, fail_twice, always_fail, slow) sharing one buckets root."""
     base = tmp_path_factory.mktemp("router")
     source = base / "fn"
     source.mkdir()
@@ -87,7 +93,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = base / "buckets"
     processes: dict[str, FunctionProcess] = {}
     try:
-        for mode in ("record", "fail_twice", "always_fail"):
+        for mode in ("record", "fail_twice", "always_fail", "slow"):
             spec = FunctionSpec(mode, source, "handle", "cloudevent", "TRAIN_PORT")
             env = {**os.environ, "MODE": mode, "RECORD_FILE": str(base / f"{mode}.jsonl")}
             env["LOCAL_BUCKETS_ROOT"] = str(root)
@@ -335,3 +341,20 @@ def test_stop_leaves_no_delivery_unrecorded(stack: dict[str, Any], tmp_path: Pat
 def ce_attributes(headers: dict[str, str]) -> dict[str, str]:
     """CloudEvent attributes from binary-mode ``ce-*`` headers."""
     return {k[3:]: v for k, v in headers.items() if k.startswith("ce-")}
+
+
+def test_events_are_delivered_concurrently_up_to_the_in_flight_limit(
+    stack: dict[str, Any], make_router: Callable[..., Router]
+) -> None:
+    router = make_router({"busy-bucket": "slow"}, ROUTER_MAX_IN_FLIGHT="2")
+    bucket = LocalBucket(stack["root"], "busy-bucket")
+    names = [f"incoming/part-{i}.csv" for i in range(5)]
+    for name in names:
+        bucket.write(name, b"a\n1\n")
+    settle(router)
+    seen = [records(stack, "slow", "busy-bucket", name) for name in names]
+    assert all(len(s) == 1 for s in seen)
+    spans = [(s[0]["started"], s[0]["ended"]) for s in seen]
+    # the most deliveries running at one moment (at some delivery's start)
+    most = max(sum(start <= t < end for start, end in spans) for t, _ in spans)
+    assert most == 2
