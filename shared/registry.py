@@ -4,6 +4,7 @@ Blobs (DESIGN.md section 3)::
 
     models/versions/<version>/model.skops   every trained model (promoted or not), for rollback
     models/versions/<version>/card.json     what it is: metrics, lineage, parent, decision, ...
+    models/versions/<version>/holdout.parquet  held-out rows of its latest files (the next gate's)
     models/current.skops                    the serving model, a byte copy of one version's model
     registry/events/<generation>.json       one record per swap of current.skops (promote/rollback)
     registry/processed/<bucket>/<name>@<generation>.json   "this data file is done", only-if-absent
@@ -64,6 +65,11 @@ def new_version_id(moment: datetime | None = None) -> str:
 def model_name(version: str) -> str:
     """The blob of a version's model."""
     return f"{VERSIONS_PREFIX}{_check_version(version)}/model.skops"
+
+
+def holdout_name(version: str) -> str:
+    """The blob of a version's held-out rows (the gate's rows for its successors)."""
+    return f"{VERSIONS_PREFIX}{_check_version(version)}/holdout.parquet"
 
 
 def card_name(version: str) -> str:
@@ -164,11 +170,20 @@ def delete_claim(artifacts: Bucket, bucket: str, name: str, generation: int) -> 
 # --- versions ----------------------------------------------------------------------------------
 
 
-def write_version(artifacts: Bucket, version: str, model_bytes: bytes, card: dict[str, Any]) -> None:
-    """Write a new version: the model, then its card (a version with a card is complete)."""
+def write_version(
+    artifacts: Bucket, version: str, model_bytes: bytes, card: dict[str, Any], holdout: bytes | None = None
+) -> None:
+    """Write a new version: the model (and its held-out rows), then its card (then it is complete)."""
     artifacts.write(
         model_name(version), model_bytes, content_type="application/octet-stream", if_generation_match=0
     )
+    if holdout is not None:
+        artifacts.write(
+            holdout_name(version),
+            holdout,
+            content_type="application/vnd.apache.parquet",
+            if_generation_match=0,
+        )
     artifacts.write(
         card_name(version), _json_bytes(card), content_type="application/json", if_generation_match=0
     )

@@ -422,6 +422,7 @@ def _train(
             "event_id": event.event_id,
         },
         by="train function",
+        artifacts=job.artifacts,
     )
     for phase in ("read", "train", "evaluate"):
         job.clock.add(phase, challenger.card["seconds"][phase])
@@ -429,7 +430,7 @@ def _train(
         started = time.perf_counter()
         model_bytes = challenger.bundle.to_bytes()
         challenger.card["seconds"]["serialize"] = round(time.perf_counter() - started, 4)
-        registry.write_version(job.artifacts, version, model_bytes, challenger.card)
+        registry.write_version(job.artifacts, version, model_bytes, challenger.card, challenger.holdout_bytes)
     return version, model_bytes, challenger.card
 
 

@@ -236,3 +236,26 @@ def test_a_plugged_in_estimator_trains_and_incremental_falls_back_to_full(tmp_pa
     assert card["estimator"] == "test_trainer:forest"
     assert card["strategy"] == "full (the current model has no partial_fit)"
     assert isinstance(world.current().bundle.estimator[-1], RandomForestClassifier)
+
+
+def test_incremental_gates_on_the_stored_held_out_rows_even_when_old_files_are_gone(tmp_path: Path) -> None:
+    world = make_world(tmp_path)
+    for i in range(3):
+        world.send(f"incoming/old-{i}.csv", training_rows(300, i))
+    old_keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in world.current().lineage]
+    for i in range(3):
+        world.data.delete(f"incoming/old-{i}.csv")  # e.g. a retention policy on the data bucket
+
+    outcome = world.with_settings(TRAINING_STRATEGY="incremental").send(
+        "incoming/new.csv", training_rows(300, 7)
+    )
+
+    card = registry.read_card(world.artifacts, outcome.version or "")
+    assert card["metrics"]["holdout_files"] == old_keys
+    assert card["skipped_files"] == []
+    assert card["metrics"]["champion"]["rows"] == card["metrics"]["challenger"]["rows"] > 100
+    assert world.artifacts.exists(card["holdout_cache"])
+    # A full retrain needs the files themselves: it says which ones it could not read.
+    full = world.send("incoming/newer.csv", training_rows(300, 8))
+    skipped = registry.read_card(world.artifacts, full.version or "")["skipped_files"]
+    assert [note.split(":")[0] for note in skipped] == old_keys

@@ -153,12 +153,13 @@ def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) ->
         strategy="full",
         event=None,
         by="prodml train",
+        artifacts=artifacts,
         accumulate_lineage=False,
         force_promote=not gate,
     )
     challenger.card["strategy"] = "static"
     model_bytes = challenger.bundle.to_bytes()
-    registry.write_version(artifacts, version, model_bytes, challenger.card)
+    registry.write_version(artifacts, version, model_bytes, challenger.card, challenger.holdout_bytes)
     card = challenger.card
     if challenger.promote:
         previous, _ = promote(artifacts, version, model_bytes, settings, by="prodml train")
