@@ -31,6 +31,7 @@ def run_demo(options: DemoOptions) -> Demo:
     demo.run()
     models = demo.cli("models")
     monitor = demo.cli("monitor")
+    demo.stop()  # idempotent: closes the log the last commands reopened
     summary_path, report_path = write_report(demo, models, monitor)
     print()
     print(render_table(summary_rows(demo, models)))

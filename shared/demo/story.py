@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import requests
 
@@ -33,6 +33,7 @@ from shared.demo.probe import (
 )
 from shared.localproc import FunctionProcess, free_port
 from shared.localstack import LocalStack, stack_environment
+from shared.logs import setup_logging
 from shared.schema import Schema
 from shared.storage.local import LocalBucket
 from shared.synth import KEY, SynthResult, synthesize
@@ -100,6 +101,7 @@ class Demo:
         self.out = self.state / "demo"
         self.env = self._environment()
         self.pids_file = self.out / "processes.json"
+        self._log_file: TextIO | None = None
         # synth, schema, static training, stack, the days between the first and the drifted last,
         # corrupt, rollback, drift, traffic, advisor, table, serving modes
         self.total_steps = 11 + self.options.days - 2
@@ -132,9 +134,17 @@ class Demo:
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main([*argv, "--json"])
+        self._log_to_file()  # main() pointed logging at the captured stderr
         if code != 0:
             raise DemoError(f"`prodml {' '.join(argv)}` failed ({code}): {err.getvalue().strip()[-500:]}")
         return json.loads(out.getvalue())
+
+    def _log_to_file(self) -> None:
+        """This process's logs (router, stack) go to <state>/logs/demo.log, not the terminal."""
+        if self._log_file is None:
+            (self.state / "logs").mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.state / "logs" / "demo.log", "a")  # noqa: SIM115 - closed in stop()
+        setup_logging("json", "info", stream=self._log_file)
 
     def _record_pids(self) -> None:
         processes = list(self.stack.processes.values()) if self.stack else []
@@ -157,6 +167,10 @@ class Demo:
             process.stop()
         if self.stack is not None:
             self.stack.stop()
+        if self._log_file is not None:
+            setup_logging("json", "warning")  # away from the file before closing it
+            self._log_file.close()
+            self._log_file = None
 
     # --- the story -----------------------------------------------------------------------------
 
@@ -165,6 +179,7 @@ class Demo:
         os.environ.update(self.env)  # the in-process CLI commands read the same settings
         get_settings.cache_clear()
         self.out.mkdir(parents=True, exist_ok=True)
+        self._log_to_file()
         self.pids_file.write_text(json.dumps({"demo": os.getpid()}) + "\n")
         self.artifacts = LocalBucket(Path(self.env["LOCAL_BUCKETS_ROOT"]), get_settings().artifacts_bucket)
         self.data = LocalBucket(Path(self.env["LOCAL_BUCKETS_ROOT"]), get_settings().data_bucket)

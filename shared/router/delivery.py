@@ -202,7 +202,7 @@ class Deliverer:
                 self._finish(state, ok=True)
                 return
             state.error = f"HTTP {response.status_code}: {response.text[:500]}"
-        except requests.RequestException as exc:
+        except Exception as exc:  # connection errors and anything else: a worker must outlive any delivery
             state.status = None
             state.error = f"{type(exc).__name__}: {exc}"
         log.warning(
