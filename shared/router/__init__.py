@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -90,7 +90,8 @@ class Router:
         )
         self._fired: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self._lock = threading.Lock()
-        self.results: list[DeliveryResult] = []  # every finished delivery, in finishing order
+        # finished deliveries, in finishing order (the last _REMEMBERED: `prodml up` runs for days)
+        self.results: deque[DeliveryResult] = deque(maxlen=_REMEMBERED)
 
     @classmethod
     def from_declaration(
