@@ -65,6 +65,9 @@ def summary_rows(demo: Demo, models: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{median([x.reload_seconds for x in fresh]):.1f} s",
             )
         )
+    deadletters = Path(demo.env["LOCAL_DEADLETTER_DIR"])
+    count = len(list(deadletters.glob("*.json"))) if deadletters.exists() else 0
+    rows.append(("dead-lettered events", f"{count}" + (f" (see {deadletters}/)" if count else "")))
     return rows
 
 
