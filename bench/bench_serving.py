@@ -44,7 +44,7 @@ from shared.model import ModelBundle, to_frame
 from shared.schema import Schema
 from shared.serving import CURRENT_MODEL, Predictor
 from shared.storage.local import LocalBucket
-from shared.table import decode_codes, read_table, switch_pointer, table_blob, write_table
+from shared.table import build_blob, decode_codes, new_build_id, read_table, switch_pointer, write_table
 
 AREA = "serving"
 HIT_GOAL = 50.0
@@ -104,9 +104,11 @@ def _publish(artifacts: LocalBucket, bundle: ModelBundle, codes: np.ndarray, ver
     columns["bid"] = np.full(len(codes), 1.5)
     scores = bundle.scores(to_frame(SCHEMA, pd.DataFrame(columns)))
     meta = {"model_version": bundle.version, "model_generation": generation, "key": list(SCHEMA.key)}
-    write_table(artifacts, version, codes, scores, meta)
+    blob = build_blob(version, "bench", new_build_id())
+    write_table(artifacts, blob, codes, scores, meta)
     pointer = {
         **meta,
+        "blob": blob,
         "version": version,
         "rows": len(codes),
         "strategy": "bench",
@@ -378,10 +380,11 @@ def _big_table(root: Path, repeat: int) -> list[Row]:
     codes = np.unique(rng.integers(0, 50 * n, int(n * 1.1)))[:n].astype(np.int64)
     scores = rng.random(n)
     meta = {"model_version": "m", "model_generation": 1, "key": ["k"]}
-    write_table(artifacts, "big", codes, scores, meta)
-    load = median_seconds(lambda: read_table(artifacts, "big"), repeat=repeat)
-    raw = median_seconds(lambda: artifacts.read(table_blob("big")), repeat=repeat)
-    table = read_table(artifacts, "big")
+    blob = build_blob("big", "top_k", new_build_id())
+    write_table(artifacts, blob, codes, scores, meta)
+    load = median_seconds(lambda: read_table(artifacts, blob), repeat=repeat)
+    raw = median_seconds(lambda: artifacts.read(blob), repeat=repeat)
+    table = read_table(artifacts, blob)
     probe = [int(c) for c in rng.choice(codes, 20000)]
     lookup_one = table.lookup_one
 

@@ -22,7 +22,7 @@ from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.requests_check import InstanceChecker
 from shared.storage import Bucket
-from shared.table import CURRENT_POINTER, KeyCodec, Table, read_pointer, read_table
+from shared.table import CURRENT_POINTER, KeyCodec, Table, read_pointed_table, read_pointer
 
 log = get_logger(__name__)
 
@@ -187,7 +187,7 @@ class StateLoader:
             pointer, pointer_gen = read_pointer(self.artifacts)
             if pointer is None:
                 return None, pointer_gen
-            table = read_table(self.artifacts, str(pointer["version"]))
+            table = read_pointed_table(self.artifacts, pointer)  # the exact object it names
         except Exception as exc:  # a missing or malformed table: keep serving what we have
             self._failed(CURRENT_POINTER, generation, exc)
             return keep

@@ -7,13 +7,20 @@ so sorted codes are the keys in lexicographic order and a code fits an int64.
 
 Blobs (ARTIFACTS bucket)::
 
-    tables/<version>/table.npz    one uncompressed npz: codes (int64, sorted, unique),
+    tables/<model version>/<strategy>-<build id>.npz
+                                  one build: one uncompressed npz of codes (int64, sorted, unique),
                                   scores (float64, (n,) or (n, k) for multiclass), meta (JSON)
-    tables/current.json           the pointer: {"version", "model_version", "model_generation",
-                                  "rows", "strategy", "built_at", "key"}
+    tables/current.json           the pointer: {"blob", "version" (the model version),
+                                  "model_version", "model_generation", "rows", "strategy",
+                                  "built_at", "key", ...}
 
 One object holds codes and scores together, so a reader never pairs the codes of one build with
-the scores of another. The pointer is switched with compare-and-swap on its generation. The npz
+the scores of another. Every build writes its own object (the build id is a UTC timestamp and a
+random suffix: unique, and sorted by time), so a rebuild of the same model (full after top-K,
+top-K from newer traffic) never overwrites the object the pointer names, and the pointer's rows
+and strategy always describe the object it names. The pointer is switched with compare-and-swap
+on its generation. Pointers written before build ids (no "blob") name the old location
+``tables/<version>/table.npz`` (``table_blob``), which readers still follow. The npz
 is uncompressed because loading is then little more than a copy: a million keys load in tens of
 milliseconds (see ``bench/bench_serving.py``); ``lookup_one`` is a binary search in microseconds.
 
@@ -27,8 +34,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -43,22 +53,68 @@ log = get_logger(__name__)
 
 CURRENT_POINTER = "tables/current.json"
 TABLE_PREFIX = "tables/"
-POINTER_FIELDS = ("version", "model_version", "model_generation", "rows", "strategy", "built_at", "key")
+POINTER_FIELDS = (
+    "blob",
+    "version",
+    "model_version",
+    "model_generation",
+    "rows",
+    "strategy",
+    "built_at",
+    "key",
+)
 META_REQUIRED = ("model_version", "model_generation", "key")
 _SMALL = 16  # rows up to which encode_columns loops over dicts instead of using pandas
 _MAX_CODE = 2**62  # keeps every code and every product of radixes inside int64
 _VERSION_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+# <strategy>-<build id>.npz (or the old table.npz): letters, digits, '-' and '_' before ".npz"
+_BUILD_FILE = re.compile(r"[A-Za-z0-9_-]{1,120}\.npz")
 
 
 class TableError(SchemaError):
     """A table blob or pointer is malformed (wrong arrays, unsorted codes, bad JSON)."""
 
 
-def table_blob(version: str) -> str:
-    """The object name of table ``version``: ``tables/<version>/table.npz``."""
+def _check_version(version: str) -> str:
     if not version or not set(version) <= _VERSION_CHARS or version.strip(".") == "":
         raise TableError(f"table version {version!r} must be non-empty letters, digits, '-', '_' or '.'")
-    return f"{TABLE_PREFIX}{version}/table.npz"
+    return version
+
+
+def table_blob(version: str) -> str:
+    """The old single location of table ``version``: ``tables/<version>/table.npz``.
+
+    Builds no longer write it (see ``build_blob``); it is where a pointer without a "blob" field,
+    written before build ids, names its table.
+    """
+    return f"{TABLE_PREFIX}{_check_version(version)}/table.npz"
+
+
+def new_build_id(now: datetime | None = None) -> str:
+    """A unique build id that sorts by time: ``20261125T130102123456Z-1a2b3c4d`` (UTC, microseconds)."""
+    when = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{when:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}"
+
+
+def build_blob(model_version: str, strategy: str, build_id: str) -> str:
+    """The object of one build: ``tables/<model version>/<strategy>-<build id>.npz``."""
+    return check_table_name(f"{TABLE_PREFIX}{model_version}/{strategy}-{build_id}.npz")
+
+
+def check_table_name(name: str) -> str:
+    """``name`` if it is ``tables/<version>/<file>.npz`` (nothing that escapes the folder), else
+    ``TableError`` naming it."""
+    parts = name.split("/") if isinstance(name, str) else []
+    if len(parts) != 3 or parts[0] + "/" != TABLE_PREFIX or not _BUILD_FILE.fullmatch(parts[2]):
+        raise TableError(f"table object {name!r} is not {TABLE_PREFIX}<version>/<letters, digits, -, _>.npz")
+    _check_version(parts[1])
+    return name
+
+
+def pointer_blob(pointer: Mapping[str, Any]) -> str:
+    """The object ``pointer`` names: its "blob", or for an old pointer its version's ``table.npz``."""
+    blob = pointer.get("blob")
+    return check_table_name(blob) if blob is not None else table_blob(str(pointer.get("version")))
 
 
 # --- key strings -------------------------------------------------------------------------------
@@ -250,6 +306,7 @@ class Table:
     codes: np.ndarray
     scores: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    blob: str = ""  # the object it was read from ("" for a table made in memory)
 
     def __post_init__(self) -> None:
         n = len(self.codes)
@@ -302,32 +359,32 @@ def _check_arrays(codes: np.ndarray, scores: np.ndarray, where: str) -> None:
 
 def write_table(
     artifacts: Bucket,
-    version: str,
+    name: str,
     codes: np.ndarray,
     scores: np.ndarray,
     meta: Mapping[str, Any],
 ) -> int:
-    """Write table ``version`` as one npz object; return its generation.
+    """Write one table as the npz object ``name`` (``build_blob(...)``); return its generation.
 
     ``meta`` must hold ``model_version``, ``model_generation`` and ``key`` (the key feature
     names); anything else JSON-able (strategy, built_at, coverage, ...) is kept as is.
     """
     codes = np.ascontiguousarray(codes, dtype=np.int64)
     scores = np.ascontiguousarray(scores, dtype=np.float64)
-    name = table_blob(version)
+    check_table_name(name)
     _check_arrays(codes, scores, name)
     missing = [k for k in META_REQUIRED if k not in meta]
     if missing:
         raise TableError(f"{name}: meta lacks {missing}")
-    meta_json = json.dumps({**meta, "version": version}, default=str)
+    meta_json = json.dumps({**meta, "version": name.split("/")[1], "blob": name}, default=str)
     buffer = io.BytesIO()
     np.savez(buffer, codes=codes, scores=scores, meta=np.array(meta_json))
     return artifacts.write(name, buffer.getvalue(), content_type="application/octet-stream")
 
 
-def read_table(artifacts: Bucket, version: str) -> Table:
-    """Load table ``version``; ``NotFound`` if absent, ``TableError`` if malformed."""
-    name = table_blob(version)
+def read_table(artifacts: Bucket, name: str) -> Table:
+    """Load the table object ``name``; ``NotFound`` if absent, ``TableError`` if malformed."""
+    check_table_name(name)
     data = artifacts.read(name)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
@@ -339,13 +396,14 @@ def read_table(artifacts: Bucket, version: str) -> Table:
     if not isinstance(meta, dict) or any(k not in meta for k in META_REQUIRED):
         raise TableError(f"{name}: meta must hold {list(META_REQUIRED)}, got {meta!r}")
     return Table(
-        version=version,
+        version=name.split("/")[1],
         model_version=str(meta["model_version"]),
         model_generation=int(meta["model_generation"]),
         key=tuple(meta["key"]),
         codes=codes,
         scores=scores,
         meta=meta,
+        blob=name,
     )
 
 
@@ -382,7 +440,8 @@ def switch_pointer(artifacts: Bucket, pointer: Mapping[str, Any], if_generation_
     missing = [k for k in POINTER_FIELDS if k not in pointer]
     if missing:
         raise TableError(f"table pointer lacks {missing}: {dict(pointer)!r}")
-    table_blob(str(pointer["version"]))  # checks the version names a valid blob
+    check_table_name(str(pointer["blob"]))
+    _check_version(str(pointer["version"]))
     body = json.dumps(dict(pointer), default=str, indent=1).encode()
     return artifacts.write(
         CURRENT_POINTER, body, content_type="application/json", if_generation_match=if_generation_match
@@ -398,10 +457,22 @@ def load_current_table(artifacts: Bucket) -> Table | None:
     pointer, _ = read_pointer(artifacts)
     if pointer is None:
         return None
-    table = read_table(artifacts, pointer["version"])
+    return read_pointed_table(artifacts, pointer)
+
+
+def read_pointed_table(artifacts: Bucket, pointer: Mapping[str, Any]) -> Table:
+    """The table object ``pointer`` names, checked against it (model version, rows).
+
+    ``NotFound`` if the object is missing, ``TableError`` if it is malformed or disagrees with
+    the pointer (a table the pointer does not describe is never served).
+    """
+    name = pointer_blob(pointer)
+    table = read_table(artifacts, name)
     if "model_version" in pointer and str(pointer["model_version"]) != table.model_version:
         raise TableError(
-            f"table pointer names model {pointer['model_version']!r} but {table_blob(table.version)} "
+            f"table pointer names model {pointer['model_version']!r} but {name} "
             f"was built from {table.model_version!r}"
         )
+    if "rows" in pointer and int(pointer["rows"]) != len(table):
+        raise TableError(f"table pointer says {pointer['rows']} rows but {name} holds {len(table)}")
     return table

@@ -11,9 +11,10 @@ HTTP function (a scheduler or a person) and ``prodml table build``. ``build_tabl
    way (for top_k: from the same traffic), unless forced;
 4. scores the keys chunk by chunk into two preallocated arrays (codes and scores, n x 8 bytes
    each: that is the memory bound; one chunk's frame exists at a time), logging progress;
-5. writes ``tables/<model version>/`` with its metadata, then switches ``tables/current.json`` by
+5. writes its own object ``tables/<model version>/<strategy>-<build id>.npz`` with its metadata
+   (never the object the pointer names), then switches ``tables/current.json`` to it by
    compare-and-swap, unless the model changed during the build or the pointer already holds a
-   newer model's table: then the finished table stays under its version and the newer one keeps
+   newer model's table: then the finished table stays in its object and the newer one keeps
    (or will win) the pointer.
 
 The metadata's ``expected_hit_rate`` is in sample: the share of the counted requests (in
@@ -50,7 +51,14 @@ from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.schema import Schema
 from shared.storage import Bucket
-from shared.table import read_pointer, switch_pointer, table_blob, write_table
+from shared.table import (
+    build_blob,
+    new_build_id,
+    pointer_blob,
+    read_pointer,
+    switch_pointer,
+    write_table,
+)
 from shared.traffic import TRAFFIC_PREFIX, read_traffic
 
 log = get_logger(__name__)
@@ -177,7 +185,7 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
         return BuildResult(NOTHING, f"cannot load {CURRENT_MODEL} generation {info.generation}: {exc}")
     schema = bundle.schema
     base = {"model_version": bundle.version, "model_generation": info.generation}
-    table_blob(bundle.version)  # a version that cannot name a table fails now, not after scoring
+    build_blob(bundle.version, "full", new_build_id())  # a version that cannot name a table fails now
     if not schema.key:
         return BuildResult(
             NOTHING, "the model's schema has no key features: there is no table to build", **base
@@ -191,18 +199,13 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
     pointer, _ = read_pointer(artifacts)
     if not request.force and is_same_build(pointer, info.generation, plan):
         assert pointer is not None
-        return BuildResult(
-            SKIPPED,
-            f"table {pointer.get('version')!r} of model generation {info.generation} "
-            f"({plan.strategy}) is already current; pass force to rebuild",
-            strategy=plan.strategy,
-            table=table_blob(str(pointer.get("version"))),
-            rows=int(pointer.get("rows", 0)),
-            **base,
-        )
+        return skipped_result(pointer, info.generation, plan.strategy, bundle.version)
 
     codes, scores, seconds = _score(bundle, schema, plan, settings.table_chunk_rows)
-    built_at = datetime.now(UTC).isoformat()
+    now = datetime.now(UTC)
+    built_at = now.isoformat()
+    # Its own object per build: a rebuild of this model never overwrites the table the pointer names.
+    blob = build_blob(bundle.version, plan.strategy, new_build_id(now))
     meta = {
         "rows": plan.rows,
         "model_version": bundle.version,
@@ -218,8 +221,8 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
         "non_key_defaults": non_key_defaults(schema),
         "built_at": built_at,
     }
-    write_table(artifacts, bundle.version, codes, scores, meta)
-    switched, note = switch_to_table(artifacts, settings, bundle, info.generation, plan, built_at)
+    write_table(artifacts, blob, codes, scores, meta)
+    switched, note = switch_to_table(artifacts, settings, bundle, info.generation, plan, built_at, blob)
     rate = plan.rows / seconds if seconds > 0 else None
     log.info(
         "table built",
@@ -229,7 +232,7 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
         BUILT,
         f"built {plan.rows} rows ({plan.strategy}) for model {bundle.version!r} in {seconds:.1f} s; {note}",
         strategy=plan.strategy,
-        table=table_blob(bundle.version),
+        table=blob,
         rows=plan.rows,
         build_seconds=round(seconds, 3),
         rows_per_second=round(rate, 1) if rate else None,
@@ -255,7 +258,7 @@ def plan_build(
         )
     # Newest traffic file first, counts second: a file landing in between makes the recorded
     # marker older than the counts, so the next run rebuilds rather than missing it.
-    through = _newest_traffic(artifacts)
+    through = newest_traffic(artifacts)
     counts = read_traffic(artifacts, key=list(schema.key))
     strategy = request.strategy
     if strategy == "auto":
@@ -290,13 +293,38 @@ def plan_build(
 
 def is_same_build(pointer: dict[str, Any] | None, model_generation: int, plan: BuildPlan) -> bool:
     """Whether the current pointer already holds this build (same generation, strategy, inputs)."""
+    return holds_build(pointer, model_generation, plan.strategy, plan.k, plan.traffic_through)
+
+
+def holds_build(
+    pointer: dict[str, Any] | None,
+    model_generation: int,
+    strategy: str,
+    k: int | None,
+    traffic_through: str | None,
+) -> bool:
+    """``is_same_build`` from the plan's inputs alone: no traffic counts read, nothing scored."""
     if pointer is None or pointer.get("model_generation") != model_generation:
         return False
-    if pointer.get("strategy") != plan.strategy:
+    if pointer.get("strategy") != strategy:
         return False
     # A top-K table depends on the traffic it was chosen from: new traffic files make it stale.
-    return plan.strategy == "full" or (
-        pointer.get("traffic_through") == plan.traffic_through and pointer.get("k") == plan.k
+    return strategy == "full" or (pointer.get("traffic_through") == traffic_through and pointer.get("k") == k)
+
+
+def skipped_result(
+    pointer: dict[str, Any], model_generation: int, strategy: str, model_version: str
+) -> BuildResult:
+    """The answer when the pointer already holds this build: it names the current table object."""
+    return BuildResult(
+        SKIPPED,
+        f"table {pointer.get('version')!r} of model generation {model_generation} "
+        f"({strategy}) is already current; pass force to rebuild",
+        strategy=strategy,
+        model_version=model_version,
+        model_generation=model_generation,
+        table=pointer_blob(pointer),
+        rows=int(pointer.get("rows", 0)),
     )
 
 
@@ -336,9 +364,12 @@ def switch_to_table(
     model_generation: int,
     plan: BuildPlan,
     built_at: str,
+    blob: str,
 ) -> tuple[bool, str]:
-    """Point ``tables/current.json`` at the new table by compare-and-swap, unless a newer model won."""
+    """Point ``tables/current.json`` at the table object ``blob`` by compare-and-swap, unless a
+    newer model won."""
     pointer_new = {
+        "blob": blob,
         "version": bundle.version,
         "model_version": bundle.version,
         "model_generation": model_generation,
@@ -350,7 +381,7 @@ def switch_to_table(
         "expected_hit_rate": plan.expected_hit_rate,
         "traffic_through": plan.traffic_through,
     }
-    kept = f"table kept under {table_blob(bundle.version)}"
+    kept = f"table kept as {blob}"
     for _ in range(settings.cas_max_attempts):
         try:
             live = artifacts.stat(CURRENT_MODEL).generation
@@ -369,7 +400,7 @@ def switch_to_table(
     return False, f"tables/current.json kept changing ({settings.cas_max_attempts} attempts): {kept}"
 
 
-def _newest_traffic(artifacts: Bucket) -> str | None:
+def newest_traffic(artifacts: Bucket) -> str | None:
     """The last traffic object by name (names start with a timestamp), or None."""
     newest = None
     for info in artifacts.list(TRAFFIC_PREFIX):

@@ -285,7 +285,7 @@ def write_serving_table(artifacts, bundle, model_generation: int, version: str |
     import pandas as pd
 
     from shared.model import to_frame
-    from shared.table import decode_codes, read_pointer, switch_pointer, write_table
+    from shared.table import build_blob, decode_codes, new_build_id, read_pointer, switch_pointer, write_table
 
     schema = bundle.schema
     codes = np.arange(schema.key_cardinality, dtype=np.int64)
@@ -298,10 +298,12 @@ def write_serving_table(artifacts, bundle, model_generation: int, version: str |
     scores = bundle.scores(to_frame(schema, pd.DataFrame(columns)))
     version = version or f"{bundle.version}-t"
     meta = {"model_version": bundle.version, "model_generation": model_generation, "key": list(schema.key)}
-    write_table(artifacts, version, codes, scores, meta)
+    blob = build_blob(version, "full" if keep is None else "top_k", new_build_id())
+    write_table(artifacts, blob, codes, scores, meta)
     _, generation = read_pointer(artifacts)
     pointer = {
         **meta,
+        "blob": blob,
         "version": version,
         "rows": len(codes),
         "strategy": "full" if keep is None else "top_k",

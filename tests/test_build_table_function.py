@@ -12,7 +12,7 @@ import requests
 from shared.events import build_cloudevent
 from shared.functions_spec import load_declaration
 from shared.localproc import FunctionProcess, free_port
-from shared.table import read_pointer, table_blob
+from shared.table import read_pointer
 
 pytestmark = pytest.mark.slow
 
@@ -48,18 +48,18 @@ def test_model_promotion_event_builds_once(function: FunctionProcess, table_arti
 
     answer = requests.post(function.url, headers=headers, data=body, timeout=60)
     assert answer.status_code == 200, function.log_tail()
-    built = table_artifacts.stat(table_blob("v1"))
     pointer, pointer_generation = read_pointer(table_artifacts)
     assert (
         pointer is not None and pointer["version"] == "v1" and pointer["model_generation"] == model.generation
     )
+    built = table_artifacts.stat(pointer["blob"])
     assert pointer["rows"] == 360
     assert "table build: 360/360 rows" in function.log_tail(20000)
 
     # Eventarc redelivers the same event: nothing new is built, the pointer is untouched.
     answer = requests.post(function.url, headers=headers, data=body, timeout=60)
     assert answer.status_code == 200
-    assert table_artifacts.stat(table_blob("v1")).generation == built.generation
+    assert [i.name for i in table_artifacts.list("tables/v1/")] == [built.name]  # no second build
     assert read_pointer(table_artifacts)[1] == pointer_generation
     assert "skipped" in function.log_tail(4000)
 
@@ -79,7 +79,8 @@ def test_http_builds_on_a_good_body_and_refuses_bad_ones(function: FunctionProce
     assert answer.status_code == 200, function.log_tail()
     summary = answer.json()
     assert summary["status"] == "built" and summary["rows"] == 360 and summary["pointer_switched"] is True
-    assert summary["table"] == "tables/v1/table.npz" and summary["strategy"] == "full"
+    assert summary["table"].startswith("tables/v1/full-") and summary["strategy"] == "full"
+    assert read_pointer(table_artifacts)[0]["blob"] == summary["table"]
 
     again = requests.post(function.url, json={"strategy": "auto"}, timeout=60)
     assert again.status_code == 200 and again.json()["status"] == "skipped"

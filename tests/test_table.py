@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -12,10 +14,13 @@ from shared.table import (
     CURRENT_POINTER,
     Table,
     TableError,
+    build_blob,
+    check_table_name,
     decode_codes,
     encode_keys,
     key_string,
     load_current_table,
+    new_build_id,
     parse_key_string,
     read_pointer,
     read_table,
@@ -124,12 +129,16 @@ def test_dense_tables_answer_by_position_and_multiclass_rows_come_whole():
     assert not found.any()
 
 
+BLOB = "tables/v1/full-20260101T000000000000Z-00000000.npz"
+
+
 def test_write_then_read_gives_the_same_table(artifacts):
     meta = {"model_version": "m1", "model_generation": 17, "key": ["country", "hour"], "strategy": "full"}
-    generation = write_table(artifacts, "v1", np.array([1, 5, 9]), np.array([0.5, 0.25, 1.0]), meta)
-    assert generation == artifacts.stat(table_blob("v1")).generation
-    table = read_table(artifacts, "v1")
+    generation = write_table(artifacts, BLOB, np.array([1, 5, 9]), np.array([0.5, 0.25, 1.0]), meta)
+    assert generation == artifacts.stat(BLOB).generation
+    table = read_table(artifacts, BLOB)
     assert (table.version, table.model_version, table.model_generation) == ("v1", "m1", 17)
+    assert table.blob == BLOB and table.meta["blob"] == BLOB
     assert table.key == ("country", "hour") and table.meta["strategy"] == "full"
     assert table.lookup_one(5) == 0.25 and table.lookup_one(6) is None
 
@@ -146,24 +155,43 @@ def test_write_then_read_gives_the_same_table(artifacts):
 def test_bad_arrays_are_refused_before_anything_is_written(artifacts, codes, scores, message):
     meta = {"model_version": "m1", "model_generation": 1, "key": ["country", "hour"]}
     with pytest.raises(TableError, match=message):
-        write_table(artifacts, "v1", np.array(codes), np.array(scores), meta)
-    assert not artifacts.exists(table_blob("v1"))
+        write_table(artifacts, BLOB, np.array(codes), np.array(scores), meta)
+    assert not artifacts.exists(BLOB)
 
 
 def test_version_names_cannot_escape_the_tables_folder():
     for bad in ["../x", "a/b", "", ".."]:
         with pytest.raises(TableError):
             table_blob(bad)
+        with pytest.raises(TableError):
+            build_blob(bad, "full", new_build_id())
+    for bad in ["tables/../x.npz", "tables/v1/../../x.npz", "models/v1/full.npz", "tables/v1/a b.npz", "v1"]:
+        with pytest.raises(TableError, match="table (object|version)"):
+            check_table_name(bad)
+
+
+def test_build_ids_are_unique_and_sort_by_time():
+    from datetime import UTC, datetime, timedelta
+
+    t0 = datetime(2026, 11, 25, 13, 0, 0, tzinfo=UTC)
+    ids = [new_build_id(t0 + timedelta(microseconds=i)) for i in range(3)] + [new_build_id(t0)]
+    assert ids[:3] == sorted(ids[:3]) and len(set(ids)) == 4  # the same instant twice: still two ids
+    assert build_blob("v1", "top_k", ids[0]).startswith("tables/v1/top_k-20261125T130000000000Z-")
 
 
 def test_a_corrupt_blob_reads_as_a_table_error(artifacts):
-    artifacts.write(table_blob("v1"), b"not a zip file")
+    artifacts.write(BLOB, b"not a zip file")
     with pytest.raises(TableError, match="not a table npz"):
-        read_table(artifacts, "v1")
+        read_table(artifacts, BLOB)
+
+
+def _blob(version):
+    return f"tables/{version}/full-20260101T000000000000Z-00000000.npz"
 
 
 def _pointer(version, model_version="m1"):
     return {
+        "blob": _blob(version),
         "version": version,
         "model_version": model_version,
         "model_generation": 1,
@@ -178,7 +206,7 @@ def test_pointer_switches_only_from_the_generation_read(artifacts):
     assert read_pointer(artifacts) == (None, 0)
     assert load_current_table(artifacts) is None
     meta = {"model_version": "m1", "model_generation": 1, "key": ["country", "hour"]}
-    write_table(artifacts, "v1", np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3]), meta)
+    write_table(artifacts, _blob("v1"), np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3]), meta)
     first = switch_pointer(artifacts, _pointer("v1"), if_generation_match=0)
     with pytest.raises(PreconditionFailed):
         switch_pointer(artifacts, _pointer("v2"), if_generation_match=0)
@@ -192,9 +220,22 @@ def test_a_pointer_to_a_missing_or_mismatched_table_raises(artifacts):
     with pytest.raises(NotFound):
         load_current_table(artifacts)
     meta = {"model_version": "other", "model_generation": 1, "key": ["country", "hour"]}
-    write_table(artifacts, "gone", np.array([1]), np.array([0.1]), meta)
+    write_table(artifacts, _blob("gone"), np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3]), meta)
     with pytest.raises(TableError, match="built from 'other'"):
         load_current_table(artifacts)
+    meta["model_version"] = "m1"  # the right model, but not the rows the pointer describes
+    write_table(artifacts, _blob("gone"), np.array([1]), np.array([0.1]), meta)
+    with pytest.raises(TableError, match="says 3 rows but .* holds 1"):
+        load_current_table(artifacts)
+
+
+def test_a_pointer_written_before_build_ids_names_the_old_location(artifacts):
+    meta = {"model_version": "m1", "model_generation": 1, "key": ["country", "hour"]}
+    write_table(artifacts, table_blob("v0"), np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3]), meta)
+    old = {k: v for k, v in _pointer("v0").items() if k != "blob"}
+    artifacts.write(CURRENT_POINTER, json.dumps(old).encode())
+    table = load_current_table(artifacts)
+    assert table is not None and table.blob == "tables/v0/table.npz" and table.lookup_one(3) == 0.3
 
 
 def test_a_malformed_pointer_reads_as_none_with_its_generation(artifacts):

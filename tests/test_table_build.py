@@ -19,11 +19,11 @@ from sklearn.preprocessing import OneHotEncoder
 
 import shared.table_build as table_build
 from shared.config import Settings, load_settings
-from shared.errors import BadRequest
+from shared.errors import BadRequest, PreconditionFailed
 from shared.model import ModelBundle, to_frame
 from shared.schema import Schema
 from shared.storage.local import LocalBucket
-from shared.table import encode_keys, key_string, load_current_table, read_pointer, read_table, table_blob
+from shared.table import encode_keys, key_string, load_current_table, read_pointer, read_table
 from shared.table_build import BUILT, NOTHING, SKIPPED, BuildRequest, build_table, parse_build_request
 from shared.traffic import flush_counts
 
@@ -71,6 +71,7 @@ def test_full_table_scores_equal_the_model_for_random_keys(
     model_generation = table_artifacts.stat("models/current.skops").generation
     assert pointer is not None
     assert pointer["version"] == "v1" and pointer["model_generation"] == model_generation
+    assert pointer["blob"] == result.table == table.blob and result.table.startswith("tables/v1/full-")
     assert pointer["rows"] == 360 and pointer["strategy"] == "full" and pointer["key"] == KEY
     meta = table.meta
     assert (
@@ -82,16 +83,19 @@ def test_full_table_scores_equal_the_model_for_random_keys(
 
 def test_the_same_model_generation_is_built_once_unless_forced(table_artifacts, buckets_root) -> None:
     settings = _settings(buckets_root)
-    assert build_table(table_artifacts, settings).status == BUILT
-    first = table_artifacts.stat(table_blob("v1")).generation
+    built = build_table(table_artifacts, settings)
+    assert built.status == BUILT and built.table is not None
+    first = table_artifacts.stat(built.table).generation
 
     again = build_table(table_artifacts, settings)
-    assert again.status == SKIPPED and "already current" in again.message
-    assert table_artifacts.stat(table_blob("v1")).generation == first
+    assert again.status == SKIPPED and "already current" in again.message and again.table == built.table
+    assert table_artifacts.stat(built.table).generation == first
+    assert [i.name for i in table_artifacts.list("tables/v1/")] == [built.table]
 
     forced = build_table(table_artifacts, settings, BuildRequest(force=True))
-    assert forced.status == BUILT and forced.pointer_switched
-    assert table_artifacts.stat(table_blob("v1")).generation > first
+    assert forced.status == BUILT and forced.pointer_switched and forced.table is not None
+    assert forced.table > built.table  # build ids sort by time
+    assert read_pointer(table_artifacts)[0]["blob"] == forced.table
 
 
 def test_top_k_table_holds_exactly_the_k_most_frequent_keys(
@@ -109,7 +113,7 @@ def test_top_k_table_holds_exactly_the_k_most_frequent_keys(
     result = build_table(table_artifacts, _settings(buckets_root), BuildRequest("top_k", k=3))
     assert result.status == BUILT and result.rows == 3
 
-    table = read_table(table_artifacts, "v1")
+    table = read_table(table_artifacts, result.table)
     schema = table_bundle.schema
     top3 = [("us", 7, "mobile"), ("kr", 0, "tablet"), ("de", 23, "desktop")]
     expected = np.sort(encode_keys(schema, {k: [key[i] for key in top3] for i, k in enumerate(KEY)}))
@@ -174,9 +178,34 @@ def test_a_model_promoted_during_the_build_wins_the_pointer(table_artifacts, buc
 
     assert result.status == BUILT and result.model_version == "v1" and not result.pointer_switched
     assert "model changed during the build" in result.message
-    assert read_table(table_artifacts, "v1").meta["rows"] == 360  # kept under its version
+    assert read_table(table_artifacts, result.table).meta["rows"] == 360  # kept in its own object
     pointer, _ = read_pointer(table_artifacts)
-    assert pointer is not None and pointer["version"] == "v2"
+    assert pointer is not None and pointer["version"] == "v2" and pointer["blob"].startswith("tables/v2/")
+
+
+def test_each_build_writes_its_own_object_and_the_pointer_names_it(
+    table_artifacts, buckets_root, mocker
+) -> None:
+    """A top-K build, then a forced full build of the same model whose pointer switch never wins
+    (another writer keeps changing the pointer): the pointer still describes the object it names."""
+    settings = _settings(buckets_root)
+    _traffic(table_artifacts, {("us", 7, "mobile"): 9, ("kr", 0, "tablet"): 4})
+    top = build_table(table_artifacts, settings, BuildRequest("top_k", k=2))
+    assert top.status == BUILT and top.pointer_switched and top.table is not None
+    top_bytes = table_artifacts.read(top.table)
+
+    mocker.patch.object(table_build, "switch_pointer", side_effect=PreconditionFailed("pointer changed"))
+    full = build_table(table_artifacts, settings, BuildRequest("full", force=True))
+    assert full.status == BUILT and not full.pointer_switched and "kept changing" in full.message
+    assert full.table is not None and full.table != top.table
+    assert full.table.startswith("tables/v1/full-") and top.table.startswith("tables/v1/top_k-")
+    assert table_artifacts.read(top.table) == top_bytes  # the current table was not overwritten
+
+    pointer, _ = read_pointer(table_artifacts)
+    table = load_current_table(table_artifacts)
+    assert pointer is not None and table is not None and pointer["blob"] == top.table
+    assert len(table) == pointer["rows"] == 2 and table.meta["strategy"] == pointer["strategy"] == "top_k"
+    assert len(read_table(table_artifacts, full.table)) == 360  # kept, for whoever wants it
 
 
 @pytest.mark.parametrize(
@@ -253,8 +282,9 @@ def test_multiclass_tables_hold_one_score_per_class(buckets_root: Path) -> None:
     artifacts = LocalBucket(buckets_root, "prodml-artifacts")
     artifacts.write("models/current.skops", bundle.to_bytes())
 
-    assert build_table(artifacts, _settings(buckets_root)).rows == 12
-    table = read_table(artifacts, "mc1")
+    built = build_table(artifacts, _settings(buckets_root))
+    assert built.rows == 12 and built.table is not None
+    table = read_table(artifacts, built.table)
     assert table.scores.shape == (12, 3)
     instances = [{"color": c, "size": s} for c in ("red", "green", "blue") for s in (1, 2, 3, 4)]
     found, scores = table.lookup(

@@ -27,12 +27,12 @@ from shared.pipelines.launch import build_table_routed
 from shared.pipelines.options import pipeline_python
 from shared.schema import save_schema
 from shared.storage.local import LocalBucket
-from shared.table import key_string, read_pointer, read_table, table_blob
+from shared.table import key_string, read_pointer, read_table
 from shared.table_build import BUILT, BuildRequest, build_table
 from shared.traffic import flush_counts
 
 # Written at build time, so they differ between any two builds; everything else must match.
-BUILD_TIME_FIELDS = {"build_seconds", "built_at", "built_by", "pipeline_parts"}
+BUILD_TIME_FIELDS = {"build_seconds", "built_at", "built_by", "pipeline_parts", "blob"}
 
 pytestmark = pytest.mark.skipif(
     not pipeline_python(load_settings({})).exists(),
@@ -45,8 +45,8 @@ def _settings(root: Path, **overrides: str) -> Settings:
     return load_settings({"LOCAL_BUCKETS_ROOT": str(root), "TABLE_CHUNK_ROWS": "64", **overrides})
 
 
-def _npz(artifacts: LocalBucket, version: str) -> dict[str, Any]:
-    with np.load(io.BytesIO(artifacts.read(table_blob(version))), allow_pickle=False) as npz:
+def _npz(artifacts: LocalBucket, name: str) -> dict[str, Any]:
+    with np.load(io.BytesIO(artifacts.read(name)), allow_pickle=False) as npz:
         return {"codes": npz["codes"], "scores": npz["scores"], "meta": json.loads(str(npz["meta"]))}
 
 
@@ -60,7 +60,7 @@ def test_the_pipeline_writes_the_in_function_table_and_switches_the_pointer_the_
     settings = _settings(buckets_root)
     in_function = build_table(table_artifacts, settings, BuildRequest("full"))
     assert in_function.status == BUILT and in_function.rows == 360
-    expected = _npz(table_artifacts, "v1")
+    expected = _npz(table_artifacts, str(in_function.table))
     expected_pointer, _ = read_pointer(table_artifacts)
 
     routed = build_table_routed(table_artifacts, settings, BuildRequest("full", force=True), runner=DIRECT)
@@ -69,21 +69,23 @@ def test_the_pipeline_writes_the_in_function_table_and_switches_the_pointer_the_
     result = routed.result
     assert result["status"] == BUILT and result["rows"] == 360 and result["pointer_switched"]
     assert "Beam pipeline" in result["message"] and result["details"]["parts"] > 1  # really split up
-    got = _npz(table_artifacts, "v1")
+    assert result["table"] != in_function.table and result["table"].startswith("tables/v1/full-")
+    got = _npz(table_artifacts, result["table"])
     assert got["codes"].dtype == expected["codes"].dtype and got["scores"].dtype == expected["scores"].dtype
     assert np.array_equal(got["codes"], expected["codes"])
     assert (got["scores"] == expected["scores"]).all()  # float for float, not approximately
     assert _without_build_time(got["meta"]) == _without_build_time(expected["meta"])
     assert got["meta"]["built_by"] == "pipeline"
     pointer, _ = read_pointer(table_artifacts)
-    assert pointer is not None and expected_pointer is not None
-    assert {k: v for k, v in pointer.items() if k != "built_at"} == {
-        k: v for k, v in expected_pointer.items() if k != "built_at"
+    assert pointer is not None and expected_pointer is not None and pointer["blob"] == result["table"]
+    assert {k: v for k, v in pointer.items() if k not in ("built_at", "blob")} == {
+        k: v for k, v in expected_pointer.items() if k not in ("built_at", "blob")
     }
-    assert read_table(table_artifacts, "v1").lookup_one(0) == float(expected["scores"][0])
+    assert read_table(table_artifacts, result["table"]).lookup_one(0) == float(expected["scores"][0])
     # The run's part files are gone with its temporary folder; nothing else was left in the bucket.
     names = {info.name for info in table_artifacts.list("")}
-    assert names == {"schema.json", "models/current.skops", "tables/v1/table.npz", "tables/current.json"}
+    tables = {in_function.table, result["table"], "tables/current.json"}
+    assert names == {"schema.json", "models/current.skops", *tables}
 
 
 def test_a_multiclass_top_k_table_from_traffic_matches_the_in_function_one(buckets_root: Path) -> None:
@@ -98,11 +100,11 @@ def test_a_multiclass_top_k_table_from_traffic_matches_the_in_function_one(bucke
     settings = _settings(buckets_root, TABLE_CHUNK_ROWS="8")
 
     in_function = build_table(artifacts, settings, BuildRequest("top_k", k=20))
-    expected = _npz(artifacts, "m1")
+    expected = _npz(artifacts, str(in_function.table))
     routed = build_table_routed(artifacts, settings, BuildRequest("top_k", k=20, force=True), runner=DIRECT)
 
     assert in_function.rows == 20 and routed.result["rows"] == 20
-    got = _npz(artifacts, "m1")
+    got = _npz(artifacts, routed.result["table"])
     assert got["scores"].shape == (20, 3)  # one probability per class
     assert np.array_equal(got["codes"], expected["codes"])
     assert (got["scores"] == expected["scores"]).all()
@@ -141,4 +143,4 @@ def test_the_build_table_function_sends_a_table_over_its_budget_to_the_pipeline_
     assert "table build as a Beam pipeline (direct runner)" in log  # the function's log says it too
     pointer, _ = read_pointer(table_artifacts)
     assert pointer is not None and pointer["rows"] == 360 and pointer["strategy"] == "full"
-    assert read_table(table_artifacts, "v1").meta["built_by"] == "pipeline"
+    assert read_table(table_artifacts, pointer["blob"]).meta["built_by"] == "pipeline"

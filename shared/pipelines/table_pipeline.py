@@ -5,7 +5,7 @@ function cannot do 10^8 keys inside its timeout. This pipeline does the same bui
 
     Create(blocks of key codes) -> Reshuffle -> BatchElements -> ScoreBlocks -> part files
                                                         (model loaded once per worker, in setup)
-    Create([None]) -> Publish(side input: every part) -> tables/<version>/table.npz, pointer
+    Create([None]) -> Publish(side input: every part) -> tables/<model version>/<build>.npz, pointer
 
 What it shares with the in-function builder, called rather than copied:
 
@@ -14,7 +14,8 @@ What it shares with the in-function builder, called rather than copied:
   of a full build instead of ``TABLE_MAX_ROWS``;
 - the keys and their scores: ``keyspace.full_chunks`` / ``keyspace.decode_keys`` and
   ``keyspace.score_keys`` (``ModelBundle.scores`` on ``to_frame``), so a score is the same float;
-- the output: ``table.write_table`` (one npz, same arrays, same meta fields) and
+- the output: ``table.write_table`` (one npz of its own, ``tables/<model version>/<strategy>-<build
+  id>.npz``, same arrays, same meta fields) and
   ``table_build.switch_to_table`` (compare-and-swap of ``tables/current.json``, unless the model changed
   during the build or a newer model's table is current).
 
@@ -48,17 +49,17 @@ from shared.keyspace import decode_keys, non_key_defaults, score_keys, score_wid
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.storage import artifacts_bucket
-from shared.table import read_pointer, table_blob, write_table
+from shared.table import build_blob, new_build_id, read_pointer, write_table
 from shared.table_build import (
     BUILT,
     CURRENT_MODEL,
     NOTHING,
-    SKIPPED,
     BuildPlan,
     BuildRequest,
     BuildResult,
     is_same_build,
     plan_build,
+    skipped_result,
     switch_to_table,
 )
 
@@ -150,13 +151,15 @@ class Publish(beam.DoFn):
         self.job = job
 
     def process(self, _: Any, parts: list[str]) -> Iterator[dict[str, Any]]:
-        """Write ``tables/<version>/table.npz`` and switch ``tables/current.json``; yield the result."""
+        """Write the table's own object and switch ``tables/current.json`` to it; yield the result."""
         job, settings = self.job, self.settings
         bundle, _gen = load_model(settings, job.model_generation)
         codes, scores = assemble(job, parts, score_width(bundle))
         seconds = time.time() - job.started
-        built_at = datetime.now(UTC).isoformat()
+        now = datetime.now(UTC)
+        built_at = now.isoformat()
         plan = job.plan
+        blob = build_blob(bundle.version, plan.strategy, new_build_id(now))
         meta = {  # the fields and values of table_build.build_table's meta, plus who built it
             "rows": plan.rows,
             "model_version": bundle.version,
@@ -175,8 +178,10 @@ class Publish(beam.DoFn):
             "pipeline_parts": len(parts),
         }
         artifacts = artifacts_bucket(settings)
-        write_table(artifacts, bundle.version, codes, scores, meta)
-        switched, note = switch_to_table(artifacts, settings, bundle, job.model_generation, plan, built_at)
+        write_table(artifacts, blob, codes, scores, meta)
+        switched, note = switch_to_table(
+            artifacts, settings, bundle, job.model_generation, plan, built_at, blob
+        )
         result = BuildResult(
             BUILT,
             f"built {plan.rows} rows ({plan.strategy}) for model {bundle.version!r} in {seconds:.1f} s "
@@ -184,7 +189,7 @@ class Publish(beam.DoFn):
             strategy=plan.strategy,
             model_version=bundle.version,
             model_generation=job.model_generation,
-            table=table_blob(bundle.version),
+            table=blob,
             rows=plan.rows,
             build_seconds=round(seconds, 3),
             rows_per_second=round(plan.rows / seconds, 1) if seconds > 0 else None,
@@ -245,15 +250,7 @@ def plan_job(
     pointer, _ = read_pointer(artifacts)
     if not request.force and is_same_build(pointer, generation, plan):
         assert pointer is not None
-        return BuildResult(
-            SKIPPED,
-            f"table {pointer.get('version')!r} of model generation {generation} ({plan.strategy}) is "
-            "already current; pass force to rebuild",
-            strategy=plan.strategy,
-            table=table_blob(str(pointer.get("version"))),
-            rows=int(pointer.get("rows", 0)),
-            **base,
-        )
+        return skipped_result(pointer, generation, plan.strategy, bundle.version)
     codes = None if plan.top is None else np.sort(plan.top.codes)
     block_rows = min(MAX_BLOCK_ROWS, max(1, math.ceil(plan.rows / MAX_BLOCKS)))
     return TableJob(
