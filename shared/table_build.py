@@ -400,6 +400,21 @@ def switch_to_table(
     return False, f"tables/current.json kept changing ({settings.cas_max_attempts} attempts): {kept}"
 
 
+def superseded_by(artifacts: Bucket, model_generation: int) -> int | None:
+    """The live generation of ``models/current.skops`` when it is newer than ``model_generation``.
+
+    A promotion event for an older generation must not build: the builder always scores the
+    *current* model, so a burst of promotions would build the same table once per event, all at
+    once; the newer generation's own event builds it. None when the event is the live one (or
+    the model is gone: the builder then says so). Storage faults propagate (the caller retries).
+    """
+    try:
+        live = artifacts.stat(CURRENT_MODEL).generation
+    except NotFound:
+        return None
+    return live if live > model_generation else None
+
+
 def newest_traffic(artifacts: Bucket) -> str | None:
     """The last traffic object by name (names start with a timestamp), or None."""
     newest = None

@@ -73,6 +73,26 @@ def test_model_promotion_event_builds_once(function: FunctionProcess, table_arti
     assert broken.status_code == 200
 
 
+@pytest.mark.parametrize("function", ["build_table_event"], indirect=True)
+def test_a_promotion_event_superseded_by_a_newer_one_builds_nothing(
+    function: FunctionProcess, table_artifacts
+) -> None:
+    stale = table_artifacts.stat("models/current.skops")
+    # Promoted again (a burst of promotions, a rollback): the newer generation has its own event.
+    live = table_artifacts.write("models/current.skops", table_artifacts.read("models/current.skops"))
+    headers, body = build_cloudevent(stale, event_id="promotion-old")
+
+    answer = requests.post(function.url, headers=headers, data=body, timeout=60)
+    assert answer.status_code == 200, function.log_tail()
+    assert not list(table_artifacts.list("tables/"))
+    assert f"superseded by generation {live}, whose own event builds it" in function.log_tail(4000)
+
+    headers, body = build_cloudevent(table_artifacts.stat("models/current.skops"), event_id="promotion-new")
+    assert requests.post(function.url, headers=headers, data=body, timeout=60).status_code == 200
+    pointer, _ = read_pointer(table_artifacts)
+    assert pointer is not None and pointer["model_generation"] == live
+
+
 @pytest.mark.parametrize("function", ["build_table"], indirect=True)
 def test_http_builds_on_a_good_body_and_refuses_bad_ones(function: FunctionProcess, table_artifacts) -> None:
     answer = requests.post(function.url, json={"strategy": "full"}, timeout=60)

@@ -19,8 +19,9 @@ from sklearn.preprocessing import OneHotEncoder
 
 import shared.table_build as table_build
 from shared.config import Settings, load_settings
-from shared.errors import BadRequest, PreconditionFailed
+from shared.errors import BadRequest, ConfigError, PreconditionFailed
 from shared.model import ModelBundle, to_frame
+from shared.pipelines.launch import build_table_routed
 from shared.schema import Schema
 from shared.storage.local import LocalBucket
 from shared.table import encode_keys, key_string, load_current_table, read_pointer, read_table
@@ -206,6 +207,21 @@ def test_each_build_writes_its_own_object_and_the_pointer_names_it(
     assert pointer is not None and table is not None and pointer["blob"] == top.table
     assert len(table) == pointer["rows"] == 2 and table.meta["strategy"] == pointer["strategy"] == "top_k"
     assert len(read_table(table_artifacts, full.table)) == 360  # kept, for whoever wants it
+
+
+def test_a_routed_build_already_current_is_skipped_before_routing(table_artifacts, buckets_root) -> None:
+    """The same-build check comes first: no rate measured, no pipeline started (here one could not
+    even start: PIPELINE_PYTHON does not exist)."""
+    settings = _settings(buckets_root, PIPELINE_PYTHON=str(buckets_root / "no-such-venv/bin/python"))
+    built = build_table(table_artifacts, settings, BuildRequest("full"))
+    assert built.status == BUILT
+
+    routed = build_table_routed(table_artifacts, settings, BuildRequest("auto"), runner="direct").to_dict()
+    assert routed["status"] == SKIPPED and routed["path"] is None and routed["table"] == built.table
+    assert "already current" in routed["message"]
+
+    with pytest.raises(ConfigError, match="no-such-venv"):  # forced: routed, so the pipeline is tried
+        build_table_routed(table_artifacts, settings, BuildRequest("full", force=True), runner="direct")
 
 
 @pytest.mark.parametrize(

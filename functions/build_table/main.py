@@ -7,8 +7,9 @@ budget, else a Beam pipeline (DirectRunner locally, Dataflow on GCP); the log an
 
 - ``on_model_promoted``: a CloudEvent function on the artifacts bucket. Eventarc cannot filter by
   object name, so every finalized object arrives; all but ``models/current.skops`` are ignored
-  (answered 2xx). Only transient storage faults raise, so the platform redelivers; the build is
-  idempotent per model generation, so a redelivery builds nothing new.
+  (answered 2xx), and so is an event of an older generation than the live one (its newer
+  generation's own event builds the table). Only transient storage faults raise, so the platform
+  redelivers; the build is idempotent per model generation, so a redelivery builds nothing new.
 - ``build_table_http``: ``POST {"strategy": "full"|"top_k"|"auto", "k": N, "force": bool}`` for
   a scheduler or a person; answers a JSON summary, or a 4xx with the error shape of DESIGN.md
   section 5 for a bad body.
@@ -29,7 +30,7 @@ from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
 from shared.pipelines.launch import PipelineFailed, build_table_routed
 from shared.storage import artifacts_bucket
-from shared.table_build import CURRENT_MODEL, BuildRequest, parse_build_request
+from shared.table_build import CURRENT_MODEL, BuildRequest, parse_build_request, superseded_by
 
 MAX_BODY_BYTES = 4096  # a build request is a few short fields
 
@@ -49,11 +50,18 @@ def on_model_promoted(cloud_event: CloudEvent) -> None:
     if event.bucket != _settings.artifacts_bucket or event.name != CURRENT_MODEL:
         log.debug(f"ignored gs://{event.bucket}/{event.name}: not {CURRENT_MODEL}")
         return
+    artifacts = artifacts_bucket(_settings)
+    newer = superseded_by(artifacts, event.generation)
+    if newer is not None:  # a stale event (burst of promotions, rollbacks): 2xx, nothing to build
+        log.info(
+            f"build_table for model generation {event.generation}: superseded by generation {newer}, "
+            "whose own event builds it",
+            extra={"fields": {"event_id": event.event_id, "generation": event.generation, "live": newer}},
+        )
+        return
     try:
         # In-process when the key space fits the budget, else a Beam pipeline (shared.pipelines).
-        result = build_table_routed(
-            artifacts_bucket(_settings), _settings, BuildRequest(strategy="auto")
-        ).to_dict()
+        result = build_table_routed(artifacts, _settings, BuildRequest(strategy="auto")).to_dict()
     except (BadRequest, SchemaError, InvalidObjectName, ConfigError, PipelineFailed) as exc:
         # A redelivery would meet the same model and fail the same way: answer 2xx, say why.
         log.error(f"table not built for model generation {event.generation}: {exc}")

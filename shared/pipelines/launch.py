@@ -29,7 +29,7 @@ from shared.config import Settings
 from shared.errors import ConfigError, NotFound, ProdMLError
 from shared.logs import get_logger
 from shared.model import ModelBundle
-from shared.pipelines.decide import DATAFLOW, DIRECT, Decision, decide_for_model
+from shared.pipelines.decide import DATAFLOW, DIRECT, Decision, decide_for_model, planned_rows
 from shared.pipelines.options import (
     REPO_ROOT,
     beam_args,
@@ -39,7 +39,17 @@ from shared.pipelines.options import (
     settings_json,
 )
 from shared.storage import Bucket
-from shared.table_build import CURRENT_MODEL, NOTHING, BuildRequest, BuildResult, build_table
+from shared.table import read_pointer
+from shared.table_build import (
+    CURRENT_MODEL,
+    NOTHING,
+    BuildRequest,
+    BuildResult,
+    build_table,
+    holds_build,
+    newest_traffic,
+    skipped_result,
+)
 
 log = get_logger(__name__)
 
@@ -174,6 +184,27 @@ def table_parameters(request: BuildRequest) -> dict[str, str]:
     return params
 
 
+def already_current(
+    artifacts: Bucket, settings: Settings, bundle: ModelBundle, generation: int, request: BuildRequest
+) -> BuildResult | None:
+    """The skip answer when the pointer already holds what ``request`` would build, else None.
+
+    The builders' own same-build check (``table_build.is_same_build``), from the request alone:
+    the strategy as routing resolves it (``planned_rows``), K, and for top_k the newest traffic
+    object; no traffic counts read, no rate measured. A miss here costs nothing: the builder that
+    runs checks again with its full plan.
+    """
+    pointer, _ = read_pointer(artifacts)
+    if pointer is None or pointer.get("model_generation") != generation:
+        return None  # the common case after a promotion: one read, nothing listed
+    strategy, _ = planned_rows(bundle, settings, request.strategy, request.k)
+    k = None if strategy == "full" else min(request.k or settings.table_top_k, settings.pipeline_max_rows)
+    through = newest_traffic(artifacts) if strategy == "top_k" else None
+    if not holds_build(pointer, generation, strategy, k, through):
+        return None
+    return skipped_result(pointer, generation, strategy, bundle.version)
+
+
 def build_table_routed(
     artifacts: Bucket,
     settings: Settings,
@@ -185,16 +216,23 @@ def build_table_routed(
     """Decide where the table build runs (``decide``), run it there, return both.
 
     No model yet, or a model that cannot load: the in-function builder says so, as it always has.
+    A table already current (``already_current``) is answered before anything is measured or
+    started (no decision: ``path`` is None).
     """
     request = request or BuildRequest()
     try:
-        data = artifacts.read(CURRENT_MODEL)
+        data, info = artifacts.read_with_info(CURRENT_MODEL)
         bundle = ModelBundle.from_bytes(data, extra_trusted=settings.model_trusted_types)
     except (NotFound, ProdMLError):
         return RoutedBuild(None, build_table(artifacts, settings, request).to_dict())
     if not bundle.schema.key:
         result = BuildResult(NOTHING, "the model's schema has no key features: there is no table to build")
         return RoutedBuild(None, result.to_dict())
+    if not request.force:
+        current = already_current(artifacts, settings, bundle, info.generation, request)
+        if current is not None:
+            log.info(f"table build skipped: {current.message}")
+            return RoutedBuild(None, current.to_dict())
     decision = decide_for_model(bundle, settings, strategy=request.strategy, k=request.k, runner=runner)
     log.info(decision.line(), extra={"fields": decision.to_dict()})
     if decision.in_function:
