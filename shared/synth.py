@@ -23,11 +23,13 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from shared.schema import Feature, Label, Schema
+from shared.table import decode_codes
 
 COUNTRIES = (
     "us", "in", "br", "id", "jp", "de", "gb", "fr", "mx", "kr",
@@ -42,12 +44,19 @@ AD_CATEGORIES = (
 PLACEMENTS = ("feed", "search", "sidebar", "video", "banner")
 USER_SEGMENTS = ("new", "casual", "loyal", "lapsed", "bargain", "premium", "student", "family")
 
-KEY = ("country", "device", "hour", "ad_category", "placement", "user_segment")
+# The key features in key order, each with its values.
+KEY_DOMAINS: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    ("country", COUNTRIES),
+    ("device", DEVICES),
+    ("hour", HOURS),
+    ("ad_category", AD_CATEGORIES),
+    ("placement", PLACEMENTS),
+    ("user_segment", USER_SEGMENTS),
+)
+KEY = tuple(name for name, _ in KEY_DOMAINS)
 LABEL = "converted"
 BID_MIN, BID_MAX, BID_DEFAULT = 0.05, 10.0, 1.0
-KEY_CARDINALITY = math.prod(
-    len(v) for v in (COUNTRIES, DEVICES, HOURS, AD_CATEGORIES, PLACEMENTS, USER_SEGMENTS)
-)
+KEY_CARDINALITY = math.prod(len(domain) for _, domain in KEY_DOMAINS)
 ZIPF_EXPONENT = 1.1  # request traffic: the r-th most asked key gets a share ~ 1 / r**1.1
 
 _EFFECTS_STREAM = 0xEFFEC7  # generator of the fixed world (effects, mixes), apart from day streams
@@ -122,14 +131,7 @@ def day_frame(seed: int, day: int, rows: int, drift: bool = False) -> pd.DataFra
     rng = np.random.default_rng([seed, day])
     columns: dict[str, np.ndarray] = {}
     logit = np.full(rows, world.intercept)
-    for name, domain in (
-        ("country", COUNTRIES),
-        ("device", DEVICES),
-        ("hour", HOURS),
-        ("ad_category", AD_CATEGORIES),
-        ("placement", PLACEMENTS),
-        ("user_segment", USER_SEGMENTS),
-    ):
+    for name, domain in KEY_DOMAINS:
         index = rng.choice(len(domain), size=rows, p=mix[name])
         columns[name] = np.asarray(domain, dtype=object if name != "hour" else np.int64)[index]
         logit += world.effect[name][index]
@@ -155,22 +157,8 @@ def corrupt_frame(seed: int, rows: int) -> pd.DataFrame:
 
 
 def key_of(index: np.ndarray) -> dict[str, np.ndarray]:
-    """Decode key numbers 0..KEY_CARDINALITY-1 into the key features' values (mixed radix)."""
-    out: dict[str, np.ndarray] = {}
-    rest = np.asarray(index, dtype=np.int64)
-    for name, domain in reversed(
-        (
-            ("country", COUNTRIES),
-            ("device", DEVICES),
-            ("hour", HOURS),
-            ("ad_category", AD_CATEGORIES),
-            ("placement", PLACEMENTS),
-            ("user_segment", USER_SEGMENTS),
-        )
-    ):
-        rest, digit = np.divmod(rest, len(domain))
-        out[name] = np.asarray(domain, dtype=object if name != "hour" else np.int64)[digit]
-    return {name: out[name] for name in KEY}
+    """Decode key numbers 0..KEY_CARDINALITY-1 into the key features' values (the table's codes)."""
+    return decode_codes(synth_schema(), index)
 
 
 def traffic_instances(seed: int, count: int, exponent: float = ZIPF_EXPONENT) -> list[dict[str, object]]:
