@@ -14,7 +14,7 @@ nothing else, then resets the kernel's peak-RSS mark (``/proc/self/clear_refs`` 
 it reports ``VmHWM`` (peak RSS of the build, whole process) and the RSS just before the build.
 The goal is on the whole process's peak (what a function instance's memory limit sees); the
 growth above the pre-build RSS is shown beside it (it holds the table itself, n x 16 bytes,
-plus the copies of the npz serialization).
+and one chunk's scoring frames; the npz streams to a temporary file, so no serialized copy).
 """
 
 from __future__ import annotations
