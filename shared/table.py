@@ -105,6 +105,14 @@ def build_blob(model_version: str, strategy: str, build_id: str) -> str:
     return check_table_name(f"{TABLE_PREFIX}{model_version}/{strategy}-{build_id}.npz")
 
 
+def build_id_of(name: str) -> str | None:
+    """The build id in a build object's name (``tables/v/<strategy>-<id>.npz``); None for others
+    (the old ``table.npz``)."""
+    file = name.rsplit("/", 1)[-1]
+    stem, dash, build_id = file.removesuffix(".npz").partition("-")
+    return build_id if dash and stem and build_id[:8].isdigit() else None
+
+
 def check_table_name(name: str) -> str:
     """``name`` if it is ``tables/<version>/<file>.npz`` (nothing that escapes the folder), else
     ``TableError`` naming it."""
@@ -474,6 +482,35 @@ def switch_pointer(artifacts: Bucket, pointer: Mapping[str, Any], if_generation_
     return artifacts.write(
         CURRENT_POINTER, body, content_type="application/json", if_generation_match=if_generation_match
     )
+
+
+def prune_builds(artifacts: Bucket, model_version: str, keep: int) -> list[str]:
+    """Delete all but the ``keep`` newest build objects of ``model_version``; return their names.
+
+    Never the object the pointer names (read just before deleting), whatever its age, and never
+    an object without a build id (an old ``table.npz`` an old pointer may name). A build still
+    switching the pointer wrote the newest object, which is kept. Objects another pruner deleted
+    first are skipped.
+    """
+    folder = f"{TABLE_PREFIX}{_check_version(model_version)}/"
+    builds = sorted(
+        ((build_id, info.name) for info in artifacts.list(folder) if (build_id := build_id_of(info.name))),
+        reverse=True,
+    )
+    if len(builds) <= keep:
+        return []
+    pointer, _ = read_pointer(artifacts)
+    named = pointer_blob(pointer) if pointer is not None else None
+    deleted = []
+    for _, name in builds[keep:]:
+        if name == named:
+            continue
+        try:
+            artifacts.delete(name)
+        except NotFound:
+            continue
+        deleted.append(name)
+    return deleted
 
 
 def load_current_table(artifacts: Bucket) -> Table | None:

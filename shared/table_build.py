@@ -55,6 +55,7 @@ from shared.table import (
     build_blob,
     new_build_id,
     pointer_blob,
+    prune_builds,
     read_pointer,
     switch_pointer,
     write_table,
@@ -67,6 +68,9 @@ CURRENT_MODEL = "models/current.skops"
 """The serving model's blob (DESIGN.md section 3); its generation identifies a build."""
 
 STRATEGIES = ("auto", "full", "top_k")
+KEEP_BUILDS = 3
+"""Build objects kept per model version (the pointer's own is kept whatever its age); a few, so
+builds still switching the pointer keep theirs, without every rebuild adding a table forever."""
 MAX_REQUEST_FIELDS = ("strategy", "k", "force")
 
 # Statuses of a BuildResult.
@@ -223,6 +227,7 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
     }
     write_table(artifacts, blob, codes, scores, meta)
     switched, note = switch_to_table(artifacts, settings, bundle, info.generation, plan, built_at, blob)
+    prune_old_builds(artifacts, bundle.version)
     rate = plan.rows / seconds if seconds > 0 else None
     log.info(
         "table built",
@@ -398,6 +403,24 @@ def switch_to_table(
             continue  # another builder switched first: look again
         return True, "tables/current.json switched"
     return False, f"tables/current.json kept changing ({settings.cas_max_attempts} attempts): {kept}"
+
+
+def prune_old_builds(artifacts: Bucket, model_version: str) -> None:
+    """Keep the last ``KEEP_BUILDS`` tables of the model version (``table.prune_builds``).
+
+    Housekeeping after the table is written and the pointer settled: a storage fault here is
+    logged, not raised, so it never turns a finished build into a retry (the next build prunes).
+    """
+    try:
+        deleted = prune_builds(artifacts, model_version, KEEP_BUILDS)
+    except Exception as exc:  # any fault: the build itself succeeded
+        log.warning(f"could not prune old tables of model {model_version!r}: {exc!r}")
+        return
+    if deleted:
+        log.info(
+            f"pruned {len(deleted)} old table(s) of model {model_version!r}",
+            extra={"fields": {"deleted": deleted}},
+        )
 
 
 def superseded_by(artifacts: Bucket, model_generation: int) -> int | None:

@@ -25,6 +25,7 @@ from shared.table import (
     load_current_table,
     new_build_id,
     parse_key_string,
+    prune_builds,
     read_pointer,
     read_table,
     switch_pointer,
@@ -200,6 +201,19 @@ def test_build_ids_are_unique_and_sort_by_time():
     ids = [new_build_id(t0 + timedelta(microseconds=i)) for i in range(3)] + [new_build_id(t0)]
     assert ids[:3] == sorted(ids[:3]) and len(set(ids)) == 4  # the same instant twice: still two ids
     assert build_blob("v1", "top_k", ids[0]).startswith("tables/v1/top_k-20261125T130000000000Z-")
+
+
+def test_pruning_keeps_the_newest_builds_the_pointers_object_and_old_layout_tables(artifacts):
+    meta = {"model_version": "v1", "model_generation": 1, "key": ["country", "hour"]}
+    names = [build_blob("v1", "full", f"2026010{d}T000000000000Z-00000000") for d in range(1, 6)]
+    for name in [*names, table_blob("v1")]:
+        write_table(artifacts, name, np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3]), meta)
+    switch_pointer(artifacts, {**_pointer("v1"), "blob": names[0]}, if_generation_match=0)  # the oldest
+
+    assert prune_builds(artifacts, "v1", keep=2) == [names[2], names[1]]
+    left = {i.name for i in artifacts.list("tables/v1/")}
+    assert left == {names[0], names[3], names[4], table_blob("v1")}
+    assert prune_builds(artifacts, "v1", keep=2) == []
 
 
 def test_a_corrupt_blob_reads_as_a_table_error(artifacts):

@@ -209,6 +209,28 @@ def test_each_build_writes_its_own_object_and_the_pointer_names_it(
     assert len(read_table(table_artifacts, full.table)) == 360  # kept, for whoever wants it
 
 
+def test_only_the_last_builds_of_a_model_are_kept_and_never_the_current_one_is_deleted(
+    table_artifacts, buckets_root, mocker
+) -> None:
+    settings = _settings(buckets_root)
+    current = build_table(table_artifacts, settings, BuildRequest("full"))
+    # Then more builds than are kept, none of which wins the pointer (another writer keeps it busy).
+    mocker.patch.object(table_build, "switch_pointer", side_effect=PreconditionFailed("pointer changed"))
+    later = [build_table(table_artifacts, settings, BuildRequest("full", force=True)) for _ in range(4)]
+    mocker.stopall()
+
+    names = [i.name for i in table_artifacts.list("tables/v1/")]
+    kept = [r.table for r in later[-table_build.KEEP_BUILDS :]]
+    assert sorted(names) == sorted([current.table, *kept])  # the pointer's own table survives
+    assert load_current_table(table_artifacts) is not None
+
+    newest = build_table(table_artifacts, settings, BuildRequest("full", force=True))
+    assert newest.pointer_switched
+    names = [i.name for i in table_artifacts.list("tables/v1/")]
+    assert current.table not in names and newest.table in names
+    assert len(names) == table_build.KEEP_BUILDS
+
+
 def test_a_routed_build_already_current_is_skipped_before_routing(table_artifacts, buckets_root) -> None:
     """The same-build check comes first: no rate measured, no pipeline started (here one could not
     even start: PIPELINE_PYTHON does not exist)."""

@@ -59,6 +59,7 @@ from shared.table_build import (
     BuildResult,
     is_same_build,
     plan_build,
+    prune_old_builds,
     skipped_result,
     switch_to_table,
 )
@@ -182,6 +183,7 @@ class Publish(beam.DoFn):
         switched, note = switch_to_table(
             artifacts, settings, bundle, job.model_generation, plan, built_at, blob
         )
+        prune_old_builds(artifacts, bundle.version)
         result = BuildResult(
             BUILT,
             f"built {plan.rows} rows ({plan.strategy}) for model {bundle.version!r} in {seconds:.1f} s "
