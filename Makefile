@@ -21,8 +21,8 @@ test: venv venv-beam
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check shared functions tests bench
-	$(BIN)/ruff format --check shared functions tests bench
+	$(BIN)/ruff check shared functions tests bench infra
+	$(BIN)/ruff format --check shared functions tests bench infra
 
 bench: venv venv-beam
 	$(BIN)/python -m bench
@@ -36,7 +36,7 @@ demo: venv
 	$(BIN)/prodml demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV_BEAM) .local dist .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_BEAM) $(VENV_CHECKOV) .local dist .pytest_cache .ruff_cache
 
 # The Apache Beam environment (scale-out pipelines, docs/scale-out.md): a second venv, because
 # Beam pins pyarrow<26 and protobuf<7 (see requirements-beam.txt). It gets requirements.txt
