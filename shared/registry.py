@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.errors import NotFound, PreconditionFailed, ProdMLError
+from shared.errors import ModelNotReady, NotFound, PreconditionFailed, ProdMLError
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.storage import Bucket
@@ -358,11 +358,17 @@ class Rollback:
 def rollback(artifacts: Bucket, target: str | None = None, extra_trusted: Iterable[str] = ()) -> Rollback:
     """Make ``target`` (default: the version promoted before the current one) the current model.
 
-    A compare-and-swap like a promotion, and recorded the same way. ``RegistryError`` when there
+    A compare-and-swap like a promotion, and recorded the same way. When the current model will
+    not load (corrupt, untrusted types), the swap is made against its blob's generation and the
+    default target is the most recent promoted version that loads. ``RegistryError`` when there
     is nothing to roll back to or ``target`` is unknown; ``PreconditionFailed`` when the current
     model changed meanwhile (run it again).
     """
-    current = read_current(artifacts, extra_trusted)
+    try:
+        current = read_current(artifacts, extra_trusted)
+    except ModelNotReady as exc:
+        # A corrupt or untrusted current model is exactly when a rollback is needed most.
+        return _rollback_from_unloadable(artifacts, target, extra_trusted, str(exc))
     if current is None:
         raise RegistryError("no current model (models/current.skops) to roll back from")
     if target is None:
@@ -383,3 +389,52 @@ def rollback(artifacts: Bucket, target: str | None = None, extra_trusted: Iterab
         artifacts, target, data, current.generation, kind="rollback", previous=current.version, by="rollback"
     )
     return Rollback(previous=current.version, version=target, generation=generation)
+
+
+UNLOADABLE = "(unloadable)"  # the ``previous`` of a rollback away from a model that would not load
+
+
+def _rollback_from_unloadable(
+    artifacts: Bucket, target: str | None, extra_trusted: Iterable[str], problem: str
+) -> Rollback:
+    """Replace a current model that will not load with ``target``, or else the last good promotion.
+
+    The compare-and-swap uses the generation of the blob as it is (it cannot be read as a model).
+    Without ``target``, the promotion history is walked from the most recent version down to the
+    first one whose stored model loads and is not the very bytes of the broken blob.
+    """
+    try:
+        broken, info = artifacts.read_with_info(CURRENT)
+    except NotFound:
+        raise RegistryError("no current model (models/current.skops) to roll back from") from None
+    log.warning(f"the current model cannot be loaded ({problem}); rolling back to a good version")
+    candidates = (
+        [target] if target is not None else list(reversed(promotion_history(list_events(artifacts), None)))
+    )
+    refused: list[str] = []
+    for version in dict.fromkeys(candidates):
+        try:
+            data = artifacts.read(model_name(version))
+        except NotFound:
+            if target is not None:
+                raise RegistryError(f"no model version {target!r} (see `prodml models`)") from None
+            refused.append(f"{version}: its model is gone")
+            continue
+        try:
+            bundle = ModelBundle.from_bytes(data, extra_trusted)
+        except ModelNotReady as exc:
+            if target is not None:
+                raise RegistryError(f"version {target} cannot be loaded either: {exc}") from None
+            refused.append(f"{version}: {exc}")
+            continue
+        if data == broken or bundle.version != version:
+            refused.append(f"{version}: holds the broken model or another version")
+            continue
+        generation = swap_current(
+            artifacts, version, data, info.generation, kind="rollback", previous=UNLOADABLE, by="rollback"
+        )
+        return Rollback(previous=UNLOADABLE, version=version, generation=generation)
+    detail = "; ".join(refused) or "no promotion recorded under registry/events/"
+    raise RegistryError(
+        f"the current model cannot be loaded ({problem}) and no promoted version loads: {detail}"
+    )

@@ -131,6 +131,34 @@ def test_rollback_goes_back_one_promotion_at_a_time(artifacts: LocalBucket, fitt
         registry.rollback(artifacts, c)
 
 
+def test_rollback_recovers_from_a_current_model_that_will_not_load(
+    artifacts: LocalBucket, fitted: object
+) -> None:
+    made = [_version(artifacts, fitted) for _ in range(3)]
+    for version, data in made:
+        _promote(artifacts, version, data)
+    (a, a_bytes), (b, b_bytes), (c, c_bytes) = made
+    artifacts.write(registry.CURRENT, b"garbage, not a skops file")
+
+    done = registry.rollback(artifacts)  # back to the last good promotion: c, whose copy is whole
+    assert (done.previous, done.version) == (registry.UNLOADABLE, c)
+    assert artifacts.read(registry.CURRENT) == c_bytes
+    assert registry.list_events(artifacts)[-1]["previous"] == registry.UNLOADABLE
+
+    # The version copy of c is corrupt too: the walk goes on down to b.
+    artifacts.write(registry.CURRENT, b"garbage again")
+    artifacts.write(registry.model_name(c), b"garbage again")
+    assert registry.rollback(artifacts).version == b
+    assert artifacts.read(registry.CURRENT) == b_bytes
+
+    artifacts.write(registry.CURRENT, b"garbage once more")
+    assert registry.rollback(artifacts, a).version == a  # a named target, as asked
+    assert artifacts.read(registry.CURRENT) == a_bytes
+    artifacts.write(registry.CURRENT, b"garbage")
+    with pytest.raises(registry.RegistryError, match=f"version {c} cannot be loaded either"):
+        registry.rollback(artifacts, c)
+
+
 def test_rollback_without_a_model_says_so(artifacts: LocalBucket) -> None:
     with pytest.raises(registry.RegistryError, match="no current model"):
         registry.rollback(artifacts)
