@@ -1,7 +1,9 @@
 """Setting a bad data file aside: ``quarantine/<name>`` plus ``quarantine/<name>.reason.json``.
 
 ``incoming/2024/day1.csv`` goes to ``quarantine/2024/day1.csv`` (the ``incoming/`` prefix is
-dropped) in the same bucket, beside a reason record::
+dropped) in the same bucket, beside a reason record. When that place already holds an earlier
+bad upload of the same name (another generation), the new one goes to
+``quarantine/2024/day1.csv@<generation>`` with its own reason beside it: nothing is overwritten::
 
     {"object": "incoming/2024/day1.csv", "generation": 1716..., "rule": "out_of_range",
      "message": "...", "details": {"columns": [...], "rows": [...], "samples": [...], "count": 3},
@@ -44,12 +46,9 @@ def quarantine_object(data: Bucket, name: str, generation: int, failure: Validat
     at ``generation`` (replaced by a newer upload, or deleted), nothing is moved: that generation
     is gone, and a newer one gets its own event and its own validation.
     """
-    target = quarantine_name(name)
+    target, previous = _destination(data, name, generation)
     reason_name = target + REASON_SUFFIX
-    previous = _read_reason(data, reason_name)
-    already = (
-        previous is not None and previous.get("object") == name and previous.get("generation") == generation
-    )
+    already = previous is not None
 
     if _live_generation(data, name) != generation:
         if not already:
@@ -62,7 +61,7 @@ def quarantine_object(data: Bucket, name: str, generation: int, failure: Validat
     data.copy(name, data, target)
     if _live_generation(data, name) != generation:
         # Replaced while we copied: the copy may hold the newer upload, which has its own event
-        # (and, if bad, will overwrite this copy with its own reason). Leave the reason as it was.
+        # (and, if bad, its own reason). Leave the reason as it was.
         log.warning(f"{name!r} changed during quarantine; left to its newer generation's event")
         return target
 
@@ -92,6 +91,24 @@ def quarantine_object(data: Bucket, name: str, generation: int, failure: Validat
         extra={"fields": {"object": name, "generation": generation, "rule": failure.rule}},
     )
     return target
+
+
+def _destination(data: Bucket, name: str, generation: int) -> tuple[str, dict[str, Any] | None]:
+    """Where this generation goes, and its own earlier reason record there (a rerun), if any.
+
+    ``quarantine/<name>`` unless that already holds another generation of the same name (a second
+    bad upload): then ``quarantine/<name>@<generation>``, so the first copy and reason stay.
+    """
+    first = quarantine_name(name)
+    for target in (first, f"{first}@{int(generation)}"):
+        record = _read_reason(data, target + REASON_SUFFIX)
+        if record is None:
+            if target == first and data.exists(f"{first}@{int(generation)}{REASON_SUFFIX}"):
+                continue  # this generation went beside an earlier one before: keep to that place
+            return target, None
+        if record.get("object") == name and record.get("generation") == generation:
+            return target, record
+    return f"{first}@{int(generation)}", None
 
 
 def list_quarantine(data: Bucket) -> list[dict[str, Any]]:

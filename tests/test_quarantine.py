@@ -69,6 +69,30 @@ def test_a_second_run_is_a_no_op(tmp_path: Path, data: LocalBucket) -> None:
     assert {i.name: i.generation for i in data.list()} == generations  # nothing rewritten
 
 
+def test_a_second_bad_upload_of_the_same_name_goes_beside_the_first(
+    tmp_path: Path, data: LocalBucket
+) -> None:
+    first = data.write("incoming/day.csv", BAD)
+    quarantine_object(data, "incoming/day.csv", first, failure_of(tmp_path, BAD))
+    other = b"hour,y\n1,0\nnoon,1\n"
+    second = data.write("incoming/day.csv", other)
+    failure = failure_of(tmp_path, other)
+    target = quarantine_object(data, "incoming/day.csv", second, failure)
+
+    assert target == f"quarantine/day.csv@{second}"
+    assert data.read("quarantine/day.csv") == BAD  # the first copy and its reason are kept
+    assert data.read(target) == other
+    records = list_quarantine(data)
+    assert [(r["generation"], r["quarantined_as"]) for r in records] == [
+        (first, "quarantine/day.csv"),
+        (second, target),
+    ]
+    assert records[1]["rule"] == failure.rule
+    before = snapshot(data)
+    assert quarantine_object(data, "incoming/day.csv", second, failure) == target  # a rerun: no change
+    assert snapshot(data) == before
+
+
 def test_a_newer_upload_of_the_same_name_is_not_deleted(tmp_path: Path, data: LocalBucket) -> None:
     old = data.write("incoming/2026/day.csv", BAD)
     newer = b"hour,y\n1,0\n2,1\n"
