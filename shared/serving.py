@@ -26,6 +26,7 @@ import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from shared.config import Settings
-from shared.errors import ModelNotReady, ProdMLError, StorageError
+from shared.errors import ModelNotReady, ProdMLError
 from shared.logs import get_logger
 from shared.model import ModelBundle, to_frame
 from shared.schema import Scalar
@@ -49,6 +50,9 @@ __all__ = ["CURRENT_MODEL", "MODES", "Counters", "Predictor", "ServingState"]
 log = get_logger(__name__)
 
 MODES = ("static", "dynamic", "hybrid")
+# The first load (on the request path) retries a storage fault this often, after these waits (s).
+FIRST_LOAD_ATTEMPTS = 3
+FIRST_LOAD_BACKOFF = (0.1, 0.3)
 
 
 @dataclass
@@ -106,16 +110,31 @@ class Predictor:
             if not self._tried_first_load:
                 self._tried_first_load = True
                 try:
-                    self.loader.reload()
-                except StorageError as exc:  # transient: 503 now, the reload loop retries
-                    self.loader.last_error = repr(exc)
-                    log.warning("first load failed", extra={"fields": {"error": repr(exc)}})
+                    self._first_load()
                 finally:
                     self._start_threads()
         state = self.loader.state
         if state is None:
             raise ModelNotReady(self._not_ready_message())
         return state
+
+    def _first_load(self) -> None:
+        """Load on the request path, retrying a storage fault a few times with a short backoff.
+
+        Bounded (``FIRST_LOAD_ATTEMPTS`` tries, at most ``sum(FIRST_LOAD_BACKOFF)`` seconds of
+        waiting) so the first requests never wait long; after that the reload thread retries
+        every ``RELOAD_SECONDS``. A content fault (a corrupt model) is not retried at all.
+        """
+        for attempt in range(FIRST_LOAD_ATTEMPTS):
+            if attempt:
+                time.sleep(FIRST_LOAD_BACKOFF[attempt - 1])
+            self.loader.reload()
+            if not self.loader.retry_pending:
+                return
+        log.warning(
+            "first load met storage faults; the reload thread retries",
+            extra={"fields": {"attempts": FIRST_LOAD_ATTEMPTS, "error": self.loader.last_error}},
+        )
 
     def _not_ready_message(self) -> str:
         error = self.loader.last_error

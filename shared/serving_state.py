@@ -6,8 +6,11 @@ loads only what changed, and swaps a whole new state in with one reference assig
 request that read the old reference finishes with the old model and table, and one that reads
 the new reference sees both new ones: no answer ever mixes two versions.
 
-A new model or table that cannot be loaded (corrupt, untrusted types, a pointer to a missing
-blob) is logged and skipped until its generation changes: the instance keeps serving what it had.
+A new model or table whose content cannot be loaded (corrupt, untrusted types, a pointer to a
+missing or malformed blob) is logged and skipped until its generation changes: the instance keeps
+serving what it had. A storage fault (a timeout, a 5xx from the bucket) says nothing about the
+content, so that generation is not skipped: ``retry_pending`` is set and the next reload tries
+again.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from shared.config import Settings
-from shared.errors import NotFound
+from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, StorageError
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.requests_check import InstanceChecker
@@ -63,6 +66,18 @@ def table_fits(table: Table, model: ModelBundle, mode: str) -> tuple[bool, str]:
     return True, "in use"
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a storage fault worth retrying (not a statement about the content).
+
+    ``NotFound`` and ``InvalidObjectName`` are answers about the content (a pointer to a missing
+    or badly named table), so they are not transient; other ``StorageError``s and OS errors
+    (timeouts, connection resets, I/O errors) are.
+    """
+    if isinstance(exc, NotFound | InvalidObjectName | PreconditionFailed):
+        return False
+    return isinstance(exc, StorageError | OSError)
+
+
 class StateLoader:
     """Loads the serving state and reloads what changed; one reload at a time."""
 
@@ -75,7 +90,8 @@ class StateLoader:
         self.reloads = 0
         self.failures = 0
         self._lock = threading.Lock()
-        self._skip: dict[str, int] = {}  # blob -> generation that failed to load (not retried)
+        self._skip: dict[str, int] = {}  # blob -> generation whose content failed to load (not retried)
+        self.retry_pending = False  # the last reload met a storage fault: the next one should retry
 
     def reload(self) -> bool:
         """Load whatever changed since the last look; True when a new state was swapped in."""
@@ -89,10 +105,17 @@ class StateLoader:
             return 0
 
     def _reload(self) -> bool:
+        self.retry_pending = False
         current = self.state
         seen = (current.model_generation, current.table_generation) if current else None
-        model_gen = self._generation(CURRENT_MODEL)
-        pointer_gen = self._generation(CURRENT_POINTER)
+        try:
+            model_gen = self._generation(CURRENT_MODEL)
+            pointer_gen = self._generation(CURRENT_POINTER)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._failed("models/ and tables/ generations", 0, exc)
+            return False
         if (model_gen, pointer_gen) == seen:
             return False
         model, model_gen, model_updated = self._load_model(current, model_gen)
@@ -141,13 +164,18 @@ class StateLoader:
         return True
 
     def _failed(self, blob: str, generation: int, exc: BaseException) -> None:
-        self._skip[blob] = generation
+        """Record a failed load: skip that generation for a content fault, retry a storage fault."""
         self.last_error = f"{blob}@{generation}: {exc}"
         self.failures += 1
-        log.error(
-            "could not load a new serving artifact; keeping the current one",
-            extra={"fields": {"blob": blob, "generation": generation, "error": repr(exc)}},
-        )
+        fields = {"blob": blob, "generation": generation, "error": repr(exc)}
+        if is_transient(exc):
+            self.retry_pending = True
+            log.warning(
+                "storage fault while loading a serving artifact; will retry", extra={"fields": fields}
+            )
+            return
+        self._skip[blob] = generation
+        log.error("could not load a new serving artifact; keeping the current one", extra={"fields": fields})
 
     def _load_model(
         self, current: ServingState | None, generation: int
@@ -168,7 +196,7 @@ class StateLoader:
             model = ModelBundle.from_bytes(data, extra_trusted=self.settings.model_trusted_types)
         except NotFound:
             return keep
-        except Exception as exc:  # a corrupt or untrusted model must not take serving down
+        except Exception as exc:  # neither a corrupt model nor a storage fault may take serving down
             self._failed(CURRENT_MODEL, generation, exc)
             return keep
         return model, info.generation, info.updated
@@ -188,7 +216,7 @@ class StateLoader:
             if pointer is None:
                 return None, pointer_gen
             table = read_pointed_table(self.artifacts, pointer)  # the exact object it names
-        except Exception as exc:  # a missing or malformed table: keep serving what we have
+        except Exception as exc:  # a missing or malformed table, or a storage fault: keep what we have
             self._failed(CURRENT_POINTER, generation, exc)
             return keep
         return table, pointer_gen

@@ -10,9 +10,9 @@ import pytest
 from conftest import fit_serving_bundle, write_serving_table
 
 from shared.config import load_settings
-from shared.errors import BadRequest, ModelNotReady
+from shared.errors import BadRequest, ModelNotReady, StorageError
 from shared.model import to_frame
-from shared.serving import CURRENT_MODEL, Predictor
+from shared.serving import CURRENT_MODEL, FIRST_LOAD_ATTEMPTS, Predictor
 from shared.storage.local import LocalBucket
 from shared.table import CURRENT_POINTER
 from shared.traffic import read_traffic
@@ -37,6 +37,31 @@ def v2():
 @pytest.fixture
 def artifacts(tmp_path):
     return LocalBucket(tmp_path, "prodml-artifacts")
+
+
+class FlakyBucket:
+    """A real local bucket whose first ``fail`` reads of objects under ``prefix`` raise a
+    ``StorageError``, as a storage outage would (fault injection: everything else is the real bucket).
+    """
+
+    def __init__(self, inner, prefix, fail):
+        self.inner, self.prefix, self.remaining = inner, prefix, fail
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+    def _fault(self, name):
+        if name.startswith(self.prefix) and self.remaining > 0:
+            self.remaining -= 1
+            raise StorageError(f"injected fault reading {name!r}")
+
+    def read(self, name):
+        self._fault(name)
+        return self.inner.read(name)
+
+    def read_with_info(self, name):
+        self._fault(name)
+        return self.inner.read_with_info(name)
 
 
 def make(artifacts, mode, **env):
@@ -195,4 +220,66 @@ def test_requested_keys_are_counted_and_flushed_to_traffic(artifacts, v1):
     assert name is not None and name.startswith("traffic/")
     assert read_traffic(artifacts, key=["country", "hour"]) == {'["us",20]': 3, '["br",3]': 1, '["kr",12]': 1}
     assert predictor.flush_traffic() is None  # nothing new since
+    predictor.close()
+
+
+def test_a_storage_fault_on_the_first_load_is_retried_on_the_request_path(artifacts, v1):
+    publish(artifacts, v1, table=False)
+    flaky = FlakyBucket(artifacts, CURRENT_MODEL, fail=FIRST_LOAD_ATTEMPTS - 1)
+    predictor = make(flaky, "dynamic")
+    assert predictor.predict(body(INSTANCES))["model_version"] == "v1"  # no 503 for a brief fault
+    assert predictor.health()["counters"]["reload_failures"] == FIRST_LOAD_ATTEMPTS - 1
+    predictor.close()
+
+
+def test_a_longer_storage_fault_on_the_first_load_is_a_503_then_the_next_reload_loads(artifacts, v1):
+    publish(artifacts, v1, table=False)
+    flaky = FlakyBucket(artifacts, CURRENT_MODEL, fail=FIRST_LOAD_ATTEMPTS + 1)
+    predictor = make(flaky, "dynamic")
+    with pytest.raises(ModelNotReady, match="injected fault"):
+        predictor.predict(body(INSTANCES))
+    assert predictor.reload() is False  # the fault lasts one more read
+    assert predictor.reload() is True  # then the same generation loads: it was never skipped
+    assert predictor.predict(body(INSTANCES))["model_version"] == "v1"
+    predictor.close()
+
+
+def test_a_storage_fault_reading_a_new_model_is_retried_at_the_next_reload(artifacts, v1, v2):
+    publish(artifacts, v1, table=False)
+    flaky = FlakyBucket(artifacts, CURRENT_MODEL, fail=0)
+    predictor = make(flaky, "dynamic")
+    assert predictor.predict(body(INSTANCES))["model_version"] == "v1"
+    artifacts.write(CURRENT_MODEL, v2.to_bytes())
+    flaky.remaining = 1
+    assert predictor.reload() is False  # keeps serving v1 meanwhile
+    assert predictor.predict(body(INSTANCES))["model_version"] == "v1"
+    assert predictor.reload() is True
+    assert predictor.predict(body(INSTANCES))["model_version"] == "v2"
+    predictor.close()
+
+
+@pytest.mark.parametrize("prefix", [CURRENT_POINTER, "tables/v1-t/"])  # the pointer, the table object
+def test_a_storage_fault_reading_the_table_is_retried_at_the_next_reload(artifacts, v1, prefix):
+    generation = publish(artifacts, v1, table=False)
+    flaky = FlakyBucket(artifacts, prefix, fail=0)
+    predictor = make(flaky, "hybrid")
+    assert {p["source"] for p in predictor.predict(body(INSTANCES))["predictions"]} == {"model"}
+    write_serving_table(artifacts, v1, generation)
+    flaky.remaining = 1
+    assert predictor.reload() is False
+    assert predictor.reload() is True  # the same pointer generation, not skipped
+    assert {p["source"] for p in predictor.predict(body(INSTANCES))["predictions"]} == {"table"}
+    predictor.close()
+
+
+def test_a_corrupt_model_is_skipped_until_its_generation_changes(artifacts, v1):
+    publish(artifacts, v1, table=False)
+    predictor = make(artifacts, "dynamic")
+    predictor.predict(body(INSTANCES))
+    artifacts.write(CURRENT_MODEL, b"not a model")
+    assert predictor.reload() is False
+    assert predictor.reload() is False
+    assert predictor.health()["counters"]["reload_failures"] == 1  # read once, then skipped
+    artifacts.write(CURRENT_MODEL, v1.to_bytes())
+    assert predictor.reload() is True
     predictor.close()
