@@ -144,3 +144,24 @@ def test_the_build_table_function_sends_a_table_over_its_budget_to_the_pipeline_
     pointer, _ = read_pointer(table_artifacts)
     assert pointer is not None and pointer["rows"] == 360 and pointer["strategy"] == "full"
     assert read_table(table_artifacts, pointer["blob"]).meta["built_by"] == "pipeline"
+
+
+def test_a_pipeline_that_cannot_start_is_a_409_the_scheduler_does_not_retry(
+    table_artifacts: LocalBucket, buckets_root: Path, tmp_path: Path
+) -> None:
+    env = {
+        **os.environ,
+        "LOCAL_BUCKETS_ROOT": str(buckets_root),
+        "TABLE_MAX_ROWS": "100",  # the 360-key table goes to the pipeline...
+        "PIPELINE_PYTHON": str(tmp_path / "no-beam-here" / "python"),  # ...which cannot start
+        "LOG_FORMAT": "json",
+    }
+    spec = load_declaration().functions["build_table"]
+    with FunctionProcess(spec, free_port(), env, tmp_path / "build_table.log") as function:
+        answer = requests.post(function.url, json={"strategy": "auto"}, timeout=60)
+        log = function.log_tail()
+    assert answer.status_code == 409, log
+    error = answer.json()["error"]
+    assert error["code"] == "misconfigured"
+    assert "no-beam-here" in error["message"]
+    assert read_pointer(table_artifacts) == (None, 0)  # nothing built, nothing half-built

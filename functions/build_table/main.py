@@ -83,7 +83,11 @@ def build_table_http(request: flask.Request) -> tuple[dict[str, Any], int]:
     except (SchemaError, InvalidObjectName) as exc:
         # The stored model or schema is unusable: a retry cannot help, so no 5xx; say what to fix.
         return BadRequest(str(exc), code="unusable_model", status=409).to_dict(), 409
-    except (ConfigError, PipelineFailed) as exc:  # the scale-out pipeline could not run (docs/scale-out.md)
+    except ConfigError as exc:
+        # Misconfigured (no Beam interpreter, Dataflow settings missing): a retry cannot fix it.
+        log.error(f"build_table: {exc}")
+        return BadRequest(str(exc), code="misconfigured", status=409).to_dict(), 409
+    except PipelineFailed as exc:  # the scale-out pipeline ran and failed (docs/scale-out.md)
         log.error(f"build_table: {exc}")
         return BadRequest(str(exc), code="pipeline_failed", status=500).to_dict(), 500
     log.info(f"build_table: {result['status']}: {result['message']}", extra={"fields": result})
