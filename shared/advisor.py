@@ -248,7 +248,7 @@ def _describe(
     return (
         f"Traffic: {requests:,} requests over {seen:,} distinct valid keys; the top 1% of seen keys "
         f"got {top_share['1%']:.0%} of them and the top 10% got {top_share['10%']:.0%} "
-        f"(flat traffic: 1% and 10%)."
+        f"(perfectly flat traffic would give 1% and 10%)."
     )
 
 
