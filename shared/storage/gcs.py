@@ -1,7 +1,7 @@
 """The Cloud Storage backend, on ``google-cloud-storage``, with the local backend's semantics.
 
-Errors map to ``shared.errors``: 404 → ``NotFound``, 412 → ``PreconditionFailed``, any other API or
-transport failure (after the library's retries) → ``StorageError``.
+Errors map to ``shared.errors``: 404 → ``NotFound``, 412 → ``PreconditionFailed``, any other API,
+authentication, transport or checksum failure (after the library's retries) → ``StorageError``.
 
 Retries: every call retries transient faults (429, 5xx, connection errors) with the library's
 ``DEFAULT_RETRY``, passed explicitly. google-cloud-storage 3.x already does so for uploads (2.x
@@ -22,12 +22,29 @@ from typing import NoReturn
 
 import requests
 from google.api_core import exceptions as gexc
+from google.auth import exceptions as auth_exc
 from google.cloud import storage as gcs
 from google.cloud.storage.retry import DEFAULT_RETRY
+from google.resumable_media import common as media
 
 from shared.errors import NotFound, PreconditionFailed, StorageError
 from shared.storage.base import Bucket, ObjectInfo
 from shared.storage.names import check_bucket_name, check_object_name, default_content_type
+
+# Every failure of the library and its transports (after its own retries) that a later attempt
+# may not meet: API errors, token refresh and transport failures of google-auth (a metadata server
+# hiccup), a download whose checksum did not match or an unexpected status of resumable media,
+# and connection errors or timeouts however they surface (requests, or the socket itself).
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    gexc.GoogleAPIError,
+    auth_exc.TransportError,
+    auth_exc.RefreshError,
+    media.DataCorruption,
+    media.InvalidResponse,
+    requests.RequestException,
+    ConnectionError,
+    TimeoutError,
+)
 
 _MAX_ATTEMPTS = 10  # reads retried when the object is overwritten between stat and download
 
@@ -65,7 +82,7 @@ class GCSBucket(Bucket):
         """Translate the library's errors into ours."""
         try:
             yield
-        except (gexc.GoogleAPIError, requests.RequestException) as exc:
+        except _TRANSIENT as exc:
             self._raise(exc, name, if_generation_match)
 
     def _info(self, blob: gcs.Blob) -> ObjectInfo:

@@ -7,9 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import requests
 from google.api_core import exceptions as gexc
+from google.auth import exceptions as auth_exc
 from google.cloud.storage import Blob, Client
 from google.cloud.storage.retry import DEFAULT_RETRY
+from google.resumable_media import common as media
 from pytest_mock import MockerFixture
 
 from shared.errors import NotFound, PreconditionFailed, StorageError
@@ -107,6 +110,34 @@ def test_server_faults_become_storage_errors(gcs_bucket: GCSBucket, mocker: Mock
 
     assert type(caught.value) is StorageError
     assert caught.value.http_status == 503
+
+
+def _transient_faults() -> list[BaseException]:
+    response = requests.Response()
+    response.status_code = 200
+    return [
+        auth_exc.TransportError("metadata server unreachable"),
+        auth_exc.RefreshError("token refresh failed"),
+        media.DataCorruption(response, "checksum mismatch"),
+        media.InvalidResponse(response, "unexpected status"),
+        requests.ConnectionError("connection reset"),
+        requests.Timeout("read timed out"),
+        ConnectionResetError("connection reset by peer"),
+    ]
+
+
+@pytest.mark.parametrize("fault", _transient_faults(), ids=lambda f: type(f).__name__)
+def test_transient_transport_faults_become_storage_errors(
+    gcs_bucket: GCSBucket, mocker: MockerFixture, fault: BaseException
+) -> None:
+    """Raised as StorageError, the train function answers 5xx and the event is delivered again."""
+    mocker.patch.object(Blob, "download_as_bytes", autospec=True, side_effect=fault)
+    mocker.patch.object(Blob, "upload_from_string", autospec=True, side_effect=fault)
+
+    with pytest.raises(StorageError, match=type(fault).__name__):
+        gcs_bucket.read("a.csv")
+    with pytest.raises(StorageError, match=type(fault).__name__):
+        gcs_bucket.write("a.csv", b"x")
 
 
 def test_read_with_info_starts_over_when_the_version_vanishes(
