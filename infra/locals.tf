@@ -113,10 +113,14 @@ locals {
     predict_write_traffic = {
       package = "predict", bucket = "artifacts", role = "roles/storage.objectCreator", prefixes = ["traffic/"]
     }
-    # train reads incoming files, copies bad ones to quarantine/ and deletes them from
-    # incoming/: read, write and delete on the data bucket, the only bucket of its input.
-    train_readwrite_data = {
-      package = "train", bucket = "data", role = "roles/storage.objectUser", prefixes = []
+    # train reads incoming files (and lists the bucket, which IAM conditions cannot narrow),
+    # copies bad ones to quarantine/ and deletes them from incoming/: write and delete only there.
+    train_read_data = {
+      package = "train", bucket = "data", role = "roles/storage.objectViewer", prefixes = []
+    }
+    train_write_data = {
+      package  = "train", bucket = "data", role = "roles/storage.objectUser",
+      prefixes = ["incoming/", "quarantine/"]
     }
     # train reads the schema and the champion, and writes models, cards, idempotency markers
     # and monitoring records.

@@ -238,15 +238,16 @@ def test_storage_grants_are_bucket_level_per_package(tf: dict[str, dict[str, Any
     by_package: dict[str, set[tuple[str, str]]] = {}
     for grant in grants.values():
         by_package.setdefault(grant["package"], set()).add((grant["bucket"], grant["role"]))
-        # Object writers are limited to prefixes, except train on the data bucket (its input).
-        if grant["role"] != "roles/storage.objectViewer" and (grant["package"], grant["bucket"]) != (
-            "train",
-            "data",
-        ):
+        # Every object writer is limited to the prefixes it writes.
+        if grant["role"] != "roles/storage.objectViewer":
             assert grant["prefixes"], grant
     assert {b for b, _ in by_package["predict"]} == {"artifacts"}
     assert {b for b, _ in by_package["build_table"]} == {"artifacts"}
     assert ("data", "roles/storage.objectUser") in by_package["train"]
+    train_data_writes = [g for g in grants.values() if g["package"] == "train" and g["bucket"] == "data"]
+    assert {tuple(g["prefixes"]) for g in train_data_writes if g["role"] == "roles/storage.objectUser"} == {
+        ("incoming/", "quarantine/")
+    }
 
 
 # --- evaluated by real Terraform ----------------------------------------------------------------

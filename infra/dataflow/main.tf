@@ -205,6 +205,8 @@ resource "google_storage_bucket_iam_member" "worker_write_tables" {
 }
 
 # Validation reads data files and quarantines bad ones (copy, then delete): as train does.
+# Bulk validation reads and quarantines whatever prefix the user names (backfill/, incoming/…),
+# so unlike the train function its grant cannot be narrowed to known prefixes.
 resource "google_storage_bucket_iam_member" "worker_data" {
   bucket = var.data_bucket
   role   = "roles/storage.objectUser"
