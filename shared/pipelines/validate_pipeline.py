@@ -14,7 +14,8 @@ needs many workers. This pipeline applies the train function's own checks to eve
 - Accepted files stay where they are: ``prodml train`` (a normal full retrain) reads them.
 - ``SampleRows`` keeps a uniform sample of at most ``SAMPLE_ROWS`` accepted rows (each row gets a
   random key; every accumulator keeps the smallest keys, so merging samples is exact), and
-  ``monitoring.reference_stats`` of the sample gives the reference statistics drift checks use.
+  ``monitoring.reference_stats`` of the sample describes the backfill (a report: drift checks read
+  the live model's card, whose statistics the retrain on these files computes itself).
 
 The report (every object's outcome, the counts, the reference statistics) is written to
 ``pipelines/validate/<run id>.json`` in the artifacts bucket and printed by the CLI.
