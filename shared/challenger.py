@@ -134,6 +134,22 @@ def load_lineage_files(
     return files, skipped
 
 
+def _ref_key(ref: dict[str, Any]) -> str:
+    return file_key(ref["bucket"], ref["name"], ref["generation"])
+
+
+def recent_within_rows(refs: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """The most recent of ``refs`` (oldest first) whose recorded rows add up to at most ``budget``."""
+    chosen: list[dict[str, Any]] = []
+    total = 0
+    for ref in reversed(refs):
+        total += int(ref.get("rows", 0))
+        if total > budget:
+            break
+        chosen.append(ref)
+    return chosen[::-1]
+
+
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
@@ -320,7 +336,8 @@ def build_challenger(
     """Train a challenger on ``new_files`` (plus the window), evaluate it beside the champion, judge it.
 
     The window of earlier files comes from the champion's lineage (read from ``data``): the last
-    ``TRAINING_WINDOW_FILES`` for a full retrain, the last ``HOLDOUT_WINDOW_FILES`` for the gate.
+    ``TRAINING_WINDOW_FILES`` for a full retrain (no more of them than fit, with the new rows, in
+    ``TRAINING_WINDOW_ROWS``), the last ``HOLDOUT_WINDOW_FILES`` for the gate.
     When the earlier files serve the gate only (incremental, or a retrain by hand), their
     held-out rows come from the champion's stored table in ``artifacts`` when it has them.
     ``accumulate_lineage=False`` (a static retrain by hand) trains on ``new_files`` alone and
@@ -331,26 +348,37 @@ def build_challenger(
     new_keys = {f.key for f in new_files}
     prior = [r for r in prior if file_key(r["bucket"], r["name"], r["generation"]) not in new_keys]
     holdout_count = settings.holdout_window_files
-    want = 0
     if accumulate_lineage:
-        want = (
-            holdout_count if strategy == "incremental" else max(settings.training_window_files, holdout_count)
-        )
-    window_refs = prior[-want:] if want else []
-    if champion is not None and not accumulate_lineage:
-        # A retrain by hand is still compared with the champion on trusted rows.
-        window_refs = champion.lineage[-holdout_count:]
-    gate_only = strategy == "incremental" or not accumulate_lineage
+        gate_refs = prior[-holdout_count:]
+    else:  # a retrain by hand is still compared with the champion on trusted rows
+        gate_refs = champion.lineage[-holdout_count:] if champion is not None else []
+    full = accumulate_lineage and strategy != "incremental"
+    # A full retrain reads its earlier files whole: at most TRAINING_WINDOW_ROWS rows with the
+    # new files, so the function's memory stays bounded however large the files are.
+    budget = settings.training_window_rows - sum(len(f.frame) for f in new_files)
+    train_refs = recent_within_rows(prior[-settings.training_window_files :], budget) if full else []
+    train_keys = [_ref_key(r) for r in train_refs]
+    outside = [r for r in gate_refs if _ref_key(r) not in train_keys]  # the gate's rows only
     cached = (
         read_holdout_cache(artifacts, champion, schema)
-        if (gate_only and artifacts is not None and champion is not None and window_refs)
+        if (outside and artifacts is not None and champion is not None)
         else {}
     )
-    wanted = [file_key(r["bucket"], r["name"], r["generation"]) for r in window_refs]
-    to_read = [r for r, key in zip(window_refs, wanted, strict=True) if key not in cached]
+    uncached = [r for r in outside if _ref_key(r) not in cached]
+    to_read = train_refs + ([] if full else uncached)
     loaded, skipped = load_lineage_files(data, to_read, schema, settings) if (to_read and data) else ([], [])
+    if full and uncached:
+        # Reading them whole would break the row budget; without their stored held-out rows the
+        # gate does without them.
+        skipped += [f"{_ref_key(r)}: over TRAINING_WINDOW_ROWS and no stored held-out rows" for r in uncached]
+    if full and len(train_refs) < len(prior[-settings.training_window_files :]):
+        log.info(
+            f"training window: {len(train_refs)} earlier files fit TRAINING_WINDOW_ROWS="
+            f"{settings.training_window_rows} beside the new rows"
+        )
     by_key = {**cached, **{f.key: f for f in loaded}}
-    window = [by_key[key] for key in wanted if key in by_key]
+    gate_window = [by_key[_ref_key(r)] for r in gate_refs if _ref_key(r) in by_key]
+    window = [by_key[key] for key in train_keys if key in by_key] if full else gate_window
     read_seconds = time.perf_counter() - started
 
     # Incremental reads only the gate's rows; a fallback to full (no partial_fit, a new class)
@@ -362,7 +390,7 @@ def build_challenger(
     bundle = ModelBundle(version, estimator, schema)
 
     started_eval = time.perf_counter()
-    gate_files = window[-holdout_count:] or new_files
+    gate_files = gate_window or new_files
     gate_rows = _concat([f.holdout_rows for f in gate_files])
     new_rows = _concat([f.holdout_rows for f in new_files])
     metrics: dict[str, Any] = {
@@ -394,7 +422,9 @@ def build_challenger(
     eval_seconds = time.perf_counter() - started_eval
 
     lineage = prior + [dict(f.ref(), added_by=version) for f in new_files]
-    holdout_bytes = holdout_cache_bytes(((window if accumulate_lineage else []) + new_files)[-holdout_count:])
+    holdout_bytes = holdout_cache_bytes(
+        ((gate_window if accumulate_lineage else []) + new_files)[-holdout_count:]
+    )
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
         "version": version,

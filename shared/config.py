@@ -132,8 +132,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "lowest severity logged"),
     # validation and training
-    Setting("MAX_FILE_BYTES", str(200 * 1024 * 1024), _int(1), "a data file larger than this is quarantined"),
-    Setting("MAX_ROWS", "5000000", _int(1), "a data file with more rows than this is quarantined"),
+    # Sized for the train function's 2 GiB (infra/locals.tf): validating and training on a file of
+    # 1,000,000 rows (8 columns, a 39 MB CSV) peaked at 880 MB RSS; see docs/configuration.md.
+    Setting("MAX_FILE_BYTES", str(50 * 1024 * 1024), _int(1), "a data file larger than this is quarantined"),
+    Setting("MAX_ROWS", "1000000", _int(1), "a data file with more rows than this is quarantined"),
     Setting(
         "MAX_NULL_SHARE", "0.05", _float(0.0, 1.0), "largest share of missing values allowed in any column"
     ),
@@ -160,6 +162,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "TRAINING_WINDOW_FILES", "30", _int(1), "full retrains use the most recent this many accepted files"
+    ),
+    Setting(
+        "TRAINING_WINDOW_ROWS",
+        "1000000",
+        _int(1),
+        "a full retrain reads only the most recent accepted files whose rows, with the new file's, "
+        "fit in this many (bounds the train function's memory)",
     ),
     Setting(
         "PROMOTION_TOLERANCE",
@@ -308,6 +317,7 @@ class Settings:
     drift_policy: str
     training_strategy: str
     training_window_files: int
+    training_window_rows: int
     promotion_tolerance: float
     holdout_fraction: float
     cas_max_attempts: int

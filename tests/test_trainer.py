@@ -259,3 +259,23 @@ def test_incremental_gates_on_the_stored_held_out_rows_even_when_old_files_are_g
     full = world.send("incoming/newer.csv", training_rows(300, 8))
     skipped = registry.read_card(world.artifacts, full.version or "")["skipped_files"]
     assert [note.split(":")[0] for note in skipped] == old_keys
+
+
+def test_a_full_retrain_reads_only_the_recent_files_that_fit_training_window_rows(tmp_path: Path) -> None:
+    world = make_world(tmp_path, TRAINING_WINDOW_ROWS="700")  # 300-row files: the new one + one more
+    for i in range(3):
+        world.send(f"incoming/day-{i}.csv", training_rows(300, i))
+    earlier = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in world.current().lineage]
+
+    outcome = world.send("incoming/day-3.csv", training_rows(300, 3))
+
+    card = registry.read_card(world.artifacts, outcome.version or "")
+    new_key = registry.file_key(
+        "prodml-data", "incoming/day-3.csv", world.data.stat("incoming/day-3.csv").generation
+    )
+    assert card["trained_on"] == [earlier[-1], new_key]
+    assert card["training_rows"] <= 600
+    # The gate still compares on the held-out rows of every recent file (from the stored table).
+    assert card["metrics"]["holdout_files"] == earlier
+    assert card["skipped_files"] == []
+    assert [r["name"] for r in card["lineage"]] == [f"incoming/day-{i}.csv" for i in range(4)]
