@@ -27,12 +27,14 @@ locals {
   }
 
   # Settings of shared/config.py that mean something in the cloud (ports, local folders and
-  # the local router's knobs do not). tests/test_infra.py checks each is a real Setting.
+  # the local router's knobs do not; nor TRAIN_CRASH_FILE, a test hook that kills the trainer).
+  # tests/test_infra.py checks each is a real Setting.
   deployable_settings = [
     "STORAGE_BACKEND", "DATA_BUCKET", "ARTIFACTS_BUCKET", "LOG_FORMAT", "LOG_LEVEL",
     "MAX_FILE_BYTES", "MAX_ROWS", "MAX_NULL_SHARE", "UNSEEN_CATEGORY_POLICY",
     "DRIFT_PSI_THRESHOLD", "DRIFT_POLICY", "TRAINING_STRATEGY", "TRAINING_WINDOW_FILES",
-    "PROMOTION_TOLERANCE", "HOLDOUT_FRACTION", "CAS_MAX_ATTEMPTS", "ESTIMATOR",
+    "TRAINING_WINDOW_ROWS", "HOLDOUT_WINDOW_FILES", "PROMOTION_TOLERANCE", "HOLDOUT_FRACTION",
+    "CAS_MAX_ATTEMPTS", "ESTIMATOR",
     "MODEL_TRUSTED_TYPES", "RANDOM_SEED", "SERVING_MODE", "RELOAD_SECONDS", "MAX_BODY_BYTES",
     "MAX_INSTANCES", "TRAFFIC_FLUSH_SECONDS", "TRAFFIC_SKETCH_SIZE", "TABLE_MAX_ROWS",
     "TABLE_CHUNK_ROWS", "TABLE_TOP_K", "TABLE_FUNCTION_BUDGET_SECONDS", "PIPELINE_MAX_ROWS",

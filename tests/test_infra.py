@@ -35,6 +35,7 @@ LOCAL_ONLY = {
     if s.env.endswith("_PORT")
     or s.env.startswith(("LOCAL_", "ROUTER_"))
     or s.env in {"SCHEDULE_SECONDS", "PIPELINE_PYTHON", "PIPELINE_DIRECT_WORKERS"}
+    or s.env == "TRAIN_CRASH_FILE"  # a test hook: deployed, it could kill the trainer at will
 }
 OPTIONS = SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
 TERRAFORM = shutil.which("terraform")
