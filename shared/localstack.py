@@ -38,12 +38,20 @@ log = get_logger(__name__)
 
 STATE_FILE = "up.json"
 
+# Defaults of the local stack where they differ from the cloud's. Predict checks the model's
+# generation every RELOAD_SECONDS: a stat of a local file costs nothing, while on GCS each check
+# is a billed operation per instance, so the cloud keeps 10 s and a laptop gets 1 s freshness.
+LOCAL_DEFAULTS: dict[str, str] = {"RELOAD_SECONDS": "1"}
+
 
 def stack_environment(state_dir: Path | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of the stack's processes: ``base`` (default ``os.environ``), with the
-    buckets, dead letters (and logs) under ``state_dir`` when given, and paths made absolute so
-    every process agrees whatever its working folder."""
+    buckets, dead letters (and logs) under ``state_dir`` when given, paths made absolute so
+    every process agrees whatever its working folder, and ``LOCAL_DEFAULTS`` where unset."""
     env = dict(os.environ if base is None else base)
+    for name, value in LOCAL_DEFAULTS.items():
+        if not env.get(name, "").strip():
+            env[name] = value
     if state_dir is not None:
         env["LOCAL_BUCKETS_ROOT"] = str(state_dir / "buckets")
         env["LOCAL_DEADLETTER_DIR"] = str(state_dir / "deadletter")

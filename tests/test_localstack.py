@@ -215,3 +215,9 @@ def test_up_refuses_a_port_in_use_naming_the_setting(tmp_path: Path) -> None:
     assert f"port {busy} of function web is in use" in str(refused.value)
     assert "set PREDICT_PORT to a free port" in str(refused.value)
     assert stack.processes == {}  # nothing was started
+
+
+def test_the_local_stack_reloads_every_second_unless_told_otherwise(tmp_path: Path) -> None:
+    assert stack_environment(tmp_path, base={})["RELOAD_SECONDS"] == "1"
+    assert stack_environment(tmp_path, base={"RELOAD_SECONDS": ""})["RELOAD_SECONDS"] == "1"
+    assert stack_environment(tmp_path, base={"RELOAD_SECONDS": "7"})["RELOAD_SECONDS"] == "7"
