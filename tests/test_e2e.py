@@ -163,3 +163,66 @@ def test_replay_without_the_stack_says_to_start_it(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"function train does not answer at http://127.0.0.1:{port}" in result.stderr
     assert "prodml up" in result.stderr
+
+
+def _replay_json(env: dict[str, str], *args: str) -> tuple[int, dict[str, dict[str, Any]]]:
+    result = run(env, "replay", "--json", *args)
+    assert result.stdout, result.stderr
+    return result.returncode, {o["name"]: o for o in json.loads(result.stdout)}
+
+
+def test_replay_in_process_runs_the_trainer_without_the_stack(tmp_path: Path) -> None:
+    """A file left in incoming/ (no schema yet) is trained by `prodml replay --in-process` once the
+    schema is there; no function process, no router (nothing listens on TRAIN_PORT)."""
+    from conftest import drop_file, train_env, training_rows, training_schema
+
+    from shared.schema import save_schema
+
+    root = tmp_path / "buckets"
+    env = train_env(root, TRAIN_PORT=str(free_port()), LOG_FORMAT="text")
+    data, artifacts = LocalBucket(root, "prodml-data"), LocalBucket(root, "prodml-artifacts")
+    info = drop_file(data, "incoming/early.csv", training_rows(200, 1))
+
+    code, outcomes = _replay_json(env, "--in-process")
+    assert code == 1  # still not done: a script sees it
+    assert outcomes["incoming/early.csv"]["outcome"] == "no_schema"
+    assert "schema.json" in outcomes["incoming/early.csv"]["error"]
+
+    save_schema(artifacts, training_schema("binary"))
+    code, outcomes = _replay_json(env, "--in-process")
+    assert code == 0
+    assert outcomes["incoming/early.csv"]["outcome"] == "promoted"
+    assert is_processed(artifacts, "prodml-data", info.name, info.generation)
+    assert read_current(artifacts) is not None
+
+    code, outcomes = _replay_json(env, "--in-process")
+    assert (code, outcomes["incoming/early.csv"]["outcome"]) == (0, "skipped: processed")
+
+
+def test_replay_on_cloud_storage_runs_in_process_by_itself(tmp_path: Path, gcs_client: Any) -> None:
+    """STORAGE_BACKEND=gcs: no local stack exists to send events to; replay trains in process."""
+    import uuid
+
+    from conftest import drop_file, training_rows, training_schema
+
+    from shared.schema import save_schema
+    from shared.storage.gcs import GCSBucket
+
+    suffix = uuid.uuid4().hex[:8]
+    data = GCSBucket(gcs_client, gcs_client.create_bucket(f"data-{suffix}").name)
+    artifacts = GCSBucket(gcs_client, gcs_client.create_bucket(f"artifacts-{suffix}").name)
+    save_schema(artifacts, training_schema("binary"))
+    info = drop_file(data, "incoming/late.csv", training_rows(200, 2))
+    env = {
+        **os.environ,
+        "STORAGE_BACKEND": "gcs",
+        "DATA_BUCKET": data.name,
+        "ARTIFACTS_BUCKET": artifacts.name,
+        "GOOGLE_CLOUD_PROJECT": "test",
+        "LOG_FORMAT": "text",
+    }
+
+    code, outcomes = _replay_json(env)
+    assert code == 0, outcomes
+    assert outcomes["incoming/late.csv"]["outcome"] == "promoted"
+    assert is_processed(artifacts, data.name, info.name, info.generation)

@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict
 
 from shared.config import get_settings
-from shared.router.replay import replay
+from shared.router.replay import UNFINISHED, replay, replay_in_process
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,8 +18,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "For each file in the data bucket under PREFIX that the train function has not finished "
             "(no registry/processed marker), send the storage event again through the local router's "
-            "delivery (retries, dead letters). Needs the local stack running (`prodml up`)."
+            "delivery (retries, dead letters); that needs the local stack running (`prodml up`). "
+            "With --in-process (always with STORAGE_BACKEND=gcs), run the train function's own code "
+            "here instead, one file after the other: no stack needed."
         ),
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the trainer in this process instead of sending events (the default on gcs)",
     )
     parser.add_argument("--prefix", default="incoming/", help="object name prefix (default incoming/)")
     parser.add_argument(
@@ -32,20 +39,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    """Replay and list what happened; exit 1 if any event was dead-lettered."""
-    outcomes = replay(get_settings(), prefix=args.prefix, include_processed=args.all)
-    failed = [o for o in outcomes if o.outcome == "dead-lettered"]
+    """Replay and list what happened; exit 1 if any file is still not done (failed, no schema, ...)."""
+    settings = get_settings()
+    if args.in_process or settings.storage_backend == "gcs":
+        outcomes = replay_in_process(settings, prefix=args.prefix, include_processed=args.all)
+    else:
+        outcomes = replay(settings, prefix=args.prefix, include_processed=args.all)
+    failed = [o for o in outcomes if o.outcome in UNFINISHED]
     if args.json:
         print(json.dumps([asdict(o) for o in outcomes], indent=2))
     elif not outcomes:
         print(f"no data files under {args.prefix!r}")
     else:
         width = max(len(o.name) for o in outcomes)
-        print(f"{'file':<{width}}  {'generation':<16}  {'outcome':<18}  attempts  function")
+        print(f"{'file':<{width}}  {'generation':<16}  {'outcome':<18}  attempts  by")
         for o in outcomes:
             function = o.function or "-"
             print(f"{o.name:<{width}}  {o.generation:<16}  {o.outcome:<18}  {o.attempts:<8}  {function}")
-        sent = sum(o.outcome == "delivered" for o in outcomes)
         skipped = sum(o.outcome.startswith("skipped") for o in outcomes)
-        print(f"{sent} delivered, {len(failed)} dead-lettered, {skipped} skipped (already processed)")
+        done = len(outcomes) - len(failed) - skipped
+        print(f"{done} done, {len(failed)} not done, {skipped} skipped (already processed)")
+        for o in failed:
+            print(f"not done: {o.name}@{o.generation}: {o.outcome}: {o.error}")
     return 1 if failed else 0

@@ -5,6 +5,12 @@ After an outage (the stack was down when files landed), a schema fix, or a dead-
 marker (``registry.is_processed``) unless asked for all, and delivers the rest through the same
 router delivery code as a dropped file (retries, dead letters). It needs the stack running and
 says so plainly when the function does not answer.
+
+``replay_in_process`` needs no stack: it runs, in this process, the very code the train function
+runs (``trainer.handle_event``) for each such object. That is how files left in ``incoming/`` on
+GCP (no schema yet, a model that would not load) are run again after the fix: Eventarc has
+answered their events already and will not send them again. With ``STORAGE_BACKEND=gcs`` it is
+the only way, and ``prodml replay`` takes it on its own.
 """
 
 from __future__ import annotations
@@ -14,11 +20,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from shared import trainer
 from shared.config import Settings
-from shared.errors import ConfigError
+from shared.errors import ConfigError, ProdMLError
+from shared.events import parse_storage_event, to_cloudevent
+from shared.logs import get_logger
 from shared.registry import is_processed
 from shared.router import Route, Router, routes_from_declaration
 from shared.storage import artifacts_bucket, data_bucket
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -27,7 +38,8 @@ class ReplayOutcome:
 
     name: str
     generation: int
-    outcome: str  # "delivered", "dead-lettered" or "skipped: processed"
+    outcome: str  # "delivered", "dead-lettered", "skipped: processed"; in process, the trainer's
+    # outcome ("promoted", "quarantined", "no_schema", ...) or "failed"
     function: str | None = None
     attempts: int = 0
     error: str | None = None
@@ -42,7 +54,7 @@ def check_answers(route: Route, timeout: float = 2.0) -> None:
     except OSError:
         raise ConfigError(
             f"function {route.function} does not answer at {route.url}: start the local stack first "
-            "(`prodml up` or `make up`), then replay"
+            "(`prodml up` or `make up`), then replay; or run the trainer here: `prodml replay --in-process`"
         ) from None
 
 
@@ -57,8 +69,8 @@ def replay(
     every delivery to end and return the outcome of each object (and each skip)."""
     if settings.storage_backend != "local":
         raise ConfigError(
-            "prodml replay sends events to the local stack (STORAGE_BACKEND=local); on GCP, re-upload "
-            "the file or use Eventarc's retry instead"
+            "prodml replay through the router needs the local stack (STORAGE_BACKEND=local); "
+            "use replay_in_process (`prodml replay --in-process`) on Cloud Storage"
         )
     data, artifacts = data_bucket(settings), artifacts_bucket(settings)
     routes = [r for r in routes_from_declaration(settings, urls=urls) if r.bucket == data.name]
@@ -92,4 +104,40 @@ def replay(
                 )
     finally:
         router.stop()
+    return outcomes
+
+
+# What leaves a file still to be done: the trainer could not finish it (replay it again after a fix).
+UNFINISHED = frozenset({"failed", "dead-lettered", "no_schema", "model_error"})
+
+
+def replay_in_process(
+    settings: Settings, *, prefix: str = "incoming/", include_processed: bool = False
+) -> list[ReplayOutcome]:
+    """Run the train function's code (``trainer.handle_event``) here, for each data file version
+    under ``prefix`` not yet processed, one after the other; the outcome of each (and each skip).
+
+    A transient fault (an outage, other trainers promoting first) or a bug on one file is
+    recorded as ``failed`` with its reason, and the next file is tried: nothing is marked done
+    for it, so a later replay runs it again.
+    """
+    data, artifacts = data_bucket(settings), artifacts_bucket(settings)
+    outcomes: list[ReplayOutcome] = []
+    for info in list(data.list(prefix)):
+        if not include_processed and is_processed(artifacts, data.name, info.name, info.generation):
+            outcomes.append(ReplayOutcome(info.name, info.generation, "skipped: processed"))
+            continue
+        event = parse_storage_event(to_cloudevent(info))
+        try:
+            outcome = trainer.handle_event(event, settings, data=data, artifacts=artifacts)
+        except ProdMLError as exc:
+            outcomes.append(ReplayOutcome(info.name, info.generation, "failed", "in-process", 1, str(exc)))
+            continue
+        except Exception as exc:  # a bug must not stop the replay of the other files
+            log.exception(f"replay of {info.name!r}@{info.generation} failed")
+            error = f"{type(exc).__name__}: {exc}"
+            outcomes.append(ReplayOutcome(info.name, info.generation, "failed", "in-process", 1, error))
+            continue
+        error = outcome.message if outcome.status in UNFINISHED else None
+        outcomes.append(ReplayOutcome(info.name, info.generation, outcome.status, "in-process", 1, error))
     return outcomes
