@@ -128,7 +128,7 @@ class Predictor:
         for attempt in range(FIRST_LOAD_ATTEMPTS):
             if attempt:
                 time.sleep(FIRST_LOAD_BACKOFF[attempt - 1])
-            self.loader.reload()
+            self.loader.reload(by="first request")
             if not self.loader.retry_pending:
                 return
         log.warning(
@@ -164,7 +164,7 @@ class Predictor:
         interval = max(self.settings.reload_seconds, 0.05)
         while not self._stop.wait(interval):
             try:
-                self.reload()
+                self.loader.reload(by="reload thread")
             except Exception as exc:  # storage hiccup: try again next interval
                 self.loader.last_error = repr(exc)
                 self.loader.failures += 1
@@ -266,6 +266,7 @@ class Predictor:
             "counters": {
                 **self.counters.snapshot(),
                 "reloads": self.loader.reloads,
+                "reload_checks": self.loader.checks,
                 "reload_failures": self.loader.failures,
             },
             "last_reload_error": self.loader.last_error,
@@ -280,6 +281,8 @@ class Predictor:
             "generation": state.model_generation,
             "task": state.model.task,
             "age_seconds": round((now - state.model_updated).total_seconds(), 3),
+            "loaded_by": state.model_loaded_by,
+            "loaded_at_check": state.model_loaded_check,
         }
         if state.table is not None:
             table = state.table

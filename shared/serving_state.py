@@ -40,6 +40,8 @@ class ServingState:
     model: ModelBundle
     model_generation: int
     model_updated: datetime
+    model_loaded_by: str  # who loaded this model: "first request", "reload thread" or "reload()"
+    model_loaded_check: int  # the number of the reload check that loaded it (StateLoader.checks)
     table: Table | None
     table_generation: int  # generation of the pointer the table was read through (0: none)
     table_usable: bool  # whether this mode may answer from the table
@@ -88,15 +90,21 @@ class StateLoader:
         self.state: ServingState | None = None
         self.last_error: str | None = None
         self.reloads = 0
+        self.checks = 0  # reload checks so far (each looks at both generations once)
         self.failures = 0
         self._lock = threading.Lock()
         self._skip: dict[str, int] = {}  # blob -> generation whose content failed to load (not retried)
         self.retry_pending = False  # the last reload met a storage fault: the next one should retry
 
-    def reload(self) -> bool:
-        """Load whatever changed since the last look; True when a new state was swapped in."""
+    def reload(self, by: str = "reload()") -> bool:
+        """Load whatever changed since the last look; True when a new state was swapped in.
+
+        ``by`` names the caller (shown in ``/health`` for the model it loads), so a test or an
+        operator can tell a pick-up by the reload thread from one by a request.
+        """
         with self._lock:
-            return self._reload()
+            self.checks += 1
+            return self._reload(by)
 
     def _generation(self, blob: str) -> int:
         try:
@@ -104,7 +112,7 @@ class StateLoader:
         except NotFound:
             return 0
 
-    def _reload(self) -> bool:
+    def _reload(self, by: str) -> bool:
         self.retry_pending = False
         current = self.state
         seen = (current.model_generation, current.table_generation) if current else None
@@ -131,10 +139,18 @@ class StateLoader:
         else:
             usable, note = table_fits(table, model, self.mode)
         reuse = current is not None and current.model.schema == model.schema
+        same_model = current is not None and current.model is model
+        loaded_by, loaded_check = (
+            (current.model_loaded_by, current.model_loaded_check)
+            if same_model and current
+            else (by, self.checks)
+        )
         state = ServingState(
             model=model,
             model_generation=model_gen,
             model_updated=model_updated,
+            model_loaded_by=loaded_by,
+            model_loaded_check=loaded_check,
             table=table,
             table_generation=table_gen,
             table_usable=usable,
