@@ -289,6 +289,7 @@ class Predictor:
             cardinality = state.codec.cardinality
             out["table"] = {
                 "version": table.version,
+                "blob": table.blob,  # the exact object the pointer named (one per build)
                 "rows": len(table),
                 "model_version": table.model_version,
                 "matches_model": table.model_version == state.model.version,

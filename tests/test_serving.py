@@ -14,7 +14,7 @@ from shared.errors import BadRequest, ModelNotReady, StorageError
 from shared.model import to_frame
 from shared.serving import CURRENT_MODEL, FIRST_LOAD_ATTEMPTS, Predictor
 from shared.storage.local import LocalBucket
-from shared.table import CURRENT_POINTER
+from shared.table import CURRENT_POINTER, read_pointer
 from shared.traffic import read_traffic
 
 INSTANCES = [
@@ -282,4 +282,19 @@ def test_a_corrupt_model_is_skipped_until_its_generation_changes(artifacts, v1):
     assert predictor.health()["counters"]["reload_failures"] == 1  # read once, then skipped
     artifacts.write(CURRENT_MODEL, v1.to_bytes())
     assert predictor.reload() is True
+    predictor.close()
+
+
+def test_health_names_the_exact_table_object_the_pointer_names(artifacts, v1):
+    generation = publish(artifacts, v1)  # a full build
+    predictor = make(artifacts, "hybrid")
+    predictor.predict(body(INSTANCES))
+    first = predictor.health()["table"]
+    assert first["blob"] == read_pointer(artifacts)[0]["blob"]
+    write_serving_table(artifacts, v1, generation, keep=lambda codes: codes < 24)  # a top-K build
+    assert predictor.reload() is True
+    second = predictor.health()["table"]
+    assert second["version"] == first["version"]  # same model version: only the object tells them apart
+    assert second["blob"] == read_pointer(artifacts)[0]["blob"] != first["blob"]
+    assert second["rows"] == 24
     predictor.close()
