@@ -34,6 +34,7 @@ import random
 import signal
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -269,6 +270,53 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
     with job.clock.phase("write"):
         registry.set_decision(artifacts, card, "promoted", card["decision"]["reason"])
     return job.finish(Outcome("promoted", card["decision"]["reason"], version))
+
+
+def record_error(
+    event: StorageObjectEvent,
+    error: BaseException,
+    settings: Settings | None = None,
+    *,
+    artifacts: Bucket | None = None,
+) -> str:
+    """Record a file the trainer gave up on with a non-transient error (a bug, a bad setting).
+
+    Such an error is answered 2xx (retrying the same code on the same file fails the same way
+    forever), so it must not vanish into the logs: the file's monitoring record (what `prodml
+    monitor` shows) gets the decision ``error``, the error and the innermost frames of its
+    traceback. No "done" marker is written: `prodml replay` runs the file again after the fix.
+    Returns the record's name; a storage fault while writing it raises (then a retry can help).
+    """
+    settings = settings or get_settings()
+    artifacts = artifacts or artifacts_bucket(settings)
+    name = monitoring.record_name(event.name, event.generation)
+    try:
+        record = json.loads(artifacts.read(name))
+    except (NotFound, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        record = monitoring.make_record(event.name, event.generation, None, None, {}, [], "error")
+    frames = traceback.extract_tb(error.__traceback__)[-3:]
+    record.update(
+        {
+            "decision": "error",
+            "message": f"{type(error).__name__}: {error}",
+            "error": {
+                "type": type(error).__name__,
+                "message": str(error),
+                "where": [f"{f.filename}:{f.lineno} in {f.name}" for f in frames],
+                "event_id": event.event_id,
+            },
+            "time": registry.now_iso(),
+        }
+    )
+    written = monitoring.write_record(artifacts, record)
+    log.error(
+        f"recorded the error on {file_key(event.bucket, event.name, event.generation)} in {written}; "
+        "fix it, then `prodml replay`",
+        extra={"fields": {"object": event.name, "generation": event.generation, "outcome": "error"}},
+    )
+    return written
 
 
 def _supersede_unless_current(job: _Job, card: dict[str, Any]) -> None:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +24,7 @@ import numpy as np
 import pytest
 import requests
 from conftest import deliver, drop_file, train_env, training_rows, training_schema
+from sklearn.base import BaseEstimator
 
 from shared import registry
 from shared.events import build_cloudevent
@@ -68,10 +73,10 @@ class Stack:
         return info
 
 
-def _start(tmp: Path, **overrides: str) -> Stack:
+def _start(tmp: Path, task: str = "binary", **overrides: str) -> Stack:
     root = tmp / "buckets"
     artifacts = LocalBucket(root, "prodml-artifacts")
-    save_schema(artifacts, training_schema("binary"))
+    save_schema(artifacts, training_schema(task))
     crash_file = tmp / "crash-now"
     env = train_env(root, MAX_FILE_BYTES=str(MAX_FILE_BYTES), TRAIN_CRASH_FILE=str(crash_file), **overrides)
     spec = load_declaration().functions["train"]
@@ -296,3 +301,93 @@ def test_ten_files_delivered_concurrently_end_in_one_model_holding_all_ten_once(
         assert all(registry.is_processed(stack.artifacts, "prodml-data", i.name, i.generation) for i in infos)
     finally:
         stack.process.stop()
+
+
+@pytest.mark.parametrize("task", ["multiclass", "regression"])
+def test_multiclass_and_regression_labels_train_and_promote_in_the_function(
+    tmp_path: Path, task: str
+) -> None:
+    stack = _start(tmp_path, task)
+    try:
+        for i in range(2):
+            stack.train(f"incoming/{task}-{i}.csv", seed=500 + i, task=task)
+        current = stack.current()
+        assert current.bundle.task == task
+        assert [r["name"] for r in current.lineage] == [f"incoming/{task}-{i}.csv" for i in range(2)]
+        card = registry.read_card(stack.artifacts, current.version)
+        primary = "log_loss" if task == "multiclass" else "rmse"
+        assert card["metrics"]["primary"] == primary
+        assert card["metrics"]["champion"][primary] > 0  # the second model was gated against the first
+        assert card["decision"]["status"] == "promoted"
+    finally:
+        stack.process.stop()
+
+
+def test_a_storage_outage_answers_5xx_and_the_redelivery_after_it_trains(trained: Stack) -> None:
+    """Fault injection the local store cannot shrug off (the tests run as root, so chmod would not):
+    a file where the buckets' temp folder must be makes every write fail, reads still work."""
+    stack = trained
+    name = "incoming/outage.csv"
+    info = drop_file(stack.data, name, training_rows(300, 41))
+    temp_folder = Path(stack.env["LOCAL_BUCKETS_ROOT"]) / ".tmp"
+    shutil.rmtree(temp_folder)
+    temp_folder.write_bytes(b"")
+    try:
+        assert deliver(stack.url, info, attempts=1)[0] >= 500  # transient: Eventarc will redeliver
+        assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+        assert stack.cards_for(name) == []
+    finally:
+        temp_folder.unlink()
+        temp_folder.mkdir()
+
+    assert deliver(stack.url, info) == [200]  # the redelivery once the store is back
+    (card,) = stack.cards_for(name)
+    marker = registry.read_processed(stack.artifacts, "prodml-data", name, info.generation)
+    assert marker is not None and marker["version"] == card["version"]
+    assert marker["outcome"] == card["decision"]["status"] in ("promoted", "rejected")
+
+
+class _Exploding(BaseEstimator):
+    """A plugged-in estimator with a bug: its fit raises what no validation foresees."""
+
+    def fit(self, X: Any, y: Any) -> _Exploding:
+        raise RuntimeError("exploding estimator: a bug in the plug-in")
+
+
+def exploding(schema: Any) -> _Exploding:
+    """ESTIMATOR=test_train_function:exploding (the function process imports it from tests/)."""
+    return _Exploding()
+
+
+def test_a_bug_answers_2xx_and_is_recorded_where_prodml_monitor_shows_it(tmp_path: Path) -> None:
+    """A non-transient error is not retried forever (DESIGN: raise only for transient faults), but
+    it is not lost either: `prodml monitor` shows the file with outcome "error" and where it failed,
+    and `prodml replay` trains it once the bug is fixed."""
+    tests = str(Path(__file__).resolve().parent)
+    stack = _start(
+        tmp_path, ESTIMATOR="test_train_function:exploding", PYTHONPATH=os.pathsep.join([tests, *sys.path])
+    )
+    try:
+        info = drop_file(stack.data, "incoming/bug.csv", training_rows(300, 51))
+        assert deliver(stack.url, info, attempts=1) == [200]
+    finally:
+        stack.process.stop()
+    assert not registry.is_processed(stack.artifacts, "prodml-data", info.name, info.generation)
+
+    prodml = str(Path(sys.executable).with_name("prodml"))
+    env = {k: v for k, v in stack.env.items() if k not in ("ESTIMATOR", "TRAIN_CRASH_FILE")}
+    shown = subprocess.run(
+        [prodml, "monitor", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    (row,) = [r for r in json.loads(shown.stdout) if r["object"] == "incoming/bug.csv"]
+    assert row["decision"] == "error"
+    assert row["error"]["type"] == "RuntimeError"
+    assert "exploding estimator" in row["message"]
+    assert any("test_train_function.py" in where for where in row["error"]["where"])
+    table = subprocess.run([prodml, "monitor"], env=env, capture_output=True, text=True, timeout=120).stdout
+    assert any("incoming/bug.csv" in line and "error" in line for line in table.splitlines()), table
+
+    replayed = subprocess.run(
+        [prodml, "replay", "--in-process", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert [o["outcome"] for o in json.loads(replayed.stdout)] == ["promoted"], replayed.stderr

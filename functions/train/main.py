@@ -16,7 +16,7 @@ from shared.config import get_settings
 from shared.errors import InvalidEvent, InvalidObjectName, ProdMLError, StorageError
 from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
-from shared.trainer import RetryLater, handle_event
+from shared.trainer import RetryLater, handle_event, record_error
 
 _settings = get_settings()
 setup_logging(_settings.log_format, _settings.log_level)
@@ -38,9 +38,13 @@ def on_data_file(cloud_event: CloudEvent) -> None:
     except (StorageError, RetryLater, OSError):
         raise  # transient: a 5xx makes the platform deliver the event again
     except ProdMLError as exc:
-        # Not transient (a bad object name, a bad ESTIMATOR setting, ...): retrying cannot help.
-        # No "done" marker was written, so `prodml replay` can run the file again after a fix.
+        # Not transient (a bad ESTIMATOR setting, ...): retrying cannot help. No "done" marker is
+        # written, so `prodml replay` can run the file again after a fix; the record says why.
         log.error(f"could not process {event.name!r}@{event.generation}: {exc}")
-    except Exception:
-        # A bug or a model the estimator chokes on: retrying forever would not help either.
+        record_error(event, exc, _settings)
+    except Exception as exc:
+        # A bug or a model the estimator chokes on: retrying forever would not help either (the
+        # DESIGN: raise only for transient faults). Answered 2xx, but recorded where
+        # `prodml monitor` shows it, and left for `prodml replay`.
         log.exception(f"unexpected error on {event.name!r}@{event.generation}; left for `prodml replay`")
+        record_error(event, exc, _settings)
