@@ -243,9 +243,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "PIPELINE_MAX_ROWS",
-        "200000000",
+        "20000000",
         _int(1),
-        "largest key space a pipeline table build enumerates (predict holds the table in memory)",
+        "largest key space a pipeline table build enumerates (predict holds 16 bytes a key, twice "
+        "while it reloads: 20M keys fit its 1 GiB; raise both together)",
     ),
     Setting(
         "PIPELINE_RUNNER",
