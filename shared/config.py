@@ -232,7 +232,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     # batch table
     Setting("TABLE_MAX_ROWS", "2000000", _int(1), "largest key space a full table build enumerates"),
-    Setting("TABLE_CHUNK_ROWS", "50000", _int(1), "rows scored per vectorized chunk in a table build"),
+    Setting("TABLE_CHUNK_ROWS", "100000", _int(1), "rows scored per vectorized chunk in a table build"),
     Setting("TABLE_TOP_K", "100000", _int(1), "default K for top_k table builds"),
     # scale-out pipelines (shared/pipelines, docs/scale-out.md)
     Setting(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
 from typing import Any
 
 import numpy as np
@@ -30,14 +29,14 @@ import pandas as pd
 
 from shared.model import ModelBundle, to_frame
 from shared.schema import Feature, Scalar, Schema
-from shared.table import codec_for, encode_keys, parse_key_string
+from shared.table import decode_codes, encode_keys, parse_key_string
 
 
 @dataclass(frozen=True)
 class KeyChunk:
     """A run of keys: their codes and one column of values per key feature (same order).
 
-    Category columns are pandas ``str`` arrays, integer columns int64 arrays (see ``decode_keys``).
+    Category columns are object arrays of strings, integer columns int64 arrays (see ``decode_keys``).
     """
 
     codes: np.ndarray  # int64
@@ -92,29 +91,10 @@ def non_key_defaults(schema: Schema) -> dict[str, Scalar]:
 def decode_keys(schema: Schema, codes: np.ndarray) -> dict[str, Any]:
     """The key columns of ``codes`` (the inverse of ``shared.table.encode_keys``).
 
-    The same values as ``shared.table.decode_codes``, built for speed: a category column is its
-    domain (a pandas ``str`` array) taken at the digit of each code, so no Python string is made
-    per row; ``to_frame`` then has nothing left to convert but the final object column. This
-    halves the cost of a chunk's model input (measured in bench/bench_table.py).
+    Category columns are object arrays of the domain's strings, which ``instance_frame`` and
+    ``to_frame`` pass through without converting (measured in bench/bench_table.py).
     """
-    codec = codec_for(schema)
-    codes = np.asarray(codes, dtype=np.int64)
-    if codes.size and (codes.min() < 0 or codes.max() >= codec.cardinality):
-        raise ValueError(f"codes must lie in [0, {codec.cardinality}), got {codes.min()}..{codes.max()}")
-    columns: dict[str, Any] = {}
-    for feature, stride, radix in zip(codec.features, codec.strides, codec.radixes, strict=True):
-        digits = (codes // stride) % radix
-        if feature.type == "category":
-            columns[feature.name] = _domain_array(feature).take(digits)
-        else:
-            columns[feature.name] = digits + int(feature.min or 0)
-    return columns
-
-
-@cache
-def _domain_array(feature: Feature) -> Any:
-    """A category's domain as a pandas ``str`` array (cached: features are frozen)."""
-    return pd.array(list(feature.domain), dtype="str")
+    return decode_codes(schema, codes)
 
 
 def full_chunks(
