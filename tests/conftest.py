@@ -336,25 +336,14 @@ def serving_env(buckets_root: Path, **overrides: str) -> dict[str, str]:
 # delivering a real CloudEvent to a train function process the way Eventarc does
 # =============================================================================================
 
-TRAINING_FEATURES = [
-    {"name": "country", "type": "category", "domain": ["br", "de", "kr", "us"]},
-    {"name": "hour", "type": "integer", "min": 0, "max": 23},
-    {"name": "bid", "type": "float", "min": 0.0, "max": 10.0, "default": 1.5},
-]
-TRAINING_LABELS = {
-    "binary": {"name": "converted", "type": "category", "classes": [0, 1]},
-    "multiclass": {"name": "plan", "type": "category", "classes": ["basic", "plus", "pro"]},
-    "regression": {"name": "spend", "type": "float"},
-}
+# The serving section's schema: the same features, labels and key serve both areas.
+TRAINING_FEATURES = SERVING_FEATURES
+TRAINING_LABELS = SERVING_LABELS
 
 
 def training_schema(task: str = "binary"):  # -> Schema
     """Country, hour and bid, with a label of the given task; key country x hour."""
-    from shared.schema import Schema
-
-    return Schema.from_dict(
-        {"features": TRAINING_FEATURES, "label": TRAINING_LABELS[task], "key": ["country", "hour"]}
-    )
+    return serving_schema(task)
 
 
 def training_rows(rows: int, seed: int, task: str = "binary", shuffle: bool = False):  # -> DataFrame
