@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from shared.advisor import Advice, advise, plot_coverage
 from shared.config import Settings, get_settings
-from shared.pipelines.decide import Decision, decide
-from shared.storage import artifacts_bucket
+
+if TYPE_CHECKING:
+    from shared.advisor import Advice
+    from shared.pipelines.decide import Decision
 
 DEFAULT_PNG = Path(".local/advise-coverage.png")
 
@@ -34,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_advise(args: argparse.Namespace) -> int:
     """Advise, write the plot, print the report."""
+    from shared.advisor import advise, plot_coverage
+    from shared.storage import artifacts_bucket
+
     settings = get_settings()
     advice = advise(artifacts_bucket(settings), settings)
     png = plot_coverage(advice, args.png)
@@ -48,6 +53,8 @@ def run_advise(args: argparse.Namespace) -> int:
 
 def table_build_path(advice: Advice, settings: Settings) -> Decision:
     """Where a build of the advised table (else every key) would run and why (shared.pipelines)."""
+    from shared.pipelines.decide import decide
+
     rows = advice.k or advice.cardinality
     rate = (advice.model or {}).get("rows_per_second")
     strategy = "full" if rows == advice.cardinality else "top_k"

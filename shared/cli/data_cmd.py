@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from shared.cli.choices import KEY_CARDINALITY
 from shared.cli.pipeline_cmd import register_validate
-from shared.synth import KEY_CARDINALITY, synthesize
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_synth(args: argparse.Namespace) -> int:
     """Write the files and list them."""
+    from shared.synth import synthesize
+
     try:
         result = synthesize(
             args.out,

@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from shared.demo import DemoError, DemoOptions, run_demo
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``prodml demo``."""
@@ -36,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; SIGTERM stops it like Ctrl-C (everything started is stopped)."""
+    from shared.demo import DemoError, DemoOptions, run_demo
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

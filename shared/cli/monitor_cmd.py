@@ -7,9 +7,6 @@ import json
 from typing import Any
 
 from shared.config import get_settings
-from shared.monitoring import PRIMARY_METRIC, list_records
-from shared.quarantine import list_quarantine
-from shared.storage import artifacts_bucket, data_bucket
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def collect() -> list[dict[str, Any]]:
     """Monitoring records and quarantine records, merged per file generation, oldest first."""
+    from shared.monitoring import list_records
+    from shared.quarantine import list_quarantine
+    from shared.storage import artifacts_bucket, data_bucket
+
     settings = get_settings()
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for record in list_records(artifacts_bucket(settings)):
@@ -66,6 +67,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def render(rows: list[dict[str, Any]]) -> str:
     """One line per file, then the quarantine reasons."""
+    from shared.monitoring import PRIMARY_METRIC
+
     header = ("time", "file", "model", "primary", "acc/auc", "max psi", "drifted", "outcome")
     table = [header]
     for row in rows:

@@ -20,14 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shared.cli.choices import DATAFLOW, DIRECT, PATHS, STRATEGIES
 from shared.config import get_settings
-from shared.errors import ModelNotReady, NotFound
-from shared.model import ModelBundle
-from shared.pipelines.decide import DATAFLOW, DIRECT, PATHS, decide_for_model
-from shared.pipelines.launch import build_table_routed, start
-from shared.pipelines.options import template_spec
-from shared.storage import artifacts_bucket
-from shared.table_build import CURRENT_MODEL, NOTHING, STRATEGIES, parse_build_request
 
 
 def add_runner_argument(
@@ -122,6 +116,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_table(args: argparse.Namespace) -> int:
     """Build where it fits; print the result and the path taken."""
+    from shared.pipelines.launch import build_table_routed
+    from shared.storage import artifacts_bucket
+    from shared.table_build import NOTHING, parse_build_request
+
     settings = get_settings()
     body: dict[str, Any] = {"strategy": args.strategy, "force": args.force}
     if args.k is not None:
@@ -151,6 +149,8 @@ def run_table(args: argparse.Namespace) -> int:
 
 def run_validate(args: argparse.Namespace) -> int:
     """Validate the objects; print each one's outcome."""
+    from shared.pipelines.launch import start
+
     settings = get_settings()
     runner = args.runner or (DATAFLOW if settings.storage_backend == "gcs" else DIRECT)
     report = start(settings, runner, "validate", {"objects": ",".join(args.objects)}, dry_run=args.dry_run)
@@ -172,6 +172,12 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_decide(args: argparse.Namespace) -> int:
     """Print where a table build of the current model would run, and why."""
+    from shared.errors import ModelNotReady, NotFound
+    from shared.model import ModelBundle
+    from shared.pipelines.decide import decide_for_model
+    from shared.storage import artifacts_bucket
+    from shared.table_build import CURRENT_MODEL
+
     settings = get_settings()
     try:
         bundle = ModelBundle.from_bytes(
@@ -187,6 +193,8 @@ def run_decide(args: argparse.Namespace) -> int:
 
 def run_template(args: argparse.Namespace) -> int:
     """Print (or write) the Flex Template spec."""
+    from shared.pipelines.options import template_spec
+
     text = json.dumps(template_spec(args.image), indent=2) + "\n"
     if args.out is None:
         sys.stdout.write(text)

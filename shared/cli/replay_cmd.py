@@ -7,7 +7,6 @@ import json
 from dataclasses import asdict
 
 from shared.config import get_settings
-from shared.router.replay import UNFINISHED, replay, replay_in_process
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     """Replay and list what happened; exit 1 if any file is still not done (failed, no schema, ...)."""
+    from shared.router.replay import UNFINISHED, replay, replay_in_process
+
     settings = get_settings()
     if args.in_process or settings.storage_backend == "gcs":
         outcomes = replay_in_process(settings, prefix=args.prefix, include_processed=args.all)

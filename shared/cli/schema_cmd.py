@@ -7,11 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from shared.cli.choices import LABEL_NAMES
 from shared.config import get_settings
 from shared.errors import ValidationFailed
 from shared.schema import SCHEMA_BLOB, save_schema
-from shared.schema_infer import LABEL_NAMES, default_label, infer_schema
-from shared.storage import artifacts_bucket
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +56,8 @@ def run_infer(args: argparse.Namespace) -> int:
         print(f"prodml schema infer: no such file {str(args.file)!r}", file=sys.stderr)
         return 1
     from shared.datafiles import read_frame
+    from shared.schema_infer import default_label, infer_schema
+    from shared.storage import artifacts_bucket
 
     try:
         frame = read_frame(args.file, args.file.name, settings.max_rows)

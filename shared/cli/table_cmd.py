@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
+from shared.cli.choices import STRATEGIES
 from shared.cli.pipeline_cmd import add_runner_argument
 from shared.cli.pipeline_cmd import run_table as run_routed_table
 from shared.config import get_settings
-from shared.storage import artifacts_bucket
-from shared.table_build import NOTHING, STRATEGIES, BuildResult, build_table, parse_build_request
+
+if TYPE_CHECKING:
+    from shared.table_build import BuildResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +44,9 @@ def run_build(args: argparse.Namespace) -> int:
     """Build, print the summary; exit 1 with a one-line reason when nothing could be built."""
     if args.runner is not None:  # where to build is decided (or forced): see shared.pipelines
         return run_routed_table(args)
+    from shared.storage import artifacts_bucket
+    from shared.table_build import NOTHING, build_table, parse_build_request
+
     settings = get_settings()
     body = {"strategy": args.strategy, "force": args.force}
     if args.k is not None:

@@ -18,14 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from shared import registry
-from shared.challenger import build_challenger, make_data_file
 from shared.config import Settings, get_settings
 from shared.errors import ModelNotReady, NotFound, PreconditionFailed, ProdMLError
-from shared.quarantine import INCOMING_PREFIX
 from shared.schema import load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
-from shared.validation import validate_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -88,6 +84,8 @@ def upload_file(data: Bucket, path: Path) -> tuple[str, int]:
     An object already there with the very same bytes is reused (running ``prodml train`` again);
     one with other bytes is an error: overwriting it would orphan the lineage that names it.
     """
+    from shared.quarantine import INCOMING_PREFIX
+
     name = INCOMING_PREFIX + path.name
     try:
         return name, data.upload(name, path, if_generation_match=0)
@@ -107,6 +105,8 @@ def promote(
     artifacts: Bucket, version: str, model_bytes: bytes, settings: Settings, by: str
 ) -> tuple[str | None, int]:
     """CAS-swap ``version`` in, re-reading the current model when another writer won; (previous, gen)."""
+    from shared import registry
+
     for _ in range(settings.cas_max_attempts):
         try:
             current = registry.read_current(artifacts, settings.model_trusted_types)
@@ -125,6 +125,10 @@ def promote(
 
 def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) -> dict[str, Any]:
     """Static training on local files (see the module docstring); the summary printed by the command."""
+    from shared import registry
+    from shared.challenger import build_challenger, make_data_file
+    from shared.validation import validate_file
+
     data, artifacts = data_bucket(settings), artifacts_bucket(settings)
     schema = load_schema(artifacts)
     for path in paths:
@@ -209,6 +213,8 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def list_models(settings: Settings) -> dict[str, Any]:
     """Every version with what ``prodml models`` shows, and the current version."""
+    from shared import registry
+
     artifacts = artifacts_bucket(settings)
     try:
         current = registry.read_current(artifacts, settings.model_trusted_types)
@@ -290,6 +296,8 @@ def run_models(args: argparse.Namespace) -> int:
 
 def run_rollback(args: argparse.Namespace) -> int:
     """Roll back and say from which version to which."""
+    from shared import registry
+
     settings = get_settings()
     try:
         done = registry.rollback(artifacts_bucket(settings), args.version, settings.model_trusted_types)

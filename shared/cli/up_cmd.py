@@ -9,9 +9,12 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from shared.functions_spec import DECLARATION, load_declaration
-from shared.localstack import LocalStack
+
+if TYPE_CHECKING:
+    from shared.localstack import LocalStack
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_up(args: argparse.Namespace) -> int:
     """Start the stack, print where everything is, wait for SIGINT or SIGTERM, stop it."""
+    from shared.localstack import LocalStack
+
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

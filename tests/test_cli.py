@@ -1,0 +1,99 @@
+"""The ``prodml`` parser: starts without the heavy libraries, lists every command, and its
+registration-time values agree with the modules that own them."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+
+import shared.cli
+from shared.cli import choices
+
+HEAVY = ("sklearn", "pandas", "matplotlib", "apache_beam", "scipy")
+
+# DESIGN.md section 7 (and the scale-out and example-data groups).
+DOCUMENTED_COMMANDS = {
+    "data",
+    "schema",
+    "train",
+    "models",
+    "rollback",
+    "monitor",
+    "replay",
+    "table",
+    "advise",
+    "up",
+    "demo",
+    "pipeline",
+}
+
+
+def _python(code: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter, so ``sys.modules`` holds only what it imported."""
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def _command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command and subcommand of the parser, as argument prefixes (``("pipeline", "table")``)."""
+    paths = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths += [(*path, name), *_command_paths(sub, (*path, name))]
+    return paths
+
+
+def test_building_the_parser_imports_no_heavy_library() -> None:
+    code = (
+        "import shared.cli, sys; shared.cli.build_parser(); "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    )
+    run = _python(code)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_every_commands_help_imports_no_heavy_library() -> None:
+    # What a user runs: `prodml <command> --help` for each command and subcommand, in one process.
+    paths = _command_paths(shared.cli.build_parser())
+    code = (
+        "import contextlib, io, sys, shared.cli\n"
+        f"for path in {paths!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        shared.cli.main([*path, '--help'])\n"
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    )
+    run = _python(code)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_help_lists_every_command() -> None:
+    run = _python("import shared.cli, sys; sys.exit(shared.cli.main())", "--help")
+    assert run.returncode == 0, run.stderr
+    registered = {path[0] for path in _command_paths(shared.cli.build_parser())}
+    assert registered >= DOCUMENTED_COMMANDS
+    # argparse lists each command, indented by four spaces, at the start of its own line under COMMAND.
+    listed = set(re.findall(r"^    (\S+)", run.stdout, flags=re.MULTILINE))
+    assert registered <= listed, run.stdout
+
+
+def test_registration_values_match_the_modules_that_own_them() -> None:
+    from shared.pipelines import decide
+    from shared.schema_infer import LABEL_NAMES
+    from shared.synth import KEY_CARDINALITY
+    from shared.table_build import STRATEGIES
+
+    assert choices.STRATEGIES == STRATEGIES
+    assert (choices.FUNCTION, choices.DIRECT, choices.DATAFLOW) == (
+        decide.FUNCTION,
+        decide.DIRECT,
+        decide.DATAFLOW,
+    )
+    assert choices.PATHS == decide.PATHS
+    assert choices.LABEL_NAMES == LABEL_NAMES
+    assert choices.KEY_CARDINALITY == KEY_CARDINALITY
