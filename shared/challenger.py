@@ -255,13 +255,17 @@ def fit_challenger(
 Z_ONE_SIDED_95 = 1.645  # the gate rejects only what is worse with 95 % confidence
 
 
-def row_losses(bundle: ModelBundle, frame: pd.DataFrame) -> np.ndarray:
+def row_losses(bundle: ModelBundle, frame: pd.DataFrame, scores: np.ndarray | None = None) -> np.ndarray:
     """Each row's share of the primary metric: -log p(true class), or the squared error.
 
     The mean over rows is the log loss (the MSE, whose root is the RMSE) that ``evaluate`` reports.
+    ``scores``: the model's scores of ``frame`` (``monitoring.model_scores``) when already computed.
     """
     schema = bundle.schema
-    scores = bundle.scores(training.features(frame, schema))
+    if scores is None:
+        scores = bundle.scores(training.features(frame, schema))
+    elif len(scores) != len(frame):
+        raise ValueError(f"{len(scores)} scores given for {len(frame)} rows")
     truth = training.labels(frame, schema)
     if bundle.task == "regression":
         return np.asarray((scores - truth) ** 2, dtype="float64")
@@ -316,6 +320,26 @@ def judge(
     if bound <= allowed:
         return True, "promoted: " + verdict, numbers
     return False, "rejected: " + verdict, numbers
+
+
+def _scores(models: dict[str, ModelBundle | None], rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Each present model's scores of ``rows`` (none when there are no rows)."""
+    if not len(rows):
+        return {}
+    return {who: monitoring.model_scores(model, rows) for who, model in models.items() if model is not None}
+
+
+def _evaluate(
+    model: ModelBundle | None, rows: pd.DataFrame, scores: np.ndarray | None
+) -> dict[str, float | None] | None:
+    """``monitoring.evaluate`` from the model's scores of ``rows``; None without a model or rows."""
+    if model is None or scores is None:
+        return None
+    return monitoring.evaluate(model, rows, scores)
+
+
+def _copy(quality: dict[str, float | None] | None) -> dict[str, float | None] | None:
+    return dict(quality) if quality is not None else None
 
 
 def build_challenger(
@@ -393,26 +417,32 @@ def build_challenger(
     gate_files = gate_window or new_files
     gate_rows = _concat([f.holdout_rows for f in gate_files])
     new_rows = _concat([f.holdout_rows for f in new_files])
+    # Scoring is most of this step: each model scores each row set once, and the metrics and the
+    # gate's per-row losses are both derived from those scores.
+    models = {"challenger": bundle, "champion": champion.bundle if champion is not None else None}
+    gate_scores = _scores(models, gate_rows)
+    same_rows = gate_files is new_files  # no earlier files: the gate's rows are the new file's
+    new_scores = {} if same_rows else _scores(models, new_rows)
+    quality = {who: _evaluate(models[who], gate_rows, gate_scores.get(who)) for who in models}
+    new_quality = {
+        who: _copy(quality[who]) if same_rows else _evaluate(models[who], new_rows, new_scores.get(who))
+        for who in models
+    }
     metrics: dict[str, Any] = {
         "primary": monitoring.PRIMARY_METRIC[schema.label.task][0],
         "holdout_files": [f.key for f in gate_files],
-        "challenger": monitoring.evaluate(bundle, gate_rows) if len(gate_rows) else None,
-        "champion": None,
-        "new_file_challenger": monitoring.evaluate(bundle, new_rows) if len(new_rows) else None,
-        "new_file_champion": None,
+        "challenger": quality["challenger"],
+        "champion": quality["champion"],
+        "new_file_challenger": new_quality["challenger"],
+        "new_file_champion": new_quality["champion"],
     }
-    if champion is not None:
-        metrics["champion"] = monitoring.evaluate(champion.bundle, gate_rows) if len(gate_rows) else None
-        metrics["new_file_champion"] = (
-            monitoring.evaluate(champion.bundle, new_rows) if len(new_rows) else None
-        )
     if metrics["challenger"] is None:
         promote, reason = (champion is None), "no held-out rows to compare on"
     else:
         promote, reason, metrics["gate"] = judge(
             schema.label.task,
-            row_losses(bundle, gate_rows),
-            row_losses(champion.bundle, gate_rows) if champion is not None else None,
+            row_losses(bundle, gate_rows, gate_scores["challenger"]),
+            row_losses(champion.bundle, gate_rows, gate_scores["champion"]) if champion is not None else None,
             settings.promotion_tolerance,
         )
     if force_promote and not promote:

@@ -157,16 +157,29 @@ def drift_failure(drifted: list[str], psi_by_feature: dict[str, float]) -> Valid
 # --- model quality -------------------------------------------------------------------------
 
 
-def evaluate(bundle: ModelBundle, frame: pd.DataFrame) -> dict[str, float | None]:
+def model_scores(bundle: ModelBundle, frame: pd.DataFrame) -> np.ndarray:
+    """The model's scores of the rows of ``frame`` (features + label column): what ``evaluate`` scores."""
+    return bundle.scores(to_frame(bundle.schema, frame))
+
+
+def evaluate(
+    bundle: ModelBundle, frame: pd.DataFrame, scores: np.ndarray | None = None
+) -> dict[str, float | None]:
     """The model's quality on ``frame`` (features + label column, as ``ValidatedData.frame``).
 
     Classification: ``log_loss`` (over all the schema's classes), ``roc_auc`` (binary; macro
     one-vs-rest for multiclass; None when fewer than two classes are present), ``accuracy``.
     Regression: ``mae``, ``rmse``. Also ``rows``.
+
+    ``scores``: the model's scores of ``frame`` (``model_scores``) when the caller has them
+    already (the gate scores the same rows for its per-row losses): scoring is most of the cost.
     """
     schema = bundle.schema
     y = frame[schema.label.name]
-    scores = bundle.scores(to_frame(schema, frame))
+    if scores is None:
+        scores = model_scores(bundle, frame)
+    elif len(scores) != len(frame):
+        raise ValueError(f"{len(scores)} scores given for {len(frame)} rows")
     out: dict[str, float | None] = {"rows": float(len(frame))}
     if bundle.task == "regression":
         truth = y.to_numpy(dtype="float64")

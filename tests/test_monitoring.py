@@ -15,6 +15,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from shared import monitoring
+from shared.challenger import row_losses
 from shared.cli import main as prodml
 from shared.config import get_settings, load_settings
 from shared.errors import ValidationFailed
@@ -114,6 +115,29 @@ def test_regression_metrics_equal_sklearns() -> None:
     assert got["rmse"] == pytest.approx(metrics.root_mean_squared_error(frame["y"], predicted))
     assert monitoring.PRIMARY_METRIC["regression"] == ("rmse", False)
     assert monitoring.PRIMARY_METRIC["binary"] == ("log_loss", False)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_metrics_and_gate_losses_from_one_scoring_equal_sklearns(task: str) -> None:
+    # The challenger step scores each row set once and derives both the metrics and the gate's
+    # per-row losses from those scores; both must be what scoring inside each would give.
+    bundle = fit_bundle(task)
+    _, frame = make_data(task, seed=2)
+    scores = monitoring.model_scores(bundle, frame)
+    assert monitoring.evaluate(bundle, frame, scores) == monitoring.evaluate(bundle, frame)
+    losses = row_losses(bundle, frame, scores)
+    assert np.array_equal(losses, row_losses(bundle, frame))
+    x = frame[["country", "x"]]
+    if task == "regression":
+        assert losses.mean() == pytest.approx(
+            metrics.mean_squared_error(frame["y"], bundle.estimator.predict(x))
+        )
+    else:
+        assert losses.mean() == pytest.approx(metrics.log_loss(frame["y"], bundle.estimator.predict_proba(x)))
+    with pytest.raises(ValueError, match="399 scores given for 400 rows"):
+        monitoring.evaluate(bundle, frame, scores[:-1])
+    with pytest.raises(ValueError, match="399 scores given for 400 rows"):
+        row_losses(bundle, frame, scores[:-1])
 
 
 def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
