@@ -140,6 +140,25 @@ def test_metrics_and_gate_losses_from_one_scoring_equal_sklearns(task: str) -> N
         row_losses(bundle, frame, scores[:-1])
 
 
+def test_category_bins_are_the_same_whether_the_column_holds_strings_or_needs_converting() -> None:
+    # Validated frames (Python strings) skip the per-value conversion; anything else takes it.
+    schema, train = make_data("binary", n=2000, seed=1)
+    _, new = make_data("binary", n=2000, seed=2)
+    new["country"] = np.where(np.arange(2000) % 3 == 0, "fr", new["country"])  # a value never seen
+    converted = {"train": train.copy(), "new": new.copy()}
+    for frame in converted.values():
+        frame["country"] = frame["country"].astype("category")
+    reference = monitoring.reference_stats(train, schema)
+    assert reference == monitoring.reference_stats(converted["train"], schema)
+    assert sum(reference["features"]["country"]["proportions"].values()) == pytest.approx(1.0)
+    assert monitoring.psi(reference, new, schema) == monitoring.psi(reference, converted["new"], schema)
+    with_missing = new.astype({"country": object})
+    with_missing.loc[with_missing.index[:500], "country"] = None  # missing values count in no bin
+    assert monitoring.psi(reference, with_missing, schema)["country"] == pytest.approx(
+        monitoring.psi(reference, new.iloc[500:], schema)["country"]
+    )
+
+
 def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
     schema, train = make_data("binary", n=5000, seed=1)
     reference = monitoring.reference_stats(train, schema)
