@@ -117,7 +117,9 @@ def load_lineage_files(
                 if info.generation != int(ref["generation"]):
                     skipped.append(f"{key}: replaced by generation {info.generation}")
                     continue
-                validated = validate_file(path, ref["name"], schema, settings)
+                # Accepted before: only the schema's columns are parsed, so a file with many
+                # extra columns does not slow every later retrain (issue 12).
+                validated = validate_file(path, ref["name"], schema, settings, schema_columns_only=True)
             except NotFound:
                 skipped.append(f"{key}: no longer in the bucket")
                 continue

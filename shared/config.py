@@ -137,6 +137,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_FILE_BYTES", str(50 * 1024 * 1024), _int(1), "a data file larger than this is quarantined"),
     Setting("MAX_ROWS", "1000000", _int(1), "a data file with more rows than this is quarantined"),
     Setting(
+        "MAX_COLUMNS",
+        "1000",
+        _int(1),
+        "a data file with more columns than this is quarantined (checked on its header); "
+        "at least the schema's features and label",
+    ),
+    Setting(
         "MAX_NULL_SHARE", "0.05", _float(0.0, 1.0), "largest share of missing values allowed in any column"
     ),
     Setting(
@@ -312,6 +319,7 @@ class Settings:
     log_level: str
     max_file_bytes: int
     max_rows: int
+    max_columns: int
     max_null_share: float
     unseen_category_policy: str
     drift_psi_threshold: float

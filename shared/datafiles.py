@@ -4,7 +4,15 @@
 chunks for CSV and JSON Lines, pyarrow record batches for Parquet), so a file with too many rows
 is refused as soon as the limit is passed instead of after reading it all. Every failure is a
 ``ValidationFailed`` with its own rule (``unknown_format``, ``unreadable``, ``empty``,
-``too_many_rows``), so the file can be quarantined with a reason a person can act on.
+``too_many_rows``, ``duplicate_columns``, ``too_many_columns``), so the file can be quarantined
+with a reason a person can act on.
+
+Columns are checked on the header as the file writes it, before its rows are parsed: the CSV
+header line, the Parquet footer, each JSON Lines object's keys. Duplicate names are refused
+(``age`` twice: which value counts would be a guess; pandas would quietly rename the second
+``age.1``, and a JSON object with a key twice quietly keeps the last), and so is a file with more
+than ``max_columns`` columns. ``read_table`` can read only the ``wanted`` columns (the schema's):
+a re-read of an accepted file then costs what training uses, however many extra columns it has.
 
 Two value helpers give every module the same reading of a column:
 
@@ -20,8 +28,11 @@ category value such as ``"NA"`` (Namibia) or ``"None"`` into a missing value.
 
 from __future__ import annotations
 
+import csv
 import json
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +40,12 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import infer_dtype
 
+from shared.caps import cut_text, cut_value
 from shared.errors import ValidationFailed
 
+DUPLICATE_COLUMNS = "duplicate_columns"
+TOO_MANY_COLUMNS = "too_many_columns"
+MAX_NAMES_LISTED = 20  # column names quoted in one message
 FORMATS: dict[str, str] = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 CHUNK_ROWS = 50_000
 # Text that means "no value" in a numeric column (compared lower-cased, stripped).
@@ -46,10 +61,12 @@ def details(
     **extra: Any,
 ) -> dict[str, Any]:
     """The ``details`` of a ``ValidationFailed``: where the fault is and what it looks like."""
+    # Names and sample values come from the file: cut, so that one huge cell cannot make a huge
+    # reason (caps.MAX_VALUE_CHARS).
     return {
-        "columns": columns or [],
+        "columns": [cut_text(str(c)) for c in (columns or [])],
         "rows": rows or [],
-        "samples": [jsonable(v) for v in (samples or [])],
+        "samples": [cut_value(jsonable(v)) for v in (samples or [])],
         "count": count,
         **extra,
     }
@@ -84,12 +101,46 @@ def file_format(object_name: str) -> str:
         ) from None
 
 
+def names_listed(columns: Collection[Any]) -> str:
+    """Column names for a message: the first ``MAX_NAMES_LISTED``, each cut, quoted."""
+    listed = [str(c) for c in columns]
+    shown = ", ".join(repr(cut_text(c)) for c in listed[:MAX_NAMES_LISTED])
+    return f"[{shown}{', ...' if len(listed) > MAX_NAMES_LISTED else ''}]"
+
+
+@dataclass(frozen=True)
+class FileTable:
+    """A data file as read: ``frame`` (only the wanted columns, when asked) and ``columns``, every
+    column the file has, in the file's order."""
+
+    frame: pd.DataFrame
+    columns: list[str]
+
+
 def read_frame(path: Path, object_name: str, max_rows: int) -> pd.DataFrame:
     """Read the data file at ``path`` (named ``object_name`` in its bucket) into a DataFrame.
 
     The index is 0..n-1, so data row ``i + 1`` (1-based, header not counted) is index ``i``.
     Raises ``ValidationFailed`` with rule ``unknown_format``, ``empty``, ``unreadable`` (naming
-    the parser's complaint) or ``too_many_rows`` (as soon as ``max_rows`` is passed).
+    the parser's complaint), ``duplicate_columns`` or ``too_many_rows`` (as soon as ``max_rows``
+    is passed).
+    """
+    return read_table(path, object_name, max_rows).frame
+
+
+def read_table(
+    path: Path,
+    object_name: str,
+    max_rows: int,
+    *,
+    max_columns: int | None = None,
+    wanted: Collection[str] | None = None,
+) -> FileTable:
+    """``read_frame``, plus ``too_many_columns`` over ``max_columns``, and only ``wanted`` columns.
+
+    With ``wanted``, the other columns are not parsed at all (a re-read of an accepted file).
+    For CSV that also means pandas does not check that a row has no more fields than the header
+    (with ``usecols`` it drops extra fields silently): a first read of a file passes no ``wanted``.
     """
     fmt = file_format(object_name)
     size = path.stat().st_size
@@ -97,11 +148,13 @@ def read_frame(path: Path, object_name: str, max_rows: int) -> pd.DataFrame:
         raise ValidationFailed("empty", f"{object_name!r} is empty (0 bytes)", details(count=0))
     if fmt != "parquet":
         _refuse_binary(path, object_name)
+    header = _Header(object_name, max_columns)
+    wanted_set = frozenset(wanted) if wanted is not None else None
     readers = {"csv": _csv_chunks, "jsonl": _jsonl_chunks, "parquet": _parquet_chunks}
     chunks: list[pd.DataFrame] = []
     rows = 0
     try:
-        for chunk in readers[fmt](path, object_name, max_rows):
+        for chunk in readers[fmt](path, object_name, max_rows, header, wanted_set):
             rows += len(chunk)
             if rows > max_rows:
                 raise ValidationFailed(
@@ -112,20 +165,73 @@ def read_frame(path: Path, object_name: str, max_rows: int) -> pd.DataFrame:
             chunks.append(chunk)
     except ValidationFailed:
         raise
-    except (ValueError, UnicodeDecodeError, OSError, pd.errors.ParserError, ArithmeticError) as exc:
-        # pyarrow's ArrowInvalid is a ValueError; pandas' ParserError too.
+    except (
+        ValueError,
+        UnicodeDecodeError,
+        OSError,
+        ArithmeticError,
+        pd.errors.ParserError,
+        csv.Error,
+    ) as exc:
+        # pyarrow's ArrowInvalid is a ValueError; pandas' ParserError too; csv.Error: the header.
         raise _unreadable(object_name, fmt, exc) from None
     frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else (chunks[0] if chunks else None)
+    columns = header.names or ([] if frame is None else [str(c) for c in frame.columns])
     if frame is None or len(frame) == 0:
-        columns = [] if frame is None else [str(c) for c in frame.columns]
         raise ValidationFailed(
             "empty",
             f"{object_name!r} has no data rows"
-            + (f" (only a header: {', '.join(columns)})" if columns else ""),
-            details(columns=columns, count=0),
+            + (f" (only a header: {names_listed(columns)})" if columns else ""),
+            details(columns=columns[:MAX_NAMES_LISTED], count=0),
         )
     frame.columns = [str(c) for c in frame.columns]
-    return frame.reset_index(drop=True)
+    _refuse_duplicates(object_name, list(frame.columns), "its columns")  # whatever a reader missed
+    return FileTable(frame.reset_index(drop=True), columns)
+
+
+@dataclass
+class _Header:
+    """The columns of a file as its reader meets them; refuses duplicates and too many."""
+
+    object_name: str
+    max_columns: int | None
+    names: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+
+    def add(self, names: list[str], where: str) -> None:
+        """Take the column names ``names`` (of the header, or of one JSON object) found ``where``."""
+        _refuse_duplicates(self.object_name, names, where)
+        new = [n for n in names if n not in self.seen]
+        if not new:
+            return
+        self.names += new
+        self.seen.update(new)
+        if self.max_columns is not None and len(self.names) > self.max_columns:
+            count = len(self.names)
+            raise ValidationFailed(
+                TOO_MANY_COLUMNS,
+                f"{self.object_name!r} has {count} columns ({where}), more than MAX_COLUMNS="
+                f"{self.max_columns}; drop the columns the schema does not name, or raise MAX_COLUMNS",
+                details(count=count, max_columns=self.max_columns),
+            )
+
+
+def _refuse_duplicates(object_name: str, names: list[str], where: str) -> None:
+    """``duplicate_columns`` when a column name occurs twice in ``names``.
+
+    Empty names are left out: pandas calls such columns "Unnamed: <position>", never mistaken
+    for a feature (a header with trailing commas has several).
+    """
+    counts = Counter(n for n in names if n != "")
+    duplicated = [n for n, c in counts.items() if c > 1]
+    if not duplicated:
+        return
+    raise ValidationFailed(
+        DUPLICATE_COLUMNS,
+        f"{object_name!r} names column(s) {names_listed(duplicated)} more than once ({where}): "
+        "which of the values counts would be a guess; give every column its own name",
+        details(columns=duplicated, count=len(duplicated), samples=[counts[n] for n in duplicated]),
+    )
 
 
 def _unreadable(object_name: str, fmt: str, exc: BaseException) -> ValidationFailed:
@@ -163,7 +269,23 @@ def _refuse_binary(path: Path, object_name: str) -> None:
             ) from None
 
 
-def _csv_chunks(path: Path, object_name: str, max_rows: int) -> Iterator[pd.DataFrame]:
+def _csv_header(path: Path) -> list[str]:
+    """The first record of the CSV file as written (pandas would rename a duplicate ``age.1``).
+
+    Only that record is read (the csv module reads a line at a time), with pandas' options. A
+    header name over the csv module's field size limit (128 KiB) makes the file ``unreadable``.
+    """
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        for record in csv.reader(f, skipinitialspace=True):
+            if record:  # pandas skips blank lines before the header too
+                return record
+    return []
+
+
+def _csv_chunks(
+    path: Path, object_name: str, max_rows: int, header: _Header, wanted: frozenset[str] | None
+) -> Iterator[pd.DataFrame]:
+    header.add(_csv_header(path), "in its header")
     # Only empty cells are missing (see the module docstring).
     with pd.read_csv(
         path,
@@ -172,6 +294,7 @@ def _csv_chunks(path: Path, object_name: str, max_rows: int) -> Iterator[pd.Data
         na_values=[""],
         skipinitialspace=True,
         encoding="utf-8-sig",
+        usecols=(lambda name: name in wanted) if wanted is not None else None,
     ) as reader:
         try:
             yield from reader
@@ -179,7 +302,29 @@ def _csv_chunks(path: Path, object_name: str, max_rows: int) -> Iterator[pd.Data
             return
 
 
-def _jsonl_chunks(path: Path, object_name: str, max_rows: int) -> Iterator[pd.DataFrame]:
+class _DuplicateKeys(dict[str, Any]):
+    """A JSON object that had a key more than once (``duplicates``); the last value is kept."""
+
+    duplicates: list[str]
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last value of a repeated key without a word: keep the pairs' word for it.
+    record = dict(pairs)
+    if len(record) == len(pairs):
+        return record
+    flagged = _DuplicateKeys(record)
+    counts = Counter(key for key, _ in pairs)
+    flagged.duplicates = [key for key, count in counts.items() if count > 1]
+    return flagged
+
+
+_JSON_OBJECTS = json.JSONDecoder(object_pairs_hook=_object_pairs)
+
+
+def _jsonl_chunks(
+    path: Path, object_name: str, max_rows: int, header: _Header, wanted: frozenset[str] | None
+) -> Iterator[pd.DataFrame]:
     # Parsed line by line (not pandas.read_json) to name the bad line and to insist on objects.
     batch: list[dict[str, Any]] = []
     limit = min(CHUNK_ROWS, max_rows + 1)
@@ -188,11 +333,17 @@ def _jsonl_chunks(path: Path, object_name: str, max_rows: int) -> Iterator[pd.Da
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = _JSON_OBJECTS.decode(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"line {number}: {exc.msg} (column {exc.colno})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"line {number}: expected a JSON object, got {type(record).__name__}")
+            if isinstance(record, _DuplicateKeys):
+                header.add([*record, *record.duplicates], f"line {number}")
+            if not header.seen.issuperset(record):
+                header.add(list(record), f"by line {number}")
+            if wanted is not None:
+                record = {k: v for k, v in record.items() if k in wanted}
             batch.append(record)
             if len(batch) >= limit:
                 yield pd.DataFrame.from_records(batch)
@@ -201,21 +352,26 @@ def _jsonl_chunks(path: Path, object_name: str, max_rows: int) -> Iterator[pd.Da
         yield pd.DataFrame.from_records(batch)
 
 
-def _parquet_chunks(path: Path, object_name: str, max_rows: int) -> Iterator[pd.DataFrame]:
+def _parquet_chunks(
+    path: Path, object_name: str, max_rows: int, header: _Header, wanted: frozenset[str] | None
+) -> Iterator[pd.DataFrame]:
     import pyarrow.parquet as pq
 
     with pq.ParquetFile(path) as parquet:
+        names = list(parquet.schema_arrow.names)
+        header.add(names, "in its schema")  # the footer knows: no row read yet
         total = parquet.metadata.num_rows
-        if total > max_rows:  # the footer knows: no need to read a single row
+        if total > max_rows:
             raise ValidationFailed(
                 "too_many_rows",
                 f"{object_name!r} has {total} rows, more than MAX_ROWS={max_rows}",
                 details(count=total, max_rows=max_rows),
             )
+        columns = [n for n in names if n in wanted] if wanted is not None else None
         if total == 0:
-            yield parquet.schema_arrow.empty_table().to_pandas()
+            yield parquet.schema_arrow.empty_table().select(columns or names).to_pandas()
             return
-        for batch in parquet.iter_batches(batch_size=min(CHUNK_ROWS, max_rows + 1)):
+        for batch in parquet.iter_batches(batch_size=min(CHUNK_ROWS, max_rows + 1), columns=columns):
             yield batch.to_pandas()
 
 

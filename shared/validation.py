@@ -12,6 +12,8 @@ rule               fails when
 too_large          the file is over MAX_FILE_BYTES (``check_size``, before download)
 unknown_format     the extension is not .csv, .jsonl, .json or .parquet
 unreadable         the parser refuses it (binary junk, broken quoting, bad JSON line)
+duplicate_columns  a column name occurs twice (in the CSV header, a Parquet schema, a JSON object)
+too_many_columns   more than MAX_COLUMNS columns (from the header, before the rows are read)
 empty              no data rows (0 bytes, a header only), or none left after dropping
 too_many_rows      more than MAX_ROWS rows
 missing_label      the label column is absent
@@ -28,7 +30,11 @@ invalid_label      a label missing, NaN, infinite, text in a regression label, n
 Decisions:
 
 - Extra columns are allowed (a producer may add one before the schema does) and listed in
-  ``ValidatedData.extra_columns``; they are not part of the frame.
+  ``ValidatedData.extra_columns``; they are not part of the frame. MAX_COLUMNS bounds them (it
+  may not be below the schema's own columns: ``ConfigError``). A re-read of an accepted file (the
+  training window) parses only the schema's columns: ``validate_file(schema_columns_only=True)``.
+- Sample values and column names in a message or ``details`` are cut to
+  ``caps.MAX_VALUE_CHARS`` characters (marked as cut): one huge cell makes no huge reason.
 - Missing feature values: a column whose missing share is at most MAX_NULL_SHARE passes, and
   the rows with a missing feature value are dropped (counted in ``dropped_rows``): the model has
   no imputation step, and a few incomplete rows say little. A missing label is never allowed: a
@@ -50,9 +56,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared.caps import cut_text
 from shared.config import Settings
-from shared.datafiles import category_strings, details, file_format, numeric_values, read_frame
-from shared.errors import ValidationFailed
+from shared.datafiles import (
+    category_strings,
+    details,
+    file_format,
+    names_listed,
+    numeric_values,
+    read_table,
+)
+from shared.errors import ConfigError, ValidationFailed
 from shared.model import to_frame
 from shared.schema import Feature, Schema
 
@@ -88,18 +102,62 @@ def check_size(size: int, settings: Settings) -> None:
         )
 
 
-def validate_file(path: Path, object_name: str, schema: Schema, settings: Settings) -> ValidatedData:
-    """Read ``path`` and check it against ``schema``; ``ValidationFailed`` on the first broken rule."""
+def schema_columns(schema: Schema) -> list[str]:
+    """The columns a data file must have: the schema's features and its label."""
+    return [*schema.feature_names, schema.label.name]
+
+
+def column_limit(schema: Schema, settings: Settings) -> int:
+    """MAX_COLUMNS; a ``ConfigError`` naming both when it is below the schema's own columns."""
+    needed = len(schema_columns(schema))
+    if settings.max_columns < needed:
+        raise ConfigError(
+            f"MAX_COLUMNS={settings.max_columns} is below the schema's own {needed} columns "
+            f"({needed - 1} features and the label): no file could pass; set MAX_COLUMNS to at "
+            f"least {needed}"
+        )
+    return settings.max_columns
+
+
+def validate_file(
+    path: Path,
+    object_name: str,
+    schema: Schema,
+    settings: Settings,
+    *,
+    schema_columns_only: bool = False,
+) -> ValidatedData:
+    """Read ``path`` and check it against ``schema``; ``ValidationFailed`` on the first broken rule.
+
+    ``schema_columns_only``: parse only the schema's columns, for a file accepted before (the
+    training window re-reads it: its extra columns must cost nothing). Not for a first read: the
+    CSV parser then no longer refuses a row with more fields than the header.
+    """
     fmt = file_format(object_name)
     check_size(path.stat().st_size, settings)  # the event's size may differ from what arrived
-    raw = read_frame(path, object_name, settings.max_rows)
-    return validate_frame(raw, object_name, schema, settings, fmt)
+    table = read_table(
+        path,
+        object_name,
+        settings.max_rows,
+        max_columns=column_limit(schema, settings),
+        wanted=schema_columns(schema) if schema_columns_only else None,
+    )
+    return validate_frame(table.frame, object_name, schema, settings, fmt, columns=table.columns)
 
 
 def validate_frame(
-    raw: pd.DataFrame, object_name: str, schema: Schema, settings: Settings, fmt: str = "frame"
+    raw: pd.DataFrame,
+    object_name: str,
+    schema: Schema,
+    settings: Settings,
+    fmt: str = "frame",
+    columns: list[str] | None = None,
 ) -> ValidatedData:
-    """The rules after reading, on a frame as ``read_frame`` returns it (index 0..n-1)."""
+    """The rules after reading, on a frame as ``read_frame`` returns it (index 0..n-1).
+
+    ``columns``: every column of the file, when ``raw`` holds only some of them.
+    """
+    all_columns = columns if columns is not None else [str(c) for c in raw.columns]
     rows = len(raw)
     if rows == 0:
         raise ValidationFailed("empty", f"{object_name!r} has no data rows", details(count=0))
@@ -107,18 +165,19 @@ def validate_frame(
     if label.name not in raw.columns:
         raise ValidationFailed(
             "missing_label",
-            f"{object_name!r} has no label column {label.name!r}; columns are {_names(raw.columns)}",
-            details(columns=[label.name], samples=list(raw.columns[:MAX_SAMPLES])),
+            f"{object_name!r} has no label column {label.name!r}; columns are {names_listed(all_columns)}",
+            details(columns=[label.name], samples=list(all_columns[:MAX_SAMPLES])),
         )
     missing = [f.name for f in schema.features if f.name not in raw.columns]
     if missing:
         raise ValidationFailed(
             "missing_columns",
-            f"{object_name!r} lacks feature column(s) {_names(missing)}; columns are {_names(raw.columns)}",
+            f"{object_name!r} lacks feature column(s) {names_listed(missing)}; "
+            f"columns are {names_listed(all_columns)}",
             details(columns=missing, count=len(missing)),
         )
     known = set(schema.feature_names) | {label.name}
-    extra = [c for c in raw.columns if c not in known]
+    extra = [c for c in all_columns if c not in known]
 
     # Parse each feature once: category strings, or numbers plus a mask of text cells.
     strings: dict[str, pd.Series] = {}
@@ -195,25 +254,29 @@ def validate_frame(
 # --- rules ---------------------------------------------------------------------------------
 
 
-def _names(columns: Any) -> str:
-    listed = [str(c) for c in columns]
-    shown = ", ".join(repr(c) for c in listed[:20])
-    return f"[{shown}{', ...' if len(listed) > 20 else ''}]"
-
-
 def _rows(mask: pd.Series) -> list[int]:
     return [int(i) + 1 for i in mask[mask].index[:MAX_ROWS_LISTED]]
 
 
 def _samples(values: pd.Series, mask: pd.Series) -> list[Any]:
-    """Up to MAX_SAMPLES distinct bad values, in order of appearance."""
+    """Up to MAX_SAMPLES distinct bad values, in order of appearance, each cut (``_sample``)."""
     out: list[Any] = []
     for value in values[mask]:
         if value not in out:
             out.append(value)
         if len(out) == MAX_SAMPLES:
             break
-    return out
+    return [_sample(v) for v in out]
+
+
+def _sample(value: Any) -> Any:
+    """A bad value as a message shows it: a number as it is, anything else as text cut to
+    ``caps.MAX_VALUE_CHARS`` (a 10 MB cell, or a JSON list in a cell, is quoted by its start)."""
+    if isinstance(value, str):
+        return cut_text(value)
+    if value is None or isinstance(value, bool | int | float | np.number | np.bool_):
+        return value
+    return cut_text(str(value))
 
 
 def _fail_columns(
@@ -320,7 +383,7 @@ def _check_domains(
             masks,
             strings,
             "holds values outside the schema's domain (UNSEEN_CATEGORY_POLICY=quarantine), found",
-            unseen={n: v[:MAX_SAMPLES] for n, v in unseen.items()},
+            unseen={n: [cut_text(x) for x in v[:MAX_SAMPLES]] for n, v in unseen.items()},
         )
     return unseen
 

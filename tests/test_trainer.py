@@ -279,3 +279,47 @@ def test_a_full_retrain_reads_only_the_recent_files_that_fit_training_window_row
     assert card["metrics"]["holdout_files"] == earlier
     assert card["skipped_files"] == []
     assert [r["name"] for r in card["lineage"]] == [f"incoming/day-{i}.csv" for i in range(4)]
+
+
+def test_a_file_with_a_duplicated_or_too_many_columns_is_quarantined_naming_them(tmp_path: Path) -> None:
+    world = make_world(tmp_path, MAX_COLUMNS="6")
+    rows = training_rows(50, 3)
+    duplicated = rows.assign(hour2=(rows["hour"] + 1) % 24).rename(columns={"hour2": "hour"})
+    assert world.send("incoming/dup.csv", duplicated).status == "quarantined"
+    reason = json.loads(world.data.read("quarantine/dup.csv.reason.json"))
+    assert reason["rule"] == "duplicate_columns" and reason["details"]["columns"] == ["hour"]
+    assert "'hour'" in reason["message"]
+    wide = rows.assign(a=1, b=2, c=3)  # 7 columns
+    outcome = world.send("incoming/wide.csv", wide)
+    assert (outcome.status, outcome.rule) == ("quarantined", "too_many_columns")
+    reason = json.loads(world.data.read("quarantine/wide.csv.reason.json"))
+    assert "7 columns" in reason["message"] and "MAX_COLUMNS=6" in reason["message"]
+    assert not world.artifacts.exists(registry.CURRENT)  # nothing of either was trained on
+
+
+def test_a_later_retrain_parses_only_the_schema_columns_of_an_accepted_wide_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from shared import datafiles
+
+    world = make_world(tmp_path, MAX_COLUMNS="200")
+    assert world.send("incoming/first.csv", training_rows(300, 0)).status == "promoted"
+    wide = training_rows(300, 1).assign(**{f"extra{i}": i for i in range(150)})
+    assert world.send("incoming/wide.csv", wide).status == "promoted"
+    # Record the width of every CSV chunk parsed from here on (a spy: the real reader runs).
+    parsed: list[tuple[str, int]] = []
+    real_chunks = datafiles._csv_chunks
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        for chunk in real_chunks(*args, **kwargs):
+            parsed.append((args[1], chunk.shape[1]))
+            yield chunk
+
+    monkeypatch.setattr(datafiles, "_csv_chunks", spy)
+    outcome = world.send("incoming/later.csv", training_rows(300, 2))
+    assert outcome.status == "promoted", outcome.message
+    card = registry.read_card(world.artifacts, outcome.version or "")
+    assert any("/incoming/wide.csv@" in key for key in card["trained_on"])  # it is in the window
+    # The new file is read whole (a first read); the window's files, the wide one too, only in
+    # the schema's 4 columns.
+    assert dict(parsed) == {"incoming/later.csv": 4, "incoming/first.csv": 4, "incoming/wide.csv": 4}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 from shared.config import load_settings
-from shared.errors import ValidationFailed
+from shared.errors import ConfigError, ValidationFailed
 from shared.schema import Schema
 from shared.validation import ValidatedData, check_size, validate_file
 
@@ -267,3 +268,106 @@ def test_unreadable_files_are_refused_before_any_rule(
     path = tmp_path / name
     path.write_bytes(content)
     assert refused(path).rule == rule
+
+
+# --- duplicate column names (issue 12, item 4) ---------------------------------------------
+
+
+def _duplicate_hour_file(tmp_path: Path, ext: str) -> Path:
+    """Two columns named ``hour`` with conflicting values: which one is the hour is a guess."""
+    path = tmp_path / f"dup{ext}"
+    if ext == ".csv":
+        path.write_text("country,hour,bid,clicked,hour\nde,3,1.5,1,20\nus,4,2.5,0,21\n")
+    elif ext == ".jsonl":
+        path.write_text(
+            '{"country": "de", "hour": 3, "bid": 1.5, "clicked": 1}\n'
+            '{"country": "us", "hour": 4, "bid": 2.5, "clicked": 0, "hour": 21}\n'
+        )
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = [["de", "us"], [3, 4], [1.5, 2.5], [1, 0], [20, 21]]
+        names = ["country", "hour", "bid", "clicked", "hour"]
+        pq.write_table(pa.Table.from_arrays([pa.array(c) for c in columns], names=names), path)
+    return path
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_duplicate_column_names_are_refused_naming_them(tmp_path: Path, ext: str) -> None:
+    failure = refused(_duplicate_hour_file(tmp_path, ext))
+    assert failure.rule == "duplicate_columns"
+    assert failure.details["columns"] == ["hour"]
+    assert "'hour'" in failure.message
+    if ext == ".jsonl":
+        assert "line 2" in failure.message
+
+
+def test_a_column_that_only_looks_like_a_renamed_duplicate_is_fine(tmp_path: Path) -> None:
+    # pandas names a second "hour" "hour.1": the check is on the header as written, so a real
+    # column of that name is just an extra column.
+    path = write_csv(tmp_path, "country,hour,bid,clicked,hour.1\nde,3,1.5,1,20\n")
+    data = validate_file(path, "incoming/day.csv", SCHEMA, SETTINGS)
+    assert data.frame["hour"].tolist() == [3] and data.extra_columns == ["hour.1"]
+
+
+# --- too many columns (issue 12, item 14) --------------------------------------------------
+
+
+def _wide_file(tmp_path: Path, ext: str, extra: int) -> Path:
+    """A good row plus ``extra`` extra columns, then a broken rest that no parser would take."""
+    path = tmp_path / f"wide{ext}"
+    names = [f"x{i}" for i in range(extra)]
+    if ext == ".csv":
+        header = ",".join(["country", "hour", "bid", "clicked", *names])
+        row = ",".join(["de", "3", "1.5", "1"] + ["0"] * extra)
+        path.write_text(f"{header}\n{row}\n1,2\n3,4,5,6,7,8,9,10,11,12\n")
+    elif ext == ".jsonl":
+        first = {"country": "de", "hour": 3, "bid": 1.5, "clicked": 1, **{n: 0 for n in names}}
+        path.write_text(json.dumps(first) + '\n{"country": "us", broken\n')
+    else:
+        row = {"country": "de", "hour": 3, "bid": 1.5, "clicked": 1, **{n: 0 for n in names}}
+        frame = pd.DataFrame([row])
+        frame.to_parquet(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_a_file_over_max_columns_is_refused_from_its_header(tmp_path: Path, ext: str) -> None:
+    # The rows after the header are broken: the rule is decided before any of them is parsed.
+    failure = refused(_wide_file(tmp_path, ext, 3), settings=load_settings({"MAX_COLUMNS": "6"}))
+    assert failure.rule == "too_many_columns"
+    assert "7 columns" in failure.message and "MAX_COLUMNS=6" in failure.message
+    assert failure.details["count"] == 7 and failure.details["max_columns"] == 6
+
+
+def test_json_lines_whose_keys_add_up_past_max_columns_are_refused(tmp_path: Path) -> None:
+    rows = [{**row, f"x{i}": 0} for i, row in enumerate(good_rows(5))]  # a new key on every line
+    path = tmp_path / "day.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    failure = refused(path, settings=load_settings({"MAX_COLUMNS": "6"}))
+    assert failure.rule == "too_many_columns" and "line 3" in failure.message
+
+
+def test_max_columns_below_the_schemas_own_columns_is_a_config_error(tmp_path: Path) -> None:
+    path = write_rows(tmp_path, good_rows(5))
+    with pytest.raises(ConfigError) as info:
+        validate_file(path, "incoming/day.csv", SCHEMA, load_settings({"MAX_COLUMNS": "3"}))
+    assert "MAX_COLUMNS=3" in str(info.value) and "4 columns" in str(info.value)
+
+
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_a_reread_of_an_accepted_file_reads_only_the_schemas_columns(tmp_path: Path, ext: str) -> None:
+    path = _wide_file(tmp_path, ext, 50)
+    if ext == ".csv":  # the broken rest is there to stop a first read; an accepted file has none
+        path.write_text("\n".join(path.read_text().splitlines()[:2]) + "\n")
+    elif ext == ".jsonl":
+        path.write_text(path.read_text().splitlines()[0] + "\n")
+    from shared.datafiles import read_table  # here: before issue 12 there was no read_table
+
+    table = read_table(path, path.name, 10, max_columns=100, wanted=[*SCHEMA.feature_names, "clicked"])
+    assert list(table.frame.columns) == ["country", "hour", "bid", "clicked"]
+    assert len(table.columns) == 54 and table.columns[-1] == "x49"
+    data = validate_file(path, f"incoming/{path.name}", SCHEMA, SETTINGS, schema_columns_only=True)
+    assert data.extra_columns == [f"x{i}" for i in range(50)]
+    assert data.frame.to_dict("records") == [{"country": "de", "hour": 3, "bid": 1.5, "clicked": 1}]
