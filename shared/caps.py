@@ -9,7 +9,8 @@ record and a 10 MB log line. So:
   ``MAX_VALUE_CHARS`` characters, marked as cut (``cut_text``): where messages are built;
 - every record as a whole is kept under ``MAX_RECORD_BYTES`` (``fit_record``): at the one place
   each kind of record is written (quarantine reason, processed marker, monitoring record, log
-  line). An oversized record is still valid JSON with its key fields and a ``cut`` marker.
+  line). An oversized record is still valid JSON with its key fields and a ``cut`` marker; a text
+  log line is cut at its end (``cut_line``).
 
 No heavy imports: ``shared.logs`` uses this module.
 """
@@ -51,6 +52,15 @@ def cut_value(value: Any, chars: int = MAX_VALUE_CHARS, items: int | None = None
         kept = value[:items] if items is not None else value
         return [cut_value(v, chars, items) for v in kept]
     return value
+
+
+def cut_line(line: str, limit: int = MAX_RECORD_BYTES) -> str:
+    """A line of text kept under ``limit`` bytes (UTF-8): its start, and a visible mark."""
+    encoded = line.encode()
+    if len(encoded) <= limit:
+        return line
+    head = encoded[: limit - 64].decode(errors="ignore")  # 64 bytes left for the mark
+    return f"{head}…[cut from {len(line)} chars]"
 
 
 def fit_record(

@@ -2,7 +2,9 @@
 
 Each line has ``severity`` and ``message`` (plus any ``extra`` fields given as
 ``log.info("...", extra={"fields": {...}})``). When stdout is a terminal, and ``LOG_FORMAT`` is
-``auto``, lines are readable text instead.
+``auto``, lines are readable text instead. Every line is kept under ``caps.MAX_RECORD_BYTES``
+(a message quoting a huge value once made a 10 MB line): a JSON line is cut to its key fields
+(``LOG_KEY_FIELDS``, the message cut) with a ``cut`` marker, a text line at its end.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from shared.caps import cut_line, fit_record
+
 _SEVERITY = {
     logging.DEBUG: "DEBUG",
     logging.INFO: "INFO",
@@ -20,6 +24,20 @@ _SEVERITY = {
     logging.ERROR: "ERROR",
     logging.CRITICAL: "CRITICAL",
 }
+
+# What a JSON line over caps.MAX_RECORD_BYTES keeps (strings cut to caps.MAX_MESSAGE_CHARS).
+LOG_KEY_FIELDS = (
+    "severity",
+    "message",
+    "time",
+    "logger",
+    "object",
+    "generation",
+    "rule",
+    "outcome",
+    "version",
+    "exception",
+)
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,7 +54,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return fit_record(entry, LOG_KEY_FIELDS, _render)
 
 
 class TextFormatter(logging.Formatter):
@@ -50,7 +68,11 @@ class TextFormatter(logging.Formatter):
         line = f"{when} {record.levelname:<7} {record.getMessage()}{tail}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return cut_line(line)
+
+
+def _render(entry: dict[str, Any]) -> str:
+    return json.dumps(entry, default=str, ensure_ascii=False)
 
 
 def setup_logging(log_format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics
 
+from shared.caps import fit_record
 from shared.config import Settings
 from shared.datafiles import category_strings, details, jsonable, numeric_values
 from shared.errors import NotFound, ValidationFailed
@@ -36,6 +37,19 @@ MONITORING_PREFIX = "monitoring/"
 BINS = 10
 PSI_EPSILON = 1e-4
 OTHER = "__other__"  # the category bin of values the reference never saw
+# What a record over caps.MAX_RECORD_BYTES keeps (strings cut): which file, what became of it.
+RECORD_KEY_FIELDS = (
+    "object",
+    "generation",
+    "model_version",
+    "metrics",
+    "decision",
+    "rule",
+    "message",
+    "rows",
+    "quarantined_as",
+    "time",
+)
 
 # The metric the champion/challenger gate compares, and whether higher is better.
 PRIMARY_METRIC: dict[str, tuple[str, bool]] = {
@@ -256,14 +270,19 @@ def record_name(object_name: str, generation: int) -> str:
 def write_record(artifacts: Bucket, record: dict[str, Any]) -> str:
     """Write ``record`` (needs ``object`` and ``generation``; ``time`` added if absent); return its name.
 
-    Written again for the same object generation (a redelivered event), it is replaced.
+    Written again for the same object generation (a redelivered event), it is replaced. A record
+    over ``caps.MAX_RECORD_BYTES`` is cut to fit (``caps.fit_record``), keeping RECORD_KEY_FIELDS.
     """
     record = dict(record)
     record.setdefault("time", _now())
     name = record_name(str(record["object"]), int(record["generation"]))
-    body = json.dumps(jsonable(record), indent=2, allow_nan=False) + "\n"
+    body = fit_record(jsonable(record), RECORD_KEY_FIELDS, _render) + "\n"
     artifacts.write(name, body.encode(), content_type="application/json")
     return name
+
+
+def _render(record: dict[str, Any]) -> str:
+    return json.dumps(record, indent=2, allow_nan=False)
 
 
 def list_records(artifacts: Bucket) -> list[dict[str, Any]]:

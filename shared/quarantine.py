@@ -22,6 +22,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.caps import fit_record
 from shared.datafiles import jsonable
 from shared.errors import NotFound, PreconditionFailed, ValidationFailed
 from shared.logs import get_logger
@@ -30,6 +31,8 @@ from shared.storage import Bucket
 QUARANTINE_PREFIX = "quarantine/"
 INCOMING_PREFIX = "incoming/"
 REASON_SUFFIX = ".reason.json"
+# What a reason over caps.MAX_RECORD_BYTES keeps (the message cut): what finds it and says why.
+REASON_KEY_FIELDS = ("object", "generation", "rule", "message", "quarantined_at", "quarantined_as")
 
 log = get_logger(__name__)
 
@@ -75,11 +78,8 @@ def quarantine_object(data: Bucket, name: str, generation: int, failure: Validat
         "quarantined_at": previous["quarantined_at"] if already and previous else _now(),
         "quarantined_as": target,
     }
-    data.write(
-        reason_name,
-        (json.dumps(record, indent=2, default=str, allow_nan=False) + "\n").encode(),
-        content_type="application/json",
-    )
+    body = fit_record(record, REASON_KEY_FIELDS, _render)
+    data.write(reason_name, (body + "\n").encode(), content_type="application/json")
     try:
         data.delete(name, if_generation_match=generation)
     except NotFound:
@@ -135,6 +135,10 @@ def _read_reason(data: Bucket, reason_name: str) -> dict[str, Any] | None:
         log.warning(f"quarantine record {reason_name!r} is not a JSON object")
         return None
     return record
+
+
+def _render(record: dict[str, Any]) -> str:
+    return json.dumps(record, indent=2, default=str, allow_nan=False)
 
 
 def _live_generation(data: Bucket, name: str) -> int | None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.caps import fit_record
 from shared.errors import ModelNotReady, NotFound, PreconditionFailed, ProdMLError
 from shared.logs import get_logger
 from shared.model import ModelBundle
@@ -122,15 +123,33 @@ def read_processed(artifacts: Bucket, bucket: str, name: str, generation: int) -
     return record if isinstance(record, dict) else None
 
 
+# What a "done" marker over caps.MAX_RECORD_BYTES keeps (its message cut).
+PROCESSED_KEY_FIELDS = (
+    "bucket",
+    "name",
+    "generation",
+    "time",
+    "event_id",
+    "outcome",
+    "version",
+    "rule",
+    "message",
+)
+
+
 def mark_processed(
     artifacts: Bucket, bucket: str, name: str, generation: int, record: dict[str, Any]
 ) -> bool:
-    """Write the "done" marker only if absent; False when it was there already (a duplicate)."""
+    """Write the "done" marker only if absent; False when it was there already (a duplicate).
+
+    A marker over ``caps.MAX_RECORD_BYTES`` (a huge message) is cut to fit, keeping its identity.
+    """
     body = {"bucket": bucket, "name": name, "generation": int(generation), "time": now_iso(), **record}
+    marker = fit_record(body, PROCESSED_KEY_FIELDS, lambda r: _json_bytes(r).decode())
     try:
         artifacts.write(
             processed_name(bucket, name, generation),
-            _json_bytes(body),
+            marker.encode(),
             content_type="application/json",
             if_generation_match=0,
         )

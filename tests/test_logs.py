@@ -43,3 +43,24 @@ def test_setup_twice_does_not_duplicate_lines() -> None:
     setup_logging("json", "info", stream=stream)
     get_logger("shared.test").info("once")
     assert len(stream.getvalue().splitlines()) == 1
+
+
+def test_a_huge_message_makes_a_line_under_the_cap_that_is_still_json() -> None:
+    from shared.caps import MAX_RECORD_BYTES
+
+    stream = io.StringIO()
+    setup_logging("json", "info", stream=stream)
+    get_logger("shared.test").info(
+        "quarantined: " + "x" * 10_000_000, extra={"fields": {"rule": "wrong_type"}}
+    )
+    [line] = stream.getvalue().splitlines()
+    assert len(line.encode()) <= MAX_RECORD_BYTES
+    entry = json.loads(line)
+    assert entry["severity"] == "INFO" and entry["rule"] == "wrong_type"
+    assert entry["message"].startswith("quarantined: xxx") and entry["cut"]["bytes"] > 10_000_000
+
+    terminal = _Terminal()
+    setup_logging("auto", "info", stream=terminal)
+    get_logger("shared.test").info("quarantined: " + "x" * 10_000_000)
+    [text] = terminal.getvalue().splitlines()
+    assert len(text.encode()) <= MAX_RECORD_BYTES and text.endswith("chars]")

@@ -248,3 +248,15 @@ def test_prodml_monitor_shows_files_metrics_drift_and_quarantine(
         ("incoming/bad.csv", "quarantined"),
     ]
     assert rows[1]["quarantine"]["rule"] == "empty"
+
+
+def test_a_record_over_the_cap_is_cut_and_still_listed(buckets_root: Path) -> None:
+    from shared.caps import MAX_RECORD_BYTES
+
+    artifacts = LocalBucket(buckets_root, "prodml-artifacts")
+    record = monitoring.make_record("incoming/a.csv", 5, None, None, {}, [], "error", message="E" * 3_000_000)
+    name = monitoring.write_record(artifacts, {**record, "error": {"message": "E" * 3_000_000}})
+    assert len(artifacts.read(name)) <= MAX_RECORD_BYTES
+    [listed] = monitoring.list_records(artifacts)
+    assert (listed["object"], listed["generation"], listed["decision"]) == ("incoming/a.csv", 5, "error")
+    assert listed["message"].startswith("EEE") and listed["cut"]["bytes"] > 6_000_000

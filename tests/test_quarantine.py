@@ -143,3 +143,28 @@ def test_list_quarantine_skips_a_corrupt_record(tmp_path: Path, data: LocalBucke
     quarantine_object(data, "incoming/a.csv", generation, failure_of(tmp_path, BAD))
     data.write("quarantine/b.csv.reason.json", b"{not json")
     assert [r["object"] for r in list_quarantine(data)] == ["incoming/a.csv"]
+
+
+def test_a_reason_over_the_record_cap_is_cut_to_valid_json_that_still_says_why(
+    tmp_path: Path, data: LocalBucket
+) -> None:
+    from shared.caps import MAX_RECORD_BYTES
+
+    generation = data.write("incoming/2026/day.csv", BAD)
+    huge = "x" * 5_000_000
+    failure = ValidationFailed(
+        "wrong_type",
+        f"column 'hour' must hold numbers, found {huge}",
+        {"columns": ["hour"], "samples": [huge]},
+    )
+    quarantine_object(data, "incoming/2026/day.csv", generation, failure)
+    body = data.read("quarantine/2026/day.csv.reason.json")
+    assert len(body) <= MAX_RECORD_BYTES
+    reason = json.loads(body)
+    assert reason["object"] == "incoming/2026/day.csv" and reason["generation"] == generation
+    assert reason["rule"] == "wrong_type" and reason["message"].startswith("column 'hour' must hold numbers")
+    assert reason["cut"]["bytes"] > 5_000_000
+    # A rerun finds its own (cut) record and leaves everything as it was.
+    before = snapshot(data)
+    quarantine_object(data, "incoming/2026/day.csv", generation, failure)
+    assert snapshot(data) == before

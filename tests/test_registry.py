@@ -193,3 +193,20 @@ def test_the_registry_works_the_same_on_each_backend(bucket: Bucket, fitted: obj
     assert [e["kind"] for e in registry.list_events(bucket)] == ["promote", "promote", "rollback"]
     registry.mark_processed(bucket, "prodml-data", "incoming/a b.csv", 3, {"outcome": "promoted"})
     assert registry.is_processed(bucket, "prodml-data", "incoming/a b.csv", 3)
+
+
+def test_a_done_marker_over_the_record_cap_is_cut_and_still_marks_the_file(artifacts: LocalBucket) -> None:
+    from shared.caps import MAX_RECORD_BYTES
+
+    record = {"outcome": "quarantined", "rule": "wrong_type", "message": "found " + "x" * 5_000_000}
+    assert registry.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, record)
+    assert (
+        len(artifacts.read(registry.processed_name("prodml-data", "incoming/a.csv", 7))) <= MAX_RECORD_BYTES
+    )
+    marker = registry.read_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
+    assert marker is not None and (marker["name"], marker["generation"], marker["rule"]) == (
+        "incoming/a.csv",
+        7,
+        "wrong_type",
+    )
+    assert marker["message"].startswith("found xxx") and "cut" in marker

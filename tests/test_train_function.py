@@ -78,7 +78,8 @@ def _start(tmp: Path, task: str = "binary", **overrides: str) -> Stack:
     artifacts = LocalBucket(root, "prodml-artifacts")
     save_schema(artifacts, training_schema(task))
     crash_file = tmp / "crash-now"
-    env = train_env(root, MAX_FILE_BYTES=str(MAX_FILE_BYTES), TRAIN_CRASH_FILE=str(crash_file), **overrides)
+    defaults = {"MAX_FILE_BYTES": str(MAX_FILE_BYTES), "TRAIN_CRASH_FILE": str(crash_file)}
+    env = train_env(root, **{**defaults, **overrides})
     spec = load_declaration().functions["train"]
     process = FunctionProcess(spec, free_port(), env, log_path=tmp / "train.log").start()
     return Stack(process, LocalBucket(root, "prodml-data"), artifacts, crash_file, env)
@@ -391,3 +392,39 @@ def test_a_bug_answers_2xx_and_is_recorded_where_prodml_monitor_shows_it(tmp_pat
         [prodml, "replay", "--in-process", "--json"], env=env, capture_output=True, text=True, timeout=120
     )
     assert [o["outcome"] for o in json.loads(replayed.stdout)] == ["promoted"], replayed.stderr
+
+
+def test_a_file_with_a_10_mb_cell_leaves_only_records_and_log_lines_under_the_cap(tmp_path: Path) -> None:
+    """One huge cell once made a 20 MB reason, a 10 MB marker, a 20 MB monitoring record and a
+    10 MB log line (each quoted the whole value). Every one is now under MAX_RECORD_BYTES, and
+    the reason still says which rule and which column."""
+    from shared.caps import MAX_RECORD_BYTES
+    from shared.monitoring import record_name
+
+    huge = 10 * 1024 * 1024
+    stack = _start(tmp_path, MAX_FILE_BYTES=str(50 * 1024 * 1024))
+    try:
+        cases = {"country": "unseen_category", "bid": "wrong_type"}
+        for column, rule in cases.items():
+            rows = training_rows(50, 7).astype({column: object})
+            rows.loc[3, column] = "x" * huge
+            info = drop_file(stack.data, f"incoming/huge-{column}.csv", rows)
+            assert deliver(stack.url, info) == [200], stack.process.log_tail()
+
+            reason_bytes = stack.data.read(f"quarantine/huge-{column}.csv.reason.json")
+            marker_bytes = stack.artifacts.read(
+                registry.processed_name("prodml-data", info.name, info.generation)
+            )
+            record_bytes = stack.artifacts.read(record_name(info.name, info.generation))
+            sizes = [len(reason_bytes), len(marker_bytes), len(record_bytes)]
+            assert max(sizes) <= MAX_RECORD_BYTES, sizes
+            reason = json.loads(reason_bytes)
+            assert reason["rule"] == rule and reason["details"]["columns"] == [column]
+            assert f"'{column}'" in reason["message"] and "cut from 10485760 chars" in reason["message"]
+            assert json.loads(marker_bytes)["rule"] == rule
+            assert json.loads(record_bytes)["rule"] == rule
+        lines = (tmp_path / "train.log").read_bytes().splitlines()
+        assert sum(b"huge-country.csv" in line for line in lines) >= 1
+        assert max(len(line) for line in lines) <= MAX_RECORD_BYTES
+    finally:
+        stack.process.stop()
