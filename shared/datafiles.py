@@ -269,23 +269,49 @@ def _refuse_binary(path: Path, object_name: str) -> None:
             ) from None
 
 
-def _csv_header(path: Path) -> list[str]:
-    """The first record of the CSV file as written (pandas would rename a duplicate ``age.1``).
+def _csv_head(path: Path) -> tuple[list[str], list[str] | None]:
+    """The first two records of the CSV file as written: the header and the first data row.
 
-    Only that record is read (the csv module reads a line at a time), with pandas' options. A
-    header name over the csv module's field size limit (128 KiB) makes the file ``unreadable``.
+    Only those are read (the csv module reads a line at a time), with pandas' options; pandas
+    would rename a duplicate ``age.1``. A header name over the csv module's field size limit
+    (128 KiB) makes the file ``unreadable``.
     """
+    records: list[list[str]] = []
     with open(path, newline="", encoding="utf-8-sig") as f:
         for record in csv.reader(f, skipinitialspace=True):
-            if record:  # pandas skips blank lines before the header too
-                return record
-    return []
+            if record:  # pandas skips blank lines too
+                records.append(record)
+                if len(records) == 2:
+                    break
+    if not records:
+        return [], None
+    return records[0], (records[1] if len(records) > 1 else None)
+
+
+def _refuse_rows_wider_than_header(header: list[str], first_row: list[str] | None, object_name: str) -> None:
+    """``unreadable`` when the first data row has one field more than the header.
+
+    pandas then silently takes the first column as the index, and every value lands one column
+    to the left (a delimiter at the end of each data row does this). A guess either way could
+    train on the wrong columns, so the file is refused, saying what to fix. (A later row with a
+    field too many is refused by pandas itself: "Expected N fields".)
+    """
+    if first_row is None or len(first_row) != len(header) + 1:
+        return
+    raise ValidationFailed(
+        "unreadable",
+        f"{object_name!r}: its first data row has {len(first_row)} fields, one more than its header's "
+        f"{len(header)} columns (a delimiter at the end of each row?); remove it, or name the column",
+        details(columns=header[:MAX_NAMES_LISTED], count=len(first_row)),
+    )
 
 
 def _csv_chunks(
     path: Path, object_name: str, max_rows: int, header: _Header, wanted: frozenset[str] | None
 ) -> Iterator[pd.DataFrame]:
-    header.add(_csv_header(path), "in its header")
+    names, first_row = _csv_head(path)
+    header.add(names, "in its header")
+    _refuse_rows_wider_than_header(names, first_row, object_name)
     # Only empty cells are missing (see the module docstring).
     with pd.read_csv(
         path,

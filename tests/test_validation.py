@@ -371,3 +371,26 @@ def test_a_reread_of_an_accepted_file_reads_only_the_schemas_columns(tmp_path: P
     data = validate_file(path, f"incoming/{path.name}", SCHEMA, SETTINGS, schema_columns_only=True)
     assert data.extra_columns == [f"x{i}" for i in range(50)]
     assert data.frame.to_dict("records") == [{"country": "de", "hour": 3, "bid": 1.5, "clicked": 1}]
+
+
+# --- rows wider than the header -----------------------------------------------------------
+
+
+def test_rows_with_a_field_beyond_the_header_are_refused_not_shifted(tmp_path: Path) -> None:
+    # pandas reads "de,3,1.5,1," under a 4-name header by taking "de" as the row's index: every
+    # value would land one column to the left (hour <- 1.5, clicked <- empty), silently.
+    rows = "".join(f"{r['country']},{r['hour']},{r['bid']},{r['clicked']},\n" for r in good_rows())
+    failure = refused(write_csv(tmp_path, "country,hour,bid,clicked\n" + rows))
+    assert failure.rule == "unreadable"
+    assert "one more than its header's 4 columns" in failure.message
+
+
+def test_a_header_with_the_same_trailing_delimiter_is_read_in_place(tmp_path: Path) -> None:
+    # Header and rows both end with a comma: an unnamed empty fifth column, the values in place.
+    rows = good_rows(5)
+    text = "country,hour,bid,clicked,\n" + "".join(
+        f"{r['country']},{r['hour']},{r['bid']},{r['clicked']},\n" for r in rows
+    )
+    data = validate_file(write_csv(tmp_path, text), "incoming/day.csv", SCHEMA, SETTINGS)
+    assert data.frame["hour"].tolist() == [r["hour"] for r in rows]
+    assert data.frame["clicked"].tolist() == [r["clicked"] for r in rows]
