@@ -3,7 +3,8 @@
 Test-then-train: before a file trains anything, the current model scores it (``evaluate``) and
 its inputs are compared with the training data's reference statistics (``reference_stats``,
 stored in the model card) by the population stability index (``psi``). One record per file goes
-to ``monitoring/<object name>@<generation>.json`` in the artifacts bucket (``write_record``);
+to ``monitoring/<object name>@<generation>.json`` in the artifacts bucket (``write_record``;
+a name too long for that is shortened, see ``record_name``);
 ``prodml monitor`` lists them.
 
 PSI of one feature is ``sum((a - r) * ln(a / r))`` over bins, ``r`` the reference share of a
@@ -31,6 +32,7 @@ from shared.logs import get_logger
 from shared.model import ModelBundle, to_frame
 from shared.schema import Schema
 from shared.storage import Bucket
+from shared.storage.names import derived_name
 
 MONITORING_PREFIX = "monitoring/"
 BINS = 10
@@ -249,8 +251,9 @@ def make_record(
 
 
 def record_name(object_name: str, generation: int) -> str:
-    """``monitoring/<object name>@<generation>.json``."""
-    return f"{MONITORING_PREFIX}{object_name}@{int(generation)}.json"
+    """``monitoring/<object name>@<generation>.json``, kept within GCS's name limit for any data
+    file name (``derived_name``: a long one is shortened with a hash; the record holds it whole)."""
+    return derived_name(MONITORING_PREFIX, object_name, f"@{int(generation)}.json")
 
 
 def write_record(artifacts: Bucket, record: dict[str, Any]) -> str:

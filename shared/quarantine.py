@@ -3,7 +3,9 @@
 ``incoming/2024/day1.csv`` goes to ``quarantine/2024/day1.csv`` (the ``incoming/`` prefix is
 dropped) in the same bucket, beside a reason record. When that place already holds an earlier
 bad upload of the same name (another generation), the new one goes to
-``quarantine/2024/day1.csv@<generation>`` with its own reason beside it: nothing is overwritten::
+``quarantine/2024/day1.csv@<generation>`` with its own reason beside it: nothing is overwritten.
+A name too long for GCS's 1,024 bytes with these additions keeps a head of it and a hash
+(``quarantine_name``); the reason record holds the real name::
 
     {"object": "incoming/2024/day1.csv", "generation": 1716..., "rule": "out_of_range",
      "message": "...", "details": {"columns": [...], "rows": [...], "samples": [...], "count": 3},
@@ -26,6 +28,7 @@ from shared.datafiles import jsonable
 from shared.errors import NotFound, PreconditionFailed, ValidationFailed
 from shared.logs import get_logger
 from shared.storage import Bucket
+from shared.storage.names import derived_name
 
 QUARANTINE_PREFIX = "quarantine/"
 INCOMING_PREFIX = "incoming/"
@@ -34,9 +37,13 @@ REASON_SUFFIX = ".reason.json"
 log = get_logger(__name__)
 
 
-def quarantine_name(name: str) -> str:
-    """Where ``name`` goes: ``quarantine/`` + the name without its leading ``incoming/``."""
-    return QUARANTINE_PREFIX + name.removeprefix(INCOMING_PREFIX)
+def quarantine_name(name: str, generation: int | None = None) -> str:
+    """Where ``name`` goes: ``quarantine/`` + the name without its leading ``incoming/`` (+
+    ``@<generation>`` beside an earlier bad upload), short enough that its reason record, the
+    same name + ``.reason.json``, is within GCS's name limit too (``derived_name``)."""
+    tail = "" if generation is None else f"@{int(generation)}"
+    stem = name.removeprefix(INCOMING_PREFIX)
+    return derived_name(QUARANTINE_PREFIX, stem, tail, reserve=len(REASON_SUFFIX))
 
 
 def quarantine_object(data: Bucket, name: str, generation: int, failure: ValidationFailed) -> str:
@@ -99,16 +106,16 @@ def _destination(data: Bucket, name: str, generation: int) -> tuple[str, dict[st
     ``quarantine/<name>`` unless that already holds another generation of the same name (a second
     bad upload): then ``quarantine/<name>@<generation>``, so the first copy and reason stay.
     """
-    first = quarantine_name(name)
-    for target in (first, f"{first}@{int(generation)}"):
+    first, beside = quarantine_name(name), quarantine_name(name, generation)
+    for target in (first, beside):
         record = _read_reason(data, target + REASON_SUFFIX)
         if record is None:
-            if target == first and data.exists(f"{first}@{int(generation)}{REASON_SUFFIX}"):
+            if target == first and data.exists(beside + REASON_SUFFIX):
                 continue  # this generation went beside an earlier one before: keep to that place
             return target, None
         if record.get("object") == name and record.get("generation") == generation:
             return target, record
-    return f"{first}@{int(generation)}", None
+    return beside, None
 
 
 def list_quarantine(data: Bucket) -> list[dict[str, Any]]:
