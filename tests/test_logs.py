@@ -43,3 +43,14 @@ def test_setup_twice_does_not_duplicate_lines() -> None:
     setup_logging("json", "info", stream=stream)
     get_logger("shared.test").info("once")
     assert len(stream.getvalue().splitlines()) == 1
+
+
+def test_text_lines_show_control_characters_escaped() -> None:
+    stream = _Terminal()
+    setup_logging("auto", "info", stream=stream)
+    name = "incoming/\x1b]0;owned\x07day\r.csv"  # a name GCS takes: set the title, BEL, CR
+    get_logger("shared.test").warning(f"cannot process {name}", extra={"fields": {"object": name}})
+    line = stream.getvalue()
+    assert line.count("\n") == 1 and "\x1b" not in line and "\x07" not in line and "\r" not in line
+    assert "cannot process incoming/\\x1b]0;owned\\x07day\\r.csv" in line
+    assert "object=incoming/\\x1b]0;owned\\x07day\\r.csv" in line

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from shared.config import get_settings
+from shared.display import printable, render_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,8 +66,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _quarantine_message(row: dict[str, Any]) -> Any:
+    return (row.get("quarantine") or {}).get("message") or row.get("message")
+
+
 def render(rows: list[dict[str, Any]]) -> str:
-    """One line per file, then the quarantine reasons."""
+    """One line per file, then the quarantine reasons; control characters of names and messages
+    escaped (``shared.display``)."""
     from shared.monitoring import PRIMARY_METRIC
 
     header = ("time", "file", "model", "primary", "acc/auc", "max psi", "drifted", "outcome")
@@ -103,10 +109,9 @@ def render(rows: list[dict[str, Any]]) -> str:
                 outcome,
             )
         )
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    lines = [render_table(table)]
     reasons = [
-        f"  {r['object']}: {(r.get('quarantine') or {}).get('message') or r.get('message')}"
+        f"  {printable(r['object'])}: {printable(_quarantine_message(r))}"
         for r in rows
         if r.get("decision") == "quarantined"
     ]

@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict
 
 from shared.config import get_settings
+from shared.display import printable, render_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,14 +53,12 @@ def run_replay(args: argparse.Namespace) -> int:
     elif not outcomes:
         print(f"no data files under {args.prefix!r}")
     else:
-        width = max(len(o.name) for o in outcomes)
-        print(f"{'file':<{width}}  {'generation':<16}  {'outcome':<18}  attempts  by")
-        for o in outcomes:
-            function = o.function or "-"
-            print(f"{o.name:<{width}}  {o.generation:<16}  {o.outcome:<18}  {o.attempts:<8}  {function}")
+        table = [("file", "generation", "outcome", "attempts", "by")]
+        table += [(o.name, o.generation, o.outcome, o.attempts, o.function or "-") for o in outcomes]
+        print(render_table(table))
         skipped = sum(o.outcome.startswith("skipped") for o in outcomes)
         done = len(outcomes) - len(failed) - skipped
         print(f"{done} done, {len(failed)} not done, {skipped} skipped (already processed)")
         for o in failed:
-            print(f"not done: {o.name}@{o.generation}: {o.outcome}: {o.error}")
+            print(f"not done: {printable(o.name)}@{o.generation}: {o.outcome}: {printable(o.error)}")
     return 1 if failed else 0
