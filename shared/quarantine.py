@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.datafiles import jsonable
-from shared.errors import NotFound, PreconditionFailed, ValidationFailed
+from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, ProdMLError, ValidationFailed
 from shared.logs import get_logger
 from shared.storage import Bucket
 from shared.storage.names import derived_name
@@ -35,6 +35,14 @@ INCOMING_PREFIX = "incoming/"
 REASON_SUFFIX = ".reason.json"
 
 log = get_logger(__name__)
+
+
+class QuarantineFailed(ProdMLError):
+    """A bad file cannot be set aside (``quarantine/`` leads out of the bucket, ...): not a fault
+    a retry can fix, so the train function records it as an error where `prodml monitor` shows
+    it, and the file stays in ``incoming/`` for `prodml replay` once fixed."""
+
+    http_status = 500
 
 
 def quarantine_name(name: str, generation: int | None = None) -> str:
@@ -51,8 +59,19 @@ def quarantine_object(data: Bucket, name: str, generation: int, failure: Validat
 
     Idempotent and crash-safe; returns the quarantine object's name. If the original is no longer
     at ``generation`` (replaced by a newer upload, or deleted), nothing is moved: that generation
-    is gone, and a newer one gets its own event and its own validation.
+    is gone, and a newer one gets its own event and its own validation. ``QuarantineFailed`` when
+    the store refuses the quarantine names (e.g. a local ``quarantine/`` folder replaced by a
+    symlink out of the bucket).
     """
+    try:
+        return _move_to_quarantine(data, name, generation, failure)
+    except InvalidObjectName as exc:
+        raise QuarantineFailed(
+            f"cannot quarantine {name!r} ({failure.rule}: {failure.message}): {exc}"
+        ) from exc
+
+
+def _move_to_quarantine(data: Bucket, name: str, generation: int, failure: ValidationFailed) -> str:
     target, previous = _destination(data, name, generation)
     reason_name = target + REASON_SUFFIX
     already = previous is not None

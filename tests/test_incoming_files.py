@@ -1,6 +1,10 @@
-"""Long object names end to end: files with names GCS takes reach the train function through the
-file-drop router, are processed, and show in ``prodml monitor``; a bad one is quarantined with
-its reason. A real train function process, a real router watching real folders, real ``cp``.
+"""Files dropped into incoming/, end to end: every one ends with an outcome a user can see.
+
+Long names GCS takes reach the train function through the file-drop router, are processed and
+show in ``prodml monitor``; a bad one is quarantined with its reason. A file that cannot fire
+(a line feed in its name) or cannot finish (no schema, a quarantine that cannot be written) is
+listed by ``prodml replay`` and ``prodml monitor`` with why. A real train function process, a
+real router watching real folders, real ``cp``.
 """
 
 from __future__ import annotations
@@ -98,19 +102,28 @@ def _generation(world: World, name: str) -> int:
     return int(reasons[0]["generation"]) if reasons else 0
 
 
-def monitor(
+def prodml(
     world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> str:
-    """What ``prodml monitor`` prints for this world."""
-    for key, value in world.env.items():
+) -> tuple[int, str]:
+    """The exit code and output of ``prodml ARGS`` in this world (its train function's port)."""
+    for key, value in {**world.env, "TRAIN_PORT": str(world.process.port)}.items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     try:
         capsys.readouterr()
-        assert main(["monitor", *args]) == 0
-        return capsys.readouterr().out
+        code = main(list(args))
+        return code, capsys.readouterr().out
     finally:
         get_settings.cache_clear()
+
+
+def monitor(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> str:
+    """What ``prodml monitor`` prints for this world."""
+    code, out = prodml(world, monkeypatch, capsys, "monitor", *args)
+    assert code == 0
+    return out
 
 
 def test_files_with_long_names_are_processed_shown_and_quarantined_with_their_reason(
@@ -149,3 +162,57 @@ def test_files_with_long_names_are_processed_shown_and_quarantined_with_their_re
     for info in world.artifacts.list():
         assert len(info.name.encode()) <= MAX_NAME_BYTES
     assert not os.path.exists(world.tmp / "deadletter") or not list((world.tmp / "deadletter").iterdir())
+
+
+def test_files_that_cannot_fire_or_finish_are_listed_with_why(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.artifacts.delete("schema.json")  # files landed before the schema
+    incoming = world.data.folder / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    (incoming / "day\n2.csv").write_bytes(training_rows(50, seed=4).to_csv(index=False).encode())
+    copy_in(world, "incoming/day-3.csv", training_rows(50, seed=5).to_csv(index=False).encode())
+    time.sleep(0.3)  # let the filesystem events of the last write arrive
+    assert world.router.wait_idle(60)
+    day3 = world.data.stat("incoming/day-3.csv").generation
+
+    code, out = prodml(world, monkeypatch, capsys, "replay")  # through the router, to the function
+
+    assert code == 1  # not done
+    assert f"not done: incoming/day-3.csv@{day3}: not processed: no schema: " in out
+    assert "not done: incoming/day\\n2.csv: refused: name refused: must not contain a line feed" in out
+    rows = {row["object"]: row for row in json.loads(monitor(world, monkeypatch, capsys, "--json"))}
+    assert rows["incoming/day\n2.csv"]["generation"] is None
+    assert rows["incoming/day\n2.csv"]["reason"].startswith("name refused: must not contain a line feed")
+    assert rows["incoming/day-3.csv"]["reason"].startswith("no schema: ")
+    assert {row["decision"] for row in rows.values()} == {"not processed"}
+    text = monitor(world, monkeypatch, capsys)
+    assert "  incoming/day\\n2.csv: name refused: must not contain a line feed character" in text
+    assert "  incoming/day-3.csv: no schema: " in text
+
+
+def test_a_bad_file_that_cannot_be_quarantined_is_recorded_as_an_error(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outside = world.tmp / "outside"
+    outside.mkdir()
+    (world.data.folder / "quarantine").symlink_to(outside)  # quarantine/ leads out of the bucket
+    (world.data.folder / "incoming").mkdir(parents=True, exist_ok=True)
+    copy_in(world, "incoming/bad.csv", b"country,hour\nus,3\n")
+    generation = world.data.stat("incoming/bad.csv").generation
+
+    deadline = time.monotonic() + 120
+    while not (rows := json.loads(monitor(world, monkeypatch, capsys, "--json"))) or "error" not in rows[0]:
+        assert time.monotonic() < deadline, world.process.log_tail()
+        time.sleep(0.2)
+
+    [row] = rows
+    assert (row["object"], row["generation"], row["decision"]) == ("incoming/bad.csv", generation, "error")
+    assert row["message"].startswith("QuarantineFailed: cannot quarantine 'incoming/bad.csv' (")
+    assert "outside bucket folder" in row["message"]
+    assert row["reason"].startswith("error: QuarantineFailed: ")  # and it waits for `prodml replay`
+    assert world.data.exists("incoming/bad.csv") and list(outside.iterdir()) == []
+    text = monitor(world, monkeypatch, capsys)
+    assert (
+        f"incoming/bad.csv@{generation}" in text and "  incoming/bad.csv: error: QuarantineFailed: " in text
+    )
