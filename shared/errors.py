@@ -41,9 +41,13 @@ class PreconditionFailed(StorageError):
 
 
 class InvalidObjectName(StorageError):
-    """An object name is malformed or would escape its bucket folder."""
+    """An object name is malformed or would escape its bucket folder; ``rule`` says which rule."""
 
     http_status = 400
+
+    def __init__(self, message: str, rule: str = "") -> None:
+        super().__init__(message)
+        self.rule = rule or message
 
 
 # --- events and requests -------------------------------------------------------------------

@@ -27,6 +27,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_in_use(port: int) -> bool:
+    """Whether a server could not listen on ``port`` of 127.0.0.1 now (something listens there).
+
+    The probe binds with ``SO_REUSEADDR``, as gunicorn and Werkzeug (functions-framework's
+    servers) do: without it, the TIME-WAIT sockets a stopped server leaves behind for about a
+    minute would make a free port look taken, though the server itself would bind it at once.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
 class FunctionProcess:
     """One ``functions-framework`` process serving one entry point.
 

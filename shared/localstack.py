@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -30,7 +29,7 @@ import requests
 from shared.config import Settings, load_settings
 from shared.errors import ConfigError
 from shared.functions_spec import Declaration, FunctionSpec, ScheduleSpec, load_declaration
-from shared.localproc import HOST, FunctionProcess
+from shared.localproc import HOST, FunctionProcess, port_in_use
 from shared.logs import get_logger
 from shared.router import Router, routes_from_declaration
 
@@ -199,14 +198,11 @@ class LocalStack:
         """Refuse to start when a port is taken, naming the setting that moves it."""
         for spec in self.specs:
             port = spec.port(self.settings)
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.bind((HOST, port))
-                except OSError:
-                    raise ConfigError(
-                        f"port {port} of function {spec.name} is in use (another `prodml up`?): "
-                        f"stop it or set {spec.port_setting} to a free port"
-                    ) from None
+            if port_in_use(port):
+                raise ConfigError(
+                    f"port {port} of function {spec.name} is in use (another `prodml up`?): "
+                    f"stop it or set {spec.port_setting} to a free port"
+                )
 
     def _write_state(self) -> None:
         state = {

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from shared.caps import cut_line, fit_record
+from shared.display import printable
 
 _SEVERITY = {
     logging.DEBUG: "DEBUG",
@@ -64,8 +65,9 @@ class TextFormatter(logging.Formatter):
         """Render ``record`` as one readable line."""
         when = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
         fields = getattr(record, "fields", None) or {}
-        tail = "".join(f" {k}={v}" for k, v in fields.items())
-        line = f"{when} {record.levelname:<7} {record.getMessage()}{tail}"
+        # Messages and fields carry object names and values from data: shown escaped.
+        tail = "".join(f" {k}={printable(v)}" for k, v in fields.items())
+        line = f"{when} {record.levelname:<7} {printable(record.getMessage())}{tail}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return cut_line(line)

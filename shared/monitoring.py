@@ -3,7 +3,8 @@
 Test-then-train: before a file trains anything, the current model scores it (``evaluate``) and
 its inputs are compared with the training data's reference statistics (``reference_stats``,
 stored in the model card) by the population stability index (``psi``). One record per file goes
-to ``monitoring/<object name>@<generation>.json`` in the artifacts bucket (``write_record``);
+to ``monitoring/<object name>@<generation>.json`` in the artifacts bucket (``write_record``;
+a name too long for that is shortened, see ``record_name``);
 ``prodml monitor`` lists them.
 
 PSI of one feature is ``sum((a - r) * ln(a / r))`` over bins, ``r`` the reference share of a
@@ -27,11 +28,15 @@ from sklearn import metrics
 from shared.caps import fit_record
 from shared.config import Settings
 from shared.datafiles import category_strings, details, jsonable, numeric_values
-from shared.errors import NotFound, ValidationFailed
+from shared.errors import NotFound, SchemaError, ValidationFailed
 from shared.logs import get_logger
 from shared.model import ModelBundle, to_frame
-from shared.schema import Schema
+from shared.quarantine import INCOMING_PREFIX
+from shared.registry import is_processed
+from shared.schema import Schema, load_schema
 from shared.storage import Bucket
+from shared.storage.local import LocalBucket
+from shared.storage.names import derived_name
 
 MONITORING_PREFIX = "monitoring/"
 BINS = 10
@@ -263,8 +268,9 @@ def make_record(
 
 
 def record_name(object_name: str, generation: int) -> str:
-    """``monitoring/<object name>@<generation>.json``."""
-    return f"{MONITORING_PREFIX}{object_name}@{int(generation)}.json"
+    """``monitoring/<object name>@<generation>.json``, kept within GCS's name limit for any data
+    file name (``derived_name``: a long one is shortened with a hash; the record holds it whole)."""
+    return derived_name(MONITORING_PREFIX, object_name, f"@{int(generation)}.json")
 
 
 def write_record(artifacts: Bucket, record: dict[str, Any]) -> str:
@@ -301,6 +307,49 @@ def list_records(artifacts: Bucket) -> list[dict[str, Any]]:
         if isinstance(record, dict):
             records.append(record)
     return sorted(records, key=lambda r: (str(r.get("time", "")), str(r.get("object", ""))))
+
+
+# The decision of a file in incoming/ that has no outcome yet (``unprocessed_files``).
+NOT_PROCESSED = "not processed"
+NOT_YET = "not yet processed: no event reached the train function yet, or it is still running"
+
+
+def unprocessed_files(data: Bucket, artifacts: Bucket, prefix: str = INCOMING_PREFIX) -> list[dict[str, Any]]:
+    """Every file under ``prefix`` with no outcome (no "done" marker), and why, in name order:
+    ``{"object", "generation", "decision": NOT_PROCESSED, "reason"}``.
+
+    The reason is the error recorded for it (``error: ...``), a schema that cannot be loaded
+    (``no schema: ...``), or ``NOT_YET``; on the local backend also files no object name reaches,
+    which never fire (``name refused: ...``; ``object`` is then the file's path, ``generation``
+    None). Nothing waits in ``incoming/`` without a word.
+    """
+    try:
+        load_schema(artifacts)
+        schema_problem = None
+    except SchemaError as exc:
+        schema_problem = f"no schema: {exc}"
+    rows: list[dict[str, Any]] = []
+    for info in data.list(prefix):
+        if is_processed(artifacts, data.name, info.name, info.generation):
+            continue
+        record = _read_record(artifacts, record_name(info.name, info.generation))
+        if record is not None and record.get("decision") == "error":
+            reason = f"error: {record.get('message')}"
+        else:
+            reason = schema_problem or NOT_YET
+        rows.append({"object": info.name, "generation": info.generation, "reason": reason})
+    if isinstance(data, LocalBucket):
+        for found in data.unreachable(prefix):
+            rows.append({"object": found.path, "generation": None, "reason": found.reason})
+    return [{**row, "decision": NOT_PROCESSED} for row in sorted(rows, key=lambda r: r["object"])]
+
+
+def _read_record(artifacts: Bucket, name: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(artifacts.read(name))
+    except (NotFound, ValueError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _now() -> str:

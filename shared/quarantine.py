@@ -3,7 +3,9 @@
 ``incoming/2024/day1.csv`` goes to ``quarantine/2024/day1.csv`` (the ``incoming/`` prefix is
 dropped) in the same bucket, beside a reason record. When that place already holds an earlier
 bad upload of the same name (another generation), the new one goes to
-``quarantine/2024/day1.csv@<generation>`` with its own reason beside it: nothing is overwritten::
+``quarantine/2024/day1.csv@<generation>`` with its own reason beside it: nothing is overwritten.
+A name too long for GCS's 1,024 bytes with these additions keeps a head of it and a hash
+(``quarantine_name``); the reason record holds the real name::
 
     {"object": "incoming/2024/day1.csv", "generation": 1716..., "rule": "out_of_range",
      "message": "...", "details": {"columns": [...], "rows": [...], "samples": [...], "count": 3},
@@ -24,9 +26,10 @@ from typing import Any
 
 from shared.caps import fit_record
 from shared.datafiles import jsonable
-from shared.errors import NotFound, PreconditionFailed, ValidationFailed
+from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, ProdMLError, ValidationFailed
 from shared.logs import get_logger
 from shared.storage import Bucket
+from shared.storage.names import derived_name
 
 QUARANTINE_PREFIX = "quarantine/"
 INCOMING_PREFIX = "incoming/"
@@ -37,9 +40,21 @@ REASON_KEY_FIELDS = ("object", "generation", "rule", "message", "quarantined_at"
 log = get_logger(__name__)
 
 
-def quarantine_name(name: str) -> str:
-    """Where ``name`` goes: ``quarantine/`` + the name without its leading ``incoming/``."""
-    return QUARANTINE_PREFIX + name.removeprefix(INCOMING_PREFIX)
+class QuarantineFailed(ProdMLError):
+    """A bad file cannot be set aside (``quarantine/`` leads out of the bucket, ...): not a fault
+    a retry can fix, so the train function records it as an error where `prodml monitor` shows
+    it, and the file stays in ``incoming/`` for `prodml replay` once fixed."""
+
+    http_status = 500
+
+
+def quarantine_name(name: str, generation: int | None = None) -> str:
+    """Where ``name`` goes: ``quarantine/`` + the name without its leading ``incoming/`` (+
+    ``@<generation>`` beside an earlier bad upload), short enough that its reason record, the
+    same name + ``.reason.json``, is within GCS's name limit too (``derived_name``)."""
+    tail = "" if generation is None else f"@{int(generation)}"
+    stem = name.removeprefix(INCOMING_PREFIX)
+    return derived_name(QUARANTINE_PREFIX, stem, tail, reserve=len(REASON_SUFFIX))
 
 
 def quarantine_object(data: Bucket, name: str, generation: int, failure: ValidationFailed) -> str:
@@ -47,8 +62,19 @@ def quarantine_object(data: Bucket, name: str, generation: int, failure: Validat
 
     Idempotent and crash-safe; returns the quarantine object's name. If the original is no longer
     at ``generation`` (replaced by a newer upload, or deleted), nothing is moved: that generation
-    is gone, and a newer one gets its own event and its own validation.
+    is gone, and a newer one gets its own event and its own validation. ``QuarantineFailed`` when
+    the store refuses the quarantine names (e.g. a local ``quarantine/`` folder replaced by a
+    symlink out of the bucket).
     """
+    try:
+        return _move_to_quarantine(data, name, generation, failure)
+    except InvalidObjectName as exc:
+        raise QuarantineFailed(
+            f"cannot quarantine {name!r} ({failure.rule}: {failure.message}): {exc}"
+        ) from exc
+
+
+def _move_to_quarantine(data: Bucket, name: str, generation: int, failure: ValidationFailed) -> str:
     target, previous = _destination(data, name, generation)
     reason_name = target + REASON_SUFFIX
     already = previous is not None
@@ -99,16 +125,16 @@ def _destination(data: Bucket, name: str, generation: int) -> tuple[str, dict[st
     ``quarantine/<name>`` unless that already holds another generation of the same name (a second
     bad upload): then ``quarantine/<name>@<generation>``, so the first copy and reason stay.
     """
-    first = quarantine_name(name)
-    for target in (first, f"{first}@{int(generation)}"):
+    first, beside = quarantine_name(name), quarantine_name(name, generation)
+    for target in (first, beside):
         record = _read_reason(data, target + REASON_SUFFIX)
         if record is None:
-            if target == first and data.exists(f"{first}@{int(generation)}{REASON_SUFFIX}"):
+            if target == first and data.exists(beside + REASON_SUFFIX):
                 continue  # this generation went beside an earlier one before: keep to that place
             return target, None
         if record.get("object") == name and record.get("generation") == generation:
             return target, record
-    return f"{first}@{int(generation)}", None
+    return beside, None
 
 
 def list_quarantine(data: Bucket) -> list[dict[str, Any]]:

@@ -10,6 +10,9 @@ Blobs (DESIGN.md section 3)::
     registry/processed/<bucket>/<name>@<generation>.json   "this data file is done", only-if-absent
     registry/claims/<bucket>/<name>@<generation>.json      a version written, not yet promoted
 
+(A marker or claim name that would pass GCS's 1,024 bytes keeps a head of ``<name>`` and a hash
+of it instead: ``shared.storage.names.derived_name``.)
+
 Every swap of ``models/current.skops`` is a compare-and-swap on its generation (``0`` when there
 is none yet), so two writers can never both think they won. Each swap is then recorded under
 ``registry/events/`` named by the new generation, which orders the records exactly as the swaps
@@ -35,6 +38,7 @@ from shared.errors import ModelNotReady, NotFound, PreconditionFailed, ProdMLErr
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.storage import Bucket
+from shared.storage.names import derived_name
 
 CURRENT = "models/current.skops"
 VERSIONS_PREFIX = "models/versions/"
@@ -104,9 +108,15 @@ def file_key(bucket: str, name: str, generation: int) -> str:
     return f"{bucket}/{name}@{int(generation)}"
 
 
+def _file_blob(prefix: str, bucket: str, name: str, generation: int) -> str:
+    """``<prefix><bucket>/<name>@<generation>.json``, within GCS's name limit for any data file
+    name (``derived_name``: a long one is shortened with a hash; the blob's content names it)."""
+    return derived_name(f"{prefix}{bucket}/", name, f"@{int(generation)}.json")
+
+
 def processed_name(bucket: str, name: str, generation: int) -> str:
     """The marker blob of a data file version."""
-    return f"{PROCESSED_PREFIX}{file_key(bucket, name, generation)}.json"
+    return _file_blob(PROCESSED_PREFIX, bucket, name, generation)
 
 
 def is_processed(artifacts: Bucket, bucket: str, name: str, generation: int) -> bool:
@@ -160,7 +170,7 @@ def mark_processed(
 
 def claim_name(bucket: str, name: str, generation: int) -> str:
     """The claim blob of a data file version: a version written for it but not yet promoted."""
-    return f"{CLAIMS_PREFIX}{file_key(bucket, name, generation)}.json"
+    return _file_blob(CLAIMS_PREFIX, bucket, name, generation)
 
 
 def write_claim(

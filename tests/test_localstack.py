@@ -221,3 +221,49 @@ def test_the_local_stack_reloads_every_second_unless_told_otherwise(tmp_path: Pa
     assert stack_environment(tmp_path, base={})["RELOAD_SECONDS"] == "1"
     assert stack_environment(tmp_path, base={"RELOAD_SECONDS": ""})["RELOAD_SECONDS"] == "1"
     assert stack_environment(tmp_path, base={"RELOAD_SECONDS": "7"})["RELOAD_SECONDS"] == "7"
+
+
+def server_time_wait_sockets(port: int) -> int:
+    """How many TCP sockets on 127.0.0.1:``port`` are in TIME-WAIT (what ``ss -tan`` shows)."""
+    listed = subprocess.run(
+        ["ss", "-tanH", "state", "time-wait", "( sport = :" + str(port) + " )"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return sum(f"127.0.0.1:{port} " in line + " " for line in listed.splitlines())
+
+
+def request_closed_by_server(port: int) -> bytes:
+    """One HTTP/1.0 request over a real connection, read until the server closes it: the server
+    closes first, so the TIME-WAIT socket is on the server's port (as after real traffic)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"POST / HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_port_freed_by_a_stopped_stack_is_free_at_once_and_a_listener_is_not(tmp_path: Path) -> None:
+    declaration = load_declaration(write_declaration(tmp_path))
+    port = free_port()
+    env = {**os.environ, "PREDICT_PORT": str(port), "TRAIN_PORT": str(free_port())}
+    env["CALLS_FILE"] = str(tmp_path / "calls.jsonl")
+    first = LocalStack(state_dir=tmp_path / "first", env=stack_environment(tmp_path / "first", env),
+                       declaration=declaration, functions=["web"], scheduler=False)  # fmt: skip
+    with first:
+        for _ in range(3):
+            assert b'"ok":true' in request_closed_by_server(port)
+    assert server_time_wait_sockets(port) > 0  # what a restart right after Ctrl-C meets
+
+    again = LocalStack(state_dir=tmp_path / "again", env=stack_environment(tmp_path / "again", env),
+                       declaration=declaration, functions=["web"], scheduler=False)  # fmt: skip
+    with again:  # starts at once: TIME-WAIT sockets are no listener
+        assert requests.post(again.urls["web"], json={}, timeout=10).json()["ok"] is True
+        # the stack's own listener (SO_REUSEADDR, as every server sets it) is still "in use"
+        third = LocalStack(state_dir=tmp_path / "third", env=stack_environment(tmp_path / "third", env),
+                           declaration=declaration, functions=["web"], scheduler=False)  # fmt: skip
+        with pytest.raises(ConfigError, match=f"port {port} of function web is in use"):
+            third.start()
+        assert third.processes == {}

@@ -64,3 +64,14 @@ def test_a_huge_message_makes_a_line_under_the_cap_that_is_still_json() -> None:
     get_logger("shared.test").info("quarantined: " + "x" * 10_000_000)
     [text] = terminal.getvalue().splitlines()
     assert len(text.encode()) <= MAX_RECORD_BYTES and text.endswith("chars]")
+
+
+def test_text_lines_show_control_characters_escaped() -> None:
+    stream = _Terminal()
+    setup_logging("auto", "info", stream=stream)
+    name = "incoming/\x1b]0;owned\x07day\r.csv"  # a name GCS takes: set the title, BEL, CR
+    get_logger("shared.test").warning(f"cannot process {name}", extra={"fields": {"object": name}})
+    line = stream.getvalue()
+    assert line.count("\n") == 1 and "\x1b" not in line and "\x07" not in line and "\r" not in line
+    assert "cannot process incoming/\\x1b]0;owned\\x07day\\r.csv" in line
+    assert "object=incoming/\\x1b]0;owned\\x07day\\r.csv" in line

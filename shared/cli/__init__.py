@@ -20,6 +20,7 @@ import importlib
 import sys
 
 from shared.config import get_settings
+from shared.display import EscapingWriter
 from shared.errors import ProdMLError
 from shared.logs import setup_logging
 
@@ -50,12 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a ``ProdMLError`` exits 1 with a one-line reason on stderr."""
+    """Run one command; a ``ProdMLError`` exits 1 with a one-line reason on stderr.
+
+    Everything the command writes goes through ``EscapingWriter``: an object name or a value
+    from data never reaches the terminal with its control characters raw.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = EscapingWriter(streams[0]), EscapingWriter(streams[1])  # type: ignore[assignment]
     try:
         settings = get_settings()
         setup_logging(settings.log_format, settings.log_level, stream=sys.stderr)
@@ -65,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        sys.stdout, sys.stderr = streams
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from shared.config import get_settings
+from shared.display import printable, render_table
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "List, oldest first, every incoming file the train function looked at: the live model's "
             "quality on it before training (test-then-train), the largest input drift (population "
             "stability index) and the drifted features, and the outcome; quarantined files with "
-            "their rule."
+            "their rule; then every file in incoming/ with no outcome yet, and why."
         ),
     )
     parser.add_argument("--limit", type=int, default=0, help="show only the last N files (default all)")
@@ -27,23 +28,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def collect() -> list[dict[str, Any]]:
-    """Monitoring records and quarantine records, merged per file generation, oldest first."""
-    from shared.monitoring import list_records
+    """Monitoring records and quarantine records, merged per file generation, oldest first, then
+    the files waiting in ``incoming/`` with no outcome, and why (``unprocessed_files``)."""
+    from shared.monitoring import list_records, unprocessed_files
     from shared.quarantine import list_quarantine
     from shared.storage import artifacts_bucket, data_bucket
 
     settings = get_settings()
-    rows: dict[tuple[str, int], dict[str, Any]] = {}
-    for record in list_records(artifacts_bucket(settings)):
+    data, artifacts = data_bucket(settings), artifacts_bucket(settings)
+    rows: dict[tuple[str, int | None], dict[str, Any]] = {}
+    for record in list_records(artifacts):
         rows[(str(record.get("object")), int(record.get("generation", 0)))] = dict(record)
-    for reason in list_quarantine(data_bucket(settings)):
+    for reason in list_quarantine(data):
         key = (str(reason.get("object")), int(reason.get("generation", 0)))
         row = rows.setdefault(
             key, {"object": key[0], "generation": key[1], "time": reason.get("quarantined_at")}
         )
         row["decision"] = "quarantined"
         row["quarantine"] = {k: reason.get(k) for k in ("rule", "message", "quarantined_as")}
-    return sorted(rows.values(), key=lambda r: (str(r.get("time") or ""), r["object"]))
+    waiting = []
+    for row in unprocessed_files(data, artifacts):
+        recorded = rows.get((row["object"], row["generation"]))
+        if recorded is not None:
+            recorded["reason"] = row["reason"]  # an error: its record stays the row, with why
+        else:
+            waiting.append(row)
+    return sorted(rows.values(), key=lambda r: (str(r.get("time") or ""), r["object"])) + waiting
 
 
 def run_monitor(args: argparse.Namespace) -> int:
@@ -65,8 +75,13 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _quarantine_message(row: dict[str, Any]) -> Any:
+    return (row.get("quarantine") or {}).get("message") or row.get("message")
+
+
 def render(rows: list[dict[str, Any]]) -> str:
-    """One line per file, then the quarantine reasons."""
+    """One line per file, then the quarantine reasons; control characters of names and messages
+    escaped (``shared.display``)."""
     from shared.monitoring import PRIMARY_METRIC
 
     header = ("time", "file", "model", "primary", "acc/auc", "max psi", "drifted", "outcome")
@@ -94,7 +109,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         table.append(
             (
                 str(row.get("time") or "-")[:19].replace("T", " "),
-                f"{row['object']}@{row['generation']}",
+                row["object"] if row["generation"] is None else f"{row['object']}@{row['generation']}",
                 str(row.get("model_version") or "-"),
                 f"{primary}={_fmt(metrics.get(primary))}" if primary else "-",
                 quality,
@@ -103,13 +118,15 @@ def render(rows: list[dict[str, Any]]) -> str:
                 outcome,
             )
         )
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
+    lines = [render_table(table)]
     reasons = [
-        f"  {r['object']}: {(r.get('quarantine') or {}).get('message') or r.get('message')}"
+        f"  {printable(r['object'])}: {printable(_quarantine_message(r))}"
         for r in rows
         if r.get("decision") == "quarantined"
     ]
     if reasons:
         lines += ["", "quarantined:", *reasons]
+    waiting = [f"  {printable(r['object'])}: {printable(r['reason'])}" for r in rows if r.get("reason")]
+    if waiting:
+        lines += ["", "no outcome yet (`prodml replay` runs them again once the cause is fixed):", *waiting]
     return "\n".join(lines)

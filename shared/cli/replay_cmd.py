@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from shared.config import get_settings
+from shared.display import printable, render_table
+
+if TYPE_CHECKING:
+    from shared.router.replay import ReplayOutcome
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(no registry/processed marker), send the storage event again through the local router's "
             "delivery (retries, dead letters); that needs the local stack running (`prodml up`). "
             "With --in-process (always with STORAGE_BACKEND=gcs), run the train function's own code "
-            "here instead, one file after the other: no stack needed."
+            "here instead, one file after the other: no stack needed. Ends with every file still not "
+            "done and why (no schema, an error, a name no object can have)."
         ),
     )
     parser.add_argument(
@@ -52,14 +58,17 @@ def run_replay(args: argparse.Namespace) -> int:
     elif not outcomes:
         print(f"no data files under {args.prefix!r}")
     else:
-        width = max(len(o.name) for o in outcomes)
-        print(f"{'file':<{width}}  {'generation':<16}  {'outcome':<18}  attempts  by")
-        for o in outcomes:
-            function = o.function or "-"
-            print(f"{o.name:<{width}}  {o.generation:<16}  {o.outcome:<18}  {o.attempts:<8}  {function}")
+        table = [("file", "generation", "outcome", "attempts", "by")]
+        table += [(o.name, _generation(o), o.outcome, o.attempts, o.function or "-") for o in outcomes]
+        print(render_table(table))
         skipped = sum(o.outcome.startswith("skipped") for o in outcomes)
         done = len(outcomes) - len(failed) - skipped
         print(f"{done} done, {len(failed)} not done, {skipped} skipped (already processed)")
         for o in failed:
-            print(f"not done: {o.name}@{o.generation}: {o.outcome}: {o.error}")
+            where = printable(o.name) if o.generation is None else f"{printable(o.name)}@{o.generation}"
+            print(f"not done: {where}: {o.outcome}: {printable(o.error)}")
     return 1 if failed else 0
+
+
+def _generation(outcome: ReplayOutcome) -> str:
+    return "-" if outcome.generation is None else str(outcome.generation)

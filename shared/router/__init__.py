@@ -174,12 +174,21 @@ class Router:
         with self._lock:
             self.results.append(future.result())
 
-    def _on_finished(self, bucket: str, name: str) -> None:
+    def _on_finished(self, bucket: str, path: str) -> None:
+        """Fire the object of the file settled at ``path`` (relative to the bucket folder)."""
+        folder = self.buckets[bucket]
         try:
-            info = self.buckets[bucket].stat(name)
+            # The file's own name, unless the store keeps a long name under a hashed file name.
+            name = folder.object_name(path)
+            info = folder.stat(name)
         except NotFound:
             return  # deleted right after settling
         except InvalidObjectName as exc:
-            log.warning("router: file is not a valid object name", extra={"fields": {"error": str(exc)}})
+            log.warning(
+                "router: file is not a valid object name; it never fires (`prodml replay` lists it)",
+                extra={"fields": {"error": str(exc)}},
+            )
             return
+        if is_ignored(name):
+            return  # a temp name whose hashed file name hid its suffix from the watcher
         self.fire(info)

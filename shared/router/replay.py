@@ -11,23 +11,28 @@ runs (``trainer.handle_event``) for each such object. That is how files left in 
 GCP (no schema yet, a model that would not load) are run again after the fix: Eventarc has
 answered their events already and will not send them again. With ``STORAGE_BACKEND=gcs`` it is
 the only way, and ``prodml replay`` takes it on its own.
+
+Both end with every file still without an outcome, and why (``monitoring.unprocessed_files``):
+a file the function answered but could not finish (``not processed``: no schema, an error), and
+a file no object name reaches, which can never fire (``refused``: a line feed in its name, ...).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from shared import trainer
+from shared import monitoring, trainer
 from shared.config import Settings
 from shared.errors import ConfigError, ProdMLError
 from shared.events import parse_storage_event, to_cloudevent
 from shared.logs import get_logger
 from shared.registry import is_processed
 from shared.router import Route, Router, routes_from_declaration
-from shared.storage import artifacts_bucket, data_bucket
+from shared.storage import Bucket, artifacts_bucket, data_bucket
 
 log = get_logger(__name__)
 
@@ -36,10 +41,10 @@ log = get_logger(__name__)
 class ReplayOutcome:
     """What happened to one object version."""
 
-    name: str
-    generation: int
-    outcome: str  # "delivered", "dead-lettered", "skipped: processed"; in process, the trainer's
-    # outcome ("promoted", "quarantined", "no_schema", ...) or "failed"
+    name: str  # for a "refused" file, its path in the bucket folder
+    generation: int | None  # None for a "refused" file: it is no object
+    outcome: str  # "delivered", "dead-lettered", "skipped: processed", "not processed", "refused";
+    # in process, the trainer's outcome ("promoted", "quarantined", "no_schema", ...) or "failed"
     function: str | None = None
     attempts: int = 0
     error: str | None = None
@@ -104,11 +109,35 @@ def replay(
                 )
     finally:
         router.stop()
-    return outcomes
+    return _with_unfinished(outcomes, data, artifacts, prefix)
 
+
+NOT_PROCESSED = "not processed"  # delivered and answered, but the function could not finish it
+REFUSED = "refused"  # a file no object name reaches: it can never fire
 
 # What leaves a file still to be done: the trainer could not finish it (replay it again after a fix).
-UNFINISHED = frozenset({"failed", "dead-lettered", "no_schema", "model_error"})
+UNFINISHED = frozenset({"failed", "dead-lettered", "no_schema", "model_error", NOT_PROCESSED, REFUSED})
+
+
+def _with_unfinished(
+    outcomes: list[ReplayOutcome], data: Bucket, artifacts: Bucket, prefix: str
+) -> list[ReplayOutcome]:
+    """``outcomes``, a delivered file still without an outcome marked ``not processed`` with
+    why, and the files that can never fire added as ``refused``."""
+    waiting = {
+        (r["object"], r["generation"]): r["reason"]
+        for r in monitoring.unprocessed_files(data, artifacts, prefix)
+    }
+    marked = [
+        dataclasses.replace(o, outcome=NOT_PROCESSED, error=waiting[(o.name, o.generation)])
+        if o.outcome == "delivered" and (o.name, o.generation) in waiting
+        else o
+        for o in outcomes
+    ]
+    refused = [
+        ReplayOutcome(name, None, REFUSED, error=why) for (name, gen), why in waiting.items() if gen is None
+    ]
+    return marked + refused
 
 
 def replay_in_process(
@@ -140,4 +169,5 @@ def replay_in_process(
             continue
         error = outcome.message if outcome.status in UNFINISHED else None
         outcomes.append(ReplayOutcome(info.name, info.generation, outcome.status, "in-process", 1, error))
-    return outcomes
+    refused = _with_unfinished([], data, artifacts, prefix)
+    return outcomes + refused

@@ -7,6 +7,9 @@ filesystem, so ``os.replace`` from a temp file is atomic):
 - ``<root>/.meta/<bucket>/generations.sqlite3``: per object its generation, content type and the
   identity of the file version it belongs to (inode, size, mtime, ctime). A file whose identity no
   longer matches (someone ``cp``-ed over it) gets a fresh generation the first time it is seen.
+  It also keeps the real name of each path component stored under a hashed file name
+  (``names.disk_component``: a component over the 255 bytes a file name may have, which GCS
+  allows), so ``list`` gives back the real names and the router fires events with them.
 - ``<root>/.meta/<bucket>/lock``: an ``flock`` held only around check-precondition + rename +
   record, never around copying data, so a 100 MB write does not block other writers.
 - ``<root>/.tmp/``: temp files being written. A writer killed mid-write leaves only a temp file
@@ -35,7 +38,13 @@ from typing import BinaryIO
 
 from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, StorageError
 from shared.storage.base import Bucket, ObjectInfo
-from shared.storage.names import check_bucket_name, check_local_object_name, default_content_type
+from shared.storage.names import (
+    check_bucket_name,
+    check_local_object_name,
+    default_content_type,
+    disk_component,
+    looks_hashed,
+)
 
 META_DIR = ".meta"
 TMP_DIR = ".tmp"
@@ -55,6 +64,14 @@ _inherited_connections: list[sqlite3.Connection] = []  # see _Generations._conn
 
 def _identity(st: os.stat_result) -> _Identity:
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+@dataclass(frozen=True)
+class UnreachableFile:
+    """A file in a bucket folder that no object name reaches (so it never fires), and why."""
+
+    path: str  # relative to the bucket folder, ``/``-separated, as on disk
+    reason: str
 
 
 class _Changed(Exception):
@@ -109,6 +126,11 @@ class _Generations:
         )
         return _Record(*row) if row else None
 
+    def component_of(self, disk: str) -> str | None:
+        """The real name component stored under the hashed file name ``disk``, if recorded."""
+        row = self._conn().execute("SELECT component FROM components WHERE disk = ?", (disk,)).fetchone()
+        return str(row[0]) if row else None
+
     def lookup_prefix(self, prefix: str) -> dict[str, _Record]:
         """The records of every name starting with ``prefix`` (no lock)."""
         rows = self._conn().execute(
@@ -149,6 +171,16 @@ class _Tx:
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER)"
         )
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS components (disk TEXT PRIMARY KEY, component TEXT NOT NULL)"
+        )
+
+    def remember_components(self, name: str) -> None:
+        """Record the real component behind each hashed file name of ``name``'s path."""
+        for part in name.split("/"):
+            disk = disk_component(part)
+            if disk != part:
+                self._conn.execute("INSERT OR IGNORE INTO components VALUES (?, ?)", (disk, part))
 
     def get(self, name: str) -> _Record | None:
         row = self._conn.execute(
@@ -204,6 +236,7 @@ class LocalBucket(Bucket):
         self._tmp_dir = self._root / TMP_DIR
         self._tmp_dir.mkdir(exist_ok=True)
         self._generations = _Generations(self._root / META_DIR / name)
+        self._components: dict[str, str] = {}  # hashed file name -> real component (never changes)
         real_root = Path(os.path.realpath(self._root))
         with _cleaned_lock:
             first = real_root not in _cleaned_roots
@@ -227,9 +260,12 @@ class LocalBucket(Bucket):
     # --- names and paths -------------------------------------------------------------------
 
     def _path(self, name: str) -> str:
-        """The file of object ``name``, refusing anything that resolves outside the folder."""
+        """The file of object ``name``, refusing anything that resolves outside the folder.
+
+        A component too long for a file name is stored under its ``disk_component``.
+        """
         check_local_object_name(name)
-        path = os.path.join(self._folder, name)
+        path = os.path.join(self._folder, *(disk_component(part) for part in name.split("/")))
         real = os.path.realpath(path)
         if not real.startswith(self._real_folder + os.sep):
             raise InvalidObjectName(
@@ -237,6 +273,26 @@ class LocalBucket(Bucket):
                 f"{self._real_folder!r} (through a symlink)"
             )
         return path
+
+    def object_name(self, relative_path: str) -> str:
+        """The object name of the file at ``relative_path`` (``/``-separated, relative to the
+        folder, as the file-drop router sees it); ``InvalidObjectName`` if no name reaches it."""
+        name = "/".join(self._component(part) for part in relative_path.split("/"))
+        return check_local_object_name(name)
+
+    def _component(self, disk: str) -> str:
+        """The real name component of the file name ``disk``."""
+        if not looks_hashed(disk):
+            return disk
+        component = self._components.get(disk) or self._generations.component_of(disk)
+        if component is None or disk_component(component) != disk:
+            raise InvalidObjectName(
+                f"invalid object name {disk!r}: looks like a long name's hashed file name, but "
+                f"local bucket {self._name!r} has no record of it",
+                "a hashed file name the store has no record of (copied in by hand?)",
+            )
+        self._components[disk] = component
+        return component
 
     # --- generations -----------------------------------------------------------------------
 
@@ -403,31 +459,51 @@ class LocalBucket(Bucket):
             with contextlib.suppress(NotFound):  # deleted since the walk: not listed
                 yield self.stat(name)
 
+    def unreachable(self, prefix: str = "") -> list[UnreachableFile]:
+        """Files under ``prefix`` that no object name reaches: a name GCS refuses (a line feed,
+        invalid UTF-8), a symlink out of the folder, a FIFO... They never fire and are never
+        listed, so this is how they are shown to the user. In path order."""
+        return sorted(
+            (found for found in self._scan(prefix) if isinstance(found, UnreachableFile)),
+            key=lambda found: found.path,
+        )
+
     def _walk(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
         """(name, stat) of every regular file whose name starts with ``prefix``."""
+        for found in self._scan(prefix):
+            if not isinstance(found, UnreachableFile):
+                yield found
+
+    def _scan(self, prefix: str) -> Iterator[tuple[str, os.stat_result] | UnreachableFile]:
+        """Every file under ``prefix``: (name, stat) of objects, ``UnreachableFile`` of the rest."""
         start = prefix.rpartition("/")[0]
         if not start:
-            yield from self._walk_dir(str(self._folder), "", prefix)
+            yield from self._scan_dir(str(self._folder), "", "", prefix)
             return
         try:
             folder = self._path(start)  # the deepest folder the prefix names, if inside the bucket
         except InvalidObjectName:
             return  # no valid object name can start with this prefix
-        yield from self._walk_dir(folder, start + "/", prefix)
+        disk = os.path.relpath(folder, self._folder).replace(os.sep, "/")
+        yield from self._scan_dir(folder, start + "/", disk + "/", prefix)
 
-    def _walk_dir(self, folder: str, rel: str, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
+    def _scan_dir(
+        self, folder: str, rel: str, disk_rel: str, prefix: str
+    ) -> Iterator[tuple[str, os.stat_result] | UnreachableFile]:
         try:
             entries = list(os.scandir(folder))
         except (FileNotFoundError, NotADirectoryError):
             return
         for entry in entries:
-            name = rel + entry.name
+            disk = disk_rel + entry.name
+            name: str | None = None
             try:
+                name = rel + self._component(os.fsdecode(entry.name))
                 if entry.is_dir(follow_symlinks=False):
                     # Only descend where names under this folder can still match the prefix;
                     # never into a symlinked folder (it could lead out, or loop).
                     if (name + "/").startswith(prefix) or prefix.startswith(name + "/"):
-                        yield from self._walk_dir(entry.path, name + "/", prefix)
+                        yield from self._scan_dir(entry.path, name + "/", disk + "/", prefix)
                     continue
                 if not name.startswith(prefix):
                     continue
@@ -435,12 +511,18 @@ class LocalBucket(Bucket):
                 if entry.is_symlink():
                     real = os.path.realpath(entry.path)
                     if not real.startswith(self._real_folder + os.sep):
-                        continue  # points out of the bucket: never an object
+                        yield UnreachableFile(disk, f"a symlink to {real!r}, outside the bucket folder")
+                        continue
                 st = os.stat(entry.path)
                 if stat_mod.S_ISREG(st.st_mode):
                     yield name, st
-            except (InvalidObjectName, OSError):
-                continue  # a file no object name can reach (bad name, vanished, dangling link)
+                else:
+                    yield UnreachableFile(disk, "not a regular file")
+            except InvalidObjectName as exc:
+                if (name or disk).startswith(prefix):
+                    yield UnreachableFile(disk, f"name refused: {exc.rule}")
+            except OSError:
+                continue  # vanished since the scan, or a dangling link
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -454,6 +536,7 @@ class LocalBucket(Bucket):
         path = self._path(name)
         with self._generations.locked() as tx:
             _check_precondition(name, self._live_generation(tx, name, path), if_generation_match)
+            tx.remember_components(name)
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 os.replace(temp, path)

@@ -216,6 +216,37 @@ def test_longest_valid_name_is_accepted(bucket: Bucket) -> None:
     assert bucket.read(name) == b"x"
 
 
+# Names GCS takes whose components are longer than a file name may be (255 bytes): a data file
+# named with 300 bytes, 100 CJK characters (300 bytes), a 1,015-byte component, and a folder
+# component over the limit.
+LONG_NAMES = {
+    "300 bytes": "incoming/" + "d" * 296 + ".csv",
+    "100 CJK characters": "incoming/" + "売上データ" * 20 + ".csv",
+    "1015-byte component": "incoming/" + "e" * 1011 + ".csv",
+    "long folder": "incoming/" + "f" * 300 + "/day.csv",
+}
+
+
+def test_names_longer_than_a_file_name_work_like_any_name(bucket: Bucket, other_bucket: Bucket) -> None:
+    generations = {name: bucket.write(name, name.encode()) for name in LONG_NAMES.values()}
+    bucket.write("incoming/short.csv", b"s")
+
+    assert [i.name for i in bucket.list("incoming/")] == sorted([*LONG_NAMES.values(), "incoming/short.csv"])
+    for name, generation in generations.items():
+        assert bucket.read_with_info(name) == (name.encode(), bucket.stat(name))
+        assert bucket.stat(name).generation == generation
+        assert bucket.stat(name).content_type == "text/csv"
+        assert [i.name for i in bucket.list(name[:-3])] == [name]
+        bucket.copy(name, other_bucket, name)
+        assert other_bucket.read(name) == name.encode()
+    folder = LONG_NAMES["long folder"].rpartition("/")[0] + "/"
+    assert [i.name for i in bucket.list(folder)] == [LONG_NAMES["long folder"]]
+
+    for name in LONG_NAMES.values():
+        bucket.delete(name)
+    assert [i.name for i in bucket.list()] == ["incoming/short.csv"]
+
+
 # --- preconditions (enforced by the local store and by GCS; not by the emulator) ------------
 
 

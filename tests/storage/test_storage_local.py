@@ -108,7 +108,6 @@ ESCAPES = {
     "dot": ("./a", "'.' path component"),
     "empty component": ("a//b", "empty path component"),
     "trailing slash": ("a/", "end with '/'"),
-    "long component": ("x" * 256, "at most 255 bytes"),
 }
 
 
@@ -124,6 +123,62 @@ def test_names_that_leave_the_folder_are_refused(local_bucket: LocalBucket, name
             call()
         assert repr(name) in str(caught.value)
     assert sorted(local_bucket.folder.parent.rglob("x")) == []
+
+
+# --- names longer than a file name --------------------------------------------------------
+
+
+def test_a_long_component_is_a_readable_hashed_file_beside_the_others(buckets_root: Path) -> None:
+    bucket = LocalBucket(buckets_root, "test-bucket")
+    long_name = "incoming/" + "売上データ" * 20 + ".csv"  # 300 bytes: no file may be named so
+    bucket.write(long_name, b"a,b\n1,2\n")
+
+    [on_disk] = (bucket.folder / "incoming").iterdir()
+    assert len(on_disk.name.encode()) <= 255
+    assert on_disk.name.startswith("売上データ") and on_disk.name.endswith(".csv")  # a person can tell
+    assert on_disk.read_bytes() == b"a,b\n1,2\n"
+    # another process (a fresh handle: nothing cached) gives the real name back, from the disk path too
+    again = LocalBucket(buckets_root, "test-bucket")
+    assert [i.name for i in again.list()] == [long_name]
+    assert again.object_name(f"incoming/{on_disk.name}") == long_name
+    assert again.unreachable() == []
+
+
+def test_a_name_that_looks_hashed_cannot_take_a_long_names_place(local_bucket: LocalBucket) -> None:
+    long_name = "incoming/" + "x" * 300 + ".csv"
+    local_bucket.write(long_name, b"long")
+    [on_disk] = (local_bucket.folder / "incoming").iterdir()
+
+    lookalike = f"incoming/{on_disk.name}"  # a short name, exactly the long one's file name
+    local_bucket.write(lookalike, b"lookalike")
+
+    assert local_bucket.read(long_name) == b"long"
+    assert local_bucket.read(lookalike) == b"lookalike"
+    assert [i.name for i in local_bucket.list()] == sorted([long_name, lookalike])
+
+
+def test_files_no_name_reaches_are_not_objects_and_are_told_with_why(
+    local_bucket: LocalBucket, tmp_path: Path
+) -> None:
+    incoming = local_bucket.folder / "incoming"
+    incoming.mkdir()
+    (incoming / "day\n2.csv").write_bytes(b"x")  # a user's cp: Linux allows a line feed
+    (incoming / ("copied" + "~h" + "0" * 40 + ".csv")).write_bytes(b"x")  # no record of it
+    (incoming / "out.csv").symlink_to(tmp_path)
+    os.mkfifo(incoming / "pipe.csv")
+    (incoming / "fine.csv").write_bytes(b"x")
+
+    assert [i.name for i in local_bucket.list()] == ["incoming/fine.csv"]
+    found = {u.path: u.reason for u in local_bucket.unreachable("incoming/")}
+    assert found == {
+        "incoming/day\n2.csv": "name refused: must not contain a line feed character",
+        "incoming/copied~h0000000000000000000000000000000000000000.csv": (
+            "name refused: a hashed file name the store has no record of (copied in by hand?)"
+        ),
+        "incoming/out.csv": f"a symlink to {str(tmp_path)!r}, outside the bucket folder",
+        "incoming/pipe.csv": "not a regular file",
+    }
+    assert local_bucket.unreachable("models/") == []
 
 
 def test_symlinks_pointing_out_are_refused_and_not_listed(local_bucket: LocalBucket, tmp_path: Path) -> None:

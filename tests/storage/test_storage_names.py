@@ -8,7 +8,7 @@ import pytest
 
 from shared.errors import InvalidObjectName
 from shared.storage.local import LocalBucket
-from shared.storage.names import check_local_object_name, check_object_name
+from shared.storage.names import MAX_NAME_BYTES, check_local_object_name, check_object_name, derived_name
 
 
 @pytest.mark.parametrize("name", ["../data", "/abs", "ab", "Upper-Case", ".meta", "a/b", "x" * 64, "-dash"])
@@ -29,3 +29,22 @@ def test_gcs_rules_allow_what_only_a_filesystem_forbids() -> None:
 def test_non_strings_are_refused() -> None:
     with pytest.raises(InvalidObjectName, match="must be a str, not bytes"):
         check_object_name(b"a.csv")
+
+
+def test_a_derived_name_keeps_short_names_and_bounds_long_ones_uniquely() -> None:
+    assert derived_name("monitoring/", "incoming/day.csv", "@7.json") == "monitoring/incoming/day.csv@7.json"
+    longest = ["incoming/" + c * 1015 for c in "ab"] + ["incoming/" + "é" * 507 + "a"]
+    derived = [derived_name("registry/processed/prodml-data/", n, "@1764590000000000.json") for n in longest]
+
+    assert len(set(derived)) == 3
+    for name, bounded in zip(longest, derived, strict=True):
+        check_object_name(bounded)  # GCS takes it
+        assert len(bounded.encode()) == MAX_NAME_BYTES
+        assert bounded.startswith("registry/processed/prodml-data/incoming/" + name[9:29])  # readable
+        assert bounded.endswith("@1764590000000000.json")
+    reserved = derived_name("quarantine/", "x" * 1020, reserve=len(".reason.json"))
+    assert len((reserved + ".reason.json").encode()) <= MAX_NAME_BYTES
+    # a short name spelled like a long one's derived form gets a derived form of its own
+    prefix, suffix = "registry/processed/prodml-data/", "@1764590000000000.json"
+    lookalike = derived[0].removeprefix(prefix).removesuffix(suffix)
+    assert derived_name(prefix, lookalike, suffix) != derived[0]
