@@ -6,7 +6,8 @@
 2. skip a data file version already done (``registry/processed/...``, the "done" marker);
 3. no ``schema.json`` (or a broken one): log a clear error and leave the file where it is, no
    marker, so ``prodml replay`` can run it again after the schema is fixed;
-4. validate (size from the event first, then the downloaded file); a bad file is quarantined
+4. validate (the stored object's size first, then the downloaded file; an event for an object
+   or generation that is not there is ignored as ``gone``); a bad file is quarantined
    with its reason, marked done, and answered 2xx: retrying would not make it good;
 5. test-then-train: score the current model on the file and measure input drift against the
    current model's reference statistics; write the monitoring record (drift may quarantine);
@@ -192,7 +193,8 @@ def handle_event(
     except ValidationFailed as failure:
         return _quarantine(job, failure, None)
     if new_file is None:
-        return job.done(Outcome("gone", f"{job.key} no longer exists (deleted or replaced)"))
+        message = f"{job.key} is not in the bucket (deleted, replaced or never written)"
+        return job.done(Outcome("gone", message))
 
     for attempt in range(1, settings.cas_max_attempts + 1):
         started = time.perf_counter()
@@ -352,8 +354,19 @@ def _add_training_to_record(artifacts: Bucket, event: StorageObjectEvent, outcom
 def _read_and_validate(
     event: StorageObjectEvent, schema: Schema, settings: Settings, data: Bucket
 ) -> DataFile | None:
-    """The validated file, None when that generation is gone; ``ValidationFailed`` if it is bad."""
-    check_size(event.size, settings)
+    """The validated file, None when that generation is gone; ``ValidationFailed`` if it is bad.
+
+    The event is not trusted (anyone who can reach the function can forge one): the size and the
+    generation checked are the stored object's, so an event for an object or a generation that is
+    not there leaves no quarantine record behind, however large a size it claims.
+    """
+    try:
+        stored = data.stat(event.name)
+    except NotFound:
+        return None
+    if stored.generation != event.generation:
+        return None  # replaced (a newer generation has its own event), or never written
+    check_size(stored.size, settings)
     with tempfile.TemporaryDirectory(prefix="prodml-train-") as folder:
         path = Path(folder) / "data"
         try:
@@ -361,7 +374,7 @@ def _read_and_validate(
         except NotFound:
             return None
         if info.generation != event.generation:
-            return None  # replaced: the newer generation has its own event
+            return None  # replaced since the stat: the newer generation has its own event
         validated = validate_file(path, event.name, schema, settings)
     return make_data_file(event.bucket, event.name, event.generation, validated.frame, settings)
 

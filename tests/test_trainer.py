@@ -6,6 +6,7 @@ cases that need a different schema or settings per test, or an injected fault, r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,42 @@ def test_ignored_and_gone_objects(tmp_path: Path) -> None:
     drop_file(world.data, "incoming/replaced.csv", training_rows(300, 2))
     assert world.deliver(old).status == "gone"
     assert registry.list_cards(world.artifacts) == []
+
+
+def _everything(bucket: LocalBucket) -> list[str]:
+    return sorted(info.name for info in bucket.list())
+
+
+def test_a_forged_event_for_an_object_that_is_not_there_is_ignored_without_a_trace(tmp_path: Path) -> None:
+    """The event's claims (size, generation) are not trusted: the object itself is looked at."""
+    world = make_world(tmp_path, MAX_FILE_BYTES="20000")
+    world.send("incoming/a.csv", training_rows(300, 1))
+    real = drop_file(world.data, "incoming/real.csv", training_rows(300, 2))
+    data_before, artifacts_before = _everything(world.data), _everything(world.artifacts)
+    model_before = world.artifacts.read(registry.CURRENT)
+    forged = [
+        dataclasses.replace(real, name="incoming/never-written.csv", size=10**12),  # no such object
+        dataclasses.replace(real, generation=real.generation + 7, size=10**12),  # no such generation
+    ]
+
+    outcomes = [world.deliver(info) for info in forged]
+
+    assert [o.status for o in outcomes] == ["gone", "gone"], outcomes
+    assert _everything(world.data) == data_before  # no quarantine/ reason, the real file untouched
+    assert _everything(world.artifacts) == artifacts_before  # no marker, no record, no version
+    assert world.artifacts.read(registry.CURRENT) == model_before
+
+
+def test_a_real_object_over_the_limit_is_quarantined_whatever_size_its_event_claims(tmp_path: Path) -> None:
+    world = make_world(tmp_path, MAX_FILE_BYTES="20000")
+    big = drop_file(world.data, "incoming/big.csv", training_rows(3000, 6))
+    assert big.size > 20000
+
+    outcome = world.deliver(dataclasses.replace(big, size=10))  # the event understates the size
+
+    assert (outcome.status, outcome.rule) == ("quarantined", "too_large")
+    reason = json.loads(world.data.read("quarantine/big.csv.reason.json"))
+    assert reason["rule"] == "too_large" and str(big.size) in reason["message"]
 
 
 def test_a_promotion_whose_marker_was_lost_is_only_marked_on_redelivery(tmp_path: Path) -> None:
