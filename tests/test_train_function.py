@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from conftest import deliver, drop_file, train_env, training_rows, training_schema
+from conftest import (
+    UNREADABLE_DELIVERIES,
+    deliver,
+    drop_file,
+    post_unreadable,
+    train_env,
+    training_rows,
+    training_schema,
+)
 from sklearn.base import BaseEstimator
 
 from shared import registry
@@ -345,6 +353,34 @@ def test_a_storage_outage_answers_5xx_and_the_redelivery_after_it_trains(trained
     marker = registry.read_processed(stack.artifacts, "prodml-data", name, info.generation)
     assert marker is not None and marker["version"] == card["version"]
     assert marker["outcome"] == card["decision"]["status"] in ("promoted", "rejected")
+
+
+def _log_lines_since(stack: Stack, offset: int) -> list[str]:
+    assert stack.process.log_path is not None
+    return stack.process.log_path.read_bytes()[offset:].decode(errors="replace").splitlines()
+
+
+def test_deliveries_that_cannot_be_parsed_answer_2xx_with_a_log_line_and_real_events_still_train(
+    trained: Stack,
+) -> None:
+    """functions-framework used to crash (500) on these before our function ran: the platform
+    would have redelivered them for a day. A storage outage still answers 5xx (the test above)."""
+    stack = trained
+    before, versions_before = stack.current_bytes(), len(stack.cards())
+    assert stack.process.log_path is not None
+    offset = stack.process.log_path.stat().st_size
+
+    assert post_unreadable(stack.url) == dict.fromkeys(UNREADABLE_DELIVERIES, 200)
+
+    said = [line for line in _log_lines_since(stack, offset) if "cannot be parsed" in line]
+    assert len(said) == 3, said
+    assert "RecursionError" in said[0]
+    assert "base64" in said[1]
+    assert "legacy background event" in said[2] and "TypeError" in said[2]
+    assert stack.current_bytes() == before and len(stack.cards()) == versions_before
+    stack.train("incoming/after-unreadable.csv", seed=61)  # a real event still trains
+    (card,) = stack.cards_for("incoming/after-unreadable.csv")
+    assert card["decision"]["status"] in ("promoted", "rejected")
 
 
 class _Exploding(BaseEstimator):
