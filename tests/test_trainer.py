@@ -19,7 +19,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
-from shared import monitoring, registry, training
+from shared import monitoring, registry, trainer, training
 from shared.config import Settings, load_settings
 from shared.errors import PreconditionFailed
 from shared.events import parse_storage_event, to_cloudevent
@@ -316,3 +316,89 @@ def test_a_full_retrain_reads_only_the_recent_files_that_fit_training_window_row
     assert card["metrics"]["holdout_files"] == earlier
     assert card["skipped_files"] == []
     assert [r["name"] for r in card["lineage"]] == [f"incoming/day-{i}.csv" for i in range(4)]
+
+
+# --- the claim: one delivery at a time works on a file version ---------------------------------
+
+
+def _claim_blob(info: Any) -> str:
+    return registry.claim_name("prodml-data", info.name, info.generation)
+
+
+def test_a_live_claim_turns_other_events_away_asks_its_own_again_and_expired_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    world = make_world(tmp_path)
+    info = drop_file(world.data, "incoming/a.csv", training_rows(300, 1))
+    claim, held = registry.acquire_claim(
+        world.artifacts, "prodml-data", info.name, info.generation, "holder", 900
+    )
+    assert held
+
+    other = world.deliver(info, "another-event")
+    assert other.status == "claimed" and "event holder" in other.message
+    with pytest.raises(RetryLater, match="this very event holds its claim"):
+        world.deliver(info, "holder")  # maybe the platform's redelivery after the holder died
+    assert registry.list_cards(world.artifacts) == []
+    assert not registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+    assert registry.read_claim(world.artifacts, claim.blob) == claim  # the losers left it alone
+
+    # The holder died: once its claim has expired, a redelivery takes the work over and finishes.
+    registry.release_claim(world.artifacts, claim)  # as its expiry passing would, without a wait
+    registry.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "holder", 0)
+    assert world.deliver(info, "holder").status == "promoted"
+    assert not world.artifacts.exists(claim.blob)  # done: the claim is gone, the marker is there
+    assert registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+
+
+def test_of_two_deliveries_that_find_a_claim_expired_only_one_takes_it_over(
+    tmp_path: Path, mocker: Any
+) -> None:
+    world = make_world(tmp_path)
+    info = drop_file(world.data, "incoming/a.csv", training_rows(300, 1))
+    dead, _ = registry.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "dead", 0)
+    assert dead.expired()
+    first, first_held = registry.acquire_claim(
+        world.artifacts, "prodml-data", info.name, info.generation, "first", 900
+    )
+    # Fault injection: the second taker read the claim before the first took it over.
+    real_read = registry.read_claim
+    reads = iter([dead])
+    mocker.patch("shared.registry.read_claim", side_effect=lambda *a: next(reads, None) or real_read(*a))
+
+    second, second_held = registry.acquire_claim(
+        world.artifacts, "prodml-data", info.name, info.generation, "second", 900
+    )
+
+    assert (first_held, second_held) == (True, False)
+    assert second == first  # its compare-and-swap failed; it found the first taker's live claim
+    assert real_read(world.artifacts, first.blob) == first
+
+
+def test_a_delivery_whose_claim_was_taken_over_stops_without_writing_anything(
+    tmp_path: Path, mocker: Any
+) -> None:
+    world = make_world(tmp_path)
+    world.send("incoming/a.csv", training_rows(300, 1))
+    before = world.artifacts.read(registry.CURRENT)
+    info = drop_file(world.data, "incoming/slow.csv", training_rows(300, 2))
+    real_build = trainer.build_challenger
+
+    def slow_build(**kwargs: Any) -> Any:
+        built = real_build(**kwargs)
+        # While this delivery trained past its claim's expiry, another one took the claim over.
+        held = registry.read_claim(world.artifacts, _claim_blob(info))
+        assert held is not None
+        registry.release_claim(world.artifacts, held)
+        registry.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "taker", 900)
+        return built
+
+    mocker.patch("shared.trainer.build_challenger", side_effect=slow_build)
+    outcome = world.deliver(info, "slow")
+
+    assert outcome.status == "claimed" and "taken over" in outcome.message
+    assert [c["event"]["name"] for c in registry.list_cards(world.artifacts)] == ["incoming/a.csv"]
+    assert world.artifacts.read(registry.CURRENT) == before
+    assert not registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+    taker = registry.read_claim(world.artifacts, _claim_blob(info))
+    assert taker is not None and taker.event_id == "taker"  # left to the taker, not released
