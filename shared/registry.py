@@ -19,11 +19,12 @@ records; a swap whose record was lost to a crash is recovered from the current m
 
 A claim makes the work on one data file version run once, however many deliveries of its
 event arrive at once: it is created only if absent, so one delivery holds it; it names the
-delivery's event id and an expiry. The holder records the version it wrote in it before
-promoting, each update a compare-and-swap on the claim's generation. A claim past its expiry
+delivery's event id and an expiry. The holder records in it the version it is about to write,
+each update a compare-and-swap on the claim's generation. A claim past its expiry
 (its holder died) is taken over with a compare-and-swap on its generation too, so of two
 deliveries that find it expired only one takes it; the taker keeps the version recorded in it, to
-promote that very version. ``prodml`` deletes a claim when the work is done.
+promote that very version. The trainer deletes its claim when the work is done; work that
+ends otherwise releases it at once (deleted, or expired when it records a version to resume).
 
 Version ids are ``<UTC time to the second>Z-<6 hex>`` (``20261125T120301Z-a1b2c3``): they sort by
 time and two trainers in the same second still get different ids.

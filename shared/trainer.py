@@ -28,7 +28,7 @@ never loses it). A delivery that finds a live claim trains nothing: one of anoth
 acknowledging it would lose the work. Once the claim has expired, that redelivery takes it over,
 with a compare-and-swap on the claim's generation, so of two takers one wins. A holder whose claim
 was taken over (it outlived its expiry) notices at its next claim update and stops, having written
-nothing (``claimed``). The marker is written only after the work is done, then the claim deleted;
+no version (``claimed``). The marker is written only after the work is done, then the claim deleted;
 work that ends otherwise (a transient fault, no model) releases the claim at once.
 
 Before training, the trainer checks whether the current model's lineage already holds this file
