@@ -193,6 +193,13 @@ SETTINGS: tuple[Setting, ...] = (
         "CAS_MAX_ATTEMPTS", "5", _int(1, 100), "times a trainer redoes its work when another promoted first"
     ),
     Setting(
+        "TRAIN_CLAIM_SECONDS",
+        "900",
+        _float(1.0),
+        "how long a train delivery's claim on a data file version lasts (longer than the function's "
+        "540 s timeout): meanwhile other deliveries of it train nothing; after it a redelivery takes over",
+    ),
+    Setting(
         "HOLDOUT_WINDOW_FILES",
         "5",
         _int(1),
@@ -330,6 +337,7 @@ class Settings:
     promotion_tolerance: float
     holdout_fraction: float
     cas_max_attempts: int
+    train_claim_seconds: float
     holdout_window_files: int
     train_crash_file: str
     estimator: str

@@ -8,7 +8,8 @@ Blobs (DESIGN.md section 3)::
     models/current.skops                    the serving model, a byte copy of one version's model
     registry/events/<generation>.json       one record per swap of current.skops (promote/rollback)
     registry/processed/<bucket>/<name>@<generation>.json   "this data file is done", only-if-absent
-    registry/claims/<bucket>/<name>@<generation>.json      a version written, not yet promoted
+    registry/claims/<bucket>/<name>@<generation>.json      who works on a data file version, until
+                                                           when, and the version it wrote, if any
 
 (A marker or claim name that would pass GCS's 1,024 bytes keeps a head of ``<name>`` and a hash
 of it instead: ``shared.storage.names.derived_name``.)
@@ -18,6 +19,15 @@ is none yet), so two writers can never both think they won. Each swap is then re
 ``registry/events/`` named by the new generation, which orders the records exactly as the swaps
 happened. The promotion history (what ``rollback`` walks back through) is replayed from those
 records; a swap whose record was lost to a crash is recovered from the current model itself.
+
+A claim makes the work on one data file version run once, however many deliveries of its
+event arrive at once: it is created only if absent, so one delivery holds it; it names the
+delivery's event id and an expiry. The holder records in it the version it is about to write,
+each update a compare-and-swap on the claim's generation. A claim past its expiry
+(its holder died) is taken over with a compare-and-swap on its generation too, so of two
+deliveries that find it expired only one takes it; the taker keeps the version recorded in it, to
+promote that very version. The trainer deletes its claim when the work is done; work that
+ends otherwise releases it at once (deleted, or expired when it records a version to resume).
 
 Version ids are ``<UTC time to the second>Z-<6 hex>`` (``20261125T120301Z-a1b2c3``): they sort by
 time and two trainers in the same second still get different ids.
@@ -30,7 +40,7 @@ import json
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.caps import fit_record
@@ -168,32 +178,173 @@ def mark_processed(
     return True
 
 
+# --- claims: one delivery at a time works on a data file version ------------------------------
+
+CLAIM_ATTEMPTS = 5  # rounds of create / read / take over before contention counts as transient
+
+
+class ClaimLost(ProdMLError):
+    """This delivery's claim was taken over (it had expired): the taker does the work now."""
+
+    http_status = 200  # handled by the trainer: the taker finishes, nothing to retry
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One data file version's claim as read or written, with its blob's generation (for CAS)."""
+
+    blob: str
+    event_id: str
+    expires: datetime
+    generation: int
+    version: str | None = None  # a version written for the file, not yet promoted
+    parent: str | None = None  # the current model it was trained against
+
+    def expired(self, now: datetime | None = None) -> bool:
+        """Whether its holder is past the time it was given (so it died, or hangs)."""
+        return (now or datetime.now(UTC)) >= self.expires
+
+
 def claim_name(bucket: str, name: str, generation: int) -> str:
-    """The claim blob of a data file version: a version written for it but not yet promoted."""
+    """The claim blob of a data file version."""
     return _file_blob(CLAIMS_PREFIX, bucket, name, generation)
 
 
-def write_claim(
-    artifacts: Bucket, bucket: str, name: str, generation: int, version: str, parent: str | None
-) -> None:
-    """Record that ``version`` (trained against ``parent``) is about to be promoted for this file."""
-    body = {"version": version, "parent": parent, "time": now_iso()}
-    artifacts.write(claim_name(bucket, name, generation), _json_bytes(body), content_type="application/json")
+def acquire_claim(
+    artifacts: Bucket, bucket: str, name: str, generation: int, event_id: str, seconds: float
+) -> tuple[Claim, bool]:
+    """Claim a data file version for the delivery of ``event_id``, for ``seconds``.
+
+    ``(claim, True)``: this delivery holds it, created only-if-absent or taken over from an
+    expired holder (keeping the version it recorded). ``(claim, False)``: another delivery holds a
+    live claim, returned as read. ``PreconditionFailed`` if the claim kept changing under us.
+    """
+    blob = claim_name(bucket, name, generation)
+    for _ in range(CLAIM_ATTEMPTS):
+        try:
+            return _write_claim(artifacts, blob, event_id, seconds, expected=0), True
+        except PreconditionFailed:
+            pass  # there is one: whose, and is it alive?
+        held = read_claim(artifacts, blob)
+        if held is None:
+            continue  # released in between: try to create it again
+        if not held.expired():
+            return held, False
+        try:
+            taken = _write_claim(
+                artifacts,
+                blob,
+                event_id,
+                seconds,
+                expected=held.generation,
+                version=held.version,
+                parent=held.parent,
+            )
+        except PreconditionFailed:
+            continue  # another delivery took it over (or its holder wrote) first: look again
+        log.warning(
+            f"took over the claim on {blob} from the delivery of event {held.event_id}, expired at "
+            f"{_iso(held.expires)}",
+            extra={"fields": {"claim": blob, "event_id": event_id, "previous_event_id": held.event_id}},
+        )
+        return taken, True
+    raise PreconditionFailed(f"the claim {blob} kept changing under {CLAIM_ATTEMPTS} attempts to take it")
 
 
-def read_claim(artifacts: Bucket, bucket: str, name: str, generation: int) -> dict[str, Any] | None:
-    """The claim of a data file version, or None."""
+def read_claim(artifacts: Bucket, blob: str) -> Claim | None:
+    """The claim stored in ``blob``, or None. One that cannot be read is taken as long expired."""
     try:
-        claim = _read_json(artifacts, claim_name(bucket, name, generation))
-    except (NotFound, RegistryError):
+        data, info = artifacts.read_with_info(blob)
+    except NotFound:
         return None
-    return claim if isinstance(claim, dict) and isinstance(claim.get("version"), str) else None
+    try:
+        body = json.loads(data)
+        return Claim(
+            blob,
+            str(body["event_id"]),
+            datetime.fromisoformat(body["expires"]).astimezone(UTC),
+            info.generation,
+            body.get("version") if isinstance(body.get("version"), str) else None,
+            body.get("parent") if isinstance(body.get("parent"), str) else None,
+        )
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return Claim(blob, "", datetime.min.replace(tzinfo=UTC), info.generation)
 
 
-def delete_claim(artifacts: Bucket, bucket: str, name: str, generation: int) -> None:
-    """Remove a claim (its work is done); absent is fine."""
-    with contextlib.suppress(NotFound):
-        artifacts.delete(claim_name(bucket, name, generation))
+def record_claim_version(
+    artifacts: Bucket, claim: Claim, version: str, parent: str | None, seconds: float
+) -> Claim:
+    """Record in the held claim that ``version`` (trained against ``parent``) is about to be
+    promoted, and renew it for ``seconds``. ``ClaimLost`` if it was taken over meanwhile."""
+    try:
+        return _write_claim(
+            artifacts,
+            claim.blob,
+            claim.event_id,
+            seconds,
+            expected=claim.generation,
+            version=version,
+            parent=parent,
+        )
+    except PreconditionFailed:
+        raise ClaimLost(f"the claim {claim.blob} was taken over by another delivery") from None
+
+
+def release_claim(artifacts: Bucket, claim: Claim) -> None:
+    """Give up a held claim without finishing: a redelivery may take the work over at once.
+
+    A claim that records a version is kept, expired, so that the redelivery promotes that very
+    version; one that records none is deleted. Nothing happens if it was taken over meanwhile.
+    """
+    with contextlib.suppress(NotFound, PreconditionFailed):
+        if claim.version is None:
+            artifacts.delete(claim.blob, if_generation_match=claim.generation)
+        else:
+            _write_claim(
+                artifacts,
+                claim.blob,
+                claim.event_id,
+                0.0,
+                expected=claim.generation,
+                version=claim.version,
+                parent=claim.parent,
+            )
+
+
+def delete_claim(artifacts: Bucket, claim: Claim) -> None:
+    """Remove a held claim, its work done; one taken over meanwhile is left to its taker."""
+    with contextlib.suppress(NotFound, PreconditionFailed):
+        artifacts.delete(claim.blob, if_generation_match=claim.generation)
+
+
+def _write_claim(
+    artifacts: Bucket,
+    blob: str,
+    event_id: str,
+    seconds: float,
+    *,
+    expected: int,
+    version: str | None = None,
+    parent: str | None = None,
+) -> Claim:
+    """Write a claim with the precondition ``expected`` (0: only if absent); the claim written."""
+    now = datetime.now(UTC)
+    expires = now + timedelta(seconds=seconds)
+    body = {
+        "event_id": event_id,
+        "expires": _iso(expires),
+        "time": _iso(now),
+        "version": version,
+        "parent": parent,
+    }
+    generation = artifacts.write(
+        blob, _json_bytes(body), content_type="application/json", if_generation_match=expected
+    )
+    return Claim(blob, event_id, expires, generation, version, parent)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # --- versions ----------------------------------------------------------------------------------

@@ -6,7 +6,10 @@
 2. skip a data file version already done (``registry/processed/...``, the "done" marker);
 3. no ``schema.json`` (or a broken one): log a clear error and leave the file where it is, no
    marker, so ``prodml replay`` can run it again after the schema is fixed;
-4. validate (size from the event first, then the downloaded file); a bad file is quarantined
+   then claim the file version (``registry/claims/...``, below), or do nothing if another
+   delivery holds it;
+4. validate (the stored object's size first, then the downloaded file; an event for an object
+   or generation that is not there is ignored as ``gone``); a bad file is quarantined
    with its reason, marked done, and answered 2xx: retrying would not make it good;
 5. test-then-train: score the current model on the file and measure input drift against the
    current model's reference statistics; write the monitoring record (drift may quarantine);
@@ -15,12 +18,24 @@
    When another trainer promoted in between, redo 5-6 against the new current model, at most
    ``CAS_MAX_ATTEMPTS`` times; then give up with ``RetryLater`` (a 5xx: the platform redelivers).
 
-Exactly once, with at-least-once delivery: the marker is written only after the work is done.
+Exactly once, with at-least-once delivery (Eventarc may deliver one event several times at the
+same moment, under one ce-id or several): the work on one file version runs in one delivery at a
+time, the holder of its claim. The claim is created only if absent, names the delivery's event id
+and expires after ``TRAIN_CLAIM_SECONDS`` (longer than the function's timeout, so a live holder
+never loses it). A delivery that finds a live claim trains nothing: one of another event answers
+2xx (``claimed``; the holder finishes); one of the holder's own event answers 5xx
+(``RetryLater``), because it may be the platform's redelivery after the holder died, and
+acknowledging it would lose the work. Once the claim has expired, that redelivery takes it over,
+with a compare-and-swap on the claim's generation, so of two takers one wins. A holder whose claim
+was taken over (it outlived its expiry) notices at its next claim update and stops, having written
+no version (``claimed``). The marker is written only after the work is done, then the claim deleted;
+work that ends otherwise (a transient fault, no model) releases the claim at once.
+
 Before training, the trainer checks whether the current model's lineage already holds this file
-version (a promotion that happened before a crash, or by a concurrent duplicate delivery): then it
-only writes the marker. Between writing a version and swapping, a claim records the version; a
-redelivery after a crash there finds the claim and, if the current model is still the one the
-version was trained against, promotes that very version instead of training again.
+version (a promotion that happened before a crash): then it only writes the marker. Before writing
+a version, its holder records it in the claim; a redelivery after a crash there takes the claim
+over and, if the current model is still the one the version was trained against, promotes that
+very version instead of training again.
 
 Only transient faults raise (storage outages, contention): everything else is answered 2xx.
 """
@@ -50,17 +65,21 @@ from shared.errors import (
     PreconditionFailed,
     ProdMLError,
     SchemaError,
+    StorageError,
     ValidationFailed,
 )
 from shared.events import StorageObjectEvent
 from shared.logs import get_logger
 from shared.quarantine import INCOMING_PREFIX, quarantine_object
-from shared.registry import Current, file_key
+from shared.registry import Claim, ClaimLost, Current, file_key
 from shared.schema import Schema, load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
 from shared.validation import check_size, validate_file
 
 log = get_logger(__name__)
+
+CLAIMED = "claimed"
+"""The outcome of a delivery that found another delivery of the same file at work."""
 
 
 class RetryLater(ProdMLError):
@@ -115,6 +134,7 @@ class _Job:
     data: Bucket
     artifacts: Bucket
     clock: _Clock
+    claim: Claim | None = None  # held from before reading the file until the work ends
 
     @property
     def key(self) -> str:
@@ -149,9 +169,21 @@ class _Job:
         record.update({"message": outcome.message, **({"rule": outcome.rule} if outcome.rule else {})})
         with self.clock.phase("write"):
             registry.mark_processed(self.artifacts, e.bucket, e.name, e.generation, record)
-            registry.delete_claim(self.artifacts, e.bucket, e.name, e.generation)
+            if self.claim is not None:
+                registry.delete_claim(self.artifacts, self.claim)
+                self.claim = None
             _add_training_to_record(self.artifacts, e, outcome)
         return self.done(outcome)
+
+    def release(self) -> None:
+        """Give the claim up if still held (the work ended without a "done" marker)."""
+        if self.claim is None:
+            return
+        try:
+            registry.release_claim(self.artifacts, self.claim)
+        except StorageError as exc:  # it expires by itself; the original outcome matters more
+            log.warning(f"could not release the claim on {self.key}: {exc}", extra={"fields": self.fields})
+        self.claim = None
 
 
 def handle_event(
@@ -163,10 +195,12 @@ def handle_event(
 ) -> Outcome:
     """Process one data file event; return what happened.
 
-    ``status``: ``ignored`` (not ours), ``duplicate`` (done before), ``no_schema``, ``gone`` (that
-    generation no longer exists), ``quarantined``, ``promoted``, ``rejected``, ``already_trained``
-    (the current model holds it), ``model_error`` (the current model cannot be loaded; left for
-    replay). ``Outcome.seconds`` holds the time of each phase. Raises only for transient faults.
+    ``status``: ``ignored`` (not ours), ``duplicate`` (done before), ``no_schema``, ``claimed``
+    (another delivery of it is at work: this one does nothing), ``gone`` (that generation is not
+    in the bucket), ``quarantined``, ``promoted``, ``rejected``, ``already_trained`` (the current
+    model holds it), ``model_error`` (the current model cannot be loaded; left for replay).
+    ``Outcome.seconds`` holds the time of each phase. Raises only for transient faults, among them
+    ``RetryLater`` when a delivery of this very event holds a live claim (see the module doc).
     """
     settings = settings or get_settings()
     job = _Job(
@@ -186,13 +220,63 @@ def handle_event(
     except SchemaError as exc:
         log.error(f"cannot process {job.key}: {exc}; the file is left in place", extra={"fields": job.fields})
         return job.done(Outcome("no_schema", str(exc)))
+    claim, held = registry.acquire_claim(
+        job.artifacts,
+        event.bucket,
+        event.name,
+        event.generation,
+        event.event_id,
+        settings.train_claim_seconds,
+    )
+    if not held:
+        return _held_elsewhere(job, claim)
+    job.claim = claim
+    try:
+        return _claimed_work(job, schema)
+    except ClaimLost as lost:  # this delivery outlived its claim: the taker finishes the work
+        return job.done(Outcome(CLAIMED, f"{job.key}: {lost}; that delivery finishes the work"))
+    finally:
+        job.release()
+
+
+def _held_elsewhere(job: _Job, claim: Claim) -> Outcome:
+    """Another delivery holds a live claim on this file: do nothing, and say so.
+
+    A delivery of another event answers 2xx: the holder finishes the work, or, if it dies, the
+    redelivery of the holder's own event takes the work over once the claim has expired. A
+    delivery of the holder's own event may be that very redelivery (the holder died, the platform
+    retried), so it asks to be delivered again (5xx) rather than let the event be acknowledged.
+    """
+    until = claim.expires.isoformat(timespec="seconds")
+    if claim.event_id == job.event.event_id:
+        log.warning(
+            f"{job.key}: event {claim.event_id} is being processed already (claim until {until}): "
+            "a duplicate delivery at the same moment, or a redelivery after that delivery died; "
+            "asking to be delivered again, to take the work over if the claim expires unfinished",
+            extra={"fields": {**job.fields, "outcome": "retry", "claim_expires": until}},
+        )
+        raise RetryLater(f"{job.key}: a delivery of this very event holds its claim until {until}")
+    message = (
+        f"{job.key} is being processed by the delivery of event {claim.event_id} (claim until "
+        f"{until}); this delivery does nothing: that one finishes, or its redelivery takes over"
+    )
+    return job.done(Outcome(CLAIMED, message))
+
+
+def _claimed_work(job: _Job, schema: Schema) -> Outcome:
+    """Validate, then train and promote, holding the file's claim."""
+    event, settings = job.event, job.settings
+    if registry.is_processed(job.artifacts, event.bucket, event.name, event.generation):
+        # Finished by another delivery between the check above and our claim.
+        return job.done(Outcome("duplicate", f"{job.key} was processed already"))
     try:
         with job.clock.phase("read"):
             new_file = _read_and_validate(event, schema, settings, job.data)
     except ValidationFailed as failure:
         return _quarantine(job, failure, None)
     if new_file is None:
-        return job.done(Outcome("gone", f"{job.key} no longer exists (deleted or replaced)"))
+        message = f"{job.key} is not in the bucket (deleted, replaced or never written)"
+        return job.done(Outcome("gone", message))
 
     for attempt in range(1, settings.cas_max_attempts + 1):
         started = time.perf_counter()
@@ -213,7 +297,7 @@ def handle_event(
 
 def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Outcome | None:
     """Train against the current model and try to swap; None when another trainer swapped first."""
-    event, artifacts = job.event, job.artifacts
+    artifacts = job.artifacts
     try:
         current = registry.read_current(artifacts, job.settings.model_trusted_types)
     except ModelNotReady as exc:
@@ -247,10 +331,6 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
             return _quarantine(job, failure, current)
         if card["decision"]["status"] == "rejected":
             return job.finish(Outcome("rejected", card["decision"]["reason"], version))
-        with job.clock.phase("write"):
-            registry.write_claim(
-                artifacts, event.bucket, event.name, event.generation, version, _version(current)
-            )
         _maybe_crash(job.settings)
     try:
         with job.clock.phase("write"):
@@ -265,7 +345,6 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
             )
     except PreconditionFailed:
         _supersede_unless_current(job, card)
-        registry.delete_claim(artifacts, event.bucket, event.name, event.generation)
         return None
     with job.clock.phase("write"):
         registry.set_decision(artifacts, card, "promoted", card["decision"]["reason"])
@@ -352,8 +431,19 @@ def _add_training_to_record(artifacts: Bucket, event: StorageObjectEvent, outcom
 def _read_and_validate(
     event: StorageObjectEvent, schema: Schema, settings: Settings, data: Bucket
 ) -> DataFile | None:
-    """The validated file, None when that generation is gone; ``ValidationFailed`` if it is bad."""
-    check_size(event.size, settings)
+    """The validated file, None when that generation is gone; ``ValidationFailed`` if it is bad.
+
+    The event is not trusted (anyone who can reach the function can forge one): the size and the
+    generation checked are the stored object's, so an event for an object or a generation that is
+    not there leaves no quarantine record behind, however large a size it claims.
+    """
+    try:
+        stored = data.stat(event.name)
+    except NotFound:
+        return None
+    if stored.generation != event.generation:
+        return None  # replaced (a newer generation has its own event), or never written
+    check_size(stored.size, settings)
     with tempfile.TemporaryDirectory(prefix="prodml-train-") as folder:
         path = Path(folder) / "data"
         try:
@@ -361,7 +451,7 @@ def _read_and_validate(
         except NotFound:
             return None
         if info.generation != event.generation:
-            return None  # replaced: the newer generation has its own event
+            return None  # replaced since the stat: the newer generation has its own event
         validated = validate_file(path, event.name, schema, settings)
     return make_data_file(event.bucket, event.name, event.generation, validated.frame, settings)
 
@@ -427,19 +517,21 @@ def _test_then_train(job: _Job, new_file: DataFile, current: Current | None, sch
 
 
 def _resume(job: _Job, current: Current | None) -> tuple[str, bytes, dict[str, Any]] | None:
-    """A version written for this file before a crash, still valid against ``current``; or None."""
-    event, artifacts = job.event, job.artifacts
-    claim = registry.read_claim(artifacts, event.bucket, event.name, event.generation)
-    if claim is None:
+    """A version written for this file before a crash, still valid against ``current``; or None.
+
+    The held claim names it: a delivery that took the claim over kept the version recorded in it.
+    """
+    artifacts, claim = job.artifacts, job.claim
+    if claim is None or claim.version is None:
         return None
-    version = claim["version"]
+    version = claim.version
     try:
         card = registry.read_card(artifacts, version)
         model_bytes = artifacts.read(registry.model_name(version))
     except ProdMLError:  # NotFound, or a card that is not JSON
         return None
     pending = card.get("decision", {}).get("status") == "pending"
-    if claim.get("parent") != _version(current) or not pending:
+    if claim.parent != _version(current) or not pending:
         if pending:
             registry.set_decision(
                 artifacts, card, "superseded", "the current model changed before it was promoted"
@@ -475,6 +567,12 @@ def _train(
     for phase in ("read", "train", "evaluate"):
         job.clock.add(phase, challenger.card["seconds"][phase])
     with job.clock.phase("write"):
+        if job.claim is not None:
+            # Recorded before the version is written, so a delivery whose claim was taken over
+            # (ClaimLost) writes nothing, and a taker after a crash finds the version to resume.
+            job.claim = registry.record_claim_version(
+                job.artifacts, job.claim, version, _version(current), job.settings.train_claim_seconds
+            )
         started = time.perf_counter()
         model_bytes = challenger.bundle.to_bytes()
         challenger.card["seconds"]["serialize"] = round(time.perf_counter() - started, 4)

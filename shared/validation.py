@@ -93,7 +93,7 @@ class ValidatedData:
 
 
 def check_size(size: int, settings: Settings) -> None:
-    """Refuse a file over MAX_FILE_BYTES before downloading it (``size`` from the event)."""
+    """Refuse a file over MAX_FILE_BYTES before downloading it (``size`` from the stored object)."""
     if size > settings.max_file_bytes:
         raise ValidationFailed(
             "too_large",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -418,3 +419,46 @@ def train_env(buckets_root: Path, **overrides: str) -> dict[str, str]:
 
 
 # === end of training fixtures =================================================================
+
+
+# =============================================================================================
+# event functions: deliveries that no parser can read (functions-framework crashed on each)
+# =============================================================================================
+
+_STRUCTURED = {
+    "specversion": "1.0",
+    "type": "google.cloud.storage.object.v1.finalized",
+    "source": "//storage.googleapis.com/projects/_/buckets/prodml-data",
+    "subject": "objects/incoming/a.csv",
+    "id": "unreadable-1",
+}
+_DEEP = b"[" * 100_000 + b"]" * 100_000
+
+# name -> (headers, body) of a POST, as a hostile or broken sender may make it.
+UNREADABLE_DELIVERIES: dict[str, tuple[dict[str, str], bytes]] = {
+    "nested_100000_deep": ({"Content-Type": "application/json"}, _DEEP),
+    "structured_bad_data_base64": (
+        {"Content-Type": "application/cloudevents+json"},
+        json.dumps({**_STRUCTURED, "data_base64": "%%% not base64 %%%"}).encode(),
+    ),
+    "legacy_garbage_context": (
+        {"Content-Type": "application/json"},
+        json.dumps(
+            {"data": {"bucket": "prodml-data", "name": "incoming/a.csv"}, "context": "garbage"}
+        ).encode(),
+    ),
+}
+
+
+def post_unreadable(url: str) -> dict[str, int]:
+    """POST each of ``UNREADABLE_DELIVERIES`` once; the status each got (599: the connection died)."""
+    statuses = {}
+    for name, (headers, body) in UNREADABLE_DELIVERIES.items():
+        try:
+            statuses[name] = requests.post(url, headers=headers, data=body, timeout=60).status_code
+        except requests.ConnectionError:
+            statuses[name] = 599
+    return statuses
+
+
+# === end of event function fixtures ===========================================================

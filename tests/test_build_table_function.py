@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import UNREADABLE_DELIVERIES, post_unreadable
 
 from shared.events import build_cloudevent
 from shared.functions_spec import load_declaration
@@ -91,6 +92,22 @@ def test_a_promotion_event_superseded_by_a_newer_one_builds_nothing(
     assert requests.post(function.url, headers=headers, data=body, timeout=60).status_code == 200
     pointer, _ = read_pointer(table_artifacts)
     assert pointer is not None and pointer["model_generation"] == live
+
+
+@pytest.mark.parametrize("function", ["build_table_event"], indirect=True)
+def test_deliveries_that_cannot_be_parsed_answer_2xx_with_a_log_line_and_a_promotion_still_builds(
+    function: FunctionProcess, table_artifacts
+) -> None:
+    """functions-framework used to crash (500) on these before our function ran."""
+    assert post_unreadable(function.url) == dict.fromkeys(UNREADABLE_DELIVERIES, 200)
+
+    said = [line for line in function.log_tail(20000).splitlines() if "cannot be parsed" in line]
+    assert len(said) == 3 and "build_table_event" in said[0], said
+    assert not list(table_artifacts.list("tables/"))
+    headers, body = build_cloudevent(table_artifacts.stat("models/current.skops"), event_id="promotion-1")
+    assert requests.post(function.url, headers=headers, data=body, timeout=60).status_code == 200
+    pointer, _ = read_pointer(table_artifacts)
+    assert pointer is not None and pointer["rows"] == 360
 
 
 @pytest.mark.parametrize("function", ["build_table"], indirect=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from cloudevents.http import CloudEvent
+from conftest import UNREADABLE_DELIVERIES
 from flask.testing import FlaskClient
 from functions_framework import create_app
 from google.cloud.functions.context import Context
@@ -56,9 +57,18 @@ def load(name: str) -> dict[str, Any]:
 # --- a real functions-framework app that records what its @cloud_event function is handed -------
 
 RECORDER = """
+import flask
 import functions_framework
+from functions_framework import event_conversion
+
+from shared.event_guard import guard_event_parsing
 
 RECEIVED = []
+
+# As the event entry points do: every request below passes the guard before the framework's view.
+guard_event_parsing(
+    flask.current_app, flask.request, event_conversion.background_event_to_cloud_event, "record"
+)
 
 
 @functions_framework.cloud_event
@@ -69,7 +79,10 @@ def record(event):
 
 @pytest.fixture(scope="module")
 def recorder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FlaskClient, list[CloudEvent]]]:
-    """A test client of ``create_app`` serving a cloud_event function, and the list it appends to."""
+    """A test client of ``create_app`` serving a cloud_event function, and the list it appends to.
+
+    The app is guarded as the event entry points are (``shared.event_guard``), so every delivery
+    below also shows that the guard lets a readable event through unchanged."""
     source = tmp_path_factory.mktemp("fn") / "events_recorder.py"
     source.write_text(textwrap.dedent(RECORDER))
     app = create_app(target="record", source=str(source))
@@ -146,6 +159,42 @@ def test_legacy_event_converted_by_functions_framework(deliver: Callable[..., Cl
     assert event["source"] == "//storage.googleapis.com/projects/_/buckets/prodml-data"
     assert event["subject"] == "objects/incoming/batch-0001.csv"
     assert parse_storage_event(event) == SAMPLE
+
+
+@pytest.mark.parametrize("name", list(UNREADABLE_DELIVERIES))
+def test_a_delivery_the_framework_cannot_parse_is_answered_2xx_and_never_reaches_the_function(
+    recorder: tuple[FlaskClient, list[CloudEvent]], name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, received = recorder
+    received.clear()
+    headers, body = UNREADABLE_DELIVERIES[name]
+
+    response = client.post("/", headers=headers, data=body)
+
+    assert response.status_code == 200 and "cannot be parsed" in response.get_data(as_text=True)
+    assert received == []
+    (said,) = [r.getMessage() for r in caplog.records if "cannot be parsed" in r.getMessage()]
+    assert said.startswith("record: ignoring a delivery that cannot be parsed")
+    assert len(said) < 1000  # the reason is cut short, whatever the body
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"Content-Type": "application/json"}, b"{not json"),  # the framework's own 400
+        ({"Content-Type": "text/plain"}, b"hello"),  # the framework's own 415
+        ({"Content-Type": "application/json"}, b"[1, 2]"),  # a 500 in the framework
+    ],
+    ids=["not-json", "not-a-json-type", "a-json-list"],
+)
+def test_other_bodies_that_are_no_event_are_answered_2xx_too(
+    recorder: tuple[FlaskClient, list[CloudEvent]], headers: dict[str, str], body: bytes
+) -> None:
+    client, received = recorder
+    received.clear()
+    assert client.post("/", headers=headers, data=body).status_code == 200  # a retry would not help
+    assert received == []
+    assert client.get("/").status_code == 405  # not a delivery: the framework answers as before
 
 
 # --- the other forms, handed over directly ----------------------------------------------------

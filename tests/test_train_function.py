@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from conftest import deliver, drop_file, train_env, training_rows, training_schema
+from conftest import (
+    UNREADABLE_DELIVERIES,
+    deliver,
+    drop_file,
+    post_unreadable,
+    train_env,
+    training_rows,
+    training_schema,
+)
 from sklearn.base import BaseEstimator
 
 from shared import registry
@@ -37,6 +45,10 @@ from shared.storage.local import LocalBucket
 pytestmark = pytest.mark.slow
 
 MAX_FILE_BYTES = 20_000  # a 300-row file is ~4 kB; the "too large" case writes ~40 kB
+# A crashed trainer's claim expires this soon (the default is 900 s): long enough for a restarted
+# worker to turn another delivery away first, short enough for a redelivery to take over in a test.
+CLAIM_SECONDS = 10
+REDELIVERIES = 25  # deliver()'s backoff tops out at 2 s: ~45 s of redeliveries, past CLAIM_SECONDS
 
 
 @dataclass
@@ -78,7 +90,11 @@ def _start(tmp: Path, task: str = "binary", **overrides: str) -> Stack:
     artifacts = LocalBucket(root, "prodml-artifacts")
     save_schema(artifacts, training_schema(task))
     crash_file = tmp / "crash-now"
-    defaults = {"MAX_FILE_BYTES": str(MAX_FILE_BYTES), "TRAIN_CRASH_FILE": str(crash_file)}
+    defaults = {
+        "MAX_FILE_BYTES": str(MAX_FILE_BYTES),
+        "TRAIN_CLAIM_SECONDS": str(CLAIM_SECONDS),
+        "TRAIN_CRASH_FILE": str(crash_file),
+    }
     env = train_env(root, **{**defaults, **overrides})
     spec = load_declaration().functions["train"]
     process = FunctionProcess(spec, free_port(), env, log_path=tmp / "train.log").start()
@@ -164,6 +180,49 @@ def test_the_same_event_delivered_three_times_trains_once(trained: Stack) -> Non
     assert keys.count(registry.file_key("prodml-data", "incoming/repeated.csv", info.generation)) == 1
     marker = registry.read_processed(stack.artifacts, "prodml-data", "incoming/repeated.csv", info.generation)
     assert marker is not None and marker["outcome"] == "promoted"
+
+
+def _versions_and_lineage(stack: Stack, info: Any) -> tuple[list[dict[str, Any]], int]:
+    """The versions written for a file, and how often the current model's lineage holds it."""
+    keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in stack.current().lineage]
+    return stack.cards_for(info.name), keys.count(
+        registry.file_key("prodml-data", info.name, info.generation)
+    )
+
+
+def test_one_event_delivered_three_times_at_once_then_three_times_more_trains_once(trained: Stack) -> None:
+    """Eventarc delivers duplicates concurrently: the claim lets one delivery do the work. The
+    others of the same event are asked to come again (5xx) until it is done, then answered 2xx."""
+    stack = trained
+    info = drop_file(stack.data, "incoming/at-once.csv", training_rows(300, 71))
+    event_id = str(uuid.uuid4())
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        at_once = list(pool.map(lambda _: deliver(stack.url, info, event_id, REDELIVERIES), range(3)))
+    after = [deliver(stack.url, info, event_id) for _ in range(3)]
+
+    assert [statuses[-1] for statuses in at_once] == [200] * 3, at_once
+    assert after == [[200]] * 3
+    versions, in_lineage = _versions_and_lineage(stack, info)
+    assert len(versions) == 1, [(c["version"], c["decision"]) for c in versions]
+    assert in_lineage == (1 if versions[0]["decision"]["status"] == "promoted" else 0)
+    marker = registry.read_processed(stack.artifacts, "prodml-data", info.name, info.generation)
+    assert marker is not None and marker["version"] == versions[0]["version"]
+    assert not stack.artifacts.exists(registry.claim_name("prodml-data", info.name, info.generation))
+
+
+def test_two_events_for_one_generation_at_once_train_once(trained: Stack) -> None:
+    stack = trained
+    info = drop_file(stack.data, "incoming/two-ids.csv", training_rows(300, 72))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda eid: deliver(stack.url, info, eid), [str(uuid.uuid4()) for _ in "ab"]))
+
+    assert results == [[200], [200]]  # the other event's delivery has nothing to retry
+    versions, in_lineage = _versions_and_lineage(stack, info)
+    assert len(versions) == 1, [(c["version"], c["decision"]) for c in versions]
+    assert in_lineage == (1 if versions[0]["decision"]["status"] == "promoted" else 0)
+    assert registry.is_processed(stack.artifacts, "prodml-data", info.name, info.generation)
 
 
 def _bad_csv(**columns: Any) -> bytes:
@@ -266,8 +325,17 @@ def test_a_trainer_killed_before_the_swap_leaves_the_model_whole_and_redelivery_
     (written,) = stack.cards_for(name)
     assert written["decision"]["status"] == "pending"
     assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+    # The dead worker's claim lives on until it expires: a delivery of another event for the same
+    # file does nothing (2xx), leaving the work to the redelivery of the crashed event.
+    assert deliver(stack.url, info, str(uuid.uuid4()), attempts=1) == [200]
+    assert stack.cards_for(name) == [written] and stack.current_bytes() == before_bytes
+    assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+    assert "is being processed by the delivery of event " + event_id in stack.process.log_tail()
 
-    assert deliver(stack.url, info, event_id)[-1] == 200  # Eventarc redelivers
+    redelivered = deliver(stack.url, info, event_id, REDELIVERIES)  # Eventarc redelivers, with backoff
+
+    assert redelivered[0] >= 500 and redelivered[-1] == 200, redelivered  # taken over once expired
+    assert f"from the delivery of event {event_id}, expired at" in stack.process.log_tail(20000)
 
     current = stack.current()
     assert current.version == written["version"]  # the very version written before the crash
@@ -290,7 +358,8 @@ def test_ten_files_delivered_concurrently_end_in_one_model_holding_all_ten_once(
         # Every event twice, all at once: at-least-once delivery may duplicate an event.
         jobs = [(info, str(uuid.uuid4())) for info in infos]
         with ThreadPoolExecutor(max_workers=20) as pool:
-            results = list(pool.map(lambda job: deliver(stack.url, *job, attempts=12), jobs + jobs))
+            # A duplicate waits (5xx, redelivered) for the delivery holding the file's claim.
+            results = list(pool.map(lambda job: deliver(stack.url, *job, attempts=40), jobs + jobs))
         assert all(statuses[-1] == 200 for statuses in results), results
 
         current = stack.current()
@@ -346,6 +415,34 @@ def test_a_storage_outage_answers_5xx_and_the_redelivery_after_it_trains(trained
     marker = registry.read_processed(stack.artifacts, "prodml-data", name, info.generation)
     assert marker is not None and marker["version"] == card["version"]
     assert marker["outcome"] == card["decision"]["status"] in ("promoted", "rejected")
+
+
+def _log_lines_since(stack: Stack, offset: int) -> list[str]:
+    assert stack.process.log_path is not None
+    return stack.process.log_path.read_bytes()[offset:].decode(errors="replace").splitlines()
+
+
+def test_deliveries_that_cannot_be_parsed_answer_2xx_with_a_log_line_and_real_events_still_train(
+    trained: Stack,
+) -> None:
+    """functions-framework used to crash (500) on these before our function ran: the platform
+    would have redelivered them for a day. A storage outage still answers 5xx (the test above)."""
+    stack = trained
+    before, versions_before = stack.current_bytes(), len(stack.cards())
+    assert stack.process.log_path is not None
+    offset = stack.process.log_path.stat().st_size
+
+    assert post_unreadable(stack.url) == dict.fromkeys(UNREADABLE_DELIVERIES, 200)
+
+    said = [line for line in _log_lines_since(stack, offset) if "cannot be parsed" in line]
+    assert len(said) == 3, said
+    assert "RecursionError" in said[0]
+    assert "base64" in said[1]
+    assert "legacy background event" in said[2] and "TypeError" in said[2]
+    assert stack.current_bytes() == before and len(stack.cards()) == versions_before
+    stack.train("incoming/after-unreadable.csv", seed=61)  # a real event still trains
+    (card,) = stack.cards_for("incoming/after-unreadable.csv")
+    assert card["decision"]["status"] in ("promoted", "rejected")
 
 
 class _Exploding(BaseEstimator):

@@ -6,6 +6,7 @@ cases that need a different schema or settings per test, or an injected fault, r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
-from shared import monitoring, registry, training
+from shared import monitoring, registry, trainer, training
 from shared.config import Settings, load_settings
 from shared.errors import PreconditionFailed
 from shared.events import parse_storage_event, to_cloudevent
@@ -157,6 +158,42 @@ def test_ignored_and_gone_objects(tmp_path: Path) -> None:
     drop_file(world.data, "incoming/replaced.csv", training_rows(300, 2))
     assert world.deliver(old).status == "gone"
     assert registry.list_cards(world.artifacts) == []
+
+
+def _everything(bucket: LocalBucket) -> list[str]:
+    return sorted(info.name for info in bucket.list())
+
+
+def test_a_forged_event_for_an_object_that_is_not_there_is_ignored_without_a_trace(tmp_path: Path) -> None:
+    """The event's claims (size, generation) are not trusted: the object itself is looked at."""
+    world = make_world(tmp_path, MAX_FILE_BYTES="20000")
+    world.send("incoming/a.csv", training_rows(300, 1))
+    real = drop_file(world.data, "incoming/real.csv", training_rows(300, 2))
+    data_before, artifacts_before = _everything(world.data), _everything(world.artifacts)
+    model_before = world.artifacts.read(registry.CURRENT)
+    forged = [
+        dataclasses.replace(real, name="incoming/never-written.csv", size=10**12),  # no such object
+        dataclasses.replace(real, generation=real.generation + 7, size=10**12),  # no such generation
+    ]
+
+    outcomes = [world.deliver(info) for info in forged]
+
+    assert [o.status for o in outcomes] == ["gone", "gone"], outcomes
+    assert _everything(world.data) == data_before  # no quarantine/ reason, the real file untouched
+    assert _everything(world.artifacts) == artifacts_before  # no marker, no record, no version
+    assert world.artifacts.read(registry.CURRENT) == model_before
+
+
+def test_a_real_object_over_the_limit_is_quarantined_whatever_size_its_event_claims(tmp_path: Path) -> None:
+    world = make_world(tmp_path, MAX_FILE_BYTES="20000")
+    big = drop_file(world.data, "incoming/big.csv", training_rows(3000, 6))
+    assert big.size > 20000
+
+    outcome = world.deliver(dataclasses.replace(big, size=10))  # the event understates the size
+
+    assert (outcome.status, outcome.rule) == ("quarantined", "too_large")
+    reason = json.loads(world.data.read("quarantine/big.csv.reason.json"))
+    assert reason["rule"] == "too_large" and str(big.size) in reason["message"]
 
 
 def test_a_promotion_whose_marker_was_lost_is_only_marked_on_redelivery(tmp_path: Path) -> None:
@@ -323,3 +360,89 @@ def test_a_later_retrain_parses_only_the_schema_columns_of_an_accepted_wide_file
     # The new file is read whole (a first read); the window's files, the wide one too, only in
     # the schema's 4 columns.
     assert dict(parsed) == {"incoming/later.csv": 4, "incoming/first.csv": 4, "incoming/wide.csv": 4}
+
+
+# --- the claim: one delivery at a time works on a file version ---------------------------------
+
+
+def _claim_blob(info: Any) -> str:
+    return registry.claim_name("prodml-data", info.name, info.generation)
+
+
+def test_a_live_claim_turns_other_events_away_asks_its_own_again_and_expired_is_taken_over(
+    tmp_path: Path,
+) -> None:
+    world = make_world(tmp_path)
+    info = drop_file(world.data, "incoming/a.csv", training_rows(300, 1))
+    claim, held = registry.acquire_claim(
+        world.artifacts, "prodml-data", info.name, info.generation, "holder", 900
+    )
+    assert held
+
+    other = world.deliver(info, "another-event")
+    assert other.status == "claimed" and "event holder" in other.message
+    with pytest.raises(RetryLater, match="this very event holds its claim"):
+        world.deliver(info, "holder")  # maybe the platform's redelivery after the holder died
+    assert registry.list_cards(world.artifacts) == []
+    assert not registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+    assert registry.read_claim(world.artifacts, claim.blob) == claim  # the losers left it alone
+
+    # The holder died: once its claim has expired, a redelivery takes the work over and finishes.
+    registry.release_claim(world.artifacts, claim)  # as its expiry passing would, without a wait
+    registry.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "holder", 0)
+    assert world.deliver(info, "holder").status == "promoted"
+    assert not world.artifacts.exists(claim.blob)  # done: the claim is gone, the marker is there
+    assert registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+
+
+def test_of_two_deliveries_that_find_a_claim_expired_only_one_takes_it_over(
+    tmp_path: Path, mocker: Any
+) -> None:
+    world = make_world(tmp_path)
+    info = drop_file(world.data, "incoming/a.csv", training_rows(300, 1))
+    dead, _ = registry.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "dead", 0)
+    assert dead.expired()
+    first, first_held = registry.acquire_claim(
+        world.artifacts, "prodml-data", info.name, info.generation, "first", 900
+    )
+    # Fault injection: the second taker read the claim before the first took it over.
+    real_read = registry.read_claim
+    reads = iter([dead])
+    mocker.patch("shared.registry.read_claim", side_effect=lambda *a: next(reads, None) or real_read(*a))
+
+    second, second_held = registry.acquire_claim(
+        world.artifacts, "prodml-data", info.name, info.generation, "second", 900
+    )
+
+    assert (first_held, second_held) == (True, False)
+    assert second == first  # its compare-and-swap failed; it found the first taker's live claim
+    assert real_read(world.artifacts, first.blob) == first
+
+
+def test_a_delivery_whose_claim_was_taken_over_stops_without_writing_anything(
+    tmp_path: Path, mocker: Any
+) -> None:
+    world = make_world(tmp_path)
+    world.send("incoming/a.csv", training_rows(300, 1))
+    before = world.artifacts.read(registry.CURRENT)
+    info = drop_file(world.data, "incoming/slow.csv", training_rows(300, 2))
+    real_build = trainer.build_challenger
+
+    def slow_build(**kwargs: Any) -> Any:
+        built = real_build(**kwargs)
+        # While this delivery trained past its claim's expiry, another one took the claim over.
+        held = registry.read_claim(world.artifacts, _claim_blob(info))
+        assert held is not None
+        registry.release_claim(world.artifacts, held)
+        registry.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "taker", 900)
+        return built
+
+    mocker.patch("shared.trainer.build_challenger", side_effect=slow_build)
+    outcome = world.deliver(info, "slow")
+
+    assert outcome.status == "claimed" and "taken over" in outcome.message
+    assert [c["event"]["name"] for c in registry.list_cards(world.artifacts)] == ["incoming/a.csv"]
+    assert world.artifacts.read(registry.CURRENT) == before
+    assert not registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+    taker = registry.read_claim(world.artifacts, _claim_blob(info))
+    assert taker is not None and taker.event_id == "taker"  # left to the taker, not released

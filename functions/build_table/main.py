@@ -10,6 +10,8 @@ budget, else a Beam pipeline (DirectRunner locally, Dataflow on GCP); the log an
   (answered 2xx), and so is an event of an older generation than the live one (its newer
   generation's own event builds the table). Only transient storage faults raise, so the platform
   redelivers; the build is idempotent per model generation, so a redelivery builds nothing new.
+  A delivery functions-framework itself cannot parse is answered 2xx with a log line too
+  (``shared.event_guard``).
 - ``build_table_http``: ``POST {"strategy": "full"|"top_k"|"auto", "k": N, "force": bool}`` for
   a scheduler or a person; answers a JSON summary, or a 4xx with the error shape of DESIGN.md
   section 5 for a bad body.
@@ -23,9 +25,11 @@ from typing import Any
 import flask
 import functions_framework
 from cloudevents.http import CloudEvent
+from functions_framework import event_conversion
 
 from shared.config import get_settings
 from shared.errors import BadRequest, ConfigError, InvalidEvent, InvalidObjectName, SchemaError
+from shared.event_guard import guard_event_parsing
 from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
 from shared.pipelines.launch import PipelineFailed, build_table_routed
@@ -37,6 +41,14 @@ MAX_BODY_BYTES = 4096  # a build request is a few short fields
 _settings = get_settings()
 setup_logging(_settings.log_format, _settings.log_level)
 log = get_logger("functions.build_table")
+
+if flask.has_app_context():  # functions-framework is building its app around this module
+    guard_event_parsing(
+        flask.current_app,
+        flask.request,
+        event_conversion.background_event_to_cloud_event,
+        "build_table_event",
+    )
 
 
 @functions_framework.cloud_event

@@ -3,17 +3,21 @@
 Eventarc delivers "object finalized" events for every object of the data bucket; this entry point
 parses the event and hands it to ``shared.trainer.handle_event``, which validates the file,
 quarantines it or trains a challenger, and promotes it if it is not worse. A malformed event is
-logged and answered 2xx (it would not get better on retry); only transient faults raise, so the
-platform retries exactly what a retry can fix.
+logged and answered 2xx (it would not get better on retry), also one functions-framework itself
+cannot parse (``shared.event_guard``); only transient faults raise, so the platform retries
+exactly what a retry can fix.
 """
 
 from __future__ import annotations
 
+import flask
 import functions_framework
 from cloudevents.http import CloudEvent
+from functions_framework import event_conversion
 
 from shared.config import get_settings
 from shared.errors import InvalidEvent, InvalidObjectName, ProdMLError, StorageError
+from shared.event_guard import guard_event_parsing
 from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
 from shared.trainer import RetryLater, handle_event, record_error
@@ -21,6 +25,11 @@ from shared.trainer import RetryLater, handle_event, record_error
 _settings = get_settings()
 setup_logging(_settings.log_format, _settings.log_level)
 log = get_logger("functions.train")
+
+if flask.has_app_context():  # functions-framework is building its app around this module
+    guard_event_parsing(
+        flask.current_app, flask.request, event_conversion.background_event_to_cloud_event, "train"
+    )
 
 
 @functions_framework.cloud_event
