@@ -219,3 +219,27 @@ def test_a_model_promoted_under_load_is_picked_up_with_every_answer_consistent(
         assert score == pytest.approx(expected[version][key], rel=1e-9), (version, key)
     # once the table of v2 is in, v2 answers come from it again
     assert any(a[0] == "v2" and a[3] == "table" for a in answers)
+
+
+def test_text_echoed_from_a_lone_surrogate_is_a_4xx_error_body_not_a_bare_500(
+    artifacts, buckets_root, tmp_path, bundles
+):
+    # "\ud800" in JSON text parses to a lone surrogate, which UTF-8 cannot encode; every answer
+    # that echoes it must still be the documented error body (and count as a client error).
+    publish(artifacts, bundles["v1"], table=False)
+    bodies = {
+        "instance key": (rb'{"instances":[{"\ud800": 1}]}', "unknown_feature", "\ud800"),
+        "body key": (rb'{"\ud800": 1, "instances": []}', "invalid_body", "\ud800"),
+        "category": (rb'{"instances":[{"country": "\ud800", "hour": 1}]}', "unknown_category", "country"),
+        "number value": (rb'{"instances":[{"country": "us", "hour": "x\udfff"}]}', "wrong_type", "hour"),
+    }
+    with start(buckets_root, tmp_path, SERVING_MODE="dynamic") as fn:
+        for what, (body, code, field) in bodies.items():
+            r = requests.post(fn.url, data=body, headers={"Content-Type": "application/json"}, timeout=10)
+            assert r.status_code == 400, (what, r.text[:300])
+            assert r.headers["Content-Type"] == "application/json"
+            error = r.json()["error"]
+            assert (error["code"], error["field"]) == (code, field), what
+            assert set(error) == {"code", "message", "index", "field"}
+        counters = health(fn)["counters"]
+    assert counters["client_errors"] == len(bodies) and counters["server_errors"] == 0
