@@ -111,7 +111,25 @@ class ModelBundle:
 
     @classmethod
     def from_bytes(cls, data: bytes, extra_trusted: Iterable[str] = ()) -> ModelBundle:
-        """Load a bundle, refusing untrusted types; ``ModelNotReady`` if it is not a fitted model."""
+        """Load a bundle, refusing untrusted types; ``ModelNotReady`` if it is not a fitted model.
+
+        The one function that loads a model: every way the bytes can fail to load is a
+        ``ModelNotReady`` (never another exception), so every caller (serving, rollback, the
+        registry listing, the table build, the trainer) handles a bad model in one place.
+        """
+        try:
+            return cls._load(data, extra_trusted)
+        except ModelNotReady:
+            raise
+        except Exception as exc:
+            # skops checks the zip and its schema.json up front, but a member that fails late,
+            # while skops reads it (numpy's ValueError for an object array or a short member,
+            # zipfile's BadZipFile for a bad CRC, KeyError, TypeError, EOFError, ...), surfaces
+            # as whatever the library beneath raised: content, not a fault a retry could fix.
+            raise ModelNotReady(f"model file cannot be loaded: {type(exc).__name__}: {exc}") from None
+
+    @classmethod
+    def _load(cls, data: bytes, extra_trusted: Iterable[str]) -> ModelBundle:
         import skops.io as sio
 
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import bad_model_files
 import numpy as np
 import pandas as pd
 import pytest
@@ -98,6 +99,29 @@ def test_broken_and_unfitted_files_are_refused() -> None:
         ModelBundle.from_bytes(b"not a zip at all")
     with pytest.raises(ModelNotReady, match="no fitted estimator"):
         ModelBundle.from_bytes(ModelBundle("v0", LogisticRegression(), schema).to_bytes())
+
+
+def _late_failures() -> dict[str, bytes]:
+    """Model files whose zip and schema.json are fine but that fail while skops loads them."""
+    import skops.io as sio
+
+    schema = _schema({"name": "y", "type": "category", "classes": ["no", "yes"]})
+    bundle = _fit(schema, LogisticRegression())[0]
+    good = bundle.to_bytes()
+    no_version = sio.dumps(
+        {"format": "prodml-model/1", "schema": schema.to_json(), "estimator": bundle.estimator}
+    )
+    return {
+        "object array": bad_model_files.with_object_array(good),
+        "short array": bad_model_files.with_short_array(good),
+        "no version": no_version,
+    }
+
+
+@pytest.mark.parametrize("fault", ["object array", "short array", "no version"])
+def test_every_late_load_failure_is_model_not_ready(fault: str) -> None:
+    with pytest.raises(ModelNotReady, match="model file cannot be loaded"):
+        ModelBundle.from_bytes(_late_failures()[fault])
 
 
 def test_to_frame_orders_columns_and_types_categories_as_text() -> None:
