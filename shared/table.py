@@ -450,23 +450,43 @@ def read_pointer(artifacts: Bucket) -> tuple[dict[str, Any] | None, int]:
     """The pointer and its generation; ``(None, 0)`` when there is none.
 
     A malformed pointer gives ``(None, generation)`` and a warning, so a builder can still
-    replace it with compare-and-swap.
+    replace it with compare-and-swap. (A reader that must not mistake a malformed pointer for
+    no table, as predict, uses ``read_valid_pointer``.)
     """
     try:
         data, info = artifacts.read_with_info(CURRENT_POINTER)
     except NotFound:
         return None, 0
     try:
-        pointer = json.loads(data)
-        if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
-            raise ValueError(f"expected an object with a 'version' string, got {pointer!r:.200}")
-    except (ValueError, UnicodeDecodeError) as exc:
+        pointer = parse_pointer(data)
+    except TableError as exc:
         log.warning(
             "table pointer is malformed; ignoring it",
             extra={"fields": {"blob": CURRENT_POINTER, "generation": info.generation, "error": str(exc)}},
         )
         return None, info.generation
     return pointer, info.generation
+
+
+def read_valid_pointer(artifacts: Bucket) -> tuple[dict[str, Any] | None, int]:
+    """The pointer and its generation; ``(None, 0)`` when there is none, ``TableError`` (naming
+    what is wrong) when there is one but it is malformed."""
+    try:
+        data, info = artifacts.read_with_info(CURRENT_POINTER)
+    except NotFound:
+        return None, 0
+    return parse_pointer(data), info.generation
+
+
+def parse_pointer(data: bytes) -> dict[str, Any]:
+    """The pointer held in ``data``: a JSON object with a "version" string; ``TableError`` if not."""
+    try:
+        pointer = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TableError(f"the table pointer is not JSON: {exc}") from None
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
+        raise TableError(f"the table pointer must be an object with a 'version' string, got {pointer!r:.200}")
+    return pointer
 
 
 def switch_pointer(artifacts: Bucket, pointer: Mapping[str, Any], if_generation_match: int) -> int:

@@ -243,3 +243,37 @@ def test_text_echoed_from_a_lone_surrogate_is_a_4xx_error_body_not_a_bare_500(
             assert set(error) == {"code", "message", "index", "field"}
         counters = health(fn)["counters"]
     assert counters["client_errors"] == len(bodies) and counters["server_errors"] == 0
+
+
+MALFORMED_POINTERS = {
+    "not JSON": b"{not json",
+    "null": b"null",
+    "empty object": b"{}",
+    "outside tables/": b'{"version": "v1-t", "blob": "models/current.skops"}',
+}
+
+
+@pytest.mark.parametrize("mode", ["static", "hybrid"])
+def test_a_malformed_table_pointer_keeps_the_table_served_and_health_says_why(
+    artifacts, buckets_root, tmp_path, bundles, expected, mode
+):
+    from shared.table import CURRENT_POINTER
+
+    publish(artifacts, bundles["v1"])  # table of the even codes: ("us", 20) is in it
+    served = health_table = None
+    with start(buckets_root, tmp_path, SERVING_MODE=mode, RELOAD_SECONDS="0.1") as fn:
+        served = wait_for(lambda: health(fn)["table"], lambda table: table is not None)
+        for what, content in MALFORMED_POINTERS.items():
+            generation = artifacts.write(CURRENT_POINTER, content)
+            # A reload check that started after the write (the one under way may predate it).
+            checks = health(fn)["counters"]["reload_checks"]
+            state = wait_for(lambda: health(fn), lambda h, c=checks: h["counters"]["reload_checks"] > c + 1)
+            assert (state["last_reload_error"] or "").startswith(f"{CURRENT_POINTER}@{generation}:"), what
+            health_table = state["table"]
+            assert state["status"] == "ok" and health_table == served, what
+            response = post(fn.url, [{"country": "us", "hour": 20}])
+            assert response.status_code == 200, (what, response.text)
+            (prediction,) = response.json()["predictions"]
+            assert prediction["source"] == "table", what
+            assert prediction["score"] == pytest.approx(expected["v1"][("us", 20)], rel=1e-12)
+    assert health_table is not None and health_table["used"] is True

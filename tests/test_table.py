@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 import tracemalloc
 from pathlib import Path
@@ -28,6 +29,7 @@ from shared.table import (
     prune_builds,
     read_pointer,
     read_table,
+    read_valid_pointer,
     switch_pointer,
     table_blob,
     write_table,
@@ -280,3 +282,19 @@ def test_a_malformed_pointer_reads_as_none_with_its_generation(artifacts):
     assert read_pointer(artifacts) == (None, generation)
     switch_pointer(artifacts, _pointer("v1"), if_generation_match=generation)
     assert read_pointer(artifacts)[0]["version"] == "v1"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"{broken", "the table pointer is not JSON"),
+        (b"null", "must be an object with a 'version' string, got None"),
+        (b"{}", "must be an object with a 'version' string, got {}"),
+        (b'{"version": 3}', "must be an object with a 'version' string"),
+    ],
+)
+def test_a_reader_that_must_tell_a_malformed_pointer_from_none_gets_the_reason(artifacts, content, reason):
+    assert read_valid_pointer(artifacts) == (None, 0)  # no pointer at all
+    artifacts.write(CURRENT_POINTER, content)
+    with pytest.raises(TableError, match=re.escape(reason)):
+        read_valid_pointer(artifacts)
