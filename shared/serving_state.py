@@ -209,7 +209,9 @@ class StateLoader:
             return keep
         try:
             data, info = self.artifacts.read_with_info(CURRENT_MODEL)
-            model = ModelBundle.from_bytes(data, extra_trusted=self.settings.model_trusted_types)
+            model = ModelBundle.from_bytes(
+                data, self.settings.model_trusted_types, max_bytes=self.settings.max_model_bytes
+            )
         except NotFound:
             return keep
         except Exception as exc:  # neither a corrupt model nor a storage fault may take serving down
@@ -233,7 +235,8 @@ class StateLoader:
             pointer, pointer_gen = read_valid_pointer(self.artifacts)
             if pointer is None:  # deleted meanwhile: there is no table any more
                 return None, pointer_gen
-            table = read_pointed_table(self.artifacts, pointer)  # the exact object it names
+            # the exact object it names
+            table = read_pointed_table(self.artifacts, pointer, max_bytes=self.settings.max_table_bytes)
         except Exception as exc:  # a malformed pointer or table, or a storage fault: keep what we have
             self._failed(CURRENT_POINTER, generation, exc)
             return keep

@@ -48,10 +48,12 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
+from shared.config import get_settings
 from shared.errors import NotFound, SchemaError
 from shared.logs import get_logger
 from shared.schema import Scalar, Schema
 from shared.storage import Bucket
+from shared.zip_limits import ZipTooLarge, check_zip
 
 log = get_logger(__name__)
 
@@ -418,10 +420,19 @@ def _write_npz(out: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
                     member.write(memoryview(array).cast("B"))
 
 
-def read_table(artifacts: Bucket, name: str) -> Table:
-    """Load the table object ``name``; ``NotFound`` if absent, ``TableError`` if malformed."""
+def read_table(artifacts: Bucket, name: str, max_bytes: int | None = None) -> Table:
+    """Load the table object ``name``; ``NotFound`` if absent, ``TableError`` if malformed.
+
+    A blob whose members would decompress to more than ``max_bytes`` (default: the process's
+    ``MAX_TABLE_BYTES``) is refused (``TableError``) before any of it is read.
+    """
     check_table_name(name)
     data = artifacts.read(name)
+    limit = get_settings().max_table_bytes if max_bytes is None else max_bytes
+    try:
+        check_zip(data, limit, "MAX_TABLE_BYTES")
+    except ZipTooLarge as exc:
+        raise TableError(f"{name} is refused unread: {exc}") from None
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             codes, scores = npz["codes"], npz["scores"]
@@ -545,14 +556,15 @@ def load_current_table(artifacts: Bucket) -> Table | None:
     return read_pointed_table(artifacts, pointer)
 
 
-def read_pointed_table(artifacts: Bucket, pointer: Mapping[str, Any]) -> Table:
+def read_pointed_table(artifacts: Bucket, pointer: Mapping[str, Any], max_bytes: int | None = None) -> Table:
     """The table object ``pointer`` names, checked against it (model version, rows).
 
-    ``NotFound`` if the object is missing, ``TableError`` if it is malformed or disagrees with
-    the pointer (a table the pointer does not describe is never served).
+    ``NotFound`` if the object is missing, ``TableError`` if it is malformed, larger than
+    ``max_bytes`` (see ``read_table``) or disagrees with the pointer (a table the pointer does
+    not describe is never served).
     """
     name = pointer_blob(pointer)
-    table = read_table(artifacts, name)
+    table = read_table(artifacts, name, max_bytes)
     if "model_version" in pointer and str(pointer["model_version"]) != table.model_version:
         raise TableError(
             f"table pointer names model {pointer['model_version']!r} but {name} "

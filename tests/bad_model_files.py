@@ -50,16 +50,24 @@ def with_short_array(data: bytes) -> bytes:
     return _rewrite(data, lambda name, member: member[:-8] if name == target else member)
 
 
+def first_array(data: bytes) -> str:
+    """The name of the first npy member of a skops file: one that loading reads."""
+    return _first_array(data)
+
+
 def deflate_bomb(data: bytes, member: str, size: int) -> bytes:
-    """``data`` (a zip) plus a deflated member of ``size`` zero bytes: a few hundred KB on disk."""
-    out = io.BytesIO(data)
+    """``data`` (a zip) with ``member`` replaced by (or added as) ``size`` deflated zero bytes:
+    a few hundred KB on disk that declare, and hold, ``size`` bytes."""
+    source = zipfile.ZipFile(io.BytesIO(data))
+    out = io.BytesIO()
     chunk = bytes(1 << 20)
-    with (
-        zipfile.ZipFile(out, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as target,
-        target.open(member, "w", force_zip64=True) as stream,
-    ):
-        for _ in range(size // len(chunk)):
-            stream.write(chunk)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as target:
+        for info in source.infolist():
+            if info.filename != member:
+                target.writestr(info.filename, source.read(info))
+        with target.open(member, "w", force_zip64=True) as stream:
+            for _ in range(size // len(chunk)):
+                stream.write(chunk)
     return out.getvalue()
 
 
@@ -68,6 +76,7 @@ def lying_bomb(data: bytes, member: str, size: int, declared: int) -> bytes:
 
     The CRC is that of the first ``declared`` bytes, so a reader that stops at the declared size
     sees a whole, valid member; one that decompresses the stream in one call holds ``size`` bytes.
+    Named as an existing member, it shadows that one (zipfile reads the last of a name).
     """
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
     chunk = bytes(1 << 20)

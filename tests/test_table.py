@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import tempfile
 import tracemalloc
+import zipfile
 from pathlib import Path
 
+import bad_model_files
 import numpy as np
 import pytest
 
@@ -221,6 +224,18 @@ def test_pruning_keeps_the_newest_builds_the_pointers_object_and_old_layout_tabl
 def test_a_corrupt_blob_reads_as_a_table_error(artifacts):
     artifacts.write(BLOB, b"not a zip file")
     with pytest.raises(TableError, match="not a table npz"):
+        read_table(artifacts, BLOB)
+
+
+def test_a_blob_that_would_decompress_past_its_limit_is_refused_unread(artifacts):
+    meta = {"model_version": "m1", "model_generation": 1, "key": ["country", "hour"]}
+    write_table(artifacts, BLOB, np.arange(1000, dtype=np.int64), np.zeros(1000), meta)
+    size = sum(i.file_size for i in zipfile.ZipFile(io.BytesIO(artifacts.read(BLOB))).infolist())
+    assert len(read_table(artifacts, BLOB, max_bytes=size)) == 1000
+    with pytest.raises(TableError, match=f"declare {size} bytes uncompressed, more than MAX_TABLE_BYTES"):
+        read_table(artifacts, BLOB, max_bytes=size - 1)
+    artifacts.write(BLOB, bad_model_files.lying_bomb(artifacts.read(BLOB), "codes.npy", 8 << 20, 128))
+    with pytest.raises(TableError, match="'codes.npy' decompresses to more than the 128 bytes it declares"):
         read_table(artifacts, BLOB)
 
 
