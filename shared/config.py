@@ -102,6 +102,9 @@ class Setting:
     help: str
 
 
+DEFAULT_MAX_MODEL_BYTES = 64 * 1024 * 1024  # a default model is KBs; a forest of deep trees tens of MB
+DEFAULT_MAX_TABLE_BYTES = 384 * 1024 * 1024
+
 SETTINGS: tuple[Setting, ...] = (
     # storage
     Setting(
@@ -235,6 +238,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RELOAD_SECONDS", "10", _float(0.0), "how often predict checks for a new model or table"),
     Setting("MAX_BODY_BYTES", str(1024 * 1024), _int(1), "largest predict request body"),
     Setting("MAX_INSTANCES", "1000", _int(1), "most instances in one predict request"),
+    # Loading reads a zip member whole: these bound what a model or table file may decompress to,
+    # so a small crafted file cannot grow an instance past its memory (shared/zip_limits.py).
+    Setting(
+        "MAX_MODEL_BYTES",
+        str(DEFAULT_MAX_MODEL_BYTES),
+        _int(1),
+        "largest model loaded: its skops file's members uncompressed (a bigger or zip-bombed file is "
+        "refused unread)",
+    ),
+    Setting(
+        "MAX_TABLE_BYTES",
+        str(DEFAULT_MAX_TABLE_BYTES),
+        _int(1),
+        "largest table predict loads: its npz members uncompressed (a binary table of "
+        "PIPELINE_MAX_ROWS keys is 320 MB)",
+    ),
     Setting(
         "TRAFFIC_FLUSH_SECONDS", "60", _float(0.0), "how often predict writes its key counts to traffic/"
     ),
@@ -347,6 +366,8 @@ class Settings:
     reload_seconds: float
     max_body_bytes: int
     max_instances: int
+    max_model_bytes: int
+    max_table_bytes: int
     traffic_flush_seconds: float
     traffic_sketch_size: int
     table_max_rows: int

@@ -21,8 +21,10 @@ from pandas.api.types import infer_dtype
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from shared.config import get_settings
 from shared.errors import ModelNotReady, SchemaError
 from shared.schema import Scalar, Schema
+from shared.zip_limits import ZipTooLarge, check_zip
 
 FORMAT = "prodml-model/1"
 
@@ -110,8 +112,34 @@ class ModelBundle:
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, extra_trusted: Iterable[str] = ()) -> ModelBundle:
-        """Load a bundle, refusing untrusted types; ``ModelNotReady`` if it is not a fitted model."""
+    def from_bytes(
+        cls, data: bytes, extra_trusted: Iterable[str] = (), max_bytes: int | None = None
+    ) -> ModelBundle:
+        """Load a bundle, refusing untrusted types; ``ModelNotReady`` if it is not a fitted model.
+
+        The one function that loads a model: every way the bytes can fail to load is a
+        ``ModelNotReady`` (never another exception), so every caller (serving, rollback, the
+        registry listing, the table build, the trainer) handles a bad model in one place. A file
+        whose members would decompress to more than ``max_bytes`` (default: the process's
+        ``MAX_MODEL_BYTES``) is refused before any of it is read.
+        """
+        limit = get_settings().max_model_bytes if max_bytes is None else max_bytes
+        try:
+            check_zip(data, limit, "MAX_MODEL_BYTES")
+            return cls._load(data, extra_trusted)
+        except ZipTooLarge as exc:
+            raise ModelNotReady(f"model file is refused unread: {exc}") from None
+        except ModelNotReady:
+            raise
+        except Exception as exc:
+            # skops checks the zip and its schema.json up front, but a member that fails late,
+            # while skops reads it (numpy's ValueError for an object array or a short member,
+            # zipfile's BadZipFile for a bad CRC, KeyError, TypeError, EOFError, ...), surfaces
+            # as whatever the library beneath raised: content, not a fault a retry could fix.
+            raise ModelNotReady(f"model file cannot be loaded: {type(exc).__name__}: {exc}") from None
+
+    @classmethod
+    def _load(cls, data: bytes, extra_trusted: Iterable[str]) -> ModelBundle:
         import skops.io as sio
 
         try:

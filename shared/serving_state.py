@@ -6,11 +6,11 @@ loads only what changed, and swaps a whole new state in with one reference assig
 request that read the old reference finishes with the old model and table, and one that reads
 the new reference sees both new ones: no answer ever mixes two versions.
 
-A new model or table whose content cannot be loaded (corrupt, untrusted types, a pointer to a
-missing or malformed blob) is logged and skipped until its generation changes: the instance keeps
-serving what it had. A storage fault (a timeout, a 5xx from the bucket) says nothing about the
-content, so that generation is not skipped: ``retry_pending`` is set and the next reload tries
-again.
+A new model or table whose content cannot be loaded (corrupt, untrusted types, a malformed
+pointer, a pointer to a missing or malformed blob) is logged, shown in ``last_reload_error``, and
+skipped until its generation changes: the instance keeps serving what it had. A storage fault
+(a timeout, a 5xx from the bucket) says nothing about the content, so that generation is not
+skipped: ``retry_pending`` is set and the next reload tries again.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.requests_check import InstanceChecker
 from shared.storage import Bucket
-from shared.table import CURRENT_POINTER, KeyCodec, Table, read_pointed_table, read_pointer
+from shared.table import CURRENT_POINTER, KeyCodec, Table, read_pointed_table, read_valid_pointer
 
 log = get_logger(__name__)
 
@@ -209,7 +209,9 @@ class StateLoader:
             return keep
         try:
             data, info = self.artifacts.read_with_info(CURRENT_MODEL)
-            model = ModelBundle.from_bytes(data, extra_trusted=self.settings.model_trusted_types)
+            model = ModelBundle.from_bytes(
+                data, self.settings.model_trusted_types, max_bytes=self.settings.max_model_bytes
+            )
         except NotFound:
             return keep
         except Exception as exc:  # neither a corrupt model nor a storage fault may take serving down
@@ -228,11 +230,14 @@ class StateLoader:
         if self._skip.get(CURRENT_POINTER) == generation:
             return keep
         try:
-            pointer, pointer_gen = read_pointer(self.artifacts)
-            if pointer is None:
+            # A malformed pointer raises, as a corrupt model does: it is no statement that there
+            # is no table, so the table being served stays, and /health says why.
+            pointer, pointer_gen = read_valid_pointer(self.artifacts)
+            if pointer is None:  # deleted meanwhile: there is no table any more
                 return None, pointer_gen
-            table = read_pointed_table(self.artifacts, pointer)  # the exact object it names
-        except Exception as exc:  # a missing or malformed table, or a storage fault: keep what we have
+            # the exact object it names
+            table = read_pointed_table(self.artifacts, pointer, max_bytes=self.settings.max_table_bytes)
+        except Exception as exc:  # a malformed pointer or table, or a storage fault: keep what we have
             self._failed(CURRENT_POINTER, generation, exc)
             return keep
         return table, pointer_gen

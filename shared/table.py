@@ -48,10 +48,12 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
+from shared.config import get_settings
 from shared.errors import NotFound, SchemaError
 from shared.logs import get_logger
 from shared.schema import Scalar, Schema
 from shared.storage import Bucket
+from shared.zip_limits import ZipTooLarge, check_zip
 
 log = get_logger(__name__)
 
@@ -418,10 +420,19 @@ def _write_npz(out: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
                     member.write(memoryview(array).cast("B"))
 
 
-def read_table(artifacts: Bucket, name: str) -> Table:
-    """Load the table object ``name``; ``NotFound`` if absent, ``TableError`` if malformed."""
+def read_table(artifacts: Bucket, name: str, max_bytes: int | None = None) -> Table:
+    """Load the table object ``name``; ``NotFound`` if absent, ``TableError`` if malformed.
+
+    A blob whose members would decompress to more than ``max_bytes`` (default: the process's
+    ``MAX_TABLE_BYTES``) is refused (``TableError``) before any of it is read.
+    """
     check_table_name(name)
     data = artifacts.read(name)
+    limit = get_settings().max_table_bytes if max_bytes is None else max_bytes
+    try:
+        check_zip(data, limit, "MAX_TABLE_BYTES")
+    except ZipTooLarge as exc:
+        raise TableError(f"{name} is refused unread: {exc}") from None
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             codes, scores = npz["codes"], npz["scores"]
@@ -450,23 +461,43 @@ def read_pointer(artifacts: Bucket) -> tuple[dict[str, Any] | None, int]:
     """The pointer and its generation; ``(None, 0)`` when there is none.
 
     A malformed pointer gives ``(None, generation)`` and a warning, so a builder can still
-    replace it with compare-and-swap.
+    replace it with compare-and-swap. (A reader that must not mistake a malformed pointer for
+    no table, as predict, uses ``read_valid_pointer``.)
     """
     try:
         data, info = artifacts.read_with_info(CURRENT_POINTER)
     except NotFound:
         return None, 0
     try:
-        pointer = json.loads(data)
-        if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
-            raise ValueError(f"expected an object with a 'version' string, got {pointer!r:.200}")
-    except (ValueError, UnicodeDecodeError) as exc:
+        pointer = parse_pointer(data)
+    except TableError as exc:
         log.warning(
             "table pointer is malformed; ignoring it",
             extra={"fields": {"blob": CURRENT_POINTER, "generation": info.generation, "error": str(exc)}},
         )
         return None, info.generation
     return pointer, info.generation
+
+
+def read_valid_pointer(artifacts: Bucket) -> tuple[dict[str, Any] | None, int]:
+    """The pointer and its generation; ``(None, 0)`` when there is none, ``TableError`` (naming
+    what is wrong) when there is one but it is malformed."""
+    try:
+        data, info = artifacts.read_with_info(CURRENT_POINTER)
+    except NotFound:
+        return None, 0
+    return parse_pointer(data), info.generation
+
+
+def parse_pointer(data: bytes) -> dict[str, Any]:
+    """The pointer held in ``data``: a JSON object with a "version" string; ``TableError`` if not."""
+    try:
+        pointer = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TableError(f"the table pointer is not JSON: {exc}") from None
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("version"), str):
+        raise TableError(f"the table pointer must be an object with a 'version' string, got {pointer!r:.200}")
+    return pointer
 
 
 def switch_pointer(artifacts: Bucket, pointer: Mapping[str, Any], if_generation_match: int) -> int:
@@ -525,14 +556,15 @@ def load_current_table(artifacts: Bucket) -> Table | None:
     return read_pointed_table(artifacts, pointer)
 
 
-def read_pointed_table(artifacts: Bucket, pointer: Mapping[str, Any]) -> Table:
+def read_pointed_table(artifacts: Bucket, pointer: Mapping[str, Any], max_bytes: int | None = None) -> Table:
     """The table object ``pointer`` names, checked against it (model version, rows).
 
-    ``NotFound`` if the object is missing, ``TableError`` if it is malformed or disagrees with
-    the pointer (a table the pointer does not describe is never served).
+    ``NotFound`` if the object is missing, ``TableError`` if it is malformed, larger than
+    ``max_bytes`` (see ``read_table``) or disagrees with the pointer (a table the pointer does
+    not describe is never served).
     """
     name = pointer_blob(pointer)
-    table = read_table(artifacts, name)
+    table = read_table(artifacts, name, max_bytes)
     if "model_version" in pointer and str(pointer["model_version"]) != table.model_version:
         raise TableError(
             f"table pointer names model {pointer['model_version']!r} but {name} "

@@ -184,7 +184,9 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
             NOTHING, f"no model yet: {artifacts.name}/{CURRENT_MODEL} does not exist; train one first"
         )
     try:
-        bundle = ModelBundle.from_bytes(data, extra_trusted=settings.model_trusted_types)
+        bundle = ModelBundle.from_bytes(
+            data, settings.model_trusted_types, max_bytes=settings.max_model_bytes
+        )
     except ModelNotReady as exc:
         return BuildResult(NOTHING, f"cannot load {CURRENT_MODEL} generation {info.generation}: {exc}")
     schema = bundle.schema

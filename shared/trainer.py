@@ -305,6 +305,11 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
             f"cannot train on {job.key}: the current model cannot be loaded: {exc}",
             extra={"fields": job.fields},
         )
+        # No "done" marker (replay runs it after a rollback), but a record `prodml monitor` shows.
+        record = monitoring.make_record(
+            event.name, event.generation, None, None, {}, [], "model_error", message=str(exc)
+        )
+        monitoring.write_record(artifacts, record)
         return job.done(Outcome("model_error", str(exc)))
     if current is not None and _in_lineage(current, new_file):
         if (current.card or {}).get("decision", {}).get("status") == "pending":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
+import bad_model_files
 import numpy as np
 import pandas as pd
 import pytest
@@ -98,6 +100,55 @@ def test_broken_and_unfitted_files_are_refused() -> None:
         ModelBundle.from_bytes(b"not a zip at all")
     with pytest.raises(ModelNotReady, match="no fitted estimator"):
         ModelBundle.from_bytes(ModelBundle("v0", LogisticRegression(), schema).to_bytes())
+
+
+def _late_failures() -> dict[str, bytes]:
+    """Model files whose zip and schema.json are fine but that fail while skops loads them."""
+    import skops.io as sio
+
+    schema = _schema({"name": "y", "type": "category", "classes": ["no", "yes"]})
+    bundle = _fit(schema, LogisticRegression())[0]
+    good = bundle.to_bytes()
+    no_version = sio.dumps(
+        {"format": "prodml-model/1", "schema": schema.to_json(), "estimator": bundle.estimator}
+    )
+    return {
+        "object array": bad_model_files.with_object_array(good),
+        "short array": bad_model_files.with_short_array(good),
+        "no version": no_version,
+    }
+
+
+@pytest.mark.parametrize("fault", ["object array", "short array", "no version"])
+def test_every_late_load_failure_is_model_not_ready(fault: str) -> None:
+    with pytest.raises(ModelNotReady, match="model file cannot be loaded"):
+        ModelBundle.from_bytes(_late_failures()[fault])
+
+
+def test_loading_is_bounded_by_what_the_members_decompress_to() -> None:
+    import zipfile
+
+    import skops.io as sio
+
+    schema = _schema({"name": "y", "type": "category", "classes": ["no", "yes"]})
+    bundle, frame = _fit(schema, LogisticRegression())
+    raw = {
+        "format": "prodml-model/1",
+        "version": "v1",
+        "schema": schema.to_json(),
+        "estimator": bundle.estimator,
+    }
+    deflated = sio.dumps(raw, compression=zipfile.ZIP_DEFLATED)  # an honest compressed file loads
+    assert ModelBundle.from_bytes(deflated).scores(frame).shape == (len(frame),)
+    size = sum(i.file_size for i in zipfile.ZipFile(io.BytesIO(deflated)).infolist())
+    with pytest.raises(
+        ModelNotReady, match=f"declare {size} bytes uncompressed, more than MAX_MODEL_BYTES={size - 1}"
+    ):
+        ModelBundle.from_bytes(deflated, max_bytes=size - 1)
+    member = bad_model_files.first_array(deflated)
+    lying = bad_model_files.lying_bomb(deflated, member, 8 << 20, 100)
+    with pytest.raises(ModelNotReady, match="decompresses to more than the 100 bytes it declares"):
+        ModelBundle.from_bytes(lying)
 
 
 def test_to_frame_orders_columns_and_types_categories_as_text() -> None:

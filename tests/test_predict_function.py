@@ -6,6 +6,7 @@ import random
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -219,3 +220,131 @@ def test_a_model_promoted_under_load_is_picked_up_with_every_answer_consistent(
         assert score == pytest.approx(expected[version][key], rel=1e-9), (version, key)
     # once the table of v2 is in, v2 answers come from it again
     assert any(a[0] == "v2" and a[3] == "table" for a in answers)
+
+
+def test_text_echoed_from_a_lone_surrogate_is_a_4xx_error_body_not_a_bare_500(
+    artifacts, buckets_root, tmp_path, bundles
+):
+    # "\ud800" in JSON text parses to a lone surrogate, which UTF-8 cannot encode; every answer
+    # that echoes it must still be the documented error body (and count as a client error).
+    publish(artifacts, bundles["v1"], table=False)
+    bodies = {
+        "instance key": (rb'{"instances":[{"\ud800": 1}]}', "unknown_feature", "\ud800"),
+        "body key": (rb'{"\ud800": 1, "instances": []}', "invalid_body", "\ud800"),
+        "category": (rb'{"instances":[{"country": "\ud800", "hour": 1}]}', "unknown_category", "country"),
+        "number value": (rb'{"instances":[{"country": "us", "hour": "x\udfff"}]}', "wrong_type", "hour"),
+    }
+    with start(buckets_root, tmp_path, SERVING_MODE="dynamic") as fn:
+        for what, (body, code, field) in bodies.items():
+            r = requests.post(fn.url, data=body, headers={"Content-Type": "application/json"}, timeout=10)
+            assert r.status_code == 400, (what, r.text[:300])
+            assert r.headers["Content-Type"] == "application/json"
+            error = r.json()["error"]
+            assert (error["code"], error["field"]) == (code, field), what
+            assert set(error) == {"code", "message", "index", "field"}
+        counters = health(fn)["counters"]
+    assert counters["client_errors"] == len(bodies) and counters["server_errors"] == 0
+
+
+MALFORMED_POINTERS = {
+    "not JSON": b"{not json",
+    "null": b"null",
+    "empty object": b"{}",
+    "outside tables/": b'{"version": "v1-t", "blob": "models/current.skops"}',
+}
+
+
+@pytest.mark.parametrize("mode", ["static", "hybrid"])
+def test_a_malformed_table_pointer_keeps_the_table_served_and_health_says_why(
+    artifacts, buckets_root, tmp_path, bundles, expected, mode
+):
+    from shared.table import CURRENT_POINTER
+
+    publish(artifacts, bundles["v1"])  # table of the even codes: ("us", 20) is in it
+    served = health_table = None
+    with start(buckets_root, tmp_path, SERVING_MODE=mode, RELOAD_SECONDS="0.1") as fn:
+        served = wait_for(lambda: health(fn)["table"], lambda table: table is not None)
+        for what, content in MALFORMED_POINTERS.items():
+            generation = artifacts.write(CURRENT_POINTER, content)
+            # A reload check that started after the write (the one under way may predate it).
+            checks = health(fn)["counters"]["reload_checks"]
+            state = wait_for(lambda: health(fn), lambda h, c=checks: h["counters"]["reload_checks"] > c + 1)
+            assert (state["last_reload_error"] or "").startswith(f"{CURRENT_POINTER}@{generation}:"), what
+            health_table = state["table"]
+            assert state["status"] == "ok" and health_table == served, what
+            response = post(fn.url, [{"country": "us", "hour": 20}])
+            assert response.status_code == 200, (what, response.text)
+            (prediction,) = response.json()["predictions"]
+            assert prediction["source"] == "table", what
+            assert prediction["score"] == pytest.approx(expected["v1"][("us", 20)], rel=1e-12)
+    assert health_table is not None and health_table["used"] is True
+
+
+def _peak_rss_bytes(fn: FunctionProcess) -> int:
+    """The peak resident memory (VmHWM) summed over the function's process group: functions-framework
+    answers from a gunicorn worker, a child of the process started."""
+    assert fn.process is not None
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            group = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            if group == fn.process.pid:
+                status = (entry / "status").read_text().splitlines()
+                total += next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) * 1024
+        except (OSError, ValueError, IndexError, StopIteration):  # ended meanwhile, or a kernel thread
+            continue
+    return total
+
+
+BOMB_BYTES = 200 * 1024 * 1024  # what each crafted member decompresses to (the files are < 400 KB)
+GROWTH_BOUND = 100 * 1024 * 1024  # a functional bound: a bomb read once would add 200-400 MB
+
+
+def test_a_zip_bomb_model_or_table_is_refused_unread_and_memory_stays_bounded(
+    artifacts, buckets_root, tmp_path, bundles, expected
+):
+    from bad_model_files import deflate_bomb, first_array, lying_bomb
+
+    from shared.table import CURRENT_POINTER, build_blob, new_build_id, read_pointer, switch_pointer
+
+    publish(artifacts, bundles["v1"])
+    model = artifacts.read(CURRENT_MODEL)
+    pointer, _ = read_pointer(artifacts)
+    assert pointer is not None
+    table = artifacts.read(pointer["blob"])
+    member = first_array(model)
+    # MAX_MODEL_BYTES at its default; MAX_TABLE_BYTES set as for a smaller instance (its default
+    # fits a 20M-key table), so the honest table bomb is over it too.
+    env = {"SERVING_MODE": "hybrid", "RELOAD_SECONDS": "0.1", "MAX_TABLE_BYTES": str(64 * 1024 * 1024)}
+    with start(buckets_root, tmp_path, **env) as fn:
+        assert post(fn.url, [{"country": "us", "hour": 20}]).status_code == 200
+        baseline = _peak_rss_bytes(fn)
+        bombs = [
+            ("model", deflate_bomb(model, member, BOMB_BYTES), "more than MAX_MODEL_BYTES=67108864"),
+            ("model", lying_bomb(model, member, BOMB_BYTES, 144), "more than the 144 bytes it declares"),
+            ("table", deflate_bomb(table, "codes.npy", BOMB_BYTES), "more than MAX_TABLE_BYTES=67108864"),
+            ("table", lying_bomb(table, "codes.npy", BOMB_BYTES, 128), "more than the 128 bytes it declares"),
+        ]
+        for target, content, reason in bombs:
+            assert len(content) < 400 * 1024
+            if target == "table":
+                blob = build_blob("v1-t", "full", new_build_id())
+                artifacts.write(blob, content)
+                _, pointer_generation = read_pointer(artifacts)
+                generation = switch_pointer(artifacts, {**pointer, "blob": blob}, pointer_generation)
+                target = CURRENT_POINTER
+            else:
+                generation = artifacts.write(CURRENT_MODEL, content)
+                target = CURRENT_MODEL
+            checks = health(fn)["counters"]["reload_checks"]
+            state = wait_for(lambda: health(fn), lambda h, c=checks: h["counters"]["reload_checks"] > c + 1)
+            error = state["last_reload_error"] or ""
+            assert error.startswith(f"{target}@{generation}:") and reason in error, (reason, error)
+            assert state["model"]["version"] == "v1" and state["table"]["used"] is True
+            (prediction,) = post(fn.url, [{"country": "us", "hour": 20}]).json()["predictions"]
+            assert prediction["source"] == "table"
+            assert prediction["score"] == pytest.approx(expected["v1"][("us", 20)], rel=1e-12)
+        growth = _peak_rss_bytes(fn) - baseline
+    assert baseline > 0 and growth < GROWTH_BOUND, f"peak RSS grew by {growth / 2**20:.0f} MiB"

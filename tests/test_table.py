@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import tempfile
 import tracemalloc
+import zipfile
 from pathlib import Path
 
+import bad_model_files
 import numpy as np
 import pytest
 
@@ -28,6 +32,7 @@ from shared.table import (
     prune_builds,
     read_pointer,
     read_table,
+    read_valid_pointer,
     switch_pointer,
     table_blob,
     write_table,
@@ -222,6 +227,18 @@ def test_a_corrupt_blob_reads_as_a_table_error(artifacts):
         read_table(artifacts, BLOB)
 
 
+def test_a_blob_that_would_decompress_past_its_limit_is_refused_unread(artifacts):
+    meta = {"model_version": "m1", "model_generation": 1, "key": ["country", "hour"]}
+    write_table(artifacts, BLOB, np.arange(1000, dtype=np.int64), np.zeros(1000), meta)
+    size = sum(i.file_size for i in zipfile.ZipFile(io.BytesIO(artifacts.read(BLOB))).infolist())
+    assert len(read_table(artifacts, BLOB, max_bytes=size)) == 1000
+    with pytest.raises(TableError, match=f"declare {size} bytes uncompressed, more than MAX_TABLE_BYTES"):
+        read_table(artifacts, BLOB, max_bytes=size - 1)
+    artifacts.write(BLOB, bad_model_files.lying_bomb(artifacts.read(BLOB), "codes.npy", 8 << 20, 128))
+    with pytest.raises(TableError, match="'codes.npy' decompresses to more than the 128 bytes it declares"):
+        read_table(artifacts, BLOB)
+
+
 def _blob(version):
     return f"tables/{version}/full-20260101T000000000000Z-00000000.npz"
 
@@ -280,3 +297,19 @@ def test_a_malformed_pointer_reads_as_none_with_its_generation(artifacts):
     assert read_pointer(artifacts) == (None, generation)
     switch_pointer(artifacts, _pointer("v1"), if_generation_match=generation)
     assert read_pointer(artifacts)[0]["version"] == "v1"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"{broken", "the table pointer is not JSON"),
+        (b"null", "must be an object with a 'version' string, got None"),
+        (b"{}", "must be an object with a 'version' string, got {}"),
+        (b'{"version": 3}', "must be an object with a 'version' string"),
+    ],
+)
+def test_a_reader_that_must_tell_a_malformed_pointer_from_none_gets_the_reason(artifacts, content, reason):
+    assert read_valid_pointer(artifacts) == (None, 0)  # no pointer at all
+    artifacts.write(CURRENT_POINTER, content)
+    with pytest.raises(TableError, match=re.escape(reason)):
+        read_valid_pointer(artifacts)

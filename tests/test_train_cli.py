@@ -7,8 +7,9 @@ import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import bad_model_files
 import pytest
-from conftest import train_env, training_rows, training_schema
+from conftest import drop_file, train_env, training_rows, training_schema
 
 from shared import registry
 from shared.cli import main
@@ -145,6 +146,43 @@ def test_rollback_steps_back_through_promotions_and_is_recorded(
     assert kinds[-3:] == [("rollback", second), ("rollback", first), ("rollback", third)]
     code, out, _ = prodml("models")
     assert code == 0 and next(line for line in out.splitlines() if line.startswith("*")).split()[1] == third
+
+
+def test_a_current_model_that_fails_to_load_late_leaves_every_recovery_command_working(
+    tmp_path: Path, prodml: Run, buckets: tuple[LocalBucket, LocalBucket]
+) -> None:
+    # Its zip and schema.json are fine; an array member fails only while skops loads it.
+    data, artifacts = buckets
+    versions = []
+    for i in range(2):
+        code, out, _ = prodml("train", "--json", _file(tmp_path, f"day{i}.csv", i))
+        versions.append(json.loads(out)["version"])
+    first, second = versions
+    artifacts.write(registry.CURRENT, bad_model_files.with_object_array(artifacts.read(registry.CURRENT)))
+
+    code, out, err = prodml("models", "--json")
+    assert code == 0, err
+    listing = json.loads(out)
+    assert listing["current"] is None and [v["version"] for v in listing["versions"]] == versions
+
+    # A file that lands now cannot be trained on: it is not lost, `prodml monitor` shows why.
+    drop_file(data, "incoming/late.csv", training_rows(300, 7))
+    code, out, _ = prodml("replay", "--in-process", "--json")
+    outcomes = {o["name"]: o["outcome"] for o in json.loads(out)}
+    assert code == 1 and outcomes["incoming/late.csv"] == "model_error"
+    code, out, _ = prodml("monitor", "--json")
+    (row,) = [r for r in json.loads(out) if r["object"] == "incoming/late.csv"]
+    assert row["decision"] == "model_error" and "Object arrays cannot be loaded" in row["message"]
+    code, out, _ = prodml("monitor")
+    assert code == 0 and "model_error" in next(line for line in out.splitlines() if "late.csv" in line)
+
+    code, out, err = prodml("rollback", first)  # an explicit target
+    assert code == 0, err
+    assert out.strip() == f"rolled back: current model is now {first} (was {registry.UNLOADABLE})"
+    artifacts.write(registry.CURRENT, bad_model_files.with_short_array(artifacts.read(registry.CURRENT)))
+    code, out, err = prodml("rollback")  # the default: the last promotion (after the rollback) that loads
+    assert code == 0, err
+    assert registry.read_current(artifacts).version == first  # type: ignore[union-attr]
 
 
 def test_gate_option_refuses_a_worse_model(

@@ -48,8 +48,17 @@ def _get_predictor() -> Predictor:
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> flask.Response:
+    """Every answer's body, encoded here and only here, so that any text it echoes encodes.
+
+    JSON text may hold a lone surrogate (``"\\ud800"`` parses to one), and an error message or
+    ``field`` that echoes it cannot be UTF-8 encoded: Werkzeug's encode of the Response would
+    raise, and the client would get functions-framework's bare HTML 500. ``backslashreplace``
+    writes such a code point as ``\\udXXX``, a JSON escape (it can only occur inside a JSON
+    string), so the answer stays valid UTF-8 JSON that parses back to the text received.
+    """
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
     return flask.Response(
-        json.dumps(body, separators=(",", ":"), ensure_ascii=False),
+        text.encode("utf-8", "backslashreplace"),
         status=status,
         mimetype="application/json",
         headers=headers,
