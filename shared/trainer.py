@@ -307,7 +307,7 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
         )
         # No "done" marker (replay runs it after a rollback), but a record `prodml monitor` shows.
         record = monitoring.make_record(
-            event.name, event.generation, None, None, {}, [], "model_error", message=str(exc)
+            job.event.name, job.event.generation, None, None, {}, [], "model_error", message=str(exc)
         )
         monitoring.write_record(artifacts, record)
         return job.done(Outcome("model_error", str(exc)))
