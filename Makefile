@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint bench demo up package deploy clean
+.PHONY: venv test lint bench soak demo up package deploy clean
 .PHONY: venv-beam
 
 venv: $(STAMP)
@@ -26,6 +26,11 @@ lint: venv
 
 bench: venv venv-beam
 	$(BIN)/python -m bench
+
+# The local stack under Zipf traffic, file drops (some bad), duplicate deliveries and kill -9 of
+# function processes, then its invariants checked; SOAK_SECONDS (default 180) sets how long.
+soak: venv
+	$(BIN)/python -m bench.soak
 
 # The local stack (functions, file-drop router, scheduler) until Ctrl-C; UP_ARGS e.g. --state DIR.
 up: venv

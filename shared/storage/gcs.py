@@ -11,6 +11,12 @@ returns, so a late duplicate is an ordering the caller already allowed. Known co
 callers: a conditional write whose response was lost may, on retry, report ``PreconditionFailed``
 although it landed (the retry meets its own generation); compare-and-swap callers re-read and
 decide again, and only-if-absent markers should tolerate finding their own write.
+
+Uploads: ``write`` (bytes already in memory: models, cards, markers, pointers) always sends one
+request, a multipart upload, whatever the size, so its precondition is decided by the very request
+that carries the bytes (google-cloud-storage would switch to a resumable upload above 8 MiB, and
+a model can be that big). ``upload`` (files, streamed) keeps the library's choice: resumable above
+8 MiB, resumable after a dropped connection; GCS enforces its precondition too.
 """
 
 from __future__ import annotations
@@ -18,13 +24,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import requests
 from google.api_core import exceptions as gexc
 from google.auth import exceptions as auth_exc
 from google.cloud import storage as gcs
-from google.cloud.storage.retry import DEFAULT_RETRY
+from google.cloud.storage.retry import DEFAULT_RETRY, ConditionalRetryPolicy
 from google.resumable_media import common as media
 
 from shared.errors import NotFound, PreconditionFailed, StorageError
@@ -47,6 +53,39 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 _MAX_ATTEMPTS = 10  # reads retried when the object is overwritten between stat and download
+
+
+class _SingleRequestBlob(gcs.Blob):
+    """A blob whose uploads are one request (a multipart upload) at any size.
+
+    google-cloud-storage's ``Blob._do_upload`` picks a resumable upload for anything above
+    ``_MAX_MULTIPART_SIZE`` (8 MiB): several requests, the precondition sent with the first and
+    decided by the server only when the last one completes (fake-gcs-server 1.54 never decides
+    it). Overriding that one choice keeps the rest of the library's upload path: checksums,
+    retries, the error translation of ``upload_from_string``.
+    """
+
+    def _do_upload(  # the library's private method, as of the pinned google-cloud-storage 3.17
+        self,
+        client: gcs.Client | None,
+        stream: Any,
+        content_type: str | None,
+        size: int | None,
+        *conditions: Any,
+        crc32c_checksum_value: str | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        retry = options.get("retry")
+        if isinstance(retry, ConditionalRetryPolicy):  # what the library's _do_upload does first
+            predefined_acl, if_generation_match, _, if_metageneration_match, _ = conditions
+            options["retry"] = retry.get_retry_policy_if_conditions_met(
+                query_params={
+                    "ifGenerationMatch": if_generation_match,
+                    "ifMetagenerationMatch": if_metageneration_match,
+                }
+            )
+        response = self._do_multipart_upload(client, stream, content_type, size, *conditions, **options)
+        return dict(response.json())
 
 
 class GCSBucket(Bucket):
@@ -174,9 +213,9 @@ class GCSBucket(Bucket):
         content_type: str | None = None,
         if_generation_match: int | None = None,
     ) -> int:
-        """Write (GCS writes are atomic); return the new generation."""
+        """Write in one request (GCS writes are atomic); return the new generation."""
         check_object_name(name)
-        blob = self._bucket.blob(name)
+        blob = _SingleRequestBlob(name, bucket=self._bucket)
         with self._mapped(name, if_generation_match):
             blob.upload_from_string(
                 data,

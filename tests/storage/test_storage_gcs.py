@@ -1,6 +1,14 @@
-"""GCS-only behaviour the emulator cannot show: preconditions (it does not enforce them), server
-faults, and an object overwritten between stat and download. The library call is mocked at its
-edge (``Blob``), so our arguments and our error mapping are what is checked."""
+"""GCS-only behaviour no local server shows: some preconditions, server faults, and an object
+overwritten between stat and download. The library call is mocked at its edge (``Blob``), so our
+arguments and our error mapping are what is checked.
+
+Preconditions: fake-gcs-server enforces ``ifGenerationMatch`` on single-request uploads, so the
+compare-and-swap of ``write`` (and of ``upload`` below 8 MiB) is checked against it for real in
+test_storage_conformance.py and test_storage_fake_gcs.py. It ignores the precondition of a
+resumable upload (``upload`` of a bigger file), of a delete and of a rewrite (``copy``), and
+gcp-storage-emulator ignores them all: for those, these mocks are the check that we send it and
+map the 412 that GCS answers.
+"""
 
 from __future__ import annotations
 
