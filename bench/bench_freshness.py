@@ -52,10 +52,10 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
 def run(quick: bool) -> list[Row]:
     """Drop day files into a running local stack; median router, training and reload delays."""
     from shared.cli import main as prodml
-    from shared.demo.probe import drop_and_follow
-    from shared.localproc import free_port
-    from shared.localstack import LocalStack, stack_environment
-    from shared.synth import KEY, synthesize
+    from shared.local.demo.probe import drop_and_follow
+    from shared.local.processes import free_port
+    from shared.local.stack import LocalStack, stack_environment
+    from shared.local.synth import KEY, synthesize
 
     days, rows = (3, 1000) if quick else (5, 3000)
     with tempfile.TemporaryDirectory(prefix="bench-freshness-") as tmp:

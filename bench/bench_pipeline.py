@@ -4,7 +4,7 @@ The model is the project's default pipeline fitted on a synthetic day; the keys 
 ad schema's, with the key cut to two sizes (the features left out of the key take their table
 defaults, as in any build). For each size:
 
-- in-function: ``table_build.build_table`` (strategy full) in this process, median of repeats;
+- in-function: ``shared.tables.build.build_table`` (strategy full) in this process, median of repeats;
 - pipeline: ``shared.pipelines.launch.run_direct`` (a DirectRunner subprocess of .venv-beam, one
   worker, i.e. one core), once per size: what ``prodml pipeline table --runner direct`` costs,
   Python and Beam start-up included.
@@ -36,9 +36,9 @@ TARGET_SECONDS = 600.0
 
 
 def _bundle(key: tuple[str, ...]) -> Any:
+    from shared.local.synth import LABEL, day_frame, synth_schema
     from shared.model import ModelBundle, to_frame
-    from shared.synth import LABEL, day_frame, synth_schema
-    from shared.training import default_pipeline
+    from shared.training.fitting import default_pipeline
 
     schema = dataclasses.replace(synth_schema(), key=key)
     frame = day_frame(seed=0, day=1, rows=20_000)
@@ -61,7 +61,7 @@ def _measure(key: tuple[str, ...], repeat: int) -> tuple[int, float, float, floa
     (from the pipeline's own start, after the interpreter's) of a full build of ``key``."""
     from shared.config import load_settings
     from shared.pipelines.launch import run_direct
-    from shared.table_build import BuildRequest, build_table
+    from shared.tables.build import BuildRequest, build_table
 
     bundle = _bundle(key)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:

@@ -38,13 +38,14 @@ import requests
 
 from bench.common import Row, goal_row, median_seconds
 from shared.config import load_settings
-from shared.functions_spec import REPO_ROOT, FunctionSpec, load_declaration
-from shared.localproc import FunctionProcess, free_port
+from shared.local.functions import REPO_ROOT, FunctionSpec, load_declaration
+from shared.local.processes import FunctionProcess, free_port
 from shared.model import ModelBundle, to_frame
 from shared.schema import Schema
-from shared.serving import CURRENT_MODEL, Predictor
+from shared.serving.predictor import CURRENT_MODEL, Predictor
 from shared.storage.local import LocalBucket
-from shared.table import build_blob, decode_codes, new_build_id, read_table, switch_pointer, write_table
+from shared.tables.codec import decode_codes
+from shared.tables.format import build_blob, new_build_id, read_table, switch_pointer, write_table
 
 AREA = "serving"
 HIT_GOAL = 50.0

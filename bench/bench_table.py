@@ -1,6 +1,6 @@
 """Table build speed and memory.
 
-Throughput: a full build (``shared.table_build.build_table``, strategy full, on a local bucket)
+Throughput: a full build (``shared.tables.build.build_table``, strategy full, on a local bucket)
 of the synthetic ad schema's 691,200 keys with the project's default pipeline, in rows per
 second, as a ratio to raw ``predict_proba`` of the same pipeline on a prebuilt model-input frame
 of the same rows (built once, outside the timing); the two alternate, medians of 5 runs (quick:
@@ -42,7 +42,7 @@ MIB = 2**20
 
 def _pipeline(schema: Any) -> Any:
     """The project's default pipeline (one-hot categories, scaled numbers, SGD log loss)."""
-    from shared.training import default_pipeline
+    from shared.training.fitting import default_pipeline
 
     return default_pipeline(schema)
 
@@ -55,7 +55,7 @@ def _fit(schema: Any, frame: Any, y: np.ndarray, version: str) -> Any:
 
 
 def _synth_bundle() -> Any:
-    from shared.synth import LABEL, day_frame, synth_schema
+    from shared.local.synth import LABEL, day_frame, synth_schema
 
     schema = synth_schema()
     frame = day_frame(seed=0, day=1, rows=20_000)
@@ -103,9 +103,9 @@ def _settings(root: Path, **extra: str) -> Any:
 
 
 def _throughput(quick: bool, tmp: Path) -> list[Row]:
-    from shared.keyspace import full_chunks, instance_frame
     from shared.storage.local import LocalBucket
-    from shared.table_build import BuildRequest, build_table
+    from shared.tables.build import BuildRequest, build_table
+    from shared.tables.keys import full_chunks, instance_frame
 
     bundle = _synth_bundle()
     schema = bundle.schema
@@ -151,7 +151,7 @@ def _throughput(quick: bool, tmp: Path) -> list[Row]:
 
 def _memory_child(root: Path, keys: int) -> dict[str, float]:
     """In a fresh process: build the full table of ``keys`` keys; report peak and pre-build RSS."""
-    from shared.table_build import BuildRequest, build_table
+    from shared.tables.build import BuildRequest, build_table
 
     settings = _settings(root, TABLE_MAX_ROWS=str(keys))
     from shared.storage.local import LocalBucket

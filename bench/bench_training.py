@@ -1,11 +1,11 @@
 """Dynamic training speed: where one event's time goes, and how it grows with accumulated data.
 
-Data: the synthetic ad-conversion days (``shared.synth``: 6 categories, an hour and a bid; a
+Data: the synthetic ad-conversion days (``shared.local.synth``: 6 categories, an hour and a bid; a
 one-hot model of ~80 columns), in local buckets under a temp folder.
 
 1. **One event, 10,000-row file** (quick: 2,000): the current model was trained on one earlier
    file of the same size; the new file arrives (``TRAINING_STRATEGY=full``, so the challenger is
-   a retrain on both). The whole event is ``trainer.handle_event``, median of repeats (the
+   a retrain on both). The whole event is ``on_event.handle_event``, median of repeats (the
    buckets reset in place between runs). Its phases are the trainer's own clock
    (``Outcome.seconds``, also in the event's log line): read+validate (the new file and the
    window's files), train, evaluate (test-then-train on the new file, both models on the held-out
@@ -69,11 +69,11 @@ def _prepare(
 
     Returns (settings, the new file's ObjectInfo).
     """
-    from shared import registry
-    from shared.challenger import build_challenger, make_data_file
+    from shared.local.synth import day_frame, synth_schema
     from shared.schema import save_schema
     from shared.storage.local import LocalBucket
-    from shared.synth import day_frame, synth_schema
+    from shared.training import registry
+    from shared.training.challenger import build_challenger, make_data_file
 
     settings = _settings(root, **env)
     data = LocalBucket(root, settings.data_bucket)
@@ -116,8 +116,9 @@ def _reset(root: Path, env: dict[str, str], champion: str) -> None:
     generation (the local store notices a file it did not write), and the lineage would no longer
     match.
     """
-    from shared import monitoring, registry
+    from shared.data import monitoring
     from shared.storage.local import LocalBucket
+    from shared.training import registry
 
     settings = _settings(root, **env)
     data = LocalBucket(root, settings.data_bucket)
@@ -143,10 +144,10 @@ def _reset(root: Path, env: dict[str, str], champion: str) -> None:
 def _event_seconds(root: Path, env: dict[str, str], repeat: int) -> dict[str, float]:
     """Median seconds of ``handle_event`` for the new file, whole and per phase (as the trainer
     times them: ``Outcome.seconds``); the buckets are reset after each run."""
-    from shared import registry
     from shared.events import parse_storage_event, to_cloudevent
     from shared.storage.local import LocalBucket
-    from shared.trainer import handle_event
+    from shared.training import registry
+    from shared.training.on_event import handle_event
 
     settings = _settings(root, **env)
     data = LocalBucket(root, settings.data_bucket)
@@ -214,7 +215,7 @@ def _growth_rows(work: Path, rows: int, repeat: int, sizes: tuple[int, ...]) -> 
 
 
 def _wide_rows(work: Path, rows: int, repeat: int) -> list[Row]:
-    from shared.synth import synth_schema
+    from shared.local.synth import synth_schema
 
     schema_columns = len(synth_schema().feature_names) + 1
     env = {"MAX_COLUMNS": str(WIDE_COLUMNS)}

@@ -49,23 +49,24 @@ from typing import Any
 
 import requests
 
-from shared import monitoring, registry
+from shared.data import monitoring
+from shared.data.quarantine import INCOMING_PREFIX, list_quarantine
 from shared.errors import NotFound, ProdMLError
-from shared.localproc import free_port
-from shared.localstack import LocalStack, stack_environment
+from shared.local.processes import free_port
+from shared.local.stack import LocalStack, stack_environment
+from shared.local.synth import LABEL, corrupt_frame, day_frame, synth_schema, traffic_instances
 from shared.logs import setup_logging
-from shared.quarantine import INCOMING_PREFIX, list_quarantine
-from shared.registry import file_key
 from shared.schema import save_schema
 from shared.storage.base import ObjectInfo
 from shared.storage.local import LocalBucket
-from shared.synth import LABEL, corrupt_frame, day_frame, synth_schema, traffic_instances
-from shared.table import load_current_table
+from shared.tables.format import load_current_table
+from shared.training import registry
+from shared.training.registry import file_key
 
 DEFAULT_SECONDS = 180.0
 ANSWER_WITHIN = 60.0  # a client retries a cut connection this long (a kill, a restart) before failing
 BAD_KINDS = ("junk-values", "no-label", "not-a-table", "empty")
-# The outcomes a good file may end in (trainer.handle_event), and the bad file's one.
+# The outcomes a good file may end in (shared.training.on_event.handle_event), and the bad file's one.
 GOOD_OUTCOMES = frozenset({"promoted", "rejected", "already_trained"})
 IN_LINEAGE = frozenset({"promoted", "already_trained"})
 QUARANTINED = "quarantined"

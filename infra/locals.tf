@@ -1,6 +1,6 @@
 # Everything computed before any resource: the functions, triggers and schedules read from
 # infra/functions.json (THE one declaration: the local router and `prodml up` read it through
-# shared/functions_spec.py, Terraform here), their env vars, sizes, ingress and storage grants.
+# shared/local/functions.py, Terraform here), their env vars, sizes, ingress and storage grants.
 # This file holds no resource and no data source, so tests/test_infra.py can evaluate it with
 # a real terraform binary and no provider (offline).
 
@@ -111,7 +111,7 @@ locals {
       package = "predict", bucket = "artifacts", role = "roles/storage.objectViewer", prefixes = []
     }
     # ... and writes its key counts under traffic/ only. Each flush creates a new object
-    # (if_generation_match=0, shared/traffic.py), never overwrites one: create is enough.
+    # (if_generation_match=0, shared/serving/traffic.py), never overwrites one: create is enough.
     predict_write_traffic = {
       package = "predict", bucket = "artifacts", role = "roles/storage.objectCreator", prefixes = ["traffic/"]
     }

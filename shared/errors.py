@@ -81,7 +81,7 @@ class BadRequest(ProdMLError):
         self.http_status = status
 
     def to_dict(self) -> dict[str, object]:
-        """The error body of DESIGN.md section 5."""
+        """The error body of docs/design.md section 5."""
         return {
             "error": {
                 "code": self.code,

@@ -1,4 +1,4 @@
-"""Cloud Storage "object finalized" events, both ways (DESIGN.md sections 4 and 6).
+"""Cloud Storage "object finalized" events, both ways (docs/design.md sections 4 and 6).
 
 ``parse_storage_event`` turns whatever a function is handed into one ``StorageObjectEvent``:
 

@@ -15,8 +15,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from shared.caps import cut_line, fit_record
 from shared.display import printable
+from shared.record_caps import cut_line, fit_record
 
 _SEVERITY = {
     logging.DEBUG: "DEBUG",

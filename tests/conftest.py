@@ -369,7 +369,8 @@ def write_serving_table(artifacts, bundle, model_generation: int, version: str |
     import pandas as pd
 
     from shared.model import to_frame
-    from shared.table import build_blob, decode_codes, new_build_id, read_pointer, switch_pointer, write_table
+    from shared.tables.codec import decode_codes
+    from shared.tables.format import build_blob, new_build_id, read_pointer, switch_pointer, write_table
 
     schema = bundle.schema
     codes = np.arange(schema.key_cardinality, dtype=np.int64)

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 import requests
 
-from shared.localproc import free_port
-from shared.registry import is_processed, read_current
+from shared.local.processes import free_port
+from shared.local.synth import KEY, synthesize
 from shared.storage.local import LocalBucket
-from shared.synth import KEY, synthesize
+from shared.training.registry import is_processed, read_current
 
 PRODML = str(Path(sys.executable).with_name("prodml"))
 WAIT = 180.0  # generous: the machine is shared; tests never assert a timing

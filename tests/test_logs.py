@@ -46,7 +46,7 @@ def test_setup_twice_does_not_duplicate_lines() -> None:
 
 
 def test_a_huge_message_makes_a_line_under_the_cap_that_is_still_json() -> None:
-    from shared.caps import MAX_RECORD_BYTES
+    from shared.record_caps import MAX_RECORD_BYTES
 
     stream = io.StringIO()
     setup_logging("json", "info", stream=stream)

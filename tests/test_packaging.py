@@ -417,10 +417,10 @@ def test_train_zip_trains_and_promotes_a_first_model_in_its_own_venv(
 ) -> None:
     """A data file lands in incoming/ with a schema in place: the first model is promoted."""
     require("train")
+    from shared.local.synth import day_frame, synth_schema
     from shared.model import ModelBundle
     from shared.schema import save_schema
     from shared.storage.local import LocalBucket
-    from shared.synth import day_frame, synth_schema
 
     root = tmp_path / "buckets"
     data, artifacts = LocalBucket(root, "prodml-data"), LocalBucket(root, "prodml-artifacts")

@@ -1,6 +1,6 @@
 """build_table: (re)build the static prediction table, on model promotion or on request.
 
-Two entry points on one builder (``shared.table_build.build_table``), routed by
+Two entry points on one builder (``shared.tables.build.build_table``), routed by
 ``shared.pipelines.launch.build_table_routed``: in-process when the key space fits the measured
 budget, else a Beam pipeline (DirectRunner locally, Dataflow on GCP); the log and the answer's
 ``path`` say which and why (docs/scale-out.md).
@@ -13,7 +13,7 @@ budget, else a Beam pipeline (DirectRunner locally, Dataflow on GCP); the log an
   A delivery functions-framework itself cannot parse is answered 2xx with a log line too
   (``shared.event_guard``).
 - ``build_table_http``: ``POST {"strategy": "full"|"top_k"|"auto", "k": N, "force": bool}`` for
-  a scheduler or a person; answers a JSON summary, or a 4xx with the error shape of DESIGN.md
+  a scheduler or a person; answers a JSON summary, or a 4xx with the error shape of docs/design.md
   section 5 for a bad body.
 """
 
@@ -34,7 +34,7 @@ from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
 from shared.pipelines.launch import PipelineFailed, build_table_routed
 from shared.storage import artifacts_bucket
-from shared.table_build import CURRENT_MODEL, BuildRequest, parse_build_request, superseded_by
+from shared.tables.build import CURRENT_MODEL, BuildRequest, parse_build_request, superseded_by
 
 MAX_BODY_BYTES = 4096  # a build request is a few short fields
 

@@ -5,10 +5,10 @@
   ``"classes"`` for a multiclass model: each score is then a list in that order);
 - ``GET /health`` reports the mode, model, table and counters.
 
-Bad input is a 4xx with the error body of DESIGN.md section 5; no model (or, in static mode, no
+Bad input is a 4xx with the error body of docs/design.md section 5; no model (or, in static mode, no
 table) yet is a 503 with ``Retry-After``: the client should retry, the platform should not. A
 500 means a real server fault and is logged with its traceback. All the logic lives in
-``shared.serving``; this file only reads the request and shapes the answer.
+``shared.serving.predictor``; this file only reads the request and shapes the answer.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import functions_framework
 from shared.config import get_settings
 from shared.errors import BadRequest, ModelNotReady
 from shared.logs import get_logger, setup_logging
-from shared.serving import Predictor
+from shared.serving.predictor import Predictor
 from shared.storage import artifacts_bucket
 
 _settings = get_settings()

@@ -1,7 +1,7 @@
-"""The train function: a CloudEvent function on the data bucket (DESIGN.md sections 1, 4).
+"""The train function: a CloudEvent function on the data bucket (docs/design.md sections 1, 4).
 
 Eventarc delivers "object finalized" events for every object of the data bucket; this entry point
-parses the event and hands it to ``shared.trainer.handle_event``, which validates the file,
+parses the event and hands it to ``shared.training.on_event.handle_event``, which validates the file,
 quarantines it or trains a challenger, and promotes it if it is not worse. A malformed event is
 logged and answered 2xx (it would not get better on retry), also one functions-framework itself
 cannot parse (``shared.event_guard``); only transient faults raise, so the platform retries
@@ -20,7 +20,7 @@ from shared.errors import InvalidEvent, InvalidObjectName, ProdMLError, StorageE
 from shared.event_guard import guard_event_parsing
 from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
-from shared.trainer import RetryLater, handle_event, record_error
+from shared.training.on_event import RetryLater, handle_event, record_error
 
 _settings = get_settings()
 setup_logging(_settings.log_format, _settings.log_level)
@@ -52,8 +52,8 @@ def on_data_file(cloud_event: CloudEvent) -> None:
         log.error(f"could not process {event.name!r}@{event.generation}: {exc}")
         record_error(event, exc, _settings)
     except Exception as exc:
-        # A bug or a model the estimator chokes on: retrying forever would not help either (the
-        # DESIGN: raise only for transient faults). Answered 2xx, but recorded where
-        # `prodml monitor` shows it, and left for `prodml replay`.
+        # A bug or a model the estimator chokes on: retrying forever would not help either
+        # (docs/design.md section 4: raise only for transient faults). Answered 2xx, but recorded
+        # where `prodml monitor` shows it, and left for `prodml replay`.
         log.exception(f"unexpected error on {event.name!r}@{event.generation}; left for `prodml replay`")
         record_error(event, exc, _settings)

@@ -1,4 +1,4 @@
-"""The ``prodml`` command line (DESIGN.md section 7).
+"""The ``prodml`` command line (docs/design.md section 7).
 
 Each command lives in its own module of this package, exposing ``register(subparsers)``, which
 adds a subparser whose ``func`` takes the parsed arguments and returns an exit code. Add a module

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from shared.config import Settings, get_settings
 
 if TYPE_CHECKING:
-    from shared.advisor import Advice
     from shared.pipelines.decide import Decision
+    from shared.tables.advisor import Advice
 
 DEFAULT_PNG = Path(".local/advise-coverage.png")
 
@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_advise(args: argparse.Namespace) -> int:
     """Advise, write the plot, print the report."""
-    from shared.advisor import advise, plot_coverage
     from shared.storage import artifacts_bucket
+    from shared.tables.advisor import advise, plot_coverage
 
     settings = get_settings()
     advice = advise(artifacts_bucket(settings), settings)

@@ -8,14 +8,14 @@ so a change there fails a test instead of silently leaving ``--help`` or a ``cho
 from __future__ import annotations
 
 STRATEGIES: tuple[str, ...] = ("auto", "full", "top_k")
-"""``shared.table_build.STRATEGIES``: which keys a table build scores."""
+"""``shared.tables.build.STRATEGIES``: which keys a table build scores."""
 
 FUNCTION, DIRECT, DATAFLOW = "function", "direct", "dataflow"
 PATHS: tuple[str, ...] = (FUNCTION, DIRECT, DATAFLOW)
 """``shared.pipelines.decide.PATHS``: where a table build or a bulk validation runs."""
 
 LABEL_NAMES: tuple[str, ...] = ("label", "target", "y")
-"""``shared.schema_infer.LABEL_NAMES``: column names ``prodml schema infer`` takes as the label."""
+"""``shared.data.schema_infer.LABEL_NAMES``: column names ``prodml schema infer`` takes as the label."""
 
 KEY_CARDINALITY = 691_200
-"""``shared.synth.KEY_CARDINALITY``: distinct keys of the synthetic dataset (shown in its help)."""
+"""``shared.local.synth.KEY_CARDINALITY``: distinct keys of the synthetic dataset (shown in its help)."""

@@ -1,4 +1,4 @@
-"""``prodml data synth``: write the synthetic ad-conversion dataset (see ``shared.synth``)."""
+"""``prodml data synth``: write the synthetic ad-conversion dataset (see ``shared.local.synth``)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_synth(args: argparse.Namespace) -> int:
     """Write the files and list them."""
-    from shared.synth import synthesize
+    from shared.local.synth import synthesize
 
     try:
         result = synthesize(

@@ -1,4 +1,4 @@
-"""``prodml demo``: the whole story on synthetic data (see ``shared.demo``)."""
+"""``prodml demo``: the whole story on synthetic data (see ``shared.local.demo``)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; SIGTERM stops it like Ctrl-C (everything started is stopped)."""
-    from shared.demo import DemoError, DemoOptions, run_demo
+    from shared.local.demo import DemoError, DemoOptions, run_demo
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

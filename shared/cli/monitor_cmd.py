@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def collect() -> list[dict[str, Any]]:
     """Monitoring records and quarantine records, merged per file generation, oldest first, then
     the files waiting in ``incoming/`` with no outcome, and why (``unprocessed_files``)."""
-    from shared.monitoring import list_records, unprocessed_files
-    from shared.quarantine import list_quarantine
+    from shared.data.monitoring import list_records, unprocessed_files
+    from shared.data.quarantine import list_quarantine
     from shared.storage import artifacts_bucket, data_bucket
 
     settings = get_settings()
@@ -82,7 +82,7 @@ def _quarantine_message(row: dict[str, Any]) -> Any:
 def render(rows: list[dict[str, Any]]) -> str:
     """One line per file, then the quarantine reasons; control characters of names and messages
     escaped (``shared.display``)."""
-    from shared.monitoring import PRIMARY_METRIC
+    from shared.data.monitoring import PRIMARY_METRIC
 
     header = ("time", "file", "model", "primary", "acc/auc", "max psi", "drifted", "outcome")
     table = [header]

@@ -118,7 +118,7 @@ def run_table(args: argparse.Namespace) -> int:
     """Build where it fits; print the result and the path taken."""
     from shared.pipelines.launch import build_table_routed
     from shared.storage import artifacts_bucket
-    from shared.table_build import NOTHING, parse_build_request
+    from shared.tables.build import NOTHING, parse_build_request
 
     settings = get_settings()
     body: dict[str, Any] = {"strategy": args.strategy, "force": args.force}
@@ -176,7 +176,7 @@ def run_decide(args: argparse.Namespace) -> int:
     from shared.model import ModelBundle
     from shared.pipelines.decide import decide_for_model
     from shared.storage import artifacts_bucket
-    from shared.table_build import CURRENT_MODEL
+    from shared.tables.build import CURRENT_MODEL
 
     settings = get_settings()
     try:

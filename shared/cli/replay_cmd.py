@@ -1,4 +1,7 @@
-"""``prodml replay``: fire events again for data files not yet processed (see ``shared.router.replay``)."""
+"""``prodml replay``: fire events again for data files not yet processed.
+
+See ``shared.local.router.replay``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from shared.config import get_settings
 from shared.display import printable, render_table
 
 if TYPE_CHECKING:
-    from shared.router.replay import ReplayOutcome
+    from shared.local.router.replay import ReplayOutcome
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     """Replay and list what happened; exit 1 if any file is still not done (failed, no schema, ...)."""
-    from shared.router.replay import UNFINISHED, replay, replay_in_process
+    from shared.local.router.replay import UNFINISHED, replay, replay_in_process
 
     settings = get_settings()
     if args.in_process or settings.storage_backend == "gcs":

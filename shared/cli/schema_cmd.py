@@ -55,8 +55,8 @@ def run_infer(args: argparse.Namespace) -> int:
     if not args.file.is_file():
         print(f"prodml schema infer: no such file {str(args.file)!r}", file=sys.stderr)
         return 1
-    from shared.datafiles import read_frame
-    from shared.schema_infer import default_label, infer_schema
+    from shared.data.files import read_frame
+    from shared.data.schema_infer import default_label, infer_schema
     from shared.storage import artifacts_bucket
 
     try:

@@ -1,6 +1,6 @@
 """``prodml train``, ``prodml models`` and ``prodml rollback``: static training and the registry.
 
-``prodml train FILE...`` is static training (DESIGN.md section 1): it validates the local files
+``prodml train FILE...`` is static training (docs/design.md section 1): it validates the local files
 against ``schema.json``, uploads them to ``incoming/`` of the data bucket (so later full retrains
 of the train function can read them again, and the lineage names bucket objects), trains a
 fresh model on them alone, evaluates it beside the current model on the same held-out rows,
@@ -84,7 +84,7 @@ def upload_file(data: Bucket, path: Path) -> tuple[str, int]:
     An object already there with the very same bytes is reused (running ``prodml train`` again);
     one with other bytes is an error: overwriting it would orphan the lineage that names it.
     """
-    from shared.quarantine import INCOMING_PREFIX
+    from shared.data.quarantine import INCOMING_PREFIX
 
     name = INCOMING_PREFIX + path.name
     try:
@@ -105,7 +105,7 @@ def promote(
     artifacts: Bucket, version: str, model_bytes: bytes, settings: Settings, by: str
 ) -> tuple[str | None, int]:
     """CAS-swap ``version`` in, re-reading the current model when another writer won; (previous, gen)."""
-    from shared import registry
+    from shared.training import registry
 
     for _ in range(settings.cas_max_attempts):
         try:
@@ -125,9 +125,9 @@ def promote(
 
 def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) -> dict[str, Any]:
     """Static training on local files (see the module docstring); the summary printed by the command."""
-    from shared import registry
-    from shared.challenger import build_challenger, make_data_file
-    from shared.validation import validate_file
+    from shared.data.validation import validate_file
+    from shared.training import registry
+    from shared.training.challenger import build_challenger, make_data_file
 
     data, artifacts = data_bucket(settings), artifacts_bucket(settings)
     schema = load_schema(artifacts)
@@ -213,7 +213,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def list_models(settings: Settings) -> dict[str, Any]:
     """Every version with what ``prodml models`` shows, and the current version."""
-    from shared import registry
+    from shared.training import registry
 
     artifacts = artifacts_bucket(settings)
     try:
@@ -296,7 +296,7 @@ def run_models(args: argparse.Namespace) -> int:
 
 def run_rollback(args: argparse.Namespace) -> int:
     """Roll back and say from which version to which."""
-    from shared import registry
+    from shared.training import registry
 
     settings = get_settings()
     try:

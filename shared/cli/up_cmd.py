@@ -1,4 +1,4 @@
-"""``prodml up``: run the local stack until Ctrl-C (see ``shared.localstack``)."""
+"""``prodml up``: run the local stack until Ctrl-C (see ``shared.local.stack``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from shared.functions_spec import DECLARATION, load_declaration
+from shared.local.functions import DECLARATION, load_declaration
 
 if TYPE_CHECKING:
-    from shared.localstack import LocalStack
+    from shared.local.stack import LocalStack
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_up(args: argparse.Namespace) -> int:
     """Start the stack, print where everything is, wait for SIGINT or SIGTERM, stop it."""
-    from shared.localstack import LocalStack
+    from shared.local.stack import LocalStack
 
     stopping = threading.Event()
 
@@ -81,7 +81,7 @@ def run_up(args: argparse.Namespace) -> int:
 
 def _env_without_state() -> dict[str, str]:
     """The environment with its own bucket and dead-letter settings, paths made absolute."""
-    from shared.localstack import stack_environment
+    from shared.local.stack import stack_environment
 
     return stack_environment(None, os.environ)
 

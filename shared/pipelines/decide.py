@@ -6,7 +6,7 @@ the key space fits its budget, measured rather than guessed:
 - rows: at most ``TABLE_MAX_ROWS`` keys (the builder's memory bound: 16 bytes a key), and
 - time: ``rows / measured rows per second`` at most ``TABLE_FUNCTION_BUDGET_SECONDS``, where the
   rate is measured on the spot by scoring a sample of real keys with the real model through
-  ``keyspace.score_keys`` (the builder's own scoring path; a bigger model is slower, and the
+  ``shared.tables.keys.score_keys`` (the builder's own scoring path; a bigger model is slower, and the
   measurement sees it).
 
 Otherwise the build goes to the pipeline: a DirectRunner subprocess locally
@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from shared.config import Settings
-from shared.keyspace import full_chunks, score_keys
 from shared.model import ModelBundle
+from shared.tables.keys import full_chunks, score_keys
 
 FUNCTION = "function"
 DIRECT = "direct"

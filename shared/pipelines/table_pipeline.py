@@ -1,6 +1,6 @@
 """The static table build as an Apache Beam pipeline: the same table, scored by many workers.
 
-The in-function builder (``shared.table_build.build_table``) scores every key in one process; a
+The in-function builder (``shared.tables.build.build_table``) scores every key in one process; a
 function cannot do 10^8 keys inside its timeout. This pipeline does the same build with Beam::
 
     Create(blocks of key codes) -> Reshuffle -> BatchElements -> ScoreBlocks -> part files
@@ -10,14 +10,14 @@ function cannot do 10^8 keys inside its timeout. This pipeline does the same bui
 What it shares with the in-function builder, called rather than copied:
 
 - the plan (strategy, which keys, hit rate from traffic) and the "already current" check:
-  ``table_build.plan_build`` and ``table_build.is_same_build``, with ``PIPELINE_MAX_ROWS`` as the limit
-  of a full build instead of ``TABLE_MAX_ROWS``;
-- the keys and their scores: ``keyspace.full_chunks`` / ``keyspace.decode_keys`` and
-  ``keyspace.score_keys`` (``ModelBundle.scores`` on ``to_frame``), so a score is the same float;
+  ``shared.tables.build.plan_build`` and ``shared.tables.build.is_same_build``, with
+  ``PIPELINE_MAX_ROWS`` as the limit of a full build instead of ``TABLE_MAX_ROWS``;
+- the keys and their scores: ``shared.tables.keys.full_chunks`` / ``shared.tables.keys.decode_keys`` and
+  ``shared.tables.keys.score_keys`` (``ModelBundle.scores`` on ``to_frame``), so a score is the same float;
 - the output: ``table.write_table`` (one npz of its own, ``tables/<model version>/<strategy>-<build
   id>.npz``, same arrays, same meta fields) and
-  ``table_build.switch_to_table`` (compare-and-swap of ``tables/current.json``, unless the model changed
-  during the build or a newer model's table is current).
+  ``shared.tables.build.switch_to_table`` (compare-and-swap of ``tables/current.json``, unless the
+  model changed during the build or a newer model's table is current).
 
 Scored parts go to the run's temporary folder (``--temp_location``: a local folder for the
 DirectRunner, ``gs://`` on Dataflow), not through Beam's shuffle, so the publishing step holds
@@ -45,12 +45,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from shared.config import Settings
 from shared.errors import ModelNotReady, NotFound
-from shared.keyspace import decode_keys, non_key_defaults, score_keys, score_width
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.storage import artifacts_bucket
-from shared.table import build_blob, new_build_id, read_pointer, write_table
-from shared.table_build import (
+from shared.tables.build import (
     BUILT,
     CURRENT_MODEL,
     NOTHING,
@@ -63,6 +61,8 @@ from shared.table_build import (
     skipped_result,
     switch_to_table,
 )
+from shared.tables.format import build_blob, new_build_id, read_pointer, write_table
+from shared.tables.keys import decode_keys, non_key_defaults, score_keys, score_width
 
 log = get_logger(__name__)
 
@@ -161,7 +161,7 @@ class Publish(beam.DoFn):
         built_at = now.isoformat()
         plan = job.plan
         blob = build_blob(bundle.version, plan.strategy, new_build_id(now))
-        meta = {  # the fields and values of table_build.build_table's meta, plus who built it
+        meta = {  # the fields and values of shared.tables.build.build_table's meta, plus who built it
             "rows": plan.rows,
             "model_version": bundle.version,
             "model_generation": job.model_generation,

@@ -38,13 +38,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from shared.config import Settings
+from shared.data.monitoring import reference_stats
+from shared.data.quarantine import QUARANTINE_PREFIX, REASON_SUFFIX, quarantine_object
+from shared.data.validation import check_size, validate_file
 from shared.errors import NotFound, ValidationFailed
 from shared.logs import get_logger
-from shared.monitoring import reference_stats
-from shared.quarantine import QUARANTINE_PREFIX, REASON_SUFFIX, quarantine_object
 from shared.schema import Schema, load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
-from shared.validation import check_size, validate_file
 
 log = get_logger(__name__)
 

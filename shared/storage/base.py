@@ -1,4 +1,4 @@
-"""The bucket interface every part of ``shared`` talks to (DESIGN.md section 3).
+"""The bucket interface every part of ``shared`` talks to (docs/design.md section 3).
 
 Two implementations: ``LocalBucket`` (a folder, the embedded default) and ``GCSBucket``
 (google-cloud-storage). Both raise the same errors from ``shared.errors``: ``NotFound``,

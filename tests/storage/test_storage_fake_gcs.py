@@ -15,9 +15,9 @@ import pytest
 from conftest import fake_gcs_client, new_gcs_bucket
 from google.cloud.storage import Client
 
-from shared import registry
 from shared.errors import NotFound, PreconditionFailed
 from shared.storage.gcs import GCSBucket
+from shared.training import registry
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,1 @@
+"""Data in: reading files, the contract check, quarantine, schema inference, monitoring."""

@@ -1,0 +1,244 @@
+"""What a predict instance serves from, and how it is (re)loaded from the artifacts bucket.
+
+``ServingState`` is immutable: the model, the table, and the checks and key codec made for the
+model's schema. ``StateLoader.reload`` stats ``models/current.skops`` and ``tables/current.json``,
+loads only what changed, and swaps a whole new state in with one reference assignment, so a
+request that read the old reference finishes with the old model and table, and one that reads
+the new reference sees both new ones: no answer ever mixes two versions.
+
+A new model or table whose content cannot be loaded (corrupt, untrusted types, a malformed
+pointer, a pointer to a missing or malformed blob) is logged, shown in ``last_reload_error``, and
+skipped until its generation changes: the instance keeps serving what it had. A storage fault
+(a timeout, a 5xx from the bucket) says nothing about the content, so that generation is not
+skipped: ``retry_pending`` is set and the next reload tries again.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from shared.config import Settings
+from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, StorageError
+from shared.logs import get_logger
+from shared.model import ModelBundle
+from shared.serving.request_checks import InstanceChecker
+from shared.storage import Bucket
+from shared.tables.codec import KeyCodec
+from shared.tables.format import CURRENT_POINTER, Table, read_pointed_table, read_valid_pointer
+
+log = get_logger(__name__)
+
+CURRENT_MODEL = "models/current.skops"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ServingState:
+    """Everything one answer is computed from; replaced whole, never changed."""
+
+    model: ModelBundle
+    model_generation: int
+    model_updated: datetime
+    model_loaded_by: str  # who loaded this model: "first request", "reload thread" or "reload()"
+    model_loaded_check: int  # the number of the reload check that loaded it (StateLoader.checks)
+    table: Table | None
+    table_generation: int  # generation of the pointer the table was read through (0: none)
+    table_usable: bool  # whether this mode may answer from the table
+    table_note: str  # why the table is (not) used, for /health
+    checker: InstanceChecker
+    codec: KeyCodec
+    loaded_at: datetime
+
+
+def table_fits(table: Table, model: ModelBundle, mode: str) -> tuple[bool, str]:
+    """Whether ``mode`` may answer from ``table`` while ``model`` is served, and why (not).
+
+    The key and the score shape must fit the model's schema; in hybrid mode the table must also
+    have been built from this very model version, so hits and misses come from one model.
+    """
+    schema = model.schema
+    if tuple(table.key) != tuple(schema.key):
+        return False, f"table key {list(table.key)} differs from the schema key {list(schema.key)}"
+    width = len(model.classes) if model.task == "multiclass" else 0
+    if (table.scores.ndim == 2 and table.scores.shape[1] != width) or (table.scores.ndim == 1 and width):
+        return False, f"table scores of shape {table.scores.shape} do not fit a {model.task} model"
+    if mode == "hybrid" and table.model_version != model.version:
+        return False, f"table was built from model {table.model_version!r}, serving {model.version!r}"
+    return True, "in use"
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a storage fault worth retrying (not a statement about the content).
+
+    ``NotFound`` and ``InvalidObjectName`` are answers about the content (a pointer to a missing
+    or badly named table), so they are not transient; other ``StorageError``s and OS errors
+    (timeouts, connection resets, I/O errors) are.
+    """
+    if isinstance(exc, NotFound | InvalidObjectName | PreconditionFailed):
+        return False
+    return isinstance(exc, StorageError | OSError)
+
+
+class StateLoader:
+    """Loads the serving state and reloads what changed; one reload at a time."""
+
+    def __init__(self, artifacts: Bucket, settings: Settings) -> None:
+        self.artifacts = artifacts
+        self.settings = settings
+        self.mode = settings.serving_mode
+        self.state: ServingState | None = None
+        self.last_error: str | None = None
+        self.reloads = 0
+        self.checks = 0  # reload checks so far (each looks at both generations once)
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._skip: dict[str, int] = {}  # blob -> generation whose content failed to load (not retried)
+        self.retry_pending = False  # the last reload met a storage fault: the next one should retry
+
+    def reload(self, by: str = "reload()") -> bool:
+        """Load whatever changed since the last look; True when a new state was swapped in.
+
+        ``by`` names the caller (shown in ``/health`` for the model it loads), so a test or an
+        operator can tell a pick-up by the reload thread from one by a request.
+        """
+        with self._lock:
+            self.checks += 1
+            return self._reload(by)
+
+    def _generation(self, blob: str) -> int:
+        try:
+            return self.artifacts.stat(blob).generation
+        except NotFound:
+            return 0
+
+    def _reload(self, by: str) -> bool:
+        self.retry_pending = False
+        current = self.state
+        seen = (current.model_generation, current.table_generation) if current else None
+        try:
+            model_gen = self._generation(CURRENT_MODEL)
+            pointer_gen = self._generation(CURRENT_POINTER)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._failed("models/ and tables/ generations", 0, exc)
+            return False
+        if (model_gen, pointer_gen) == seen:
+            return False
+        model, model_gen, model_updated = self._load_model(current, model_gen)
+        if model is None:
+            return False
+        table, table_gen = self._load_table(current, pointer_gen)
+        if (model_gen, table_gen) == seen:
+            return False  # what changed could not be loaded: keep the current state
+        if self.mode == "dynamic":
+            usable, note = False, "dynamic mode answers from the model only"
+        elif table is None:
+            usable, note = False, "no table"
+        else:
+            usable, note = table_fits(table, model, self.mode)
+        reuse = current is not None and current.model.schema == model.schema
+        same_model = current is not None and current.model is model
+        loaded_by, loaded_check = (
+            (current.model_loaded_by, current.model_loaded_check)
+            if same_model and current
+            else (by, self.checks)
+        )
+        state = ServingState(
+            model=model,
+            model_generation=model_gen,
+            model_updated=model_updated,
+            model_loaded_by=loaded_by,
+            model_loaded_check=loaded_check,
+            table=table,
+            table_generation=table_gen,
+            table_usable=usable,
+            table_note=note,
+            checker=current.checker
+            if reuse and current
+            else InstanceChecker(model.schema, self.settings.max_instances),
+            codec=current.codec if reuse and current else KeyCodec(model.schema),
+            loaded_at=datetime.now(UTC),
+        )
+        self.state = state  # one reference assignment: requests see the old or the new state
+        self.reloads += 1
+        log.info(
+            "serving state loaded",
+            extra={
+                "fields": {
+                    "mode": self.mode,
+                    "model_version": model.version,
+                    "model_generation": model_gen,
+                    "table_version": table.version if table else None,
+                    "table_rows": len(table) if table else 0,
+                    "table_used": usable,
+                    "table_note": note,
+                }
+            },
+        )
+        return True
+
+    def _failed(self, blob: str, generation: int, exc: BaseException) -> None:
+        """Record a failed load: skip that generation for a content fault, retry a storage fault."""
+        self.last_error = f"{blob}@{generation}: {exc}"
+        self.failures += 1
+        fields = {"blob": blob, "generation": generation, "error": repr(exc)}
+        if is_transient(exc):
+            self.retry_pending = True
+            log.warning(
+                "storage fault while loading a serving artifact; will retry", extra={"fields": fields}
+            )
+            return
+        self._skip[blob] = generation
+        log.error("could not load a new serving artifact; keeping the current one", extra={"fields": fields})
+
+    def _load_model(
+        self, current: ServingState | None, generation: int
+    ) -> tuple[ModelBundle | None, int, datetime]:
+        keep = (
+            (current.model, current.model_generation, current.model_updated) if current else (None, 0, _EPOCH)
+        )
+        if generation == 0:
+            if current is not None:
+                log.warning("serving model blob vanished; keeping the loaded model")
+            return keep
+        if (current is not None and generation == current.model_generation) or self._skip.get(
+            CURRENT_MODEL
+        ) == generation:
+            return keep
+        try:
+            data, info = self.artifacts.read_with_info(CURRENT_MODEL)
+            model = ModelBundle.from_bytes(
+                data, self.settings.model_trusted_types, max_bytes=self.settings.max_model_bytes
+            )
+        except NotFound:
+            return keep
+        except Exception as exc:  # neither a corrupt model nor a storage fault may take serving down
+            self._failed(CURRENT_MODEL, generation, exc)
+            return keep
+        return model, info.generation, info.updated
+
+    def _load_table(self, current: ServingState | None, generation: int) -> tuple[Table | None, int]:
+        keep = (current.table, current.table_generation) if current else (None, 0)
+        if self.mode == "dynamic":
+            return None, generation  # never used: do not spend memory on it
+        if current is not None and generation == current.table_generation:
+            return keep
+        if generation == 0:
+            return None, 0
+        if self._skip.get(CURRENT_POINTER) == generation:
+            return keep
+        try:
+            # A malformed pointer raises, as a corrupt model does: it is no statement that there
+            # is no table, so the table being served stays, and /health says why.
+            pointer, pointer_gen = read_valid_pointer(self.artifacts)
+            if pointer is None:  # deleted meanwhile: there is no table any more
+                return None, pointer_gen
+            # the exact object it names
+            table = read_pointed_table(self.artifacts, pointer, max_bytes=self.settings.max_table_bytes)
+        except Exception as exc:  # a malformed pointer or table, or a storage fault: keep what we have
+            self._failed(CURRENT_POINTER, generation, exc)
+            return keep
+        return table, pointer_gen

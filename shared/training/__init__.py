@@ -1,0 +1,1 @@
+"""Training: the train function's event handler, fitting, the challenger and its gate, the registry."""
