@@ -1,4 +1,4 @@
-# The two buckets of the system (DESIGN.md section 3) and the bucket holding function sources.
+# The two buckets of the system (docs/design.md section 3) and the bucket holding function sources.
 # All three: uniform bucket-level access (IAM only, no object ACLs; IAM conditions need it) and
 # public access prevention enforced (no allUsers grant can ever open them).
 

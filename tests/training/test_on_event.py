@@ -1,7 +1,8 @@
 """The trainer in-process, on real local buckets: every task, both strategies, the paths around.
 
-The train function process (tests/test_train_function.py) runs the same ``handle_event``; here the
-cases that need a different schema or settings per test, or an injected fault, run without one.
+The train function process (tests/functions/test_train_function.py) runs the same
+``handle_event``; here the cases that need a different schema or settings per test, or an
+injected fault, run without one.
 """
 
 from __future__ import annotations
