@@ -26,8 +26,9 @@ import pandas as pd
 from sklearn import metrics
 
 from shared.config import Settings
-from shared.data.files import category_strings, details, jsonable, numeric_values
+from shared.data.fault_details import details, jsonable
 from shared.data.quarantine import INCOMING_PREFIX
+from shared.data.values import category_strings, numeric_values
 from shared.errors import NotFound, SchemaError, ValidationFailed
 from shared.logs import get_logger
 from shared.model import ModelBundle, to_frame
