@@ -61,7 +61,8 @@ def _measure(key: tuple[str, ...], repeat: int) -> tuple[int, float, float, floa
     (from the pipeline's own start, after the interpreter's) of a full build of ``key``."""
     from shared.config import load_settings
     from shared.pipelines.launch import run_direct
-    from shared.tables.build import BuildRequest, build_table
+    from shared.tables.build import build_table
+    from shared.tables.plan import BuildRequest
 
     bundle = _bundle(key)
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as folder:

@@ -104,8 +104,9 @@ def _settings(root: Path, **extra: str) -> Any:
 
 def _throughput(quick: bool, tmp: Path) -> list[Row]:
     from shared.storage.local import LocalBucket
-    from shared.tables.build import BuildRequest, build_table
+    from shared.tables.build import build_table
     from shared.tables.keys import full_chunks, instance_frame
+    from shared.tables.plan import BuildRequest
 
     bundle = _synth_bundle()
     schema = bundle.schema
@@ -151,7 +152,8 @@ def _throughput(quick: bool, tmp: Path) -> list[Row]:
 
 def _memory_child(root: Path, keys: int) -> dict[str, float]:
     """In a fresh process: build the full table of ``keys`` keys; report peak and pre-build RSS."""
-    from shared.tables.build import BuildRequest, build_table
+    from shared.tables.build import build_table
+    from shared.tables.plan import BuildRequest
 
     settings = _settings(root, TABLE_MAX_ROWS=str(keys))
     from shared.storage.local import LocalBucket

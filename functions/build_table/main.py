@@ -34,7 +34,9 @@ from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
 from shared.pipelines.launch import PipelineFailed, build_table_routed
 from shared.storage import artifacts_bucket
-from shared.tables.build import CURRENT_MODEL, BuildRequest, parse_build_request, superseded_by
+from shared.tables.build import CURRENT_MODEL
+from shared.tables.plan import BuildRequest, parse_build_request
+from shared.tables.switch import superseded_by
 
 MAX_BODY_BYTES = 4096  # a build request is a few short fields
 

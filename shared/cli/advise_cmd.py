@@ -37,7 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_advise(args: argparse.Namespace) -> int:
     """Advise, write the plot, print the report."""
     from shared.storage import artifacts_bucket
-    from shared.tables.advisor import advise, plot_coverage
+    from shared.tables.advisor import advise
+    from shared.tables.advisor_plot import plot_coverage
 
     settings = get_settings()
     advice = advise(artifacts_bucket(settings), settings)

@@ -8,7 +8,7 @@ so a change there fails a test instead of silently leaving ``--help`` or a ``cho
 from __future__ import annotations
 
 STRATEGIES: tuple[str, ...] = ("auto", "full", "top_k")
-"""``shared.tables.build.STRATEGIES``: which keys a table build scores."""
+"""``shared.tables.plan.STRATEGIES``: which keys a table build scores."""
 
 FUNCTION, DIRECT, DATAFLOW = "function", "direct", "dataflow"
 PATHS: tuple[str, ...] = (FUNCTION, DIRECT, DATAFLOW)

@@ -118,7 +118,8 @@ def run_table(args: argparse.Namespace) -> int:
     """Build where it fits; print the result and the path taken."""
     from shared.pipelines.launch import build_table_routed
     from shared.storage import artifacts_bucket
-    from shared.tables.build import NOTHING, parse_build_request
+    from shared.tables.plan import parse_build_request
+    from shared.tables.result import NOTHING
 
     settings = get_settings()
     body: dict[str, Any] = {"strategy": args.strategy, "force": args.force}

@@ -13,7 +13,7 @@ from shared.cli.pipeline_cmd import run_table as run_routed_table
 from shared.config import get_settings
 
 if TYPE_CHECKING:
-    from shared.tables.build import BuildResult
+    from shared.tables.result import BuildResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +45,9 @@ def run_build(args: argparse.Namespace) -> int:
     if args.runner is not None:  # where to build is decided (or forced): see shared.pipelines
         return run_routed_table(args)
     from shared.storage import artifacts_bucket
-    from shared.tables.build import NOTHING, build_table, parse_build_request
+    from shared.tables.build import build_table
+    from shared.tables.plan import parse_build_request
+    from shared.tables.result import NOTHING
 
     settings = get_settings()
     body = {"strategy": args.strategy, "force": args.force}

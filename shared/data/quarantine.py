@@ -24,7 +24,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.data.files import jsonable
+from shared.data.fault_details import jsonable
 from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, ProdMLError, ValidationFailed
 from shared.logs import get_logger
 from shared.record_caps import fit_record

@@ -1,6 +1,6 @@
 """A first ``schema.json`` from a data file, for a person to review (``prodml schema infer``).
 
-How each column is read (values as ``shared.data.files`` reads them):
+How each column is read (values as ``shared.data.values`` reads them):
 
 - text and true/false columns become ``category`` features, the domain the sorted distinct
   values (as canonical strings). A column with more than ``max_categories`` distinct values is
@@ -31,7 +31,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from shared.data.files import category_strings, numeric_values
+from shared.data.values import category_strings, numeric_values
 from shared.errors import SchemaError
 from shared.logs import get_logger
 from shared.schema import Feature, Label, Scalar, Schema

@@ -4,7 +4,8 @@
 the first rule that fails raises ``ValidationFailed(rule, message, details)`` naming every column
 that breaks it, the first bad rows (1-based data rows: row 1 is the line after a CSV header),
 sample bad values and how many cells are bad. The train function quarantines the file with that
-reason; nothing of it reaches a model.
+reason; nothing of it reaches a model. The value rules themselves, one function a rule, are in
+``shared.data.validation_rules``.
 
 =================  =====================================================================
 rule               fails when
@@ -51,27 +52,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from shared.config import Settings
-from shared.data.files import (
-    category_strings,
-    details,
-    file_format,
-    names_listed,
-    numeric_values,
-    read_table,
+from shared.data.fault_details import details, names_listed
+from shared.data.files import file_format, read_table
+from shared.data.validation_rules import (
+    MAX_SAMPLES,
+    check_domains,
+    check_label,
+    check_masks,
+    check_null_share,
+    check_range,
+    fractional,
+    label_nulls,
 )
+from shared.data.values import category_strings, numeric_values
 from shared.errors import ConfigError, ValidationFailed
 from shared.model import to_frame
-from shared.record_caps import cut_text
-from shared.schema import Feature, Schema
-
-MAX_SAMPLES = 5
-MAX_ROWS_LISTED = 10
+from shared.schema import Schema
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,38 @@ def validate_frame(
     ``columns``: every column of the file, when ``raw`` holds only some of them.
     """
     all_columns = columns if columns is not None else [str(c) for c in raw.columns]
-    rows = len(raw)
-    if rows == 0:
+    _check_columns(raw, object_name, schema, all_columns)
+    parsed = _parse_features(raw, schema)
+    label_values, unseen = _check_values(raw, object_name, schema, settings, parsed)
+    frame, dropped = _complete_rows(object_name, schema, parsed, label_values)
+    known = set(schema.feature_names) | {schema.label.name}
+    return ValidatedData(
+        frame=frame,
+        rows=len(raw),
+        unseen_categories=unseen,
+        null_shares=parsed.null_shares,
+        format=fmt,
+        extra_columns=[c for c in all_columns if c not in known],
+        dropped_rows=dropped,
+    )
+
+
+@dataclass(frozen=True)
+class _ParsedFeatures:
+    """Each feature parsed once: category strings, or numbers plus a mask of text cells; and the
+    masks of missing cells (features) and missing labels, which the rules and the drop share."""
+
+    strings: dict[str, pd.Series]
+    numbers: dict[str, pd.Series]
+    text: dict[str, pd.Series]
+    null_masks: dict[str, pd.Series]
+    label_nulls: pd.Series
+    null_shares: dict[str, float]
+
+
+def _check_columns(raw: pd.DataFrame, object_name: str, schema: Schema, all_columns: list[str]) -> None:
+    """The rules on the frame's shape: ``empty``, ``missing_label``, ``missing_columns``."""
+    if len(raw) == 0:
         raise ValidationFailed("empty", f"{object_name!r} has no data rows", details(count=0))
     label = schema.label
     if label.name not in raw.columns:
@@ -176,10 +207,10 @@ def validate_frame(
             f"columns are {names_listed(all_columns)}",
             details(columns=missing, count=len(missing)),
         )
-    known = set(schema.feature_names) | {label.name}
-    extra = [c for c in all_columns if c not in known]
 
-    # Parse each feature once: category strings, or numbers plus a mask of text cells.
+
+def _parse_features(raw: pd.DataFrame, schema: Schema) -> _ParsedFeatures:
+    """Parse every feature column once, and find the missing cells of each and of the label."""
     strings: dict[str, pd.Series] = {}
     numbers: dict[str, pd.Series] = {}
     text: dict[str, pd.Series] = {}
@@ -188,240 +219,63 @@ def validate_frame(
             strings[feature.name] = category_strings(raw[feature.name])
         else:
             numbers[feature.name], text[feature.name] = numeric_values(raw[feature.name])
-
+    # A text cell in a number column is not missing: it is wrong_type, a rule of its own.
     null_masks = {
         f.name: (strings[f.name].isna() if f.type == "category" else numbers[f.name].isna() & ~text[f.name])
         for f in schema.features
     }
-    label_nulls = _label_nulls(schema, raw[label.name])
+    nulls = label_nulls(schema, raw[schema.label.name])
     null_shares = {name: float(mask.mean()) for name, mask in null_masks.items()}
-    null_shares[label.name] = float(label_nulls.mean())
+    null_shares[schema.label.name] = float(nulls.mean())
+    return _ParsedFeatures(strings, numbers, text, null_masks, nulls, null_shares)
 
-    _check_null_share(object_name, null_masks, settings.max_null_share)
-    _check_masks(
-        object_name,
-        "wrong_type",
-        {n: t for n, t in text.items()},
-        raw,
-        "must hold numbers, found text",
-    )
+
+def _check_values(
+    raw: pd.DataFrame, object_name: str, schema: Schema, settings: Settings, parsed: _ParsedFeatures
+) -> tuple[pd.Series, dict[str, list[str]]]:
+    """The value rules in the module docstring's order; the typed label and the unseen categories."""
+    numbers = parsed.numbers
+    check_null_share(object_name, parsed.null_masks, settings.max_null_share)
+    check_masks(object_name, "wrong_type", dict(parsed.text), raw, "must hold numbers, found text")
     integers = [f for f in schema.features if f.type == "integer"]
-    _check_masks(
+    check_masks(
         object_name,
         "not_integer",
-        {f.name: _fractional(numbers[f.name]) for f in integers},
+        {f.name: fractional(numbers[f.name]) for f in integers},
         raw,
         "must hold whole numbers, found",
     )
-    _check_masks(
+    check_masks(
         object_name,
         "non_finite",
         {n: pd.Series(np.isinf(v.to_numpy()), index=v.index) for n, v in numbers.items()},
         raw,
         "must hold finite numbers, found",
     )
-    _check_range(object_name, schema, numbers, raw)
-    unseen = _check_domains(object_name, schema, strings, raw, settings.unseen_category_policy)
-    label_values = _check_label(object_name, schema, raw[label.name], label_nulls)
+    check_range(object_name, schema, numbers, raw)
+    unseen = check_domains(object_name, schema, parsed.strings, raw, settings.unseen_category_policy)
+    label_values = check_label(object_name, schema, raw[schema.label.name], parsed.label_nulls)
+    return label_values, unseen
 
-    keep = ~pd.concat(list(null_masks.values()), axis=1).any(axis=1)
+
+def _complete_rows(
+    object_name: str, schema: Schema, parsed: _ParsedFeatures, label_values: pd.Series
+) -> tuple[pd.DataFrame, int]:
+    """The frame of the complete rows (index 0..len-1) and how many rows were dropped."""
+    keep = ~pd.concat(list(parsed.null_masks.values()), axis=1).any(axis=1)
     dropped = int((~keep).sum())
     if not keep.any():
         raise ValidationFailed(
             "empty",
             f"{object_name!r}: no complete rows left after dropping {dropped} rows with missing values",
-            details(columns=[n for n, m in null_masks.items() if m.any()], count=dropped),
+            details(columns=[n for n, m in parsed.null_masks.items() if m.any()], count=dropped),
         )
     clean = pd.DataFrame(
         {
-            f.name: (strings[f.name] if f.type == "category" else numbers[f.name])[keep]
+            f.name: (parsed.strings[f.name] if f.type == "category" else parsed.numbers[f.name])[keep]
             for f in schema.features
         }
     )
     frame = to_frame(schema, clean)
-    frame[label.name] = label_values[keep]
-    return ValidatedData(
-        frame=frame.reset_index(drop=True),
-        rows=rows,
-        unseen_categories=unseen,
-        null_shares=null_shares,
-        format=fmt,
-        extra_columns=extra,
-        dropped_rows=dropped,
-    )
-
-
-# --- rules ---------------------------------------------------------------------------------
-
-
-def _rows(mask: pd.Series) -> list[int]:
-    return [int(i) + 1 for i in mask[mask].index[:MAX_ROWS_LISTED]]
-
-
-def _samples(values: pd.Series, mask: pd.Series) -> list[Any]:
-    """Up to MAX_SAMPLES distinct bad values, in order of appearance, each cut (``_sample``)."""
-    out: list[Any] = []
-    for value in values[mask]:
-        if value not in out:
-            out.append(value)
-        if len(out) == MAX_SAMPLES:
-            break
-    return [_sample(v) for v in out]
-
-
-def _sample(value: Any) -> Any:
-    """A bad value as a message shows it: a number as it is, anything else as text cut to
-    ``caps.MAX_VALUE_CHARS`` (a 10 MB cell, or a JSON list in a cell, is quoted by its start)."""
-    if isinstance(value, str):
-        return cut_text(value)
-    if value is None or isinstance(value, bool | int | float | np.number | np.bool_):
-        return value
-    return cut_text(str(value))
-
-
-def _fail_columns(
-    object_name: str,
-    rule: str,
-    masks: dict[str, pd.Series],
-    shown: dict[str, pd.Series],
-    what: str,
-    **extra: Any,
-) -> None:
-    """Raise ``rule`` for the columns whose mask has a True cell, naming values from ``shown``."""
-    bad = {name: mask for name, mask in masks.items() if bool(mask.any())}
-    if not bad:
-        return
-    first = next(iter(bad))
-    samples = _samples(shown[first], bad[first])
-    rows = _rows(bad[first])
-    count = int(sum(int(m.sum()) for m in bad.values()))
-    parts = [f"{name!r} ({int(m.sum())} {'row' if int(m.sum()) == 1 else 'rows'})" for name, m in bad.items()]
-    shown = ", ".join(repr(s) for s in samples)
-    where = f"{'row' if len(rows) == 1 else 'rows'} {', '.join(map(str, rows[:5]))}"
-    raise ValidationFailed(
-        rule,
-        f"{object_name!r}: column {', '.join(parts)} {what} {shown} (in {first!r} at {where})",
-        details(columns=list(bad), rows=rows, samples=samples, count=count, **extra),
-    )
-
-
-def _check_masks(
-    object_name: str, rule: str, masks: dict[str, pd.Series], raw: pd.DataFrame, what: str
-) -> None:
-    _fail_columns(object_name, rule, masks, {n: raw[n] for n in masks}, what)
-
-
-def _check_null_share(object_name: str, null_masks: dict[str, pd.Series], max_share: float) -> None:
-    over = {n: m for n, m in null_masks.items() if float(m.mean()) > max_share}
-    if not over:
-        return
-    shares = {n: round(float(m.mean()), 4) for n, m in over.items()}
-    first = next(iter(over))
-    raise ValidationFailed(
-        "null_share",
-        f"{object_name!r}: missing values over MAX_NULL_SHARE={max_share} in "
-        + ", ".join(f"{n!r} ({s:.1%})" for n, s in shares.items()),
-        details(
-            columns=list(over),
-            rows=_rows(over[first]),
-            samples=[None],
-            count=int(sum(int(m.sum()) for m in over.values())),
-            shares=shares,
-            max_null_share=max_share,
-        ),
-    )
-
-
-def _fractional(values: pd.Series) -> pd.Series:
-    finite = np.isfinite(values.to_numpy())
-    arr = values.to_numpy()
-    return pd.Series(
-        finite & (np.floor(np.where(finite, arr, 0)) != np.where(finite, arr, 0)), index=values.index
-    )
-
-
-def _check_range(object_name: str, schema: Schema, numbers: dict[str, pd.Series], raw: pd.DataFrame) -> None:
-    masks: dict[str, pd.Series] = {}
-    bounds: dict[str, list[float | None]] = {}
-    for name, values in numbers.items():
-        feature: Feature = schema.feature(name)
-        mask = pd.Series(False, index=values.index)
-        if feature.min is not None:
-            mask |= values < feature.min
-        if feature.max is not None:
-            mask |= values > feature.max
-        masks[name] = mask
-        bounds[name] = [feature.min, feature.max]
-    bad = [n for n, m in masks.items() if m.any()]
-    if bad:
-        low, high = bounds[bad[0]]
-        _fail_columns(
-            object_name,
-            "out_of_range",
-            masks,
-            {n: raw[n] for n in masks},
-            f"must lie in [{low}, {high}], found",
-            ranges={n: bounds[n] for n in bad},
-        )
-
-
-def _check_domains(
-    object_name: str, schema: Schema, strings: dict[str, pd.Series], raw: pd.DataFrame, policy: str
-) -> dict[str, list[str]]:
-    masks = {
-        name: values.notna() & ~values.isin(schema.feature(name).domain) for name, values in strings.items()
-    }
-    unseen = {
-        name: sorted({str(v) for v in strings[name][mask]})
-        for name, mask in masks.items()
-        if bool(mask.any())
-    }
-    if policy == "quarantine":
-        _fail_columns(
-            object_name,
-            "unseen_category",
-            masks,
-            strings,
-            "holds values outside the schema's domain (UNSEEN_CATEGORY_POLICY=quarantine), found",
-            unseen={n: [cut_text(x) for x in v[:MAX_SAMPLES]] for n, v in unseen.items()},
-        )
-    return unseen
-
-
-def _label_nulls(schema: Schema, values: pd.Series) -> pd.Series:
-    """Missing labels: empty or NaN; for number labels also "NaN", "null" and friends as text
-    (for string classes such text is just a value that is not a class)."""
-    if schema.label.type == "category" and all(isinstance(c, str) for c in schema.label.classes):
-        return values.isna()
-    numbers, text = numeric_values(values)
-    return numbers.isna() & ~text
-
-
-def _check_label(object_name: str, schema: Schema, values: pd.Series, nulls: pd.Series) -> pd.Series:
-    """The label column typed for training; ``invalid_label`` for anything that is not a label."""
-    label = schema.label
-    name = label.name
-
-    def fail(mask: pd.Series, what: str) -> None:
-        _fail_columns(object_name, "invalid_label", {name: mask}, {name: values}, what)
-
-    fail(nulls, "is the label and must not be missing or NaN; found")
-    if label.type == "float":
-        numbers, text = numeric_values(values)
-        fail(text, "is a regression label and must hold numbers, found text")
-        fail(pd.Series(np.isinf(numbers.to_numpy()), index=values.index), "must be finite, found")
-        out_of_range = pd.Series(False, index=values.index)
-        if label.min is not None:
-            out_of_range |= numbers < label.min
-        if label.max is not None:
-            out_of_range |= numbers > label.max
-        fail(out_of_range, f"must lie in [{label.min}, {label.max}], found")
-        return numbers
-    if all(isinstance(c, str) for c in label.classes):
-        as_strings = category_strings(values)
-        fail(~as_strings.isin(label.classes), f"must be one of the classes {list(label.classes)}, found")
-        return as_strings
-    numbers, text = numeric_values(values)
-    not_class = text | ~numbers.isin([float(c) for c in label.classes])
-    fail(not_class, f"must be one of the classes {list(label.classes)}, found")
-    return numbers.astype("int64")
+    frame[schema.label.name] = label_values[keep]
+    return frame.reset_index(drop=True), dropped

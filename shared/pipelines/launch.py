@@ -39,17 +39,10 @@ from shared.pipelines.options import (
     settings_json,
 )
 from shared.storage import Bucket
-from shared.tables.build import (
-    CURRENT_MODEL,
-    NOTHING,
-    BuildRequest,
-    BuildResult,
-    build_table,
-    holds_build,
-    newest_traffic,
-    skipped_result,
-)
+from shared.tables.build import CURRENT_MODEL, build_table
 from shared.tables.format import read_pointer
+from shared.tables.plan import BuildRequest, holds_build, newest_traffic
+from shared.tables.result import NOTHING, BuildResult, skipped_result
 
 log = get_logger(__name__)
 
@@ -189,7 +182,7 @@ def already_current(
 ) -> BuildResult | None:
     """The skip answer when the pointer already holds what ``request`` would build, else None.
 
-    The builders' own same-build check (``shared.tables.build.is_same_build``), from the request alone:
+    The builders' own same-build check (``shared.tables.plan.is_same_build``), from the request alone:
     the strategy as routing resolves it (``planned_rows``), K, and for top_k the newest traffic
     object; no traffic counts read, no rate measured. A miss here costs nothing: the builder that
     runs checks again with its full plan.

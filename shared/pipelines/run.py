@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.pipeline == "table":
             from shared.pipelines import table_pipeline
-            from shared.tables.build import BuildRequest
+            from shared.tables.plan import BuildRequest
 
             request = BuildRequest(strategy=args.strategy, k=args.k, force=args.force == "true")
             result = table_pipeline.run(settings, request, beam_argv, run_id=run_id, temp_dir=temp)

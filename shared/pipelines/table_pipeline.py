@@ -10,13 +10,13 @@ function cannot do 10^8 keys inside its timeout. This pipeline does the same bui
 What it shares with the in-function builder, called rather than copied:
 
 - the plan (strategy, which keys, hit rate from traffic) and the "already current" check:
-  ``shared.tables.build.plan_build`` and ``shared.tables.build.is_same_build``, with
+  ``shared.tables.plan.plan_build`` and ``shared.tables.plan.is_same_build``, with
   ``PIPELINE_MAX_ROWS`` as the limit of a full build instead of ``TABLE_MAX_ROWS``;
 - the keys and their scores: ``shared.tables.keys.full_chunks`` / ``shared.tables.keys.decode_keys`` and
   ``shared.tables.keys.score_keys`` (``ModelBundle.scores`` on ``to_frame``), so a score is the same float;
 - the output: ``table.write_table`` (one npz of its own, ``tables/<model version>/<strategy>-<build
   id>.npz``, same arrays, same meta fields) and
-  ``shared.tables.build.switch_to_table`` (compare-and-swap of ``tables/current.json``, unless the
+  ``shared.tables.switch.switch_to_table`` (compare-and-swap of ``tables/current.json``, unless the
   model changed during the build or a newer model's table is current).
 
 Scored parts go to the run's temporary folder (``--temp_location``: a local folder for the
@@ -48,21 +48,12 @@ from shared.errors import ModelNotReady, NotFound
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.storage import artifacts_bucket
-from shared.tables.build import (
-    BUILT,
-    CURRENT_MODEL,
-    NOTHING,
-    BuildPlan,
-    BuildRequest,
-    BuildResult,
-    is_same_build,
-    plan_build,
-    prune_old_builds,
-    skipped_result,
-    switch_to_table,
-)
+from shared.tables.build import CURRENT_MODEL
 from shared.tables.format import build_blob, new_build_id, read_pointer, write_table
 from shared.tables.keys import decode_keys, non_key_defaults, score_keys, score_width
+from shared.tables.plan import BuildPlan, BuildRequest, is_same_build, plan_build
+from shared.tables.result import BUILT, NOTHING, BuildResult, skipped_result
+from shared.tables.switch import prune_old_builds, switch_to_table
 
 log = get_logger(__name__)
 

@@ -17,6 +17,9 @@ Modes (``SERVING_MODE``):
 Table hits answer by key alone: non-key features are those the table build used (their schema
 defaults), as static serving means. Requested keys are counted in a ``HeavyHitters`` sketch and
 flushed to ``traffic/`` every ``TRAFFIC_FLUSH_SECONDS`` by a second thread (and at exit).
+
+The module stays whole at about 340 lines: it is one class, ``Predictor``, whose modes, threads
+and counters share one state reference; splitting it would scatter the one place a request reads.
 """
 
 from __future__ import annotations

@@ -78,55 +78,68 @@ def _type_name(value: Any) -> str:
 
 def _check_for(feature: Feature) -> _Check:
     """A function that checks and normalizes one value of ``feature``."""
+    return _category_check(feature) if feature.type == "category" else _number_check(feature)
+
+
+def _bad(name: str, code: str, message: str, index: int) -> BadRequest:
+    return BadRequest(message, code=code, field=name, index=index)
+
+
+def _category_check(feature: Feature) -> _Check:
+    """The check of a category value: a string (or an integer, as its text) of the domain."""
     name = feature.name
+    domain = frozenset(feature.domain)
 
-    def bad(code: str, message: str, index: int) -> BadRequest:
-        return BadRequest(message, code=code, field=name, index=index)
+    def check_category(value: Any, index: int) -> Scalar:
+        if isinstance(value, str):
+            text = value
+        elif isinstance(value, int) and not isinstance(value, bool):
+            text = str(value)
+        else:
+            raise _bad(
+                name,
+                "wrong_type",
+                f"feature {name!r} must be a string, got {_type_name(value)} {_describe(value)}",
+                index,
+            )
+        if text not in domain:
+            shown = sorted(domain)[:10]
+            more = f" (and {len(domain) - 10} more)" if len(domain) > 10 else ""
+            raise _bad(
+                name,
+                "unknown_category",
+                f"feature {name!r} has no category {_describe(value)}; known: {shown}{more}",
+                index,
+            )
+        return text
 
-    if feature.type == "category":
-        domain = frozenset(feature.domain)
+    return check_category
 
-        def check_category(value: Any, index: int) -> Scalar:
-            if isinstance(value, str):
-                text = value
-            elif isinstance(value, int) and not isinstance(value, bool):
-                text = str(value)
-            else:
-                raise bad(
-                    "wrong_type",
-                    f"feature {name!r} must be a string, got {_type_name(value)} {_describe(value)}",
-                    index,
-                )
-            if text not in domain:
-                shown = sorted(domain)[:10]
-                more = f" (and {len(domain) - 10} more)" if len(domain) > 10 else ""
-                raise bad(
-                    "unknown_category",
-                    f"feature {name!r} has no category {_describe(value)}; known: {shown}{more}",
-                    index,
-                )
-            return text
 
-        return check_category
-
+def _number_check(feature: Feature) -> _Check:
+    """The check of a number value: finite, whole for an integer feature, within [min, max]."""
+    name = feature.name
     low, high = feature.min, feature.max
     is_integer = feature.type == "integer"
 
     def check_number(value: Any, index: int) -> Scalar:
         if isinstance(value, bool) or not isinstance(value, int | float):
             kind = "an integer" if is_integer else "a number"
-            raise bad(
+            raise _bad(
+                name,
                 "wrong_type",
                 f"feature {name!r} must be {kind}, got {_type_name(value)} {_describe(value)}",
                 index,
             )
         if isinstance(value, float) and not math.isfinite(value):
-            raise bad("wrong_type", f"feature {name!r} must be finite, got {value!r}", index)
+            raise _bad(name, "wrong_type", f"feature {name!r} must be finite, got {value!r}", index)
         if is_integer and isinstance(value, float) and not value.is_integer():
-            raise bad("wrong_type", f"feature {name!r} must be an integer, got {_describe(value)}", index)
+            message = f"feature {name!r} must be an integer, got {_describe(value)}"
+            raise _bad(name, "wrong_type", message, index)
         # Compare before converting: a huge JSON integer is exact in Python, float() may overflow.
         if (low is not None and value < low) or (high is not None and value > high):
-            raise bad(
+            raise _bad(
+                name,
                 "out_of_range",
                 f"feature {name!r} must lie in [{low}, {high}], got {_describe(value)}",
                 index,
@@ -136,7 +149,8 @@ def _check_for(feature: Feature) -> _Check:
         try:
             return float(value)
         except OverflowError:
-            raise bad("out_of_range", f"feature {name!r} is too large: {_describe(value)}", index) from None
+            message = f"feature {name!r} is too large: {_describe(value)}"
+            raise _bad(name, "out_of_range", message, index) from None
 
     return check_number
 

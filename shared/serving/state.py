@@ -133,12 +133,7 @@ class StateLoader:
         table, table_gen = self._load_table(current, pointer_gen)
         if (model_gen, table_gen) == seen:
             return False  # what changed could not be loaded: keep the current state
-        if self.mode == "dynamic":
-            usable, note = False, "dynamic mode answers from the model only"
-        elif table is None:
-            usable, note = False, "no table"
-        else:
-            usable, note = table_fits(table, model, self.mode)
+        usable, note = self._table_use(table, model)
         reuse = current is not None and current.model.schema == model.schema
         same_model = current is not None and current.model is model
         loaded_by, loaded_check = (
@@ -164,21 +159,34 @@ class StateLoader:
         )
         self.state = state  # one reference assignment: requests see the old or the new state
         self.reloads += 1
+        self._log_loaded(state)
+        return True
+
+    def _table_use(self, table: Table | None, model: ModelBundle) -> tuple[bool, str]:
+        """Whether requests may be answered from ``table`` in this mode, and why (or why not)."""
+        if self.mode == "dynamic":
+            return False, "dynamic mode answers from the model only"
+        if table is None:
+            return False, "no table"
+        return table_fits(table, model, self.mode)
+
+    def _log_loaded(self, state: ServingState) -> None:
+        """One log line per reload that changed what is served."""
+        table = state.table
         log.info(
             "serving state loaded",
             extra={
                 "fields": {
                     "mode": self.mode,
-                    "model_version": model.version,
-                    "model_generation": model_gen,
+                    "model_version": state.model.version,
+                    "model_generation": state.model_generation,
                     "table_version": table.version if table else None,
                     "table_rows": len(table) if table else 0,
-                    "table_used": usable,
-                    "table_note": note,
+                    "table_used": state.table_usable,
+                    "table_note": state.table_note,
                 }
             },
         )
-        return True
 
     def _failed(self, blob: str, generation: int, exc: BaseException) -> None:
         """Record a failed load: skip that generation for a content fault, retry a storage fault."""

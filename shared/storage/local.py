@@ -16,17 +16,21 @@ filesystem, so ``os.replace`` from a temp file is atomic):
   there (removed after an hour by the next process that opens the root); the object stays whole.
 
 Generations are ``max(last + 1, now in microseconds)`` per bucket: monotonic across processes
-and of the same magnitude as GCS's.
+and of the same magnitude as GCS's. The sqlite records and the lock are
+``shared.storage.generations``.
+
+The module stays whole at about 500 lines: it is one class, ``LocalBucket``, whose reads, writes,
+listing and copies share one protocol (open, compare the file's identity with its record, retry
+on a change; write a temp file, then check the precondition, rename and record under the lock),
+and reads best in one place.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import shutil
-import sqlite3
 import stat as stat_mod
 import threading
 import time
@@ -38,6 +42,7 @@ from typing import BinaryIO
 
 from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, StorageError
 from shared.storage.base import Bucket, ObjectInfo
+from shared.storage.generations import GenerationRecord, GenerationStore, Transaction, file_identity
 from shared.storage.names import (
     check_bucket_name,
     check_local_object_name,
@@ -52,18 +57,8 @@ STALE_TEMP_SECONDS = 3600.0
 _MAX_ATTEMPTS = 50  # reads retried when the file is replaced between open and bookkeeping
 _CHUNK = 1024 * 1024
 
-# "inode:size:mtime_ns:ctime_ns" (text: inode numbers may not fit sqlite's signed 64-bit ints).
-# ctime cannot be set by users, so even ``cp -p`` over a file of the same size is noticed; our
-# own writes always bring a new inode.
-_Identity = str
-
-_cleaned_roots: set[Path] = set()
+_cleaned_roots: set[Path] = set()  # roots whose stale temps this process removed
 _cleaned_lock = threading.Lock()
-_inherited_connections: list[sqlite3.Connection] = []  # see _Generations._conn
-
-
-def _identity(st: os.stat_result) -> _Identity:
-    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 @dataclass(frozen=True)
@@ -76,132 +71,6 @@ class UnreachableFile:
 
 class _Changed(Exception):
     """The file at a name changed while we looked at it: start the operation over."""
-
-
-@dataclass(frozen=True)
-class _Record:
-    generation: int
-    identity: _Identity
-    content_type: str
-
-
-class _Generations:
-    """The generation records of one bucket: a small sqlite db plus an flock for writers.
-
-    Readers only SELECT (WAL mode: never blocked by a writer). Writers take the flock first, so
-    they queue in the kernel and wake at once, instead of polling on sqlite's busy handler.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self._db_path = folder / "generations.sqlite3"
-        self._lock_path = folder / "lock"
-        self._local = threading.local()
-        with self.locked() as tx:  # under the lock: race-free when processes start together
-            tx.create_schema()
-
-    def _conn(self) -> sqlite3.Connection:
-        # One connection per thread (sqlite3 objects are not shared across threads) and per
-        # process: a connection inherited through fork must not be used, nor closed (closing
-        # could disturb the parent's locks), so it is parked in _inherited_connections.
-        held = getattr(self._local, "held", None)
-        if held is not None and held[0] == os.getpid():
-            return held[1]
-        if held is not None:
-            _inherited_connections.append(held[1])
-        conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=True, timeout=60.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL skips an fsync per commit; after a power cut a lost record only means the file
-        # looks changed and gets a new (still larger, time-based) generation.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        self._local.held = (os.getpid(), conn)
-        return conn
-
-    def lookup(self, name: str) -> _Record | None:
-        """The record of ``name`` as last committed (no lock)."""
-        row = (
-            self._conn()
-            .execute("SELECT generation, identity, content_type FROM objects WHERE name = ?", (name,))
-            .fetchone()
-        )
-        return _Record(*row) if row else None
-
-    def component_of(self, disk: str) -> str | None:
-        """The real name component stored under the hashed file name ``disk``, if recorded."""
-        row = self._conn().execute("SELECT component FROM components WHERE disk = ?", (disk,)).fetchone()
-        return str(row[0]) if row else None
-
-    def lookup_prefix(self, prefix: str) -> dict[str, _Record]:
-        """The records of every name starting with ``prefix`` (no lock)."""
-        rows = self._conn().execute(
-            "SELECT name, generation, identity, content_type FROM objects WHERE substr(name, 1, ?) = ?",
-            (len(prefix), prefix),
-        )
-        return {name: _Record(gen, ident, ctype) for name, gen, ident, ctype in rows}
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[_Tx]:
-        """The bucket's writer lock and one sqlite transaction, committed on success."""
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield _Tx(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            os.close(fd)  # releases the flock
-
-
-class _Tx:
-    """Record operations inside ``_Generations.locked``."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-
-    def create_schema(self) -> None:
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS objects (name TEXT PRIMARY KEY, generation INTEGER NOT NULL,"
-            " identity TEXT NOT NULL, content_type TEXT NOT NULL)"
-        )
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER)"
-        )
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS components (disk TEXT PRIMARY KEY, component TEXT NOT NULL)"
-        )
-
-    def remember_components(self, name: str) -> None:
-        """Record the real component behind each hashed file name of ``name``'s path."""
-        for part in name.split("/"):
-            disk = disk_component(part)
-            if disk != part:
-                self._conn.execute("INSERT OR IGNORE INTO components VALUES (?, ?)", (disk, part))
-
-    def get(self, name: str) -> _Record | None:
-        row = self._conn.execute(
-            "SELECT generation, identity, content_type FROM objects WHERE name = ?", (name,)
-        ).fetchone()
-        return _Record(*row) if row else None
-
-    def put(self, name: str, generation: int, identity: _Identity, content_type: str) -> None:
-        self._conn.execute(
-            "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", (name, generation, identity, content_type)
-        )
-
-    def remove(self, name: str) -> None:
-        self._conn.execute("DELETE FROM objects WHERE name = ?", (name,))
-
-    def next_generation(self) -> int:
-        row = self._conn.execute("SELECT last FROM counter WHERE id = 1").fetchone()
-        last = row[0] if row else 0
-        generation = max(last + 1, time.time_ns() // 1000)
-        self._conn.execute("INSERT OR REPLACE INTO counter VALUES (1, ?)", (generation,))
-        return generation
 
 
 def _check_precondition(name: str, live: int | None, if_generation_match: int | None) -> None:
@@ -235,7 +104,7 @@ class LocalBucket(Bucket):
         self._real_folder = os.path.realpath(self._folder)
         self._tmp_dir = self._root / TMP_DIR
         self._tmp_dir.mkdir(exist_ok=True)
-        self._generations = _Generations(self._root / META_DIR / name)
+        self._generations = GenerationStore(self._root / META_DIR / name)
         self._components: dict[str, str] = {}  # hashed file name -> real component (never changes)
         real_root = Path(os.path.realpath(self._root))
         with _cleaned_lock:
@@ -301,7 +170,7 @@ class LocalBucket(Bucket):
 
         Raises ``_Changed`` if ``path`` no longer holds that version.
         """
-        identity = _identity(st)
+        identity = file_identity(st)
         record = self._generations.lookup(name)
         if record is None or record.identity != identity:
             with self._generations.locked() as tx:
@@ -309,12 +178,12 @@ class LocalBucket(Bucket):
                     current = os.stat(path)
                 except (FileNotFoundError, NotADirectoryError):
                     raise _Changed from None
-                if _identity(current) != identity:
+                if file_identity(current) != identity:
                     raise _Changed
                 record = tx.get(name)
                 if record is None or record.identity != identity:
                     # Appeared or changed outside the store (a user's cp): a new version.
-                    record = _Record(tx.next_generation(), identity, default_content_type(name))
+                    record = GenerationRecord(tx.next_generation(), identity, default_content_type(name))
                     tx.put(name, record.generation, identity, record.content_type)
         return ObjectInfo(
             bucket=self._name,
@@ -325,7 +194,7 @@ class LocalBucket(Bucket):
             updated=datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC),
         )
 
-    def _live_generation(self, tx: _Tx, name: str, path: str) -> int | None:
+    def _live_generation(self, tx: Transaction, name: str, path: str) -> int | None:
         """Inside the lock: the generation of what ``path`` holds now, or None if absent."""
         try:
             st = os.stat(path)
@@ -334,7 +203,7 @@ class LocalBucket(Bucket):
         if not stat_mod.S_ISREG(st.st_mode):
             return None
         record = tx.get(name)
-        identity = _identity(st)
+        identity = file_identity(st)
         if record is not None and record.identity == identity:
             return record.generation
         generation = tx.next_generation()
@@ -381,7 +250,7 @@ class LocalBucket(Bucket):
                     sink.truncate()
                     shutil.copyfileobj(f, sink, _CHUNK)
                     data, size = b"", sink.tell()
-                unchanged = _identity(os.fstat(f.fileno())) == _identity(st)
+                unchanged = file_identity(os.fstat(f.fileno())) == file_identity(st)
             if unchanged and size == st.st_size:
                 return data, info
         raise self._too_busy(name)
@@ -446,7 +315,7 @@ class LocalBucket(Bucket):
         records = self._generations.lookup_prefix(prefix)
         for name, st in found:
             record = records.get(name)
-            if record is not None and record.identity == _identity(st):
+            if record is not None and record.identity == file_identity(st):
                 yield ObjectInfo(
                     self._name,
                     name,
@@ -546,7 +415,7 @@ class LocalBucket(Bucket):
                     f"bucket {self._name!r} (objects 'a' and 'a/b' cannot both exist locally): {exc}"
                 ) from None
             generation = tx.next_generation()
-            tx.put(name, generation, _identity(os.stat(path)), content_type)
+            tx.put(name, generation, file_identity(os.stat(path)), content_type)
         return generation
 
     def _write_from(
@@ -633,7 +502,9 @@ class LocalBucket(Bucket):
                     shutil.copyfileobj(f, out, _CHUNK)
                     out.flush()
                     os.fsync(out.fileno())
-                    unchanged = _identity(os.fstat(f.fileno())) == _identity(st) and out.tell() == st.st_size
+                    unchanged = (
+                        file_identity(os.fstat(f.fileno())) == file_identity(st) and out.tell() == st.st_size
+                    )
                 if unchanged:
                     return dest._commit(dest_name, temp, info.content_type or "", if_generation_match)
             finally:

@@ -25,6 +25,9 @@ The rule, with its thresholds as named constants below: cardinality <= ``TABLE_M
 static; else with too little traffic -> dynamic (no evidence of peaks yet); else K = the
 fewest top keys whose held-out hit rate reaches ``TARGET_HIT_RATE`` (at most ``TABLE_MAX_ROWS``);
 hybrid if that table answers at least ``MIN_HYBRID_HIT_RATE`` of held-out requests, else dynamic.
+
+The module stays whole at about 340 lines: the rule, the numbers it reads and the words of its
+reasons are one argument, best read together. The coverage plot is ``shared.tables.advisor_plot``.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,42 +159,13 @@ def analyze(
 
     Pure: no storage and no model, so the rule can be checked on synthetic workloads.
     """
-    width = cost.score_width if cost else 1
     requests = int(counts.sum()) + invalid_requests
-    in_sample = coverage(counts)
     held = held_out_coverage(codes, counts)
-    seen = len(codes)
-    top_share: dict[str, float | None] = {}
-    for share in PEAK_SHARES:
-        n = math.ceil(share * seen)
-        top_share[f"{share:.0%}"] = round(float(in_sample[n - 1]), 4) if seen else None
-
-    def table(rows: int) -> dict[str, float | None]:
-        seconds = rows / cost.rows_per_second if cost and cost.rows_per_second > 0 else None
-        return {"rows": rows, "bytes": table_bytes(rows, width), "build_seconds": seconds}
-
-    full = table(cardinality)
-    words = _describe(cardinality, seen, requests, top_share, table_max_rows)
-    common = {
-        "cardinality": cardinality,
-        "table_max_rows": table_max_rows,
-        "requests": requests,
-        "invalid_requests": invalid_requests,
-        "distinct_keys_seen": seen,
-        "top_share": top_share,
-        "full_table": full,
-        "model": asdict(cost) if cost else None,
-        "thresholds": {
-            "table_max_rows": table_max_rows,
-            "target_hit_rate": TARGET_HIT_RATE,
-            "min_hybrid_hit_rate": MIN_HYBRID_HIT_RATE,
-            "min_traffic_requests": MIN_TRAFFIC_REQUESTS,
-        },
-        "in_sample": in_sample,
-        "held_out": held,
-    }
-    valid_share = (requests - invalid_requests) / requests if requests else None
+    common = _measurements(cardinality, codes, counts, invalid_requests, table_max_rows, cost, held)
+    words = _describe(cardinality, len(codes), requests, common["top_share"], table_max_rows)
     if cardinality <= table_max_rows:
+        full = common["full_table"]
+        valid_share = (requests - invalid_requests) / requests if requests else None
         reason = (
             f"static: all {cardinality:,} keys fit in one table (TABLE_MAX_ROWS={table_max_rows:,}), "
             f"{_size(full)}; every request with a valid key is a lookup. {words}"
@@ -204,7 +177,65 @@ def analyze(
             f"counted requests are too few (need {MIN_TRAFFIC_REQUESTS:,}) to find peaks; serve "
             f"dynamic, let predict count traffic, and ask again. {words}"
         )
-        return Advice("dynamic", reason, None, None, recommended_table=table(0), **common)
+        return Advice("dynamic", reason, None, None, recommended_table=_table_cost(0, cost), **common)
+    return _top_k_advice(cardinality, requests, invalid_requests, table_max_rows, cost, held, words, common)
+
+
+def _measurements(
+    cardinality: int,
+    codes: np.ndarray,
+    counts: np.ndarray,
+    invalid_requests: int,
+    table_max_rows: int,
+    cost: ModelCost | None,
+    held: np.ndarray,
+) -> dict[str, Any]:
+    """The fields of ``Advice`` every recommendation carries: the numbers behind it."""
+    in_sample = coverage(counts)
+    seen = len(codes)
+    top_share: dict[str, float | None] = {}
+    for share in PEAK_SHARES:
+        n = math.ceil(share * seen)
+        top_share[f"{share:.0%}"] = round(float(in_sample[n - 1]), 4) if seen else None
+    return {
+        "cardinality": cardinality,
+        "table_max_rows": table_max_rows,
+        "requests": int(counts.sum()) + invalid_requests,
+        "invalid_requests": invalid_requests,
+        "distinct_keys_seen": seen,
+        "top_share": top_share,
+        "full_table": _table_cost(cardinality, cost),
+        "model": asdict(cost) if cost else None,
+        "thresholds": {
+            "table_max_rows": table_max_rows,
+            "target_hit_rate": TARGET_HIT_RATE,
+            "min_hybrid_hit_rate": MIN_HYBRID_HIT_RATE,
+            "min_traffic_requests": MIN_TRAFFIC_REQUESTS,
+        },
+        "in_sample": in_sample,
+        "held_out": held,
+    }
+
+
+def _table_cost(rows: int, cost: ModelCost | None) -> dict[str, float | None]:
+    """Rows, bytes and (with a measured model) build seconds of a table of ``rows`` keys."""
+    width = cost.score_width if cost else 1
+    seconds = rows / cost.rows_per_second if cost and cost.rows_per_second > 0 else None
+    return {"rows": rows, "bytes": table_bytes(rows, width), "build_seconds": seconds}
+
+
+def _top_k_advice(
+    cardinality: int,
+    requests: int,
+    invalid_requests: int,
+    table_max_rows: int,
+    cost: ModelCost | None,
+    held: np.ndarray,
+    words: str,
+    common: dict[str, Any],
+) -> Advice:
+    """Too many keys for a full table, enough traffic: hybrid with the smallest K that pays, or
+    dynamic when even the best top-K table within ``TABLE_MAX_ROWS`` answers too little."""
     cap = min(len(held), table_max_rows)
     if cap == 0:
         k, hit = 0, 0.0
@@ -216,7 +247,7 @@ def analyze(
     hit_all = hit * (requests - invalid_requests) / requests
     limit = "TABLE_MAX_ROWS" if k == table_max_rows else "every key seen in the ranking half"
     if k and hit_all >= MIN_HYBRID_HIT_RATE:
-        recommended = table(k)
+        recommended = _table_cost(k, cost)
         reason = (
             f"hybrid: {cardinality:,} keys are too many for a full table, but traffic is peaked: "
             f"a table of the {k:,} most requested keys ({k / cardinality:.2%} of the key space, "
@@ -235,7 +266,7 @@ def analyze(
         f"top-K table within TABLE_MAX_ROWS (K={k:,}) answered only {hit_all:.0%} of held-out "
         f"requests (a table pays from {MIN_HYBRID_HIT_RATE:.0%}). {words}"
     )
-    return Advice("dynamic", reason, None, None, recommended_table=table(0), **common)
+    return Advice("dynamic", reason, None, None, recommended_table=_table_cost(0, cost), **common)
 
 
 def _describe(
@@ -312,51 +343,3 @@ def advise(artifacts: Bucket, settings: Settings) -> Advice:
     codes, counts, invalid = valid_key_counts(schema, read_traffic(artifacts, key=list(schema.key)))
     cost = measure_model(bundle, min(THROUGHPUT_SAMPLE_ROWS, settings.table_chunk_rows)) if bundle else None
     return analyze(schema.key_cardinality, codes, counts, invalid, settings.table_max_rows, cost)
-
-
-def plot_coverage(advice: Advice, path: Path) -> Path:
-    """Write the coverage curve as a PNG: share of requests against share of the key space (log x)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: functions, CI and terminals alike
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    try:
-        card = max(advice.cardinality, 1)
-        for curve, label, style in (
-            (advice.in_sample, "all counted traffic (in sample)", "-"),
-            (advice.held_out, "held-out half (what a table would answer)", "--"),
-        ):
-            if len(curve):
-                x = np.arange(1, len(curve) + 1) / card
-                ax.plot(x, curve, style, label=label)
-        if advice.table_max_rows < card:
-            ax.axvline(advice.table_max_rows / card, color="grey", linestyle=":", label="TABLE_MAX_ROWS")
-        if advice.k:
-            ax.axvline(advice.k / card, color="red", linewidth=1)
-            if advice.expected_hit_rate is not None:
-                ax.plot([advice.k / card], [advice.expected_hit_rate], "o", color="red")
-            ax.annotate(
-                f"K={advice.k:,}",
-                (advice.k / card, 0.03),
-                color="red",
-                xytext=(4, 0),
-                textcoords="offset points",
-            )
-        if not len(advice.in_sample):
-            ax.text(0.5, 0.5, "no traffic counted yet", transform=ax.transAxes, ha="center")
-        ax.set_xscale("log")
-        ax.set_xlim(1 / card, 1)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel(f"share of the key space (top K keys / {card:,})")
-        ax.set_ylabel("share of requests answered")
-        ax.set_title(f"coverage by the most requested keys: {advice.recommendation}")
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper left", fontsize=8)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
-    return path

@@ -21,6 +21,10 @@ on its generation. Pointers written before build ids (no "blob") name the old lo
 ``tables/<version>/table.npz`` (``table_blob``), which readers still follow. The npz
 is uncompressed because loading is then little more than a copy: a million keys load in tens of
 milliseconds (see ``bench/bench_serving.py``); ``lookup_one`` is a binary search in microseconds.
+
+The module stays whole at about 390 lines: blob names, the table object and the pointer are one
+storage format (the pointer names the object, the object's name carries the build), defined in
+one place so a reader and a writer cannot disagree.
 """
 
 from __future__ import annotations

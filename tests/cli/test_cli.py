@@ -89,7 +89,7 @@ def test_registration_values_match_the_modules_that_own_them() -> None:
     from shared.data.schema_infer import LABEL_NAMES
     from shared.local.synth import KEY_CARDINALITY
     from shared.pipelines import decide
-    from shared.tables.build import STRATEGIES
+    from shared.tables.plan import STRATEGIES
 
     assert choices.STRATEGIES == STRATEGIES
     assert (choices.FUNCTION, choices.DIRECT, choices.DATAFLOW) == (

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shared.data.files import category_strings, numeric_values, read_frame
+from shared.data.files import read_frame
+from shared.data.values import category_strings, numeric_values
 from shared.errors import ValidationFailed
 
 ROWS = pd.DataFrame(

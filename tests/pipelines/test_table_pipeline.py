@@ -28,9 +28,11 @@ from shared.pipelines.options import pipeline_python
 from shared.schema import save_schema
 from shared.serving.traffic import flush_counts
 from shared.storage.local import LocalBucket
-from shared.tables.build import BUILT, BuildRequest, build_table
+from shared.tables.build import build_table
 from shared.tables.codec import key_string
 from shared.tables.format import read_pointer, read_table
+from shared.tables.plan import BuildRequest
+from shared.tables.result import BUILT
 
 # Written at build time, so they differ between any two builds; everything else must match.
 BUILD_TIME_FIELDS = {"build_seconds", "built_at", "built_by", "pipeline_parts", "blob"}

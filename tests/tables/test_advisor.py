@@ -21,7 +21,8 @@ from shared.model import ModelBundle, to_frame
 from shared.schema import Schema
 from shared.serving.traffic import flush_counts
 from shared.storage.local import LocalBucket
-from shared.tables.advisor import MIN_HYBRID_HIT_RATE, TARGET_HIT_RATE, advise, analyze, plot_coverage
+from shared.tables.advisor import MIN_HYBRID_HIT_RATE, TARGET_HIT_RATE, advise, analyze
+from shared.tables.advisor_plot import plot_coverage
 from shared.tables.codec import key_string
 
 # 100,000 users x 1,000 items = 100,000,000 keys: far over TABLE_MAX_ROWS (2,000,000 by default).

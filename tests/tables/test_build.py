@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 import shared.tables.build as table_build
+import shared.tables.switch as table_switch
 from shared.config import Settings, load_settings
 from shared.errors import BadRequest, ConfigError, PreconditionFailed
 from shared.model import ModelBundle, to_frame
@@ -25,9 +26,11 @@ from shared.pipelines.launch import build_table_routed
 from shared.schema import Schema
 from shared.serving.traffic import flush_counts
 from shared.storage.local import LocalBucket
-from shared.tables.build import BUILT, NOTHING, SKIPPED, BuildRequest, build_table, parse_build_request
+from shared.tables.build import build_table
 from shared.tables.codec import encode_keys, key_string
 from shared.tables.format import load_current_table, read_pointer, read_table
+from shared.tables.plan import BuildRequest, parse_build_request
+from shared.tables.result import BUILT, NOTHING, SKIPPED
 
 KEY = ["country", "hour", "device"]
 
@@ -196,7 +199,7 @@ def test_each_build_writes_its_own_object_and_the_pointer_names_it(
     assert top.status == BUILT and top.pointer_switched and top.table is not None
     top_bytes = table_artifacts.read(top.table)
 
-    mocker.patch.object(table_build, "switch_pointer", side_effect=PreconditionFailed("pointer changed"))
+    mocker.patch.object(table_switch, "switch_pointer", side_effect=PreconditionFailed("pointer changed"))
     full = build_table(table_artifacts, settings, BuildRequest("full", force=True))
     assert full.status == BUILT and not full.pointer_switched and "kept changing" in full.message
     assert full.table is not None and full.table != top.table
@@ -216,12 +219,12 @@ def test_only_the_last_builds_of_a_model_are_kept_and_never_the_current_one_is_d
     settings = _settings(buckets_root)
     current = build_table(table_artifacts, settings, BuildRequest("full"))
     # Then more builds than are kept, none of which wins the pointer (another writer keeps it busy).
-    mocker.patch.object(table_build, "switch_pointer", side_effect=PreconditionFailed("pointer changed"))
+    mocker.patch.object(table_switch, "switch_pointer", side_effect=PreconditionFailed("pointer changed"))
     later = [build_table(table_artifacts, settings, BuildRequest("full", force=True)) for _ in range(4)]
     mocker.stopall()
 
     names = [i.name for i in table_artifacts.list("tables/v1/")]
-    kept = [r.table for r in later[-table_build.KEEP_BUILDS :]]
+    kept = [r.table for r in later[-table_switch.KEEP_BUILDS :]]
     assert sorted(names) == sorted([current.table, *kept])  # the pointer's own table survives
     assert load_current_table(table_artifacts) is not None
 
@@ -229,7 +232,7 @@ def test_only_the_last_builds_of_a_model_are_kept_and_never_the_current_one_is_d
     assert newest.pointer_switched
     names = [i.name for i in table_artifacts.list("tables/v1/")]
     assert current.table not in names and newest.table in names
-    assert len(names) == table_build.KEEP_BUILDS
+    assert len(names) == table_switch.KEEP_BUILDS
 
 
 def test_a_routed_build_already_current_is_skipped_before_routing(table_artifacts, buckets_root) -> None:

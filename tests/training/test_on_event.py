@@ -339,7 +339,7 @@ def test_a_file_with_a_duplicated_or_too_many_columns_is_quarantined_naming_them
 def test_a_later_retrain_parses_only_the_schema_columns_of_an_accepted_wide_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from shared.data import files
+    from shared.data import file_readers
 
     world = make_world(tmp_path, MAX_COLUMNS="200")
     assert world.send("incoming/first.csv", training_rows(300, 0)).status == "promoted"
@@ -347,14 +347,14 @@ def test_a_later_retrain_parses_only_the_schema_columns_of_an_accepted_wide_file
     assert world.send("incoming/wide.csv", wide).status == "promoted"
     # Record the width of every CSV chunk parsed from here on (a spy: the real reader runs).
     parsed: list[tuple[str, int]] = []
-    real_chunks = files._csv_chunks
+    real_chunks = file_readers.csv_chunks
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         for chunk in real_chunks(*args, **kwargs):
             parsed.append((args[1], chunk.shape[1]))
             yield chunk
 
-    monkeypatch.setattr(files, "_csv_chunks", spy)
+    monkeypatch.setattr(file_readers, "csv_chunks", spy)
     outcome = world.send("incoming/later.csv", training_rows(300, 2))
     assert outcome.status == "promoted", outcome.message
     card = registry.read_card(world.artifacts, outcome.version or "")

@@ -8,6 +8,9 @@ capped), carrying the same ``ce-id`` every time, up to ``ROUTER_MAX_ATTEMPTS``. 
 holds no worker, so one failing function cannot starve the others. When the attempts run out the
 event goes to a dead-letter record in ``LOCAL_DEADLETTER_DIR``: a JSON file with the headers, the
 body, the last error and the attempt times, enough to inspect it and send it again by hand.
+
+The module stays whole at about 320 lines: ``Deliverer``'s queue, workers and retries share one
+lock and one state per event.
 """
 
 from __future__ import annotations
