@@ -24,7 +24,7 @@ import requests
 from shared.local.processes import free_port
 from shared.local.synth import KEY, synthesize
 from shared.storage.local import LocalBucket
-from shared.training.registry import is_processed, read_current
+from shared.training.registry import is_processed, list_cards, read_current
 
 PRODML = str(Path(sys.executable).with_name("prodml"))
 WAIT = 180.0  # generous: the machine is shared; tests never assert a timing
@@ -64,6 +64,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "RELOAD_SECONDS": "0.5",
         "ROUTER_QUIET_SECONDS": "0.3",
         "LOG_FORMAT": "json",
+        # Fault injection: while this file exists, the train worker SIGKILLs itself mid-work.
+        "TRAIN_CRASH_FILE": str(base / "crash-now"),
     }
     days = synthesize(base / "synth", days=3, rows_per_day=800, seed=1).day_files
     inferred = run(
@@ -97,6 +99,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             "artifacts": artifacts,
             "first_version": first.version,
             "predict": f"http://127.0.0.1:{env['PREDICT_PORT']}",
+            "crash_file": base / "crash-now",
+            "deadletter": state / "deadletter",
         }
         started = json.loads((state / "up.json").read_text())["functions"]
         up.send_signal(signal.SIGINT)  # Ctrl-C
@@ -136,6 +140,38 @@ def test_a_copied_file_trains_a_new_version_that_predict_serves(stack: dict[str,
     [prediction] = body["predictions"]
     assert prediction["source"] == "model"
     assert 0.0 < prediction["score"] < 1.0
+
+
+def test_a_train_worker_killed_mid_work_is_finished_by_the_routers_redelivery(
+    stack: dict[str, Any],
+) -> None:
+    """kill -9 of the train instance while it holds a file's claim (default TRAIN_CLAIM_SECONDS,
+    900 s): the router's retries, seconds later, must take the dead holder's claim over and
+    finish the file, not be turned away until the event is dead-lettered."""
+    stack["crash_file"].touch()
+    subprocess.run(["cp", str(stack["days"][1]), str(stack["drop"] / "crashed.csv")], check=True)
+    data = LocalBucket(stack["artifacts"].folder.parent, "prodml-data")
+
+    def processed() -> bool:
+        info = data.stat("incoming/crashed.csv")
+        return is_processed(stack["artifacts"], "prodml-data", info.name, info.generation)
+
+    def settled() -> bool:
+        return processed() or any(stack["deadletter"].glob("*.json"))
+
+    wait_until(settled, "the crashed file to be finished or dead-lettered")
+    assert not stack["crash_file"].exists()  # the worker did die mid-work
+    assert not list(stack["deadletter"].glob("*.json")), "the crashed holder's event was dead-lettered"
+    assert processed()
+    cards = [
+        c
+        for c in list_cards(stack["artifacts"])
+        if (c.get("event") or {}).get("name") == "incoming/crashed.csv"
+    ]
+    assert len(cards) == 1, cards  # the version the dead worker wrote, finished by the redelivery
+    current = read_current(stack["artifacts"])
+    assert current is not None
+    assert [r["name"] for r in current.lineage].count("incoming/crashed.csv") <= 1
 
 
 def test_replay_sends_what_landed_while_the_stack_was_down(stack: dict[str, Any]) -> None:

@@ -322,10 +322,10 @@ def unprocessed_files(data: Bucket, artifacts: Bucket, prefix: str = INCOMING_PR
     """Every file under ``prefix`` with no outcome (no "done" marker), and why, in name order:
     ``{"object", "generation", "decision": NOT_PROCESSED, "reason"}``.
 
-    The reason is the error recorded for it (``error: ...``), a schema that cannot be loaded
-    (``no schema: ...``), or ``NOT_YET``; on the local backend also files no object name reaches,
-    which never fire (``name refused: ...``; ``object`` is then the file's path, ``generation``
-    None). Nothing waits in ``incoming/`` without a word.
+    The reason is the error recorded for it (``error: ...``, ``model_error: ...``), a schema that
+    cannot be loaded (``no schema: ...``), or ``NOT_YET``; on the local backend also files no
+    object name reaches, which never fire (``name refused: ...``; ``object`` is then the file's
+    path, ``generation`` None). Nothing waits in ``incoming/`` without a word.
     """
     try:
         load_schema(artifacts)
@@ -337,8 +337,9 @@ def unprocessed_files(data: Bucket, artifacts: Bucket, prefix: str = INCOMING_PR
         if is_processed(artifacts, data.name, info.name, info.generation):
             continue
         record = _read_record(artifacts, record_name(info.name, info.generation))
-        if record is not None and record.get("decision") == "error":
-            reason = f"error: {record.get('message')}"
+        if record is not None and record.get("decision") in ("error", "model_error"):
+            # model_error: the current model could not be loaded; replay trains it after a rollback.
+            reason = f"{record.get('decision')}: {record.get('message')}"
         else:
             reason = schema_problem or NOT_YET
         rows.append({"object": info.name, "generation": info.generation, "reason": reason})

@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -199,10 +201,60 @@ class Claim:
     generation: int
     version: str | None = None  # a version written for the file, not yet promoted
     parent: str | None = None  # the current model it was trained against
+    holder: str | None = None  # the process holding it (``_this_process``), if it could tell
 
     def expired(self, now: datetime | None = None) -> bool:
-        """Whether its holder is past the time it was given (so it died, or hangs)."""
-        return (now or datetime.now(UTC)) >= self.expires
+        """Whether its holder is past the time it was given (so it died, or hangs), or is a
+        process of this very machine that no longer runs (``holder_is_gone``)."""
+        return (now or datetime.now(UTC)) >= self.expires or holder_is_gone(self.holder)
+
+
+def _process_start(pid: int | str) -> str:
+    """The start time of process ``pid`` (clock ticks since boot, field 22 of /proc/<pid>/stat):
+    with the pid, it names one process, even after the pid is reused."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[19]
+
+
+def _machine() -> str | None:
+    """This host, boot and pid namespace (Linux), where a pid names one process; else None."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return f"{socket.gethostname()}|{boot}|{os.readlink('/proc/self/ns/pid')}"
+    except (OSError, IndexError):
+        return None
+
+
+def _this_process() -> str | None:
+    """The holder a claim written now names: machine, pid and start time; None where unknown."""
+    machine = _machine()
+    if machine is None:
+        return None
+    try:
+        return f"{machine}|{os.getpid()}|{_process_start('self')}"
+    except (OSError, IndexError):
+        return None
+
+
+def holder_is_gone(holder: str | None) -> bool:
+    """True only when ``holder`` was a process of this very machine (host, boot and pid
+    namespace) that no longer runs. The expiry alone (``TRAIN_CLAIM_SECONDS``, 900 s) would
+    turn the redeliveries of a killed holder's event away for that long: the local router gives
+    up after a few seconds (dead-lettering the file), and so would a retry after a restart. On
+    another machine (another instance in the cloud) nothing can be known: the expiry decides."""
+    if not holder:
+        return False
+    machine, _, process = holder.rpartition("|")
+    machine, _, pid = machine.rpartition("|")
+    if not pid.isdigit() or machine != _machine():
+        return False
+    try:
+        return _process_start(pid) != process
+    except FileNotFoundError:
+        return True  # no such process
+    except (OSError, IndexError):
+        return False
 
 
 def claim_name(bucket: str, name: str, generation: int) -> str:
@@ -242,9 +294,13 @@ def acquire_claim(
             )
         except PreconditionFailed:
             continue  # another delivery took it over (or its holder wrote) first: look again
+        why = (
+            f"expired at {_iso(held.expires)}"
+            if datetime.now(UTC) >= held.expires
+            else f"whose process is gone (claim until {_iso(held.expires)})"
+        )
         log.warning(
-            f"took over the claim on {blob} from the delivery of event {held.event_id}, expired at "
-            f"{_iso(held.expires)}",
+            f"took over the claim on {blob} from the delivery of event {held.event_id}, {why}",
             extra={"fields": {"claim": blob, "event_id": event_id, "previous_event_id": held.event_id}},
         )
         return taken, True
@@ -266,6 +322,7 @@ def read_claim(artifacts: Bucket, blob: str) -> Claim | None:
             info.generation,
             body.get("version") if isinstance(body.get("version"), str) else None,
             body.get("parent") if isinstance(body.get("parent"), str) else None,
+            body.get("holder") if isinstance(body.get("holder"), str) else None,
         )
     except (ValueError, TypeError, KeyError, AttributeError):
         return Claim(blob, "", datetime.min.replace(tzinfo=UTC), info.generation)
@@ -336,11 +393,12 @@ def _write_claim(
         "time": _iso(now),
         "version": version,
         "parent": parent,
+        "holder": _this_process(),
     }
     generation = artifacts.write(
         blob, _json_bytes(body), content_type="application/json", if_generation_match=expected
     )
-    return Claim(blob, event_id, expires, generation, version, parent)
+    return Claim(blob, event_id, expires, generation, version, parent, body["holder"])
 
 
 def _iso(moment: datetime) -> str:

@@ -175,6 +175,10 @@ def test_a_current_model_that_fails_to_load_late_leaves_every_recovery_command_w
     assert row["decision"] == "model_error" and "Object arrays cannot be loaded" in row["message"]
     code, out, _ = prodml("monitor")
     assert code == 0 and "model_error" in next(line for line in out.splitlines() if "late.csv" in line)
+    # Its line among the files without an outcome says why too, not "no event reached it yet".
+    waiting = out.split("no outcome yet", 1)[1]
+    (line,) = [line for line in waiting.splitlines() if "late.csv" in line]
+    assert "model_error: " in line and "Object arrays cannot be loaded" in line, line
 
     code, out, err = prodml("rollback", first)  # an explicit target
     assert code == 0, err

@@ -325,17 +325,12 @@ def test_a_trainer_killed_before_the_swap_leaves_the_model_whole_and_redelivery_
     (written,) = stack.cards_for(name)
     assert written["decision"]["status"] == "pending"
     assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
-    # The dead worker's claim lives on until it expires: a delivery of another event for the same
-    # file does nothing (2xx), leaving the work to the redelivery of the crashed event.
-    assert deliver(stack.url, info, str(uuid.uuid4()), attempts=1) == [200]
-    assert stack.cards_for(name) == [written] and stack.current_bytes() == before_bytes
-    assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
-    assert "is being processed by the delivery of event " + event_id in stack.process.log_tail()
+    # The dead worker's claim has not expired (CLAIM_SECONDS), but its holder is a process of this
+    # machine that no longer runs: the first redelivery, a second later, takes it over at once.
+    redelivered = deliver(stack.url, info, event_id, attempts=1)
 
-    redelivered = deliver(stack.url, info, event_id, REDELIVERIES)  # Eventarc redelivers, with backoff
-
-    assert redelivered[0] >= 500 and redelivered[-1] == 200, redelivered  # taken over once expired
-    assert f"from the delivery of event {event_id}, expired at" in stack.process.log_tail(20000)
+    assert redelivered == [200], stack.process.log_tail()
+    assert f"from the delivery of event {event_id}, whose process is gone" in stack.process.log_tail(20000)
 
     current = stack.current()
     assert current.version == written["version"]  # the very version written before the crash

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -395,6 +397,38 @@ def test_a_live_claim_turns_other_events_away_asks_its_own_again_and_expired_is_
     assert world.deliver(info, "holder").status == "promoted"
     assert not world.artifacts.exists(claim.blob)  # done: the claim is gone, the marker is there
     assert registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+
+
+def test_a_claim_of_a_process_that_died_on_this_machine_is_taken_over_before_it_expires(
+    tmp_path: Path,
+) -> None:
+    """A killed train instance's claim (900 s) must not turn its event's redeliveries away: the
+    local router gives up after seconds. A holder elsewhere (no way to tell) waits for the expiry."""
+    world = make_world(tmp_path)
+    info = drop_file(world.data, "incoming/a.csv", training_rows(300, 1))
+    root = world.artifacts.folder.parent
+    # A real process takes the claim for 900 s and dies holding it, as a SIGKILLed worker does.
+    grab = (
+        "import sys; from pathlib import Path; from shared import registry;"
+        "from shared.storage.local import LocalBucket;"
+        "registry.acquire_claim(LocalBucket(Path(sys.argv[1]), 'prodml-artifacts'), 'prodml-data',"
+        " sys.argv[2], int(sys.argv[3]), 'dead-holder', 900)"
+    )
+    subprocess.run([sys.executable, "-c", grab, str(root), info.name, str(info.generation)], check=True)
+    dead = registry.read_claim(world.artifacts, _claim_blob(info))
+    assert dead is not None and dead.event_id == "dead-holder" and dead.holder
+    assert dead.expired()  # gone, though its 900 s are not over
+
+    assert world.deliver(info, "dead-holder").status == "promoted"  # its redelivery finishes it
+    assert registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+
+    other = drop_file(world.data, "incoming/b.csv", training_rows(300, 2))
+    elsewhere, _ = registry.acquire_claim(
+        world.artifacts, "prodml-data", other.name, other.generation, "x", 900
+    )
+    assert elsewhere.holder is not None and not registry.holder_is_gone(elsewhere.holder)
+    foreign = dataclasses.replace(elsewhere, holder="another-instance|boot|pid:[1]|7|1")
+    assert not foreign.expired()  # another machine's process: only the expiry says it is gone
 
 
 def test_of_two_deliveries_that_find_a_claim_expired_only_one_takes_it_over(
