@@ -409,7 +409,7 @@ def test_a_claim_of_a_process_that_died_on_this_machine_is_taken_over_before_it_
     root = world.artifacts.folder.parent
     # A real process takes the claim for 900 s and dies holding it, as a SIGKILLed worker does.
     grab = (
-        "import sys; from pathlib import Path; from shared import registry;"
+        "import sys; from pathlib import Path; from shared.training import registry;"
         "from shared.storage.local import LocalBucket;"
         "registry.acquire_claim(LocalBucket(Path(sys.argv[1]), 'prodml-artifacts'), 'prodml-data',"
         " sys.argv[2], int(sys.argv[3]), 'dead-holder', 900)"
