@@ -21,6 +21,7 @@ and of the same magnitude as GCS's.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import os
@@ -104,7 +105,7 @@ class _Generations:
         # One connection per thread (sqlite3 objects are not shared across threads) and per
         # process: a connection inherited through fork must not be used, nor closed (closing
         # could disturb the parent's locks), so it is parked in _inherited_connections.
-        held = getattr(self._local, "held", None)
+        held: tuple[int, sqlite3.Connection] | None = getattr(self._local, "held", None)
         if held is not None and held[0] == os.getpid():
             return held[1]
         if held is not None:
@@ -459,7 +460,8 @@ class LocalBucket(Bucket):
             with contextlib.suppress(NotFound):  # deleted since the walk: not listed
                 yield self.stat(name)
 
-    def unreachable(self, prefix: str = "") -> list[UnreachableFile]:
+    # builtins.list: inside this class, a bare `list` in an annotation names the method above.
+    def unreachable(self, prefix: str = "") -> builtins.list[UnreachableFile]:
         """Files under ``prefix`` that no object name reaches: a name GCS refuses (a line feed,
         invalid UTF-8), a symlink out of the folder, a FIFO... They never fire and are never
         listed, so this is how they are shown to the user. In path order."""
