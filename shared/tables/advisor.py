@@ -29,6 +29,7 @@ hybrid if that table answers at least ``MIN_HYBRID_HIT_RATE`` of held-out reques
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Mapping
@@ -124,7 +125,8 @@ def coverage(counts: np.ndarray) -> np.ndarray:
     total = counts.sum()
     if total <= 0:
         return np.zeros(0)
-    return np.cumsum(np.sort(counts)[::-1]) / total
+    shares: np.ndarray = np.cumsum(np.sort(counts)[::-1]) / total  # numpy types this as Any
+    return shares
 
 
 def held_out_coverage(codes: np.ndarray, counts: np.ndarray, seed: int = HOLDOUT_SEED) -> np.ndarray:
@@ -142,7 +144,8 @@ def held_out_coverage(codes: np.ndarray, counts: np.ndarray, seed: int = HOLDOUT
     if held_total <= 0 or not chosen.any():
         return np.zeros(0)
     order = np.lexsort((codes[chosen], -first[chosen]))
-    return np.cumsum(second[chosen][order]) / held_total
+    shares: np.ndarray = np.cumsum(second[chosen][order]) / held_total  # numpy types this as Any
+    return shares
 
 
 def analyze(
@@ -173,38 +176,40 @@ def analyze(
 
     full = table(cardinality)
     words = _describe(cardinality, seen, requests, top_share, table_max_rows)
-    common = {
-        "cardinality": cardinality,
-        "table_max_rows": table_max_rows,
-        "requests": requests,
-        "invalid_requests": invalid_requests,
-        "distinct_keys_seen": seen,
-        "top_share": top_share,
-        "full_table": full,
-        "model": asdict(cost) if cost else None,
-        "thresholds": {
+    # Every outcome carries the same numbers: bound once, and checked, unlike a **dict.
+    advice = functools.partial(
+        Advice,
+        cardinality=cardinality,
+        table_max_rows=table_max_rows,
+        requests=requests,
+        invalid_requests=invalid_requests,
+        distinct_keys_seen=seen,
+        top_share=top_share,
+        full_table=full,
+        model=asdict(cost) if cost else None,
+        thresholds={
             "table_max_rows": table_max_rows,
             "target_hit_rate": TARGET_HIT_RATE,
             "min_hybrid_hit_rate": MIN_HYBRID_HIT_RATE,
             "min_traffic_requests": MIN_TRAFFIC_REQUESTS,
         },
-        "in_sample": in_sample,
-        "held_out": held,
-    }
+        in_sample=in_sample,
+        held_out=held,
+    )
     valid_share = (requests - invalid_requests) / requests if requests else None
     if cardinality <= table_max_rows:
         reason = (
             f"static: all {cardinality:,} keys fit in one table (TABLE_MAX_ROWS={table_max_rows:,}), "
             f"{_size(full)}; every request with a valid key is a lookup. {words}"
         )
-        return Advice("static", reason, cardinality, valid_share, recommended_table=full, **common)
+        return advice("static", reason, cardinality, valid_share, recommended_table=full)
     if requests < MIN_TRAFFIC_REQUESTS:
         reason = (
             f"dynamic: {cardinality:,} keys are over TABLE_MAX_ROWS={table_max_rows:,}, and {requests:,} "
             f"counted requests are too few (need {MIN_TRAFFIC_REQUESTS:,}) to find peaks; serve "
             f"dynamic, let predict count traffic, and ask again. {words}"
         )
-        return Advice("dynamic", reason, None, None, recommended_table=table(0), **common)
+        return advice("dynamic", reason, None, None, recommended_table=table(0))
     cap = min(len(held), table_max_rows)
     if cap == 0:
         k, hit = 0, 0.0
@@ -229,13 +234,13 @@ def analyze(
             + f"); the model serves the rest. Build it with "
             f"`prodml table build --strategy top_k --k {k}`. {words}"
         )
-        return Advice("hybrid", reason, k, round(hit_all, 4), recommended_table=recommended, **common)
+        return advice("hybrid", reason, k, round(hit_all, 4), recommended_table=recommended)
     reason = (
         f"dynamic: {cardinality:,} keys are too many for a full table and traffic is flat: the best "
         f"top-K table within TABLE_MAX_ROWS (K={k:,}) answered only {hit_all:.0%} of held-out "
         f"requests (a table pays from {MIN_HYBRID_HIT_RATE:.0%}). {words}"
     )
-    return Advice("dynamic", reason, None, None, recommended_table=table(0), **common)
+    return advice("dynamic", reason, None, None, recommended_table=table(0))
 
 
 def _describe(

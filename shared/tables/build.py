@@ -194,7 +194,10 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
     build_blob(bundle.version, "full", new_build_id())  # a version that cannot name a table fails now
     if not schema.key:
         return BuildResult(
-            NOTHING, "the model's schema has no key features: there is no table to build", **base
+            NOTHING,
+            "the model's schema has no key features: there is no table to build",
+            model_version=bundle.version,
+            model_generation=info.generation,
         )
 
     plan = plan_build(artifacts, settings, schema, request)
@@ -246,7 +249,8 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
         expected_hit_rate=plan.expected_hit_rate,
         pointer_switched=switched,
         details={"k": plan.k, "traffic_requests": plan.traffic_requests},
-        **base,
+        model_version=bundle.version,
+        model_generation=info.generation,
     )
 
 
