@@ -49,7 +49,7 @@ def add_runner_argument(
     )
 
 
-def register_validate(commands: argparse._SubParsersAction) -> None:
+def register_validate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``validate`` subcommand to a command group (``prodml pipeline``, ``prodml data``)."""
     validate = commands.add_parser(
         "validate",
@@ -67,7 +67,7 @@ def register_validate(commands: argparse._SubParsersAction) -> None:
     validate.set_defaults(func=run_validate)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml pipeline`` and its subcommands."""
     group = subparsers.add_parser(
         "pipeline",
