@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint bench soak demo up package deploy clean
+.PHONY: venv test lint typecheck bench soak demo up package deploy clean
 .PHONY: venv-beam
 
 venv: $(STAMP)
@@ -24,6 +24,12 @@ lint: venv
 	$(BIN)/ruff check shared functions tests bench infra
 	$(BIN)/ruff format --check shared functions tests bench infra
 
+# mypy --strict ([tool.mypy] in pyproject.toml): shared/ in one run, then each function's main.py in
+# its own run, because all three are a top-level module named `main`.
+typecheck: venv
+	$(BIN)/mypy
+	for main in functions/*/main.py; do $(BIN)/mypy "$$main" || exit 1; done
+
 bench: venv venv-beam
 	$(BIN)/python -m bench
 
@@ -41,7 +47,7 @@ demo: venv
 	$(BIN)/prodml demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV_BEAM) $(VENV_CHECKOV) .local dist .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_BEAM) $(VENV_CHECKOV) .local dist .pytest_cache .ruff_cache .mypy_cache
 
 # The Apache Beam environment (scale-out pipelines, docs/scale-out.md): a second venv, because
 # Beam pins pyarrow<26 and protobuf<7 (see requirements-beam.txt). It gets requirements.txt

@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 from shared.display import printable
 from shared.record_caps import cut_line, fit_record
@@ -77,7 +77,15 @@ def _render(entry: dict[str, Any]) -> str:
     return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def setup_logging(log_format: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+class LogStream(Protocol):
+    """What the handler needs of a stream: a text file, or the ``prodml`` command's ``EscapingWriter``."""
+
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+    def isatty(self) -> bool: ...
+
+
+def setup_logging(log_format: str = "auto", level: str = "info", stream: LogStream | None = None) -> None:
     """Send the ``shared`` loggers to ``stream`` (stdout) as JSON lines or text.
 
     Idempotent: calling it again replaces the handler instead of adding a second one.

@@ -102,7 +102,7 @@ class ModelBundle:
         """The skops form stored in the bucket."""
         import skops.io as sio
 
-        return sio.dumps(
+        data: bytes = sio.dumps(  # skops is untyped: the annotation says what dumps returns
             {
                 "format": FORMAT,
                 "version": self.version,
@@ -110,6 +110,7 @@ class ModelBundle:
                 "estimator": self.estimator,
             }
         )
+        return data
 
     @classmethod
     def from_bytes(

@@ -95,5 +95,6 @@ def _data_offset(data: bytes, member: zipfile.ZipInfo) -> int | None:
     at = member.header_offset
     if data[at : at + len(_LOCAL_HEADER)] != _LOCAL_HEADER or at + _LOCAL_HEADER_SIZE > len(data):
         return None
-    name_length, extra_length = struct.unpack_from("<HH", data, at + _NAME_LENGTHS_AT)
+    lengths: tuple[int, int] = struct.unpack_from("<HH", data, at + _NAME_LENGTHS_AT)
+    name_length, extra_length = lengths
     return at + _LOCAL_HEADER_SIZE + name_length + extra_length

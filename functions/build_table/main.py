@@ -28,13 +28,13 @@ from cloudevents.http import CloudEvent
 from functions_framework import event_conversion
 
 from shared.config import get_settings
+from shared.contracts import CURRENT_MODEL
 from shared.errors import BadRequest, ConfigError, InvalidEvent, InvalidObjectName, SchemaError
 from shared.event_guard import guard_event_parsing
 from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
 from shared.pipelines.launch import PipelineFailed, build_table_routed
 from shared.storage import artifacts_bucket
-from shared.tables.build import CURRENT_MODEL
 from shared.tables.plan import BuildRequest, parse_build_request
 from shared.tables.switch import superseded_by
 

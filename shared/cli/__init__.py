@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = EscapingWriter(streams[0]), EscapingWriter(streams[1])  # type: ignore[assignment]
+    sys.stdout, sys.stderr = EscapingWriter(streams[0]), EscapingWriter(streams[1])
     try:
         settings = get_settings()
         setup_logging(settings.log_format, settings.log_level, stream=sys.stderr)

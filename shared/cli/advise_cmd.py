@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 DEFAULT_PNG = Path(".local/advise-coverage.png")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml advise``."""
     parser = subparsers.add_parser(
         "advise",

@@ -11,7 +11,7 @@ from shared.cli.choices import KEY_CARDINALITY
 from shared.cli.pipeline_cmd import register_validate
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml data`` and its ``synth`` subcommand."""
     data = subparsers.add_parser("data", help="make example data", description="Make example data.")
     commands = data.add_subparsers(dest="data_command", metavar="COMMAND", required=True)
@@ -64,7 +64,7 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"out": str(result.out), "files": rows}, indent=2))
         return 0
-    width = max(len(r["file"]) for r in rows)
+    width = max(len(str(p)) for p in result.files)
     print(f"{'file':<{width}}  {'kind':<19}  rows")
     for r in rows:
         print(f"{r['file']:<{width}}  {r['kind']:<19}  {r['rows']}")

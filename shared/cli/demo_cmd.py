@@ -9,7 +9,7 @@ from pathlib import Path
 from types import FrameType
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml demo``."""
     parser = subparsers.add_parser(
         "demo",

@@ -10,7 +10,7 @@ from shared.config import get_settings
 from shared.display import printable, render_table
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml monitor``."""
     parser = subparsers.add_parser(
         "monitor",

@@ -49,7 +49,7 @@ def add_runner_argument(
     )
 
 
-def register_validate(commands: argparse._SubParsersAction) -> None:
+def register_validate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``validate`` subcommand to a command group (``prodml pipeline``, ``prodml data``)."""
     validate = commands.add_parser(
         "validate",
@@ -67,7 +67,7 @@ def register_validate(commands: argparse._SubParsersAction) -> None:
     validate.set_defaults(func=run_validate)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml pipeline`` and its subcommands."""
     group = subparsers.add_parser(
         "pipeline",
@@ -173,11 +173,11 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_decide(args: argparse.Namespace) -> int:
     """Print where a table build of the current model would run, and why."""
+    from shared.contracts import CURRENT_MODEL
     from shared.errors import ModelNotReady, NotFound
     from shared.model import ModelBundle
     from shared.pipelines.decide import decide_for_model
     from shared.storage import artifacts_bucket
-    from shared.tables.build import CURRENT_MODEL
 
     settings = get_settings()
     try:

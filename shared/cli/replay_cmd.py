@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
     from shared.local.router.replay import ReplayOutcome
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml replay``."""
     parser = subparsers.add_parser(
         "replay",
@@ -61,7 +62,7 @@ def run_replay(args: argparse.Namespace) -> int:
     elif not outcomes:
         print(f"no data files under {args.prefix!r}")
     else:
-        table = [("file", "generation", "outcome", "attempts", "by")]
+        table: list[Sequence[object]] = [("file", "generation", "outcome", "attempts", "by")]
         table += [(o.name, _generation(o), o.outcome, o.attempts, o.function or "-") for o in outcomes]
         print(render_table(table))
         skipped = sum(o.outcome.startswith("skipped") for o in outcomes)

@@ -13,7 +13,7 @@ from shared.errors import ValidationFailed
 from shared.schema import SCHEMA_BLOB, save_schema
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml schema`` and its ``infer`` subcommand."""
     schema = subparsers.add_parser(
         "schema", help="the dataset contract (schema.json)", description="The dataset contract."
@@ -72,7 +72,7 @@ def run_infer(args: argparse.Namespace) -> int:
         return 0
     if args.output is not None:
         args.output.write_text(schema.to_json())
-        where = {"file": str(args.output)}
+        where: dict[str, object] = {"file": str(args.output)}
     else:
         bucket = artifacts_bucket(settings)
         where = {"bucket": bucket.name, "name": SCHEMA_BLOB, "generation": save_schema(bucket, schema)}

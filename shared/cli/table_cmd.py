@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from shared.tables.result import BuildResult
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml table`` and its ``build`` subcommand."""
     table = subparsers.add_parser(
         "table", help="the static prediction table", description="The static prediction table."

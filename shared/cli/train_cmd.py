@@ -24,7 +24,7 @@ from shared.schema import load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml train``, ``prodml models`` and ``prodml rollback``."""
     train = subparsers.add_parser(
         "train",

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from shared.local.stack import LocalStack
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml up``."""
     up = subparsers.add_parser(
         "up",

@@ -92,17 +92,17 @@ def reference_stats(frame: pd.DataFrame, schema: Schema) -> dict[str, Any]:
                 "proportions": {str(k): float(v) for k, v in shares.items()},
             }
         else:
-            values = _finite(frame[feature.name])
-            if len(values) == 0:
+            finite = _finite(frame[feature.name])
+            if len(finite) == 0:
                 continue
             # method="lower": edges are observed values, so repeated values (integers) give
             # one bin each instead of empty bins between interpolated edges.
-            inner = np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1], method="lower")
+            inner = np.quantile(finite, np.linspace(0, 1, BINS + 1)[1:-1], method="lower")
             edges = sorted({float(e) for e in inner})
             features[feature.name] = {
                 "kind": "numeric",
                 "edges": edges,
-                "proportions": _bin_shares(values, edges).tolist(),
+                "proportions": _bin_shares(finite, edges).tolist(),
             }
     return {"bins": BINS, "rows": int(len(frame)), "features": features}
 
@@ -128,11 +128,11 @@ def psi(reference: dict[str, Any], frame: pd.DataFrame, schema: Schema) -> dict[
             expected = np.array([ref_shares.get(b, 0.0) for b in bins])
             actual = np.array([float(new_shares.get(b, 0.0)) for b in bins])
         else:
-            values = _finite(frame[feature.name])
-            if len(values) == 0:
+            finite = _finite(frame[feature.name])
+            if len(finite) == 0:
                 continue
             expected = np.asarray(ref["proportions"], dtype="float64")
-            actual = _bin_shares(values, ref["edges"])
+            actual = _bin_shares(finite, ref["edges"])
         out[feature.name] = _psi(expected, actual)
     return out
 
@@ -140,7 +140,8 @@ def psi(reference: dict[str, Any], frame: pd.DataFrame, schema: Schema) -> dict[
 def _finite(values: pd.Series) -> np.ndarray:
     numbers, _ = numeric_values(values)
     arr = numbers.to_numpy(dtype="float64")
-    return arr[np.isfinite(arr)]
+    finite: np.ndarray = arr[np.isfinite(arr)]  # numpy types a masked index as Any
+    return finite
 
 
 def _bin_shares(values: np.ndarray, edges: list[float]) -> np.ndarray:
@@ -229,7 +230,8 @@ def evaluate(
 def _normalized(proba: np.ndarray) -> np.ndarray:
     # A class the model never saw scores 0 in ModelBundle.scores; rows must sum to one for sklearn.
     clipped = np.clip(proba, 1e-15, None)
-    return clipped / clipped.sum(axis=1, keepdims=True)
+    normalized: np.ndarray = clipped / clipped.sum(axis=1, keepdims=True)  # numpy types this as Any
+    return normalized
 
 
 def _multiclass_auc(

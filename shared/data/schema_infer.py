@@ -88,14 +88,17 @@ def _infer_feature(name: str, values: pd.Series, max_categories: int) -> Feature
         strings = category_strings(values).dropna()
         domain = sorted(set(strings))
         if not domain:
-            return _skip(name, "has no values")
+            _skip(name, "has no values")
+            return None
         if len(domain) > max_categories:
-            return _skip(name, f"has {len(domain)} distinct values (> max_categories {max_categories})")
+            _skip(name, f"has {len(domain)} distinct values (> max_categories {max_categories})")
+            return None
         return Feature(name, "category", domain=tuple(domain))
     present = numbers.dropna()
     present = present[np.isfinite(present.to_numpy())]
     if present.empty:
-        return _skip(name, "has no values")
+        _skip(name, "has no values")
+        return None
     low, high = float(present.min()), float(present.max())
     whole = bool((present == np.floor(present)).all())
     if whole and present.nunique() <= MAX_INTEGER_VALUES:
@@ -116,7 +119,6 @@ def _round(value: float) -> float:
 
 def _skip(name: str, why: str) -> None:
     log.warning(f"column {name!r} {why}: left out of the schema", extra={"fields": {"column": name}})
-    return None
 
 
 def _with_default(feature: Feature, values: pd.Series) -> Feature:

@@ -65,11 +65,11 @@ def _fail_columns(
     rows = _rows(bad[first])
     count = int(sum(int(m.sum()) for m in bad.values()))
     parts = [f"{name!r} ({int(m.sum())} {'row' if int(m.sum()) == 1 else 'rows'})" for name, m in bad.items()]
-    shown = ", ".join(repr(s) for s in samples)
+    sample_text = ", ".join(repr(s) for s in samples)
     where = f"{'row' if len(rows) == 1 else 'rows'} {', '.join(map(str, rows[:5]))}"
     raise ValidationFailed(
         rule,
-        f"{object_name!r}: column {', '.join(parts)} {what} {shown} (in {first!r} at {where})",
+        f"{object_name!r}: column {', '.join(parts)} {what} {sample_text} (in {first!r} at {where})",
         details(columns=list(bad), rows=rows, samples=samples, count=count, **extra),
     )
 

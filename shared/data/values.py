@@ -81,9 +81,9 @@ def numeric_values(values: pd.Series) -> tuple[pd.Series, pd.Series]:
         safe = np.where(present, codes, 0)
         if len(parsed) == 0:  # every cell missing
             return pd.Series(np.nan, index=values.index), pd.Series(False, index=values.index)
-        numbers = np.where(present, parsed[safe], np.nan)
-        text = present & parsed_text[safe]
-        return pd.Series(numbers, index=values.index), pd.Series(text, index=values.index)
+        number_cells = np.where(present, parsed[safe], np.nan)
+        text_cells = present & parsed_text[safe]
+        return pd.Series(number_cells, index=values.index), pd.Series(text_cells, index=values.index)
     raw = values.astype(object)
     is_bool = raw.map(lambda v: isinstance(v, bool | np.bool_)).astype(bool)
     as_text = raw.map(lambda v: v.strip().lower() if isinstance(v, str) else v)

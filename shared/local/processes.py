@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 from shared.local.functions import FunctionSpec
 
@@ -63,7 +64,7 @@ class FunctionProcess:
         self.env = dict(os.environ if env is None else env)
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
-        self._log_file = None
+        self._log_file: BinaryIO | None = None
 
     @property
     def url(self) -> str:
@@ -87,7 +88,7 @@ class FunctionProcess:
             "--port",
             str(self.port),
         ]
-        output = subprocess.DEVNULL
+        output: int | BinaryIO = subprocess.DEVNULL
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()

@@ -17,6 +17,7 @@ the log, ``prodml table build`` and ``prodml advise``.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -102,13 +103,15 @@ def decide(
     runner = settings.pipeline_runner if runner == "auto" else runner
     budget = settings.table_function_budget_seconds
     expected = rows / rows_per_second if rows_per_second else None
-    common = {
-        "strategy": strategy,
-        "rows": rows,
-        "rows_per_second": round(rows_per_second, 1) if rows_per_second else None,
-        "expected_seconds": round(expected, 2) if expected is not None else None,
-        "budget_seconds": budget,
-    }
+    # Every outcome carries the same numbers: bound once, and checked, unlike a **dict.
+    decision = functools.partial(
+        Decision,
+        strategy=strategy,
+        rows=rows,
+        rows_per_second=round(rows_per_second, 1) if rows_per_second else None,
+        expected_seconds=round(expected, 2) if expected is not None else None,
+        budget_seconds=budget,
+    )
     estimate = (
         f"{rows:,} keys at {rows_per_second:,.0f} keys/s measured is about {expected:,.1f} s"
         if expected is not None and rows_per_second
@@ -117,15 +120,15 @@ def decide(
     if runner != "auto":
         if runner not in PATHS:
             raise ValueError(f"runner {runner!r} is not auto or one of {', '.join(PATHS)}")
-        return Decision(runner, f"{runner} asked for ({estimate})", **common)
+        return decision(runner, f"{runner} asked for ({estimate})")
     if rows > settings.table_max_rows:
         why = f"{estimate}; over TABLE_MAX_ROWS={settings.table_max_rows:,} keys a function holds"
-        return Decision(pipeline_runner(settings), why, **common)
+        return decision(pipeline_runner(settings), why)
     if expected is not None and expected > budget:
         why = f"{estimate}, over TABLE_FUNCTION_BUDGET_SECONDS={budget:g}"
-        return Decision(pipeline_runner(settings), why, **common)
+        return decision(pipeline_runner(settings), why)
     why = f"{estimate}, within TABLE_FUNCTION_BUDGET_SECONDS={budget:g} and TABLE_MAX_ROWS"
-    return Decision(FUNCTION, why, **common)
+    return decision(FUNCTION, why)
 
 
 def decide_for_model(

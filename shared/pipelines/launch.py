@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.config import Settings
+from shared.contracts import CURRENT_MODEL
 from shared.errors import ConfigError, NotFound, ProdMLError
 from shared.logs import get_logger
 from shared.model import ModelBundle
@@ -39,7 +40,7 @@ from shared.pipelines.options import (
     settings_json,
 )
 from shared.storage import Bucket
-from shared.tables.build import CURRENT_MODEL, build_table
+from shared.tables.build import build_table
 from shared.tables.format import read_pointer
 from shared.tables.plan import BuildRequest, holds_build, newest_traffic
 from shared.tables.result import NOTHING, BuildResult, skipped_result

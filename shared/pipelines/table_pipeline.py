@@ -44,11 +44,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from shared.config import Settings
+from shared.contracts import CURRENT_MODEL
 from shared.errors import ModelNotReady, NotFound
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.storage import artifacts_bucket
-from shared.tables.build import CURRENT_MODEL
 from shared.tables.format import build_blob, new_build_id, read_pointer, write_table
 from shared.tables.keys import decode_keys, non_key_defaults, score_keys, score_width
 from shared.tables.plan import BuildPlan, BuildRequest, is_same_build, plan_build
@@ -229,10 +229,12 @@ def plan_job(
     except ModelNotReady as exc:
         return BuildResult(NOTHING, f"cannot load {CURRENT_MODEL}: {exc}")
     schema = bundle.schema
-    base = {"model_version": bundle.version, "model_generation": generation}
     if not schema.key:
         return BuildResult(
-            NOTHING, "the model's schema has no key features: there is no table to build", **base
+            NOTHING,
+            "the model's schema has no key features: there is no table to build",
+            model_version=bundle.version,
+            model_generation=generation,
         )
     # A pipeline's limit is PIPELINE_MAX_ROWS: the builder's own plan, with the larger limit.
     wide = dataclasses.replace(settings, table_max_rows=settings.pipeline_max_rows)
@@ -277,7 +279,7 @@ def build_pipeline(pipeline: beam.Pipeline, settings: Settings, job: TableJob) -
 
 def run(
     settings: Settings, request: BuildRequest, beam_argv: list[str], *, run_id: str, temp_dir: str
-) -> dict:
+) -> dict[str, Any]:
     """Plan, run and (on the DirectRunner) wait for the build; return the result as a dict.
 
     On Dataflow the job is submitted and this returns ``{"status": "launched", ...}`` at once:
@@ -301,6 +303,6 @@ def run(
     outcome.wait_until_finish()
     result_path = FileSystems.join(job.temp_dir, RESULT_FILE)
     with FileSystems.open(result_path) as f:
-        result = json.loads(f.read())
+        result: dict[str, Any] = json.loads(f.read())
     FileSystems.delete([job.temp_dir])
     return result

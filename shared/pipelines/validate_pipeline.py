@@ -143,13 +143,13 @@ class SampleRows(beam.CombineFn):
         """No rows yet."""
         return None
 
-    def add_input(self, accumulator: pd.DataFrame | None, frame: pd.DataFrame) -> pd.DataFrame:
+    def add_input(self, accumulator: pd.DataFrame | None, frame: pd.DataFrame) -> pd.DataFrame | None:
         """Keep the ``cap`` smallest keys of both."""
         return self.merge_accumulators([accumulator, frame])
 
     def merge_accumulators(self, accumulators: Any) -> pd.DataFrame | None:
         """Concatenate and keep the ``cap`` smallest keys (the same rows whatever the merge order)."""
-        frames = [a for a in accumulators if a is not None and len(a)]
+        frames: list[pd.DataFrame] = [a for a in accumulators if a is not None and len(a)]
         if not frames:
             return None
         merged = pd.concat(frames, ignore_index=True)
@@ -232,7 +232,9 @@ def build_pipeline(
     )
 
 
-def run(settings: Settings, objects: list[str], beam_argv: list[str], *, run_id: str, temp_dir: str) -> dict:
+def run(
+    settings: Settings, objects: list[str], beam_argv: list[str], *, run_id: str, temp_dir: str
+) -> dict[str, Any]:
     """Validate every named object; return the report (on Dataflow: that the job was launched)."""
     data = data_bucket(settings)
     load_schema(artifacts_bucket(settings))  # no schema: say so now, not on every worker
@@ -251,6 +253,6 @@ def run(settings: Settings, objects: list[str], beam_argv: list[str], *, run_id:
         return {"status": "launched", "message": f"Dataflow job for run {run_id} submitted", "run_id": run_id}
     outcome.wait_until_finish()
     with FileSystems.open(FileSystems.join(job_temp, RESULT_FILE)) as f:
-        report = json.loads(f.read())
+        report: dict[str, Any] = json.loads(f.read())
     FileSystems.delete([job_temp])
     return report

@@ -43,6 +43,7 @@ from shared.errors import ModelNotReady, ProdMLError
 from shared.logs import get_logger
 from shared.model import ModelBundle, to_frame
 from shared.schema import Scalar
+from shared.serving.request_checks import Require
 from shared.serving.state import CURRENT_MODEL, ServingState, StateLoader
 from shared.serving.traffic import HeavyHitters, flush_counts
 from shared.storage import Bucket
@@ -213,7 +214,7 @@ class Predictor:
                 f"static serving has no usable table yet ({state.table_note}): "
                 f"build one with `prodml table build`"
             )
-        require = "key" if self.mode == "static" else "all"
+        require: Require = "key" if self.mode == "static" else "all"
         instances = state.checker.parse(body, require)
         model = state.model
         n = len(instances)

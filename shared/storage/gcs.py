@@ -41,7 +41,7 @@ from shared.storage.names import check_bucket_name, check_object_name, default_c
 # may not meet: API errors, token refresh and transport failures of google-auth (a metadata server
 # hiccup), a download whose checksum did not match or an unexpected status of resumable media,
 # and connection errors or timeouts however they surface (requests, or the socket itself).
-_TRANSIENT: tuple[type[BaseException], ...] = (
+_TRANSIENT: tuple[type[Exception], ...] = (
     gexc.GoogleAPIError,
     auth_exc.TransportError,
     auth_exc.RefreshError,
@@ -148,7 +148,8 @@ class GCSBucket(Bucket):
         """Return the object's bytes; ``NotFound`` if absent."""
         check_object_name(name)
         with self._mapped(name):
-            return self._bucket.blob(name).download_as_bytes()
+            data: bytes = self._bucket.blob(name).download_as_bytes()  # the library is untyped
+            return data
 
     def read_with_info(self, name: str) -> tuple[bytes, ObjectInfo]:
         """Return the bytes and the info of the very same generation.

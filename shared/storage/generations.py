@@ -61,7 +61,7 @@ class GenerationStore:
         # One connection per thread (sqlite3 objects are not shared across threads) and per
         # process: a connection inherited through fork must not be used, nor closed (closing
         # could disturb the parent's locks), so it is parked in _inherited_connections.
-        held = getattr(self._local, "held", None)
+        held: tuple[int, sqlite3.Connection] | None = getattr(self._local, "held", None)
         if held is not None and held[0] == os.getpid():
             return held[1]
         if held is not None:

@@ -27,6 +27,7 @@ and reads best in one place.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import secrets
@@ -328,7 +329,8 @@ class LocalBucket(Bucket):
             with contextlib.suppress(NotFound):  # deleted since the walk: not listed
                 yield self.stat(name)
 
-    def unreachable(self, prefix: str = "") -> list[UnreachableFile]:
+    # builtins.list: inside this class, a bare `list` in an annotation names the method above.
+    def unreachable(self, prefix: str = "") -> builtins.list[UnreachableFile]:
         """Files under ``prefix`` that no object name reaches: a name GCS refuses (a line feed,
         invalid UTF-8), a symlink out of the folder, a FIFO... They never fire and are never
         listed, so this is how they are shown to the user. In path order."""

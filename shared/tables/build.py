@@ -158,7 +158,8 @@ def _built_result(
         expected_hit_rate=plan.expected_hit_rate,
         pointer_switched=switched,
         details={"k": plan.k, "traffic_requests": plan.traffic_requests},
-        **base,
+        model_version=bundle.version,
+        model_generation=model_generation,
     )
 
 

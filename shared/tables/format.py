@@ -36,7 +36,7 @@ import re
 import secrets
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,7 +147,9 @@ class Table:
         # Bound methods and .item() (a Python number, no numpy scalar) keep lookup_one near 1 us.
         self._search = self.codes.searchsorted
         self._code_at = self.codes.item
-        self._score_at = self.scores.item if self.scores.ndim == 1 else self.scores.__getitem__
+        self._score_at: Callable[[int], float | np.ndarray] = (
+            self.scores.item if self.scores.ndim == 1 else self.scores.__getitem__
+        )
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -235,7 +237,7 @@ def _write_npz(out: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
                     continue
                 np.lib.format.write_array_header_1_0(member, np.lib.format.header_data_from_array_1_0(array))
                 if array.size:  # memoryview cannot cast an empty shape; an empty table has no data
-                    member.write(memoryview(array).cast("B"))
+                    member.write(array.data.cast("B"))  # .data: the array's buffer, as a memoryview
 
 
 def read_table(artifacts: Bucket, name: str, max_bytes: int | None = None) -> Table:

@@ -280,7 +280,8 @@ def row_losses(bundle: ModelBundle, frame: pd.DataFrame, scores: np.ndarray | No
         proba = proba / proba.sum(axis=1, keepdims=True)
         index = {c: i for i, c in enumerate(schema.label.classes)}
         p_true = proba[np.arange(len(truth)), [index[c] for c in truth]]
-    return -np.log(np.clip(p_true, 1e-15, 1.0))
+    losses: np.ndarray = -np.log(np.clip(p_true, 1e-15, 1.0))  # numpy types this as Any
+    return losses
 
 
 def judge(

@@ -467,6 +467,7 @@ def _quarantine(job: _Job, failure: ValidationFailed, current: Current | None) -
     event = job.event
     target = quarantine_object(job.data, event.name, event.generation, failure)
     psi = failure.details.get("psi")
+    columns = failure.details.get("columns")
     monitoring.write_record(
         job.artifacts,
         monitoring.make_record(
@@ -475,7 +476,7 @@ def _quarantine(job: _Job, failure: ValidationFailed, current: Current | None) -
             _version(current),
             None,
             psi if isinstance(psi, dict) else {},
-            list(failure.details.get("columns", [])) if failure.rule == "drift" else [],
+            list(columns) if failure.rule == "drift" and isinstance(columns, list) else [],
             "quarantined",
             rule=failure.rule,
             message=failure.message,

@@ -13,6 +13,7 @@ order they run, and reads best as one script.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import os
@@ -160,9 +161,11 @@ class Demo:
     def _settle(self, timeout: float = 300.0) -> None:
         """Wait until the router has delivered everything (e.g. the table builds that model
         promotions fired on the artifacts bucket), so the next step sees a quiet system."""
-        router = self.stack.router if self.stack is not None else None
-        if router is not None and not router.wait_idle(timeout):
-            raise DemoError(f"the stack was still busy after {timeout:g} s (see {self.stack.logs_dir}/)")
+        stack = self.stack
+        if stack is None or stack.router is None:
+            return  # nothing started: nothing to wait for
+        if not stack.router.wait_idle(timeout):
+            raise DemoError(f"the stack was still busy after {timeout:g} s (see {stack.logs_dir}/)")
 
     def stop(self) -> None:
         """Stop every process the demo started."""
@@ -390,7 +393,7 @@ class Demo:
             for mode, url in urls.items():
                 send_traffic(url, instances[:20], mode)  # warm up: the first request loads model and table
                 if table_model and mode != "dynamic":
-                    wait_for(lambda url=url: _table_in_use(url), f"predict ({mode}) to load the table", 60)
+                    wait_for(functools.partial(_table_in_use, url), f"predict ({mode}) to load the table", 60)
                 self.modes.append(send_traffic(url, instances, mode))
             s["detail"] = f"{len(instances):,} single-instance requests per mode"
             s["more"] = [

@@ -165,8 +165,8 @@ def replay_in_process(
             continue
         except Exception as exc:  # a bug must not stop the replay of the other files
             log.exception(f"replay of {info.name!r}@{info.generation} failed")
-            error = f"{type(exc).__name__}: {exc}"
-            outcomes.append(ReplayOutcome(info.name, info.generation, "failed", "in-process", 1, error))
+            crash = f"{type(exc).__name__}: {exc}"
+            outcomes.append(ReplayOutcome(info.name, info.generation, "failed", "in-process", 1, crash))
             continue
         error = outcome.message if outcome.status in UNFINISHED else None
         outcomes.append(ReplayOutcome(info.name, info.generation, outcome.status, "in-process", 1, error))
