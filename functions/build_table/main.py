@@ -28,11 +28,19 @@ from cloudevents.http import CloudEvent
 from functions_framework import event_conversion
 
 from shared.config import get_settings
-from shared.errors import BadRequest, ConfigError, InvalidEvent, InvalidObjectName, SchemaError
+from shared.errors import (
+    BadRequest,
+    ConfigError,
+    InvalidEvent,
+    InvalidObjectName,
+    PipelineFailed,
+    SchemaError,
+    TableError,
+)
 from shared.event_guard import guard_event_parsing
 from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
-from shared.pipelines.launch import PipelineFailed, build_table_routed
+from shared.pipelines.launch import build_table_routed
 from shared.storage import artifacts_bucket
 from shared.tables.build import CURRENT_MODEL, BuildRequest, parse_build_request, superseded_by
 
@@ -74,7 +82,7 @@ def on_model_promoted(cloud_event: CloudEvent) -> None:
     try:
         # In-process when the key space fits the budget, else a Beam pipeline (shared.pipelines).
         result = build_table_routed(artifacts, _settings, BuildRequest(strategy="auto")).to_dict()
-    except (BadRequest, SchemaError, InvalidObjectName, ConfigError, PipelineFailed) as exc:
+    except (BadRequest, SchemaError, TableError, InvalidObjectName, ConfigError, PipelineFailed) as exc:
         # A redelivery would meet the same model and fail the same way: answer 2xx, say why.
         log.error(f"table not built for model generation {event.generation}: {exc}")
         return
@@ -92,7 +100,7 @@ def build_table_http(request: flask.Request) -> tuple[dict[str, Any], int]:
         result = build_table_routed(artifacts_bucket(_settings), _settings, build).to_dict()
     except BadRequest as exc:
         return exc.to_dict(), exc.http_status
-    except (SchemaError, InvalidObjectName) as exc:
+    except (SchemaError, TableError, InvalidObjectName) as exc:
         # The stored model or schema is unusable: a retry cannot help, so no 5xx; say what to fix.
         return BadRequest(str(exc), code="unusable_model", status=409).to_dict(), 409
     except ConfigError as exc:

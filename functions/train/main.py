@@ -16,11 +16,11 @@ from cloudevents.http import CloudEvent
 from functions_framework import event_conversion
 
 from shared.config import get_settings
-from shared.errors import InvalidEvent, InvalidObjectName, ProdMLError, StorageError
+from shared.errors import InvalidEvent, InvalidObjectName, ProdMLError, RetryLater, StorageError
 from shared.event_guard import guard_event_parsing
 from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
-from shared.training.on_event import RetryLater, handle_event, record_error
+from shared.training.on_event import handle_event, record_error
 
 _settings = get_settings()
 setup_logging(_settings.log_format, _settings.log_level)
