@@ -263,7 +263,7 @@ def forest(schema: Schema) -> Pipeline:
 def test_a_plugged_in_estimator_trains_and_incremental_falls_back_to_full(tmp_path: Path) -> None:
     world = make_world(
         tmp_path,
-        ESTIMATOR="test_trainer:forest",
+        ESTIMATOR="test_on_event:forest",
         TRAINING_STRATEGY="incremental",
         MODEL_TRUSTED_TYPES="sklearn.tree._tree.Tree",  # skops does not trust tree internals by default
     )
@@ -271,7 +271,7 @@ def test_a_plugged_in_estimator_trains_and_incremental_falls_back_to_full(tmp_pa
     outcome = world.send("incoming/b.csv", training_rows(300, 2))
 
     card = registry.read_card(world.artifacts, outcome.version or "")
-    assert card["estimator"] == "test_trainer:forest"
+    assert card["estimator"] == "test_on_event:forest"
     assert card["strategy"] == "full (the current model has no partial_fit)"
     assert isinstance(world.current().bundle.estimator[-1], RandomForestClassifier)
 
