@@ -16,18 +16,25 @@ they fail, the hook answers 200 with a log line saying why, and the view never r
 they can read goes on to the view unchanged (it is parsed again there, a ~1 kB JSON body), where
 a transient fault of our function still answers 5xx.
 
+``read_storage_event`` does the same one step later, for the functions' own parse: a delivery
+the framework could read but that is no storage event (a foreign type, a malformed envelope) is
+logged and answered 2xx too.
+
 Framework objects are passed in, not imported: ``shared`` stays free of flask and
 functions_framework.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from cloudevents.exceptions import InvalidRequiredFields, MissingRequiredFields
 from cloudevents.http import from_http
 
+from shared.errors import InvalidEvent
+from shared.events import StorageObjectEvent, parse_storage_event
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -124,6 +131,17 @@ def guard_event_parsing(
         return f"ignored: the delivery cannot be parsed: {reason}\n", IGNORED_STATUS
 
     app.before_request(refuse_unreadable)
+
+
+def read_storage_event(cloud_event: object, function_log: logging.Logger) -> StorageObjectEvent | None:
+    """The storage event ``cloud_event`` carries, or None (logged on ``function_log``) when it is
+    malformed or of a foreign type: the function then returns, answering 2xx, since a
+    redelivery would carry the same event."""
+    try:
+        return parse_storage_event(cloud_event)
+    except InvalidEvent as exc:
+        function_log.error(f"ignoring a malformed event (a redelivery would not parse either): {exc}")
+        return None
 
 
 def _cut(text: str) -> str:

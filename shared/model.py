@@ -22,9 +22,9 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from shared.config import get_settings
-from shared.errors import ModelNotReady, SchemaError
+from shared.errors import ModelNotReady, SchemaError, ZipTooLarge
 from shared.schema import Scalar, Schema
-from shared.zip_limits import ZipTooLarge, check_zip
+from shared.zip_limits import check_zip
 
 FORMAT = "prodml-model/1"
 

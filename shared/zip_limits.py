@@ -23,7 +23,7 @@ import struct
 import zipfile
 import zlib
 
-from shared.errors import ProdMLError
+from shared.errors import ZipTooLarge
 
 ACCEPTED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
 _LOCAL_HEADER = b"PK\x03\x04"
@@ -31,10 +31,6 @@ _LOCAL_HEADER_SIZE = 30  # APPNOTE 4.3.7: the fixed part; the name and extra fie
 _NAME_LENGTHS_AT = 26  # offset of the name and extra field lengths in the local header
 _INPUT_STEP = 64 * 1024  # compressed bytes fed to the decompressor at a time
 _OUTPUT_STEP = 1024 * 1024  # most bytes one decompress step may produce
-
-
-class ZipTooLarge(ProdMLError):
-    """A zip file would decompress to more than its limit (or in a way that cannot be bounded)."""
 
 
 def check_zip(data: bytes, limit: int, setting: str) -> None:

@@ -8,13 +8,16 @@ budget, else a Beam pipeline (DirectRunner locally, Dataflow on GCP); the log an
 - ``on_model_promoted``: a CloudEvent function on the artifacts bucket. Eventarc cannot filter by
   object name, so every finalized object arrives; all but ``models/current.skops`` are ignored
   (answered 2xx), and so is an event of an older generation than the live one (its newer
-  generation's own event builds the table). Only transient storage faults raise, so the platform
-  redelivers; the build is idempotent per model generation, so a redelivery builds nothing new.
+  generation's own event builds the table). A transient storage fault (``shared.errors.is_transient``)
+  raises, so the platform redelivers, and so does an unexpected error (a bug); every other error
+  is logged and answered 2xx. The build is idempotent per model generation, so a redelivery
+  builds nothing new.
   A delivery functions-framework itself cannot parse is answered 2xx with a log line too
   (``shared.event_guard``).
 - ``build_table_http``: ``POST {"strategy": "full"|"top_k"|"auto", "k": N, "force": bool}`` for
-  a scheduler or a person; answers a JSON summary, or a 4xx with the error shape of docs/design.md
-  section 5 for a bad body.
+  a scheduler or a person; answers a JSON summary, or an error with the shape of docs/design.md
+  section 5 and the error's own status: 4xx for a bad body, 409 for a model or setting no retry
+  can fix (``unusable_model``, ``misconfigured``), 500 for a failed pipeline (``pipeline_failed``).
 """
 
 from __future__ import annotations
@@ -29,11 +32,20 @@ from functions_framework import event_conversion
 
 from shared.config import get_settings
 from shared.contracts import CURRENT_MODEL
-from shared.errors import BadRequest, ConfigError, InvalidEvent, InvalidObjectName, SchemaError
-from shared.event_guard import guard_event_parsing
-from shared.events import parse_storage_event
+from shared.errors import (
+    BadRequest,
+    ConfigError,
+    InvalidObjectName,
+    PipelineFailed,
+    ProdMLError,
+    SchemaError,
+    TableError,
+    UnusableModel,
+    is_transient,
+)
+from shared.event_guard import guard_event_parsing, read_storage_event
 from shared.logs import get_logger, setup_logging
-from shared.pipelines.launch import PipelineFailed, build_table_routed
+from shared.pipelines.launch import build_table_routed
 from shared.storage import artifacts_bucket
 from shared.tables.plan import BuildRequest, parse_build_request
 from shared.tables.switch import superseded_by
@@ -56,10 +68,8 @@ if flask.has_app_context():  # functions-framework is building its app around th
 @functions_framework.cloud_event
 def on_model_promoted(cloud_event: CloudEvent) -> None:
     """Rebuild the table when ``models/current.skops`` is finalized; ignore every other object."""
-    try:
-        event = parse_storage_event(cloud_event)
-    except InvalidEvent as exc:
-        log.warning(f"ignored an event that is not an object finalized: {exc}")
+    event = read_storage_event(cloud_event, log)
+    if event is None:
         return
     if event.bucket != _settings.artifacts_bucket or event.name != CURRENT_MODEL:
         log.debug(f"ignored gs://{event.bucket}/{event.name}: not {CURRENT_MODEL}")
@@ -76,7 +86,9 @@ def on_model_promoted(cloud_event: CloudEvent) -> None:
     try:
         # In-process when the key space fits the budget, else a Beam pipeline (shared.pipelines).
         result = build_table_routed(artifacts, _settings, BuildRequest(strategy="auto")).to_dict()
-    except (BadRequest, SchemaError, InvalidObjectName, ConfigError, PipelineFailed) as exc:
+    except ProdMLError as exc:
+        if is_transient(exc):
+            raise  # a storage fault: the platform redelivers, and the build is idempotent
         # A redelivery would meet the same model and fail the same way: answer 2xx, say why.
         log.error(f"table not built for model generation {event.generation}: {exc}")
         return
@@ -93,19 +105,22 @@ def build_table_http(request: flask.Request) -> tuple[dict[str, Any], int]:
         build = _parse(request)
         result = build_table_routed(artifacts_bucket(_settings), _settings, build).to_dict()
     except BadRequest as exc:
-        return exc.to_dict(), exc.http_status
-    except (SchemaError, InvalidObjectName) as exc:
-        # The stored model or schema is unusable: a retry cannot help, so no 5xx; say what to fix.
-        return BadRequest(str(exc), code="unusable_model", status=409).to_dict(), 409
-    except ConfigError as exc:
-        # Misconfigured (no Beam interpreter, Dataflow settings missing): a retry cannot fix it.
+        return _refusal(exc)
+    except (SchemaError, TableError, InvalidObjectName) as exc:
+        # The stored model (its schema, its version as a table name) is unusable: say what to fix.
+        return _refusal(UnusableModel(str(exc)))
+    except (ConfigError, PipelineFailed) as exc:
+        # Misconfigured (no Beam interpreter, Dataflow settings missing), or the scale-out pipeline
+        # ran and failed (docs/scale-out.md): the operator's to fix, so logged too.
         log.error(f"build_table: {exc}")
-        return BadRequest(str(exc), code="misconfigured", status=409).to_dict(), 409
-    except PipelineFailed as exc:  # the scale-out pipeline ran and failed (docs/scale-out.md)
-        log.error(f"build_table: {exc}")
-        return BadRequest(str(exc), code="pipeline_failed", status=500).to_dict(), 500
+        return _refusal(exc)
     log.info(f"build_table: {result['status']}: {result['message']}", extra={"fields": result})
     return result, 200
+
+
+def _refusal(exc: ProdMLError) -> tuple[dict[str, Any], int]:
+    """The answer to ``exc``: its error body and its own status."""
+    return exc.to_dict(), exc.http_status
 
 
 def _parse(request: flask.Request) -> BuildRequest:

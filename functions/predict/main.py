@@ -22,7 +22,7 @@ import flask
 import functions_framework
 
 from shared.config import get_settings
-from shared.errors import BadRequest, ModelNotReady
+from shared.errors import BadRequest, ModelNotReady, ProdMLError
 from shared.logs import get_logger, setup_logging
 from shared.serving.predictor import Predictor
 from shared.storage import artifacts_bucket
@@ -65,7 +65,8 @@ def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     )
 
 
-def _error(exc: BadRequest, headers: dict[str, str] | None = None) -> flask.Response:
+def _error(exc: ProdMLError, headers: dict[str, str] | None = None) -> flask.Response:
+    """The answer to ``exc``: its error body (docs/design.md section 5) with its own status."""
     response = _json(exc.http_status, exc.to_dict(), headers)
     if exc.http_status == 413:
         # Flask would otherwise read the rest of an oversized body into memory after we answer
@@ -123,11 +124,10 @@ def predict(request: flask.Request) -> flask.Response:
         return _error(exc)
     except ModelNotReady as exc:
         predictor.counters.add(not_ready=1)
-        retry = str(max(1, math.ceil(_settings.reload_seconds)))
-        answer = BadRequest(str(exc), code="not_ready", status=503).to_dict()
-        return _json(503, answer, {"Retry-After": retry})
+        # The client should retry (the platform should not): by the next reload a model may be in.
+        return _error(exc, {"Retry-After": str(max(1, math.ceil(_settings.reload_seconds)))})
     except Exception:  # a real server fault: input never gets here (every check is a BadRequest)
         predictor.counters.add(server_errors=1)
         log.exception("predict failed", extra={"fields": {"path": request.path[:100]}})
-        answer = BadRequest("internal error; see the function's logs", code="internal").to_dict()
-        return _json(500, answer)
+        # The base error: a 500 with code "internal", and no detail a client could misuse.
+        return _error(ProdMLError("internal error; see the function's logs"))

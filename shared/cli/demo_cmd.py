@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from shared.errors import DemoError
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml demo``."""
@@ -34,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; SIGTERM stops it like Ctrl-C (everything started is stopped)."""
-    from shared.local.demo import DemoError, DemoOptions, run_demo
+    from shared.local.demo import DemoOptions, run_demo
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.data.fault_details import jsonable
-from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, ProdMLError, ValidationFailed
+from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, QuarantineFailed, ValidationFailed
 from shared.logs import get_logger
 from shared.record_caps import fit_record
 from shared.storage import Bucket
@@ -38,14 +38,6 @@ REASON_SUFFIX = ".reason.json"
 REASON_KEY_FIELDS = ("object", "generation", "rule", "message", "quarantined_at", "quarantined_as")
 
 log = get_logger(__name__)
-
-
-class QuarantineFailed(ProdMLError):
-    """A bad file cannot be set aside (``quarantine/`` leads out of the bucket, ...): not a fault
-    a retry can fix, so the train function records it as an error where `prodml monitor` shows
-    it, and the file stays in ``incoming/`` for `prodml replay` once fixed."""
-
-    http_status = 500
 
 
 def quarantine_name(name: str, generation: int | None = None) -> str:

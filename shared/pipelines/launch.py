@@ -27,7 +27,7 @@ from typing import Any
 
 from shared.config import Settings
 from shared.contracts import CURRENT_MODEL
-from shared.errors import ConfigError, NotFound, ProdMLError
+from shared.errors import ConfigError, NotFound, PipelineFailed, ProdMLError
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.pipelines.decide import DATAFLOW, DIRECT, Decision, decide_for_model, planned_rows
@@ -48,12 +48,6 @@ from shared.tables.result import NOTHING, BuildResult, skipped_result
 log = get_logger(__name__)
 
 LAUNCH_TIMEOUT_SECONDS = 60.0
-
-
-class PipelineFailed(ProdMLError):
-    """A pipeline run ended in an error; the message holds the end of its log."""
-
-    http_status = 500
 
 
 @dataclass

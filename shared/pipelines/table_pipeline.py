@@ -45,7 +45,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from shared.config import Settings
 from shared.contracts import CURRENT_MODEL
-from shared.errors import ModelNotReady, NotFound
+from shared.errors import ModelChanged, ModelNotReady, NotFound
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.storage import artifacts_bucket
@@ -60,10 +60,6 @@ log = get_logger(__name__)
 MAX_BLOCKS = 4096  # Create elements: enough to spread over hundreds of workers, small graph
 MAX_BLOCK_ROWS = 10_000
 RESULT_FILE = "result.json"
-
-
-class ModelChanged(RuntimeError):
-    """``models/current.skops`` is not the generation the build was planned for."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,8 @@ A new model or table whose content cannot be loaded (corrupt, untrusted types, a
 pointer, a pointer to a missing or malformed blob) is logged, shown in ``last_reload_error``, and
 skipped until its generation changes: the instance keeps serving what it had. A storage fault
 (a timeout, a 5xx from the bucket) says nothing about the content, so that generation is not
-skipped: ``retry_pending`` is set and the next reload tries again.
+skipped: ``retry_pending`` is set and the next reload tries again. Which is which is the
+project's one policy, ``shared.errors.is_transient``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from shared.config import Settings
-from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, StorageError
+from shared.errors import NotFound, is_transient
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.serving.request_checks import InstanceChecker
@@ -67,18 +68,6 @@ def table_fits(table: Table, model: ModelBundle, mode: str) -> tuple[bool, str]:
     if mode == "hybrid" and table.model_version != model.version:
         return False, f"table was built from model {table.model_version!r}, serving {model.version!r}"
     return True, "in use"
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is a storage fault worth retrying (not a statement about the content).
-
-    ``NotFound`` and ``InvalidObjectName`` are answers about the content (a pointer to a missing
-    or badly named table), so they are not transient; other ``StorageError``s and OS errors
-    (timeouts, connection resets, I/O errors) are.
-    """
-    if isinstance(exc, NotFound | InvalidObjectName | PreconditionFailed):
-        return False
-    return isinstance(exc, StorageError | OSError)
 
 
 class StateLoader:

@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, StorageError
+from shared.errors import InvalidObjectName, NotFound, ObjectChanged, PreconditionFailed, StorageError
 from shared.storage.base import Bucket, ObjectInfo
 from shared.storage.generations import GenerationRecord, GenerationStore, Transaction, file_identity
 from shared.storage.names import (
@@ -68,10 +68,6 @@ class UnreachableFile:
 
     path: str  # relative to the bucket folder, ``/``-separated, as on disk
     reason: str
-
-
-class _Changed(Exception):
-    """The file at a name changed while we looked at it: start the operation over."""
 
 
 def _check_precondition(name: str, live: int | None, if_generation_match: int | None) -> None:
@@ -169,7 +165,7 @@ class LocalBucket(Bucket):
     def _info(self, name: str, path: str, st: os.stat_result) -> ObjectInfo:
         """The info of the file version ``st`` (of ``path``), giving it a generation if new.
 
-        Raises ``_Changed`` if ``path`` no longer holds that version.
+        Raises ``ObjectChanged`` if ``path`` no longer holds that version.
         """
         identity = file_identity(st)
         record = self._generations.lookup(name)
@@ -178,9 +174,9 @@ class LocalBucket(Bucket):
                 try:
                     current = os.stat(path)
                 except (FileNotFoundError, NotADirectoryError):
-                    raise _Changed from None
+                    raise ObjectChanged from None
                 if file_identity(current) != identity:
-                    raise _Changed
+                    raise ObjectChanged
                 record = tx.get(name)
                 if record is None or record.identity != identity:
                     # Appeared or changed outside the store (a user's cp): a new version.
@@ -229,7 +225,7 @@ class LocalBucket(Bucket):
                 raise self._not_found(name)
             try:
                 return f, st, self._info(name, path, st)
-            except _Changed:
+            except ObjectChanged:
                 f.close()  # replaced between open and bookkeeping: open the new version
         raise self._too_busy(name)
 
@@ -298,7 +294,7 @@ class LocalBucket(Bucket):
                 raise self._not_found(name)
             try:
                 return self._info(name, path, st)
-            except _Changed:
+            except ObjectChanged:
                 continue
         raise self._too_busy(name)
 

@@ -45,10 +45,10 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from shared.config import get_settings
-from shared.errors import NotFound, SchemaError
+from shared.errors import NotFound, TableError, ZipTooLarge
 from shared.logs import get_logger
 from shared.storage import Bucket
-from shared.zip_limits import ZipTooLarge, check_zip
+from shared.zip_limits import check_zip
 
 log = get_logger(__name__)
 
@@ -68,10 +68,6 @@ META_REQUIRED = ("model_version", "model_generation", "key")
 _VERSION_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 # <strategy>-<build id>.npz (or the old table.npz): letters, digits, '-' and '_' before ".npz"
 _BUILD_FILE = re.compile(r"[A-Za-z0-9_-]{1,120}\.npz")
-
-
-class TableError(SchemaError):
-    """A table blob or pointer is malformed (wrong arrays, unsorted codes, bad JSON)."""
 
 
 def _check_version(version: str) -> str:

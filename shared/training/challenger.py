@@ -39,7 +39,7 @@ import pandas as pd
 from shared.config import Settings
 from shared.data import monitoring
 from shared.data.validation import validate_file
-from shared.errors import NotFound, ValidationFailed
+from shared.errors import IncrementalUnsupported, NotFound, ValidationFailed
 from shared.logs import get_logger
 from shared.model import ModelBundle, to_frame
 from shared.schema import Schema
@@ -240,7 +240,7 @@ def fit_challenger(
                 try:
                     fitting.fit_incremental(estimator, _concat([f.train_rows for f in new_files]), schema)
                     return estimator, "incremental", new_files, time.perf_counter() - started
-                except fitting.IncrementalUnsupported as exc:
+                except IncrementalUnsupported as exc:
                     used = f"full ({exc})"
         trained_on = window + new_files
         rows = _concat([f.train_rows for f in trained_on])

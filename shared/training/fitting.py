@@ -38,14 +38,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from shared.config import Settings
-from shared.errors import ConfigError
+from shared.errors import ConfigError, IncrementalUnsupported
 from shared.schema import Schema
 
 ALPHA = 0.01  # L2 strength of the default linear models (see default_pipeline)
-
-
-class IncrementalUnsupported(Exception):
-    """The estimator cannot be updated with ``partial_fit`` on these rows (the reason says why)."""
 
 
 def default_preprocessor(schema: Schema) -> ColumnTransformer:

@@ -61,10 +61,12 @@ from shared.data import monitoring
 from shared.data.quarantine import INCOMING_PREFIX, quarantine_object
 from shared.data.validation import check_size, validate_file
 from shared.errors import (
+    ClaimLost,
     ModelNotReady,
     NotFound,
     PreconditionFailed,
     ProdMLError,
+    RetryLater,
     SchemaError,
     StorageError,
     ValidationFailed,
@@ -75,18 +77,12 @@ from shared.schema import Schema, load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
 from shared.training import registry
 from shared.training.challenger import DataFile, build_challenger, make_data_file
-from shared.training.registry import Claim, ClaimLost, Current, file_key
+from shared.training.registry import Claim, Current, file_key
 
 log = get_logger(__name__)
 
 CLAIMED = "claimed"
 """The outcome of a delivery that found another delivery of the same file at work."""
-
-
-class RetryLater(ProdMLError):
-    """A transient condition (other trainers kept promoting first): the event should be redelivered."""
-
-    http_status = 503
 
 
 @dataclass(frozen=True)

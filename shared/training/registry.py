@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.errors import ModelNotReady, NotFound, PreconditionFailed, ProdMLError
+from shared.errors import ClaimLost, ModelNotReady, NotFound, PreconditionFailed, RegistryError
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.record_caps import fit_record
@@ -60,12 +60,6 @@ CLAIMS_PREFIX = "registry/claims/"
 CARD_FORMAT = "prodml-card/1"
 
 log = get_logger(__name__)
-
-
-class RegistryError(ProdMLError):
-    """A registry request cannot be done as asked (unknown version, nothing to roll back to)."""
-
-    http_status = 400
 
 
 def now_iso() -> str:
@@ -183,12 +177,6 @@ def mark_processed(
 # --- claims: one delivery at a time works on a data file version ------------------------------
 
 CLAIM_ATTEMPTS = 5  # rounds of create / read / take over before contention counts as transient
-
-
-class ClaimLost(ProdMLError):
-    """This delivery's claim was taken over (it had expired): the taker does the work now."""
-
-    http_status = 200  # handled by the trainer: the taker finishes, nothing to retry
 
 
 @dataclass(frozen=True)

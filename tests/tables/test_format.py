@@ -14,14 +14,13 @@ import bad_model_files
 import numpy as np
 import pytest
 
-from shared.errors import NotFound, PreconditionFailed, SchemaError
+from shared.errors import NotFound, PreconditionFailed, SchemaError, TableError
 from shared.schema import Schema
 from shared.storage.local import LocalBucket
 from shared.tables.codec import decode_codes, encode_keys, key_string, parse_key_string
 from shared.tables.format import (
     CURRENT_POINTER,
     Table,
-    TableError,
     build_blob,
     check_table_name,
     load_current_table,

@@ -10,7 +10,7 @@ from sklearn.pipeline import Pipeline
 
 from shared.config import load_settings
 from shared.data import monitoring
-from shared.errors import ConfigError
+from shared.errors import ConfigError, IncrementalUnsupported
 from shared.model import ModelBundle
 from shared.schema import Schema
 from shared.training import fitting
@@ -62,13 +62,13 @@ def test_incremental_refuses_what_partial_fit_cannot_do() -> None:
     rows = training_rows(300, 1, "multiclass")
     two_classes = rows[rows["plan"] != "pro"]
     model = fitting.fit_full(fitting.default_pipeline(schema), two_classes, schema)
-    with pytest.raises(fitting.IncrementalUnsupported, match=r"never seen the classes \['pro'\]"):
+    with pytest.raises(IncrementalUnsupported, match=r"never seen the classes \['pro'\]"):
         fitting.fit_incremental(model, rows, schema)
 
     from sklearn.ensemble import RandomForestRegressor
 
     assert not fitting.supports_incremental(RandomForestRegressor())
-    with pytest.raises(fitting.IncrementalUnsupported, match="RandomForestRegressor has no partial_fit"):
+    with pytest.raises(IncrementalUnsupported, match="RandomForestRegressor has no partial_fit"):
         fitting.fit_incremental(RandomForestRegressor(), rows, schema)
 
 

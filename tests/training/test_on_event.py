@@ -24,12 +24,12 @@ from sklearn.pipeline import Pipeline
 
 from shared.config import Settings, load_settings
 from shared.data import monitoring
-from shared.errors import PreconditionFailed
+from shared.errors import PreconditionFailed, RetryLater
 from shared.events import parse_storage_event, to_cloudevent
 from shared.schema import Schema, save_schema
 from shared.storage.local import LocalBucket
 from shared.training import fitting, on_event, registry
-from shared.training.on_event import Outcome, RetryLater, handle_event
+from shared.training.on_event import Outcome, handle_event
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import training_rows, training_schema
 
-from shared.errors import PreconditionFailed
+from shared.errors import PreconditionFailed, RegistryError
 from shared.model import ModelBundle
 from shared.storage.base import Bucket
 from shared.storage.local import LocalBucket
@@ -65,7 +65,7 @@ def test_a_version_is_written_once_and_read_back(artifacts: LocalBucket, fitted:
     with pytest.raises(PreconditionFailed):
         registry.write_version(artifacts, version, b"other", {"version": version})
     assert artifacts.read(registry.model_name(version)) == data
-    with pytest.raises(registry.RegistryError, match="invalid model version '../x'"):
+    with pytest.raises(RegistryError, match="invalid model version '../x'"):
         registry.model_name("../x")
 
 
@@ -119,15 +119,15 @@ def test_rollback_goes_back_one_promotion_at_a_time(artifacts: LocalBucket, fitt
     second = registry.rollback(artifacts)
     assert (second.previous, second.version) == (b, a)
     assert artifacts.read(registry.CURRENT) == a_bytes
-    with pytest.raises(registry.RegistryError, match=f"nothing to roll back to: {a} is the first"):
+    with pytest.raises(RegistryError, match=f"nothing to roll back to: {a} is the first"):
         registry.rollback(artifacts)
 
     registry.rollback(artifacts, c)  # forward again, by name
     assert registry.read_current(artifacts).version == c  # type: ignore[union-attr]
     assert [e["kind"] for e in registry.list_events(artifacts)] == ["promote"] * 3 + ["rollback"] * 3
-    with pytest.raises(registry.RegistryError, match="no model version 'nope'"):
+    with pytest.raises(RegistryError, match="no model version 'nope'"):
         registry.rollback(artifacts, "nope")
-    with pytest.raises(registry.RegistryError, match="already the current model"):
+    with pytest.raises(RegistryError, match="already the current model"):
         registry.rollback(artifacts, c)
 
 
@@ -155,12 +155,12 @@ def test_rollback_recovers_from_a_current_model_that_will_not_load(
     assert registry.rollback(artifacts, a).version == a  # a named target, as asked
     assert artifacts.read(registry.CURRENT) == a_bytes
     artifacts.write(registry.CURRENT, b"garbage")
-    with pytest.raises(registry.RegistryError, match=f"version {c} cannot be loaded either"):
+    with pytest.raises(RegistryError, match=f"version {c} cannot be loaded either"):
         registry.rollback(artifacts, c)
 
 
 def test_rollback_without_a_model_says_so(artifacts: LocalBucket) -> None:
-    with pytest.raises(registry.RegistryError, match="no current model"):
+    with pytest.raises(RegistryError, match="no current model"):
         registry.rollback(artifacts)
 
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from shared.local.demo.probe import DemoError
+from shared.errors import DemoError
 from shared.local.demo.story import Demo, DemoOptions
 
-__all__ = ["Demo", "DemoError", "DemoOptions", "run_demo"]
+__all__ = ["Demo", "DemoOptions", "run_demo"]
 
 
 def run_demo(options: DemoOptions) -> Demo:

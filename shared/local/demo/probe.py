@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import requests
 
+from shared.errors import DemoError
 from shared.local.stack import LocalStack
 from shared.storage.local import LocalBucket
 from shared.training.registry import read_processed
@@ -30,10 +31,6 @@ PROBE = {
     "user_segment": "loyal",
     "bid": 1.5,
 }
-
-
-class DemoError(RuntimeError):
-    """A step of the demo did not happen as it should (the message says which and why)."""
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 120.0, every: float = 0.05) -> T:

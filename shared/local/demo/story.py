@@ -26,8 +26,8 @@ from typing import Any, TextIO
 import requests
 
 from shared.config import get_settings
+from shared.errors import DemoError
 from shared.local.demo.probe import (
-    DemoError,
     Landing,
     ModeRun,
     drop_and_follow,
