@@ -28,13 +28,14 @@ from cloudevents.http import CloudEvent
 from functions_framework import event_conversion
 
 from shared.config import get_settings
+from shared.contracts import CURRENT_MODEL, TableStrategy
 from shared.errors import BadRequest, ConfigError, InvalidEvent, InvalidObjectName, SchemaError
 from shared.event_guard import guard_event_parsing
 from shared.events import parse_storage_event
 from shared.logs import get_logger, setup_logging
 from shared.pipelines.launch import PipelineFailed, build_table_routed
 from shared.storage import artifacts_bucket
-from shared.tables.build import CURRENT_MODEL, BuildRequest, parse_build_request, superseded_by
+from shared.tables.build import BuildRequest, parse_build_request, superseded_by
 
 MAX_BODY_BYTES = 4096  # a build request is a few short fields
 
@@ -73,7 +74,7 @@ def on_model_promoted(cloud_event: CloudEvent) -> None:
         return
     try:
         # In-process when the key space fits the budget, else a Beam pipeline (shared.pipelines).
-        result = build_table_routed(artifacts, _settings, BuildRequest(strategy="auto")).to_dict()
+        result = build_table_routed(artifacts, _settings, BuildRequest(strategy=TableStrategy.AUTO)).to_dict()
     except (BadRequest, SchemaError, InvalidObjectName, ConfigError, PipelineFailed) as exc:
         # A redelivery would meet the same model and fail the same way: answer 2xx, say why.
         log.error(f"table not built for model generation {event.generation}: {exc}")

@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 
 from shared.config import Settings
+from shared.contracts import UnseenCategoryPolicy
 from shared.data.files import (
     category_strings,
     details,
@@ -376,7 +377,7 @@ def _check_domains(
         for name, mask in masks.items()
         if bool(mask.any())
     }
-    if policy == "quarantine":
+    if policy == UnseenCategoryPolicy.QUARANTINE:
         _fail_columns(
             object_name,
             "unseen_category",

@@ -44,14 +44,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from shared.config import Settings
+from shared.contracts import CURRENT_MODEL, BuildStatus, LaunchStatus
 from shared.errors import ModelNotReady, NotFound
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.storage import artifacts_bucket
 from shared.tables.build import (
-    BUILT,
-    CURRENT_MODEL,
-    NOTHING,
     BuildPlan,
     BuildRequest,
     BuildResult,
@@ -185,7 +183,7 @@ class Publish(beam.DoFn):
         )
         prune_old_builds(artifacts, bundle.version)
         result = BuildResult(
-            BUILT,
+            BuildStatus.BUILT,
             f"built {plan.rows} rows ({plan.strategy}) for model {bundle.version!r} in {seconds:.1f} s "
             f"with a Beam pipeline ({len(parts)} parts); {note}",
             strategy=plan.strategy,
@@ -234,14 +232,18 @@ def plan_job(
     try:
         bundle, generation = load_model(settings)
     except NotFound:
-        return BuildResult(NOTHING, f"no model yet: {artifacts.name}/{CURRENT_MODEL} does not exist")
+        return BuildResult(
+            BuildStatus.NOTHING_TO_BUILD, f"no model yet: {artifacts.name}/{CURRENT_MODEL} does not exist"
+        )
     except ModelNotReady as exc:
-        return BuildResult(NOTHING, f"cannot load {CURRENT_MODEL}: {exc}")
+        return BuildResult(BuildStatus.NOTHING_TO_BUILD, f"cannot load {CURRENT_MODEL}: {exc}")
     schema = bundle.schema
     base = {"model_version": bundle.version, "model_generation": generation}
     if not schema.key:
         return BuildResult(
-            NOTHING, "the model's schema has no key features: there is no table to build", **base
+            BuildStatus.NOTHING_TO_BUILD,
+            "the model's schema has no key features: there is no table to build",
+            **base,
         )
     # A pipeline's limit is PIPELINE_MAX_ROWS: the builder's own plan, with the larger limit.
     wide = dataclasses.replace(settings, table_max_rows=settings.pipeline_max_rows)
@@ -306,7 +308,11 @@ def run(
     )
     outcome = pipeline.run()
     if options.get_all_options().get("runner") == "DataflowRunner":
-        return {"status": "launched", "message": f"Dataflow job for run {run_id} submitted", "run_id": run_id}
+        return {
+            "status": LaunchStatus.LAUNCHED,
+            "message": f"Dataflow job for run {run_id} submitted",
+            "run_id": run_id,
+        }
     outcome.wait_until_finish()
     result_path = FileSystems.join(job.temp_dir, RESULT_FILE)
     with FileSystems.open(result_path) as f:

@@ -39,12 +39,12 @@ from typing import Any
 import numpy as np
 
 from shared.config import Settings
+from shared.contracts import CURRENT_MODEL, ServingMode
 from shared.errors import ModelNotReady, NotFound
 from shared.model import ModelBundle
 from shared.schema import Schema, load_schema
 from shared.serving.traffic import read_traffic
 from shared.storage import Bucket
-from shared.tables.build import CURRENT_MODEL
 from shared.tables.keys import decode_keys, score_keys, score_width, valid_key_counts
 
 TARGET_HIT_RATE = 0.8
@@ -80,7 +80,7 @@ class ModelCost:
 class Advice:
     """The recommendation and every number behind it."""
 
-    recommendation: str  # "static", "dynamic" or "hybrid"
+    recommendation: str  # a ServingMode
     reason: str  # plain words, with the numbers
     k: int | None  # rows of the recommended table (None for dynamic)
     expected_hit_rate: float | None  # share of requests the recommended table answers
@@ -197,14 +197,14 @@ def analyze(
             f"static: all {cardinality:,} keys fit in one table (TABLE_MAX_ROWS={table_max_rows:,}), "
             f"{_size(full)}; every request with a valid key is a lookup. {words}"
         )
-        return Advice("static", reason, cardinality, valid_share, recommended_table=full, **common)
+        return Advice(ServingMode.STATIC, reason, cardinality, valid_share, recommended_table=full, **common)
     if requests < MIN_TRAFFIC_REQUESTS:
         reason = (
             f"dynamic: {cardinality:,} keys are over TABLE_MAX_ROWS={table_max_rows:,}, and {requests:,} "
             f"counted requests are too few (need {MIN_TRAFFIC_REQUESTS:,}) to find peaks; serve "
             f"dynamic, let predict count traffic, and ask again. {words}"
         )
-        return Advice("dynamic", reason, None, None, recommended_table=table(0), **common)
+        return Advice(ServingMode.DYNAMIC, reason, None, None, recommended_table=table(0), **common)
     cap = min(len(held), table_max_rows)
     if cap == 0:
         k, hit = 0, 0.0
@@ -229,13 +229,15 @@ def analyze(
             + f"); the model serves the rest. Build it with "
             f"`prodml table build --strategy top_k --k {k}`. {words}"
         )
-        return Advice("hybrid", reason, k, round(hit_all, 4), recommended_table=recommended, **common)
+        return Advice(
+            ServingMode.HYBRID, reason, k, round(hit_all, 4), recommended_table=recommended, **common
+        )
     reason = (
         f"dynamic: {cardinality:,} keys are too many for a full table and traffic is flat: the best "
         f"top-K table within TABLE_MAX_ROWS (K={k:,}) answered only {hit_all:.0%} of held-out "
         f"requests (a table pays from {MIN_HYBRID_HIT_RATE:.0%}). {words}"
     )
-    return Advice("dynamic", reason, None, None, recommended_table=table(0), **common)
+    return Advice(ServingMode.DYNAMIC, reason, None, None, recommended_table=table(0), **common)
 
 
 def _describe(

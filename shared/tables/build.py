@@ -35,11 +35,12 @@ from typing import Any
 import numpy as np
 
 from shared.config import Settings
+from shared.contracts import CURRENT_MODEL, TABLE_POINTER, TRAFFIC_PREFIX, BuildStatus, TableStrategy
 from shared.errors import BadRequest, ModelNotReady, NotFound, PreconditionFailed
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.schema import Schema
-from shared.serving.traffic import TRAFFIC_PREFIX, read_traffic
+from shared.serving.traffic import read_traffic
 from shared.storage import Bucket
 from shared.tables.format import (
     build_blob,
@@ -64,26 +65,17 @@ from shared.tables.keys import (
 
 log = get_logger(__name__)
 
-CURRENT_MODEL = "models/current.skops"
-"""The serving model's blob (docs/design.md section 3); its generation identifies a build."""
-
-STRATEGIES = ("auto", "full", "top_k")
 KEEP_BUILDS = 3
 """Build objects kept per model version (the pointer's own is kept whatever its age); a few, so
 builds still switching the pointer keep theirs, without every rebuild adding a table forever."""
 MAX_REQUEST_FIELDS = ("strategy", "k", "force")
-
-# Statuses of a BuildResult.
-BUILT = "built"
-SKIPPED = "skipped"  # this model generation's table is already current
-NOTHING = "nothing_to_build"  # no model, no key, or too many keys and no traffic: said in message
 
 
 @dataclass(frozen=True)
 class BuildRequest:
     """What to build: ``strategy`` (auto, full, top_k), ``k`` for top_k, ``force`` to rebuild."""
 
-    strategy: str = "auto"
+    strategy: str = TableStrategy.AUTO
     k: int | None = None
     force: bool = False
 
@@ -105,10 +97,10 @@ def parse_build_request(raw: Any, max_rows: int) -> BuildRequest:
             code="unknown_field",
             field=unknown[0],
         )
-    strategy = raw.get("strategy", "auto")
-    if strategy not in STRATEGIES:
+    strategy = raw.get("strategy", TableStrategy.AUTO)
+    if strategy not in tuple(TableStrategy):
         raise BadRequest(
-            f"strategy must be one of {', '.join(STRATEGIES)}, got {_show(strategy)}",
+            f"strategy must be one of {', '.join(TableStrategy)}, got {_show(strategy)}",
             code="invalid_value",
             field="strategy",
         )
@@ -120,7 +112,7 @@ def parse_build_request(raw: Any, max_rows: int) -> BuildRequest:
                 code="invalid_value",
                 field="k",
             )
-        if strategy == "full":
+        if strategy == TableStrategy.FULL:
             raise BadRequest(
                 f"k={k} applies to strategy top_k or auto, not full (a full table holds every key)",
                 code="invalid_value",
@@ -138,7 +130,7 @@ def parse_build_request(raw: Any, max_rows: int) -> BuildRequest:
 class BuildResult:
     """What a build did, for the log, the HTTP answer and the CLI."""
 
-    status: str  # BUILT, SKIPPED or NOTHING
+    status: str  # a BuildStatus
     message: str
     strategy: str | None = None
     model_version: str | None = None
@@ -181,20 +173,27 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
         data, info = artifacts.read_with_info(CURRENT_MODEL)
     except NotFound:
         return BuildResult(
-            NOTHING, f"no model yet: {artifacts.name}/{CURRENT_MODEL} does not exist; train one first"
+            BuildStatus.NOTHING_TO_BUILD,
+            f"no model yet: {artifacts.name}/{CURRENT_MODEL} does not exist; train one first",
         )
     try:
         bundle = ModelBundle.from_bytes(
             data, settings.model_trusted_types, max_bytes=settings.max_model_bytes
         )
     except ModelNotReady as exc:
-        return BuildResult(NOTHING, f"cannot load {CURRENT_MODEL} generation {info.generation}: {exc}")
+        return BuildResult(
+            BuildStatus.NOTHING_TO_BUILD, f"cannot load {CURRENT_MODEL} generation {info.generation}: {exc}"
+        )
     schema = bundle.schema
     base = {"model_version": bundle.version, "model_generation": info.generation}
-    build_blob(bundle.version, "full", new_build_id())  # a version that cannot name a table fails now
+    build_blob(
+        bundle.version, TableStrategy.FULL, new_build_id()
+    )  # a version that cannot name a table fails now
     if not schema.key:
         return BuildResult(
-            NOTHING, "the model's schema has no key features: there is no table to build", **base
+            BuildStatus.NOTHING_TO_BUILD,
+            "the model's schema has no key features: there is no table to build",
+            **base,
         )
 
     plan = plan_build(artifacts, settings, schema, request)
@@ -236,7 +235,7 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
         extra={"fields": {**base, "rows": plan.rows, "seconds": round(seconds, 3), "switched": switched}},
     )
     return BuildResult(
-        BUILT,
+        BuildStatus.BUILT,
         f"built {plan.rows} rows ({plan.strategy}) for model {bundle.version!r} in {seconds:.1f} s; {note}",
         strategy=plan.strategy,
         table=blob,
@@ -256,7 +255,7 @@ def plan_build(
     """Resolve the strategy and choose the keys, or say why there is nothing to build."""
     cardinality = schema.key_cardinality
     fits = cardinality <= settings.table_max_rows
-    if request.strategy == "full" and not fits:
+    if request.strategy == TableStrategy.FULL and not fits:
         raise BadRequest(
             f"strategy full would enumerate {cardinality} keys, over TABLE_MAX_ROWS="
             f"{settings.table_max_rows}: use top_k",
@@ -268,13 +267,13 @@ def plan_build(
     through = newest_traffic(artifacts)
     counts = read_traffic(artifacts, key=list(schema.key))
     strategy = request.strategy
-    if strategy == "auto":
-        strategy = "full" if fits else "top_k"
-    if strategy == "full":
+    if strategy == TableStrategy.AUTO:
+        strategy = TableStrategy.FULL if fits else TableStrategy.TOP_K
+    if strategy == TableStrategy.FULL:
         _, valid_counts, invalid = valid_key_counts(schema, counts)
         total = int(valid_counts.sum()) + invalid
         hit = (total - invalid) / total if total else None
-        return BuildPlan("full", cardinality, None, hit, total, through, None)
+        return BuildPlan(TableStrategy.FULL, cardinality, None, hit, total, through, None)
 
     k = min(request.k or settings.table_top_k, settings.table_max_rows)
     top = top_k(schema, counts, k)
@@ -290,12 +289,12 @@ def plan_build(
             else f" and the key space has {cardinality} keys, over TABLE_MAX_ROWS={settings.table_max_rows}"
         )
         return BuildResult(
-            NOTHING,
+            BuildStatus.NOTHING_TO_BUILD,
             f"nothing to build: {why}{too_many}; serve with SERVING_MODE=dynamic until predict has "
             f"flushed traffic to {TRAFFIC_PREFIX}",
-            strategy="top_k",
+            strategy=TableStrategy.TOP_K,
         )
-    return BuildPlan("top_k", len(top.codes), top, top.hit_rate, top.total_requests, through, k)
+    return BuildPlan(TableStrategy.TOP_K, len(top.codes), top, top.hit_rate, top.total_requests, through, k)
 
 
 def is_same_build(pointer: dict[str, Any] | None, model_generation: int, plan: BuildPlan) -> bool:
@@ -316,7 +315,9 @@ def holds_build(
     if pointer.get("strategy") != strategy:
         return False
     # A top-K table depends on the traffic it was chosen from: new traffic files make it stale.
-    return strategy == "full" or (pointer.get("traffic_through") == traffic_through and pointer.get("k") == k)
+    return strategy == TableStrategy.FULL or (
+        pointer.get("traffic_through") == traffic_through and pointer.get("k") == k
+    )
 
 
 def skipped_result(
@@ -324,7 +325,7 @@ def skipped_result(
 ) -> BuildResult:
     """The answer when the pointer already holds this build: it names the current table object."""
     return BuildResult(
-        SKIPPED,
+        BuildStatus.SKIPPED,
         f"table {pointer.get('version')!r} of model generation {model_generation} "
         f"({strategy}) is already current; pass force to rebuild",
         strategy=strategy,
@@ -403,8 +404,8 @@ def switch_to_table(
             switch_pointer(artifacts, pointer_new, if_generation_match=generation)
         except PreconditionFailed:
             continue  # another builder switched first: look again
-        return True, "tables/current.json switched"
-    return False, f"tables/current.json kept changing ({settings.cas_max_attempts} attempts): {kept}"
+        return True, f"{TABLE_POINTER} switched"
+    return False, f"{TABLE_POINTER} kept changing ({settings.cas_max_attempts} attempts): {kept}"
 
 
 def prune_old_builds(artifacts: Bucket, model_version: str) -> None:
