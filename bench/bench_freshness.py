@@ -27,9 +27,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.common import Row, goal_row
+from shared.contracts import INCOMING_PREFIX, LogFormat, ServingMode
 
 BUDGET_SECONDS = 2.0
-SETTINGS = {"ROUTER_QUIET_SECONDS": "0.5", "RELOAD_SECONDS": "1", "SERVING_MODE": "dynamic"}
+SETTINGS = {"ROUTER_QUIET_SECONDS": "0.5", "RELOAD_SECONDS": "1", "SERVING_MODE": ServingMode.DYNAMIC}
 
 
 @contextlib.contextmanager
@@ -55,12 +56,13 @@ def run(quick: bool) -> list[Row]:
     from shared.local.demo.probe import drop_and_follow
     from shared.local.processes import free_port
     from shared.local.stack import LocalStack, stack_environment
-    from shared.local.synth import KEY, synthesize
+    from shared.local.synth import synthesize
+    from shared.local.synth_keys import KEY
 
     days, rows = (3, 1000) if quick else (5, 3000)
     with tempfile.TemporaryDirectory(prefix="bench-freshness-") as tmp:
         state = Path(tmp)
-        base = {**os.environ, **SETTINGS, "LOG_FORMAT": "json", "LOG_LEVEL": "warning"}
+        base = {**os.environ, **SETTINGS, "LOG_FORMAT": LogFormat.JSON, "LOG_LEVEL": "warning"}
         base.update({name: str(free_port()) for name in ("PREDICT_PORT", "TRAIN_PORT")})
         env = stack_environment(state, base)
         files = synthesize(state / "synth", days=days, rows_per_day=rows, seed=7).day_files
@@ -75,7 +77,7 @@ def run(quick: bool) -> list[Row]:
                 state_dir=state, env=env, functions=["predict", "train"], scheduler=False
             ) as stack:
                 for day in files[1:]:
-                    landings.append(drop_and_follow(stack, day, f"incoming/{day.name}"))
+                    landings.append(drop_and_follow(stack, day, f"{INCOMING_PREFIX}{day.name}"))
     served = [x for x in landings if x.total_seconds is not None]
     if not served:
         raise RuntimeError("bench_freshness: no file led to a served model (none was promoted)")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Row, goal_row
+from shared.contracts import CURRENT_MODEL, Pipeline, TableStrategy
 
 AREA = "pipeline"
 TARGET_KEYS = 10**8
@@ -52,7 +53,7 @@ def _artifacts(root: Path, bundle: Any) -> Any:
 
     artifacts = LocalBucket(root, "prodml-artifacts")
     save_schema(artifacts, bundle.schema)
-    artifacts.write("models/current.skops", bundle.to_bytes())
+    artifacts.write(CURRENT_MODEL, bundle.to_bytes())
     return artifacts
 
 
@@ -74,10 +75,10 @@ def _measure(key: tuple[str, ...], repeat: int) -> tuple[int, float, float, floa
         times, walls, builds = [], [], []
         for _ in range(repeat):  # alternate, so that a busy moment of the machine hits both
             start = time.perf_counter()
-            result = build_table(artifacts, settings, BuildRequest("full", force=True))
+            result = build_table(artifacts, settings, BuildRequest(TableStrategy.FULL, force=True))
             times.append(time.perf_counter() - start)
             start = time.perf_counter()
-            piped = run_direct(settings, "table", {"strategy": "full", "force": "true"})
+            piped = run_direct(settings, Pipeline.TABLE, {"strategy": TableStrategy.FULL, "force": "true"})
             walls.append(time.perf_counter() - start)
             builds.append(float(piped["build_seconds"]))
             assert result.rows == piped["rows"] == bundle.schema.key_cardinality

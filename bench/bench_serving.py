@@ -38,11 +38,12 @@ import requests
 
 from bench.common import Row, goal_row, median_seconds
 from shared.config import load_settings
+from shared.contracts import CURRENT_MODEL, ServingMode, StorageBackend, TableStrategy
 from shared.local.functions import REPO_ROOT, FunctionSpec, load_declaration
 from shared.local.processes import FunctionProcess, free_port
 from shared.model import ModelBundle, to_frame
 from shared.schema import Schema
-from shared.serving.predictor import CURRENT_MODEL, Predictor
+from shared.serving.predictor import Predictor
 from shared.storage.local import LocalBucket
 from shared.tables.codec import decode_codes
 from shared.tables.format import build_blob, new_build_id, read_table, switch_pointer, write_table
@@ -143,8 +144,8 @@ def _in_process(root: Path, bundle: ModelBundle, repeat: int) -> list[Row]:
         "RELOAD_SECONDS": "3600",
         "TRAFFIC_FLUSH_SECONDS": "3600",
     }
-    hybrid = Predictor(artifacts, load_settings({**env, "SERVING_MODE": "hybrid"}), "bench")
-    dynamic = Predictor(artifacts, load_settings({**env, "SERVING_MODE": "dynamic"}), "bench")
+    hybrid = Predictor(artifacts, load_settings({**env, "SERVING_MODE": ServingMode.HYBRID}), "bench")
+    dynamic = Predictor(artifacts, load_settings({**env, "SERVING_MODE": ServingMode.DYNAMIC}), "bench")
     bodies = [json.dumps({"instances": [_instance(c)]}).encode() for c in range(0, 1440, 7)]
 
     def per_call(predictor: Predictor, calls: int) -> Callable[[], None]:
@@ -184,7 +185,7 @@ def _env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SERVING_", "RELOAD_", "TRAFFIC_"))}
     env.update(
         {
-            "STORAGE_BACKEND": "local",
+            "STORAGE_BACKEND": StorageBackend.LOCAL,
             "LOCAL_BUCKETS_ROOT": str(root),
             "ARTIFACTS_BUCKET": "prodml-artifacts",
             "LOG_LEVEL": "warning",
@@ -296,10 +297,10 @@ def _over_http(root: Path, bundle: ModelBundle, quick: bool) -> list[Row]:
     baselines = REPO_ROOT / "bench" / "serving_targets"
     targets = {
         "floor": (_spec("empty", "empty", baselines), _env(full_root)),
-        "static": (predict, _env(full_root, SERVING_MODE="static")),
-        "dynamic": (predict, _env(full_root, SERVING_MODE="dynamic")),
-        "hybrid": (predict, _env(full_root, SERVING_MODE="hybrid")),
-        "hybrid-top": (predict, _env(top_root, SERVING_MODE="hybrid")),
+        "static": (predict, _env(full_root, SERVING_MODE=ServingMode.STATIC)),
+        "dynamic": (predict, _env(full_root, SERVING_MODE=ServingMode.DYNAMIC)),
+        "hybrid": (predict, _env(full_root, SERVING_MODE=ServingMode.HYBRID)),
+        "hybrid-top": (predict, _env(top_root, SERVING_MODE=ServingMode.HYBRID)),
         "plain": (_spec("plain", "plain_predict", baselines), _env(full_root)),
     }
     instances = [_instance(c) for c in range(n_keys)]
@@ -381,7 +382,7 @@ def _big_table(root: Path, repeat: int) -> list[Row]:
     codes = np.unique(rng.integers(0, 50 * n, int(n * 1.1)))[:n].astype(np.int64)
     scores = rng.random(n)
     meta = {"model_version": "m", "model_generation": 1, "key": ["k"]}
-    blob = build_blob("big", "top_k", new_build_id())
+    blob = build_blob("big", TableStrategy.TOP_K, new_build_id())
     write_table(artifacts, blob, codes, scores, meta)
     load = median_seconds(lambda: read_table(artifacts, blob), repeat=repeat)
     raw = median_seconds(lambda: artifacts.read(blob), repeat=repeat)

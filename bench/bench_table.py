@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import Row, goal_row
+from shared.contracts import CURRENT_MODEL, TableStrategy
 
 THROUGHPUT_GOAL = 0.7
 MEMORY_GOAL = 1.5
@@ -111,9 +112,9 @@ def _throughput(quick: bool, tmp: Path) -> list[Row]:
     bundle = _synth_bundle()
     schema = bundle.schema
     artifacts = LocalBucket(tmp / "buckets", "prodml-artifacts")
-    artifacts.write("models/current.skops", bundle.to_bytes())
+    artifacts.write(CURRENT_MODEL, bundle.to_bytes())
     rows = schema.key_cardinality
-    request = BuildRequest("full", force=True)
+    request = BuildRequest(TableStrategy.FULL, force=True)
     columns = next(full_chunks(schema, rows)).columns
     frame = instance_frame(schema, columns)  # the prebuilt model input of the same rows
     del columns
@@ -162,7 +163,7 @@ def _memory_child(root: Path, keys: int) -> dict[str, float]:
     before = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
         f.write("5")
-    result = build_table(artifacts, settings, BuildRequest("full", force=True))
+    result = build_table(artifacts, settings, BuildRequest(TableStrategy.FULL, force=True))
     assert result.rows == keys, result.message
     return {"peak_kib": _status_kib("VmHWM"), "before_kib": before, "rows": result.rows}
 
@@ -181,7 +182,7 @@ def _memory(tmp: Path) -> list[Row]:
         root = tmp / f"mem-{keys}"
         from shared.storage.local import LocalBucket
 
-        LocalBucket(root, "prodml-artifacts").write("models/current.skops", _memory_bundle(keys).to_bytes())
+        LocalBucket(root, "prodml-artifacts").write(CURRENT_MODEL, _memory_bundle(keys).to_bytes())
         done = subprocess.run(
             [sys.executable, "-m", "bench.bench_table", "--memory-child", str(root), str(keys)],
             capture_output=True,

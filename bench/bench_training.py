@@ -36,11 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Row, goal_row
+from shared.contracts import INCOMING_PREFIX, EventOutcome, TrainingStrategy
 
 AREA = "training"
 INCREMENTAL_GOAL = 1.5
 WIDE_COLUMNS = 100_000
 WIDE_ROWS = 100
+NEW_FILE = f"{INCOMING_PREFIX}new.csv"  # the file whose event each measured run handles
 
 
 def _settings(root: Path, **env: str) -> Any:
@@ -84,7 +86,7 @@ def _prepare(
     for day in range(1, files + 1):
         wide = wide_last is not None and day == files
         frame = day_frame(seed=0, day=day, rows=wide_last[0] if wide_last and wide else rows)
-        name = f"incoming/day-{day:03d}.csv"
+        name = f"{INCOMING_PREFIX}day-{day:03d}.csv"
         extra = wide_last[1] if wide_last and wide else 0
         generation = data.write(name, _csv_bytes(frame, extra))
         accepted.append(make_data_file(data.name, name, generation, frame, settings))
@@ -96,7 +98,7 @@ def _prepare(
         data=None,
         new_files=accepted,
         champion=None,
-        strategy="full",
+        strategy=TrainingStrategy.FULL,
         event=None,
         by="bench",
         accumulate_lineage=False,
@@ -105,8 +107,8 @@ def _prepare(
     registry.write_version(artifacts, version, model_bytes, champion.card, champion.holdout_bytes)
     registry.swap_current(artifacts, version, model_bytes, 0, kind="promote", previous=None, by="bench")
     new = day_frame(seed=0, day=files + 1, rows=rows)
-    data.write("incoming/new.csv", new.to_csv(index=False).encode())
-    return settings, data.stat("incoming/new.csv")
+    data.write(NEW_FILE, new.to_csv(index=False).encode())
+    return settings, data.stat(NEW_FILE)
 
 
 def _reset(root: Path, env: dict[str, str], champion: str) -> None:
@@ -123,7 +125,7 @@ def _reset(root: Path, env: dict[str, str], champion: str) -> None:
     settings = _settings(root, **env)
     data = LocalBucket(root, settings.data_bucket)
     artifacts = LocalBucket(root, settings.artifacts_bucket)
-    new = data.stat("incoming/new.csv")
+    new = data.stat(NEW_FILE)
     registry.swap_current(
         artifacts,
         champion,
@@ -156,9 +158,9 @@ def _event_seconds(root: Path, env: dict[str, str], repeat: int) -> dict[str, fl
     assert current is not None
     runs = []
     for i in range(repeat + 1):
-        event = parse_storage_event(to_cloudevent(data.stat("incoming/new.csv")))
+        event = parse_storage_event(to_cloudevent(data.stat(NEW_FILE)))
         outcome = handle_event(event, settings, data=data, artifacts=artifacts)
-        if outcome.status not in ("promoted", "rejected"):
+        if outcome.status not in (EventOutcome.PROMOTED, EventOutcome.REJECTED):
             raise RuntimeError(f"bench event ended {outcome.status}: {outcome.message}")
         if i > 0:  # the first run warms imports and caches
             runs.append(outcome.seconds)
@@ -190,7 +192,7 @@ def _event_rows(work: Path, rows: int, repeat: int) -> list[Row]:
 
 def _growth_rows(work: Path, rows: int, repeat: int, sizes: tuple[int, ...]) -> list[Row]:
     out: list[Row] = []
-    for strategy in ("incremental", "full"):
+    for strategy in (TrainingStrategy.INCREMENTAL, TrainingStrategy.FULL):
         env = {"TRAINING_STRATEGY": strategy, "TRAINING_WINDOW_FILES": "100"}
         measured: dict[int, dict[str, float]] = {}
         for files in sizes:
@@ -199,17 +201,21 @@ def _growth_rows(work: Path, rows: int, repeat: int, sizes: tuple[int, ...]) -> 
             measured[files] = _event_seconds(template, env, repeat)
             shutil.rmtree(template)
         base = measured[sizes[0]]
-        step = "update (partial_fit on the new file)" if strategy == "incremental" else "retrain (fit on all)"
+        step = (
+            "update (partial_fit on the new file)"
+            if strategy == TrainingStrategy.INCREMENTAL
+            else "retrain (fit on all)"
+        )
         for phase, label in (("train", f"{strategy} {step}"), ("total", f"{strategy} event")):
             for files in sizes:
                 value = measured[files][phase]
                 what = f"{label}, model holds {files}x{rows:,} rows"
                 against = f"same at {sizes[0]}x ({base[phase]:.4f} s)"
                 ratio = value / base[phase]
-                if strategy == "incremental" and files != sizes[0]:
+                if strategy == TrainingStrategy.INCREMENTAL and files != sizes[0]:
                     out.append(goal_row(AREA, what, value, "s", against, ratio, at_most=INCREMENTAL_GOAL))
                 else:
-                    goal = "~linear" if strategy == "full" and files != sizes[0] else ""
+                    goal = "~linear" if strategy == TrainingStrategy.FULL and files != sizes[0] else ""
                     out.append(Row(AREA, what, value, "s", against, ratio, goal))
     return out
 
@@ -236,7 +242,7 @@ def _warm_up(work: Path) -> None:
     root = work / "warm-up"
     _prepare(root, files=2, rows=500)
     _event_seconds(root, {}, 3)
-    _event_seconds(root, {"TRAINING_STRATEGY": "incremental"}, 3)
+    _event_seconds(root, {"TRAINING_STRATEGY": TrainingStrategy.INCREMENTAL}, 3)
     shutil.rmtree(root)
 
 

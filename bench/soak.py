@@ -49,8 +49,9 @@ from typing import Any
 
 import requests
 
+from shared.contracts import INCOMING_PREFIX, EventOutcome, LogFormat, ServingMode
 from shared.data import monitoring
-from shared.data.quarantine import INCOMING_PREFIX, list_quarantine
+from shared.data.quarantine import list_quarantine
 from shared.errors import NotFound, ProdMLError
 from shared.local.processes import free_port
 from shared.local.stack import LocalStack, stack_environment
@@ -67,9 +68,8 @@ DEFAULT_SECONDS = 180.0
 ANSWER_WITHIN = 60.0  # a client retries a cut connection this long (a kill, a restart) before failing
 BAD_KINDS = ("junk-values", "no-label", "not-a-table", "empty")
 # The outcomes a good file may end in (shared.training.on_event.handle_event), and the bad file's one.
-GOOD_OUTCOMES = frozenset({"promoted", "rejected", "already_trained"})
-IN_LINEAGE = frozenset({"promoted", "already_trained"})
-QUARANTINED = "quarantined"
+GOOD_OUTCOMES = frozenset({EventOutcome.PROMOTED, EventOutcome.REJECTED, EventOutcome.ALREADY_TRAINED})
+IN_LINEAGE = frozenset({EventOutcome.PROMOTED, EventOutcome.ALREADY_TRAINED})
 # Who gets killed: train most often (its events must survive it), and the others.
 VICTIMS = ("train", "train", "predict", "build_table_event")
 
@@ -365,7 +365,7 @@ def soak_environment(state: Path, base: Mapping[str, str] | None = None) -> dict
             "TRAIN_PORT": str(free_port()),
             "BUILD_TABLE_PORT": str(free_port()),
             "BUILD_TABLE_EVENT_PORT": str(free_port()),
-            "SERVING_MODE": "hybrid",
+            "SERVING_MODE": ServingMode.HYBRID,
             "RELOAD_SECONDS": "0.5",
             "ROUTER_QUIET_SECONDS": "0.3",
             # A killed train instance takes a few seconds to come back: enough attempts to outlast it.
@@ -374,7 +374,7 @@ def soak_environment(state: Path, base: Mapping[str, str] | None = None) -> dict
             "SCHEDULE_SECONDS": "20",
             "TRAFFIC_FLUSH_SECONDS": "5",
             "TRAINING_WINDOW_ROWS": "30000",
-            "LOG_FORMAT": "json",
+            "LOG_FORMAT": LogFormat.JSON,
         }
     )
     return env
@@ -390,7 +390,9 @@ def run_soak(config: SoakConfig, state: Path, base_env: Mapping[str, str] | None
     save_schema(artifacts, synth_schema())
     stop_load, stop_faults = threading.Event(), threading.Event()
     with open(state / "logs" / "soak.log", "a") as log_file, stack:
-        setup_logging("json", "info", stream=log_file)  # the router's logs: not the summary's terminal
+        setup_logging(
+            LogFormat.JSON, "info", stream=log_file
+        )  # the router's logs: not the summary's terminal
         clients = [
             TrafficClient(stack.urls["predict"], traffic_instances(config.seed + n, 500), n, stop_load)
             for n in range(config.clients)
@@ -513,7 +515,7 @@ def _check_files(report: SoakReport, dropper: Dropper, outcomes: FileOutcomes, r
     unquarantined = [
         f.name
         for f, i in bad
-        if outcomes.outcome.get(_key(i)) != QUARANTINED or _key(i) not in outcomes.reason
+        if outcomes.outcome.get(_key(i)) != EventOutcome.QUARANTINED or _key(i) not in outcomes.reason
     ]
     wrong = [
         f"{f.name}: {outcomes.outcome[_key(i)]}"
@@ -587,7 +589,7 @@ def check_exactly_once(
         k for k, f in keys.items() if f.good and outcomes.outcome.get(k) in IN_LINEAGE and not counted[k]
     ]
     stray = [k for k, f in keys.items() if counted[k] and outcomes.outcome.get(k) not in IN_LINEAGE]
-    promoted_files = sum(1 for k in keys if outcomes.outcome.get(k) == "promoted")
+    promoted_files = sum(1 for k in keys if outcomes.outcome.get(k) == EventOutcome.PROMOTED)
     report.figures["good files counted once in the current lineage"] = sum(
         1 for k, f in keys.items() if f.good and counted[k] == 1
     )

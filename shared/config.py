@@ -16,12 +16,24 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigError
+from shared.contracts import (
+    RUNNER_AUTO,
+    BuildPath,
+    DriftPolicy,
+    LogFormat,
+    ServingMode,
+    StorageBackend,
+    TrainingStrategy,
+    UnseenCategoryPolicy,
+)
+from shared.errors import ConfigError, InvalidObjectName
 
 # --- parsers: each takes the raw string and returns the value or raises ValueError -----------
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
+    # Called with a StrEnum's members (``_choice(*ServingMode)``): the allowed words are the
+    # contract's own, never a copy of them.
     def parse(raw: str) -> str:
         value = raw.strip().lower()
         if value not in allowed:
@@ -64,18 +76,14 @@ def _float(low: float | None = None, high: float | None = None) -> Callable[[str
 
 
 def _bucket_name(raw: str) -> str:
+    # Imported here, not at the top: shared.storage's package imports this module.
+    from shared.storage.names import BUCKET_NAME_RULE, check_bucket_name
+
     value = raw.strip()
-    # GCS bucket names: 3-63 chars of lowercase letters, digits, '-', '_' and '.'.
-    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789-_.")
-    if (
-        not 3 <= len(value) <= 63
-        or not set(value) <= allowed
-        or not (value[0].isalnum() and value[-1].isalnum())
-    ):
-        raise ValueError(
-            "expected a bucket name: 3-63 of a-z 0-9 - _ . starting and ending with a letter or digit"
-        )
-    return value
+    try:
+        return check_bucket_name(value)
+    except InvalidObjectName:
+        raise ValueError(f"expected a bucket name: {BUCKET_NAME_RULE}") from None
 
 
 def _path(raw: str) -> Path:
@@ -109,8 +117,8 @@ SETTINGS: tuple[Setting, ...] = (
     # storage
     Setting(
         "STORAGE_BACKEND",
-        "local",
-        _choice("local", "gcs"),
+        StorageBackend.LOCAL,
+        _choice(*StorageBackend),
         "where buckets live: local folders or Cloud Storage",
     ),
     Setting("LOCAL_BUCKETS_ROOT", ".local/buckets", _path, "folder holding one folder per local bucket"),
@@ -129,8 +137,8 @@ SETTINGS: tuple[Setting, ...] = (
     # logging
     Setting(
         "LOG_FORMAT",
-        "auto",
-        _choice("auto", "json", "text"),
+        LogFormat.AUTO,
+        _choice(*LogFormat),
         "json lines for Cloud Logging, text for a terminal; auto picks by isatty",
     ),
     Setting("LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"), "lowest severity logged"),
@@ -151,8 +159,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "UNSEEN_CATEGORY_POLICY",
-        "quarantine",
-        _choice("quarantine", "accept"),
+        UnseenCategoryPolicy.QUARANTINE,
+        _choice(*UnseenCategoryPolicy),
         "what to do with category values outside the schema's domain",
     ),
     Setting(
@@ -162,12 +170,15 @@ SETTINGS: tuple[Setting, ...] = (
         "population stability index above which a feature counts as drifted",
     ),
     Setting(
-        "DRIFT_POLICY", "warn", _choice("warn", "quarantine"), "what drift over the threshold does to a file"
+        "DRIFT_POLICY",
+        DriftPolicy.WARN,
+        _choice(*DriftPolicy),
+        "what drift over the threshold does to a file",
     ),
     Setting(
         "TRAINING_STRATEGY",
-        "full",
-        _choice("full", "incremental"),
+        TrainingStrategy.FULL,
+        _choice(*TrainingStrategy),
         "retrain from scratch on the window, or partial_fit on the new file",
     ),
     Setting(
@@ -231,8 +242,8 @@ SETTINGS: tuple[Setting, ...] = (
     # serving
     Setting(
         "SERVING_MODE",
-        "dynamic",
-        _choice("static", "dynamic", "hybrid"),
+        ServingMode.DYNAMIC,
+        _choice(*ServingMode),
         "how predict answers: table only, model only, or table then model",
     ),
     Setting("RELOAD_SECONDS", "10", _float(0.0), "how often predict checks for a new model or table"),
@@ -283,8 +294,8 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "PIPELINE_RUNNER",
-        "auto",
-        _choice("auto", "function", "direct", "dataflow"),
+        RUNNER_AUTO,
+        _choice(RUNNER_AUTO, *BuildPath),
         "where big work runs: auto (dataflow on gcs, else direct), or always function/direct/dataflow",
     ),
     Setting(

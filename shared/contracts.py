@@ -14,6 +14,13 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+
+def words(choices: type[StrEnum]) -> tuple[str, ...]:
+    """The plain strings of a set, in order: for argparse ``choices``, whose error message shows
+    each choice's repr (a member's repr is ``<TableStrategy.FULL: 'full'>``)."""
+    return tuple(member.value for member in choices)
+
+
 # --- blobs of the DATA bucket ----------------------------------------------------------------
 
 INCOMING_PREFIX = "incoming/"
@@ -49,11 +56,48 @@ VALIDATION_REPORT_PREFIX = "pipelines/validate/"
 """Reports of the bulk validation pipeline."""
 
 
+# --- words of the data ----------------------------------------------------------------------
+
+LABEL_NAMES: tuple[str, ...] = ("label", "target", "y")
+"""Column names (any case) `prodml schema infer` takes as the label when none is named."""
+
+
 # --- closed sets of words --------------------------------------------------------------------
+# Where two sets share a word (a promoted event promotes a card), the later set takes the earlier
+# one's value, so each word is spelled once and the two can never drift apart.
+
+
+class StorageBackend(StrEnum):
+    """Where buckets live (``STORAGE_BACKEND``)."""
+
+    LOCAL = "local"
+    GCS = "gcs"
+
+
+class LogFormat(StrEnum):
+    """How log lines are written (``LOG_FORMAT``)."""
+
+    AUTO = "auto"  # json when the stream is not a terminal, else text
+    JSON = "json"
+    TEXT = "text"
+
+
+class UnseenCategoryPolicy(StrEnum):
+    """What a category value outside the schema's domain does to a file (``UNSEEN_CATEGORY_POLICY``)."""
+
+    QUARANTINE = "quarantine"
+    ACCEPT = "accept"
+
+
+class DriftPolicy(StrEnum):
+    """What drift over the threshold does to a file (``DRIFT_POLICY``)."""
+
+    WARN = "warn"
+    QUARANTINE = UnseenCategoryPolicy.QUARANTINE.value
 
 
 class ServingMode(StrEnum):
-    """How predict answers (``SERVING_MODE``)."""
+    """How predict answers (``SERVING_MODE``); also what the advisor recommends."""
 
     STATIC = "static"
     DYNAMIC = "dynamic"
@@ -61,11 +105,19 @@ class ServingMode(StrEnum):
 
 
 class TableStrategy(StrEnum):
-    """Which keys a table build scores."""
+    """Which keys a table build scores (a build plan holds FULL or TOP_K, never AUTO)."""
 
     AUTO = "auto"
     FULL = "full"
     TOP_K = "top_k"
+
+
+class BuildStatus(StrEnum):
+    """How a table build ended (``BuildResult.status``, the build functions' answers)."""
+
+    BUILT = "built"
+    SKIPPED = "skipped"  # this model generation's table is already current
+    NOTHING_TO_BUILD = "nothing_to_build"  # no model, no key, or too many keys and no traffic
 
 
 class Runner(StrEnum):
@@ -79,14 +131,32 @@ class BuildPath(StrEnum):
     """Where a table build or a bulk validation runs: in the function, or a pipeline runner."""
 
     FUNCTION = "function"
-    DIRECT = "direct"
-    DATAFLOW = "dataflow"
+    DIRECT = Runner.DIRECT.value
+    DATAFLOW = Runner.DATAFLOW.value
+
+
+RUNNER_AUTO = "auto"
+"""``PIPELINE_RUNNER`` and ``--runner``: let the decision pick a ``BuildPath``."""
+
+
+class LaunchStatus(StrEnum):
+    """The status of a pipeline run that was started elsewhere instead of finished here."""
+
+    LAUNCHED = "launched"  # a Dataflow job was submitted; its result comes later
+    DRY_RUN = "dry_run"  # the launch request was only shown (``--dry-run``)
+
+
+class Pipeline(StrEnum):
+    """The Beam pipelines (``python -m shared.pipelines.run --pipeline``, the Flex Template)."""
+
+    TABLE = "table"
+    VALIDATE = "validate"
 
 
 class TrainingStrategy(StrEnum):
     """How a challenger is trained (``TRAINING_STRATEGY``)."""
 
-    FULL = "full"
+    FULL = TableStrategy.FULL.value
     INCREMENTAL = "incremental"
 
 
@@ -108,11 +178,12 @@ class EventOutcome(StrEnum):
     NO_SCHEMA = "no_schema"  # left in place for `prodml replay`
     GONE = "gone"  # that object or generation is not in the bucket
     QUARANTINED = "quarantined"
-    PROMOTED = "promoted"
-    REJECTED = "rejected"
+    PROMOTED = CardStatus.PROMOTED.value
+    REJECTED = CardStatus.REJECTED.value
     ALREADY_TRAINED = "already_trained"  # the current model's lineage holds it
     MODEL_ERROR = "model_error"  # the current model cannot be loaded; left for replay
     ERROR = "error"  # a non-transient error, recorded; left for replay
+    TRAINED_BY_CLI = "trained_by_cli"  # no event: the done marker `prodml train` writes
 
 
 class MonitoringDecision(StrEnum):
@@ -120,6 +191,26 @@ class MonitoringDecision(StrEnum):
 
     ACCEPTED = "accepted"
     WARNING = "warning"  # drift over the threshold under DRIFT_POLICY=warn
-    QUARANTINED = "quarantined"
-    ERROR = "error"
-    MODEL_ERROR = "model_error"
+    QUARANTINED = EventOutcome.QUARANTINED.value
+    ERROR = EventOutcome.ERROR.value
+    MODEL_ERROR = EventOutcome.MODEL_ERROR.value
+    NOT_PROCESSED = "not processed"  # `prodml monitor`'s row of a file with no record yet
+
+
+class ValidationStatus(StrEnum):
+    """What the bulk validation pipeline made of one object (its report counts each)."""
+
+    ACCEPTED = MonitoringDecision.ACCEPTED.value
+    QUARANTINED = EventOutcome.QUARANTINED.value
+    GONE = EventOutcome.GONE.value  # that generation was replaced or deleted before it was read
+
+
+class ReplayStatus(StrEnum):
+    """How `prodml replay` ended for one file (an in-process replay gives an ``EventOutcome``)."""
+
+    DELIVERED = "delivered"
+    DEAD_LETTERED = "dead-lettered"
+    SKIPPED_PROCESSED = "skipped: processed"  # its done marker exists (unless --include-processed)
+    NOT_PROCESSED = MonitoringDecision.NOT_PROCESSED.value  # delivered and answered, not finished
+    REFUSED = "refused"  # a file no object name reaches: it can never fire
+    FAILED = "failed"  # the in-process run raised

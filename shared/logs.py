@@ -15,6 +15,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from shared.contracts import LogFormat
 from shared.display import printable
 from shared.record_caps import cut_line, fit_record
 
@@ -85,13 +86,15 @@ class LogStream(Protocol):
     def isatty(self) -> bool: ...
 
 
-def setup_logging(log_format: str = "auto", level: str = "info", stream: LogStream | None = None) -> None:
+def setup_logging(
+    log_format: str = LogFormat.AUTO, level: str = "info", stream: LogStream | None = None
+) -> None:
     """Send the ``shared`` loggers to ``stream`` (stdout) as JSON lines or text.
 
     Idempotent: calling it again replaces the handler instead of adding a second one.
     """
     stream = stream or sys.stdout
-    use_json = log_format == "json" or (log_format == "auto" and not stream.isatty())
+    use_json = log_format == LogFormat.JSON or (log_format == LogFormat.AUTO and not stream.isatty())
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     handler.set_name("prodml")

@@ -25,10 +25,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from shared.contracts import SCHEMA_BLOB
 from shared.errors import NotFound, SchemaError
 from shared.storage import Bucket
-
-SCHEMA_BLOB = "schema.json"
 
 FeatureType = Literal["category", "integer", "float"]
 Scalar = str | int | float
@@ -184,7 +183,7 @@ class Schema:
         try:
             raw = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise SchemaError(f"schema.json is not valid JSON: {exc}") from None
+            raise SchemaError(f"{SCHEMA_BLOB} is not valid JSON: {exc}") from None
         return cls.from_dict(raw)
 
 

@@ -22,7 +22,8 @@ import pytest
 import requests
 
 from shared.local.processes import free_port
-from shared.local.synth import KEY, synthesize
+from shared.local.synth import synthesize
+from shared.local.synth_keys import KEY
 from shared.storage.local import LocalBucket
 from shared.training.registry import is_processed, list_cards, read_current
 

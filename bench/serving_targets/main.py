@@ -14,6 +14,7 @@ import functions_framework
 import pandas as pd
 
 from shared.config import get_settings
+from shared.contracts import CURRENT_MODEL
 from shared.model import ModelBundle, to_frame
 from shared.storage import artifacts_bucket
 
@@ -23,7 +24,7 @@ _bundle: ModelBundle | None = None
 def _model() -> ModelBundle:
     global _bundle
     if _bundle is None:
-        _bundle = ModelBundle.from_bytes(artifacts_bucket(get_settings()).read("models/current.skops"))
+        _bundle = ModelBundle.from_bytes(artifacts_bucket(get_settings()).read(CURRENT_MODEL))
     return _bundle
 
 

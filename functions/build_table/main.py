@@ -31,7 +31,7 @@ from cloudevents.http import CloudEvent
 from functions_framework import event_conversion
 
 from shared.config import get_settings
-from shared.contracts import CURRENT_MODEL
+from shared.contracts import CURRENT_MODEL, TableStrategy
 from shared.errors import (
     BadRequest,
     ConfigError,
@@ -85,7 +85,7 @@ def on_model_promoted(cloud_event: CloudEvent) -> None:
         return
     try:
         # In-process when the key space fits the budget, else a Beam pipeline (shared.pipelines).
-        result = build_table_routed(artifacts, _settings, BuildRequest(strategy="auto")).to_dict()
+        result = build_table_routed(artifacts, _settings, BuildRequest(strategy=TableStrategy.AUTO)).to_dict()
     except ProdMLError as exc:
         if is_transient(exc):
             raise  # a storage fault: the platform redelivers, and the build is idempotent

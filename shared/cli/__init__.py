@@ -10,7 +10,8 @@ and imports the heavy ones (scikit-learn, pandas, matplotlib, Beam, and every ``
 that pulls them in) inside the function that runs the command: ``prodml --help`` and ``prodml X
 --help`` then start in well under a tenth of a second instead of over a second. Types from heavy
 modules are imported under ``typing.TYPE_CHECKING``; values a parser needs while registering
-(choices, help text) live in ``shared.cli.choices``. tests/cli/test_cli.py checks both.
+(choices, help text) come from light modules (``shared.contracts``, ``shared.local.synth_keys``).
+tests/cli/test_cli.py checks that ``--help`` stays light.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.config import Settings, get_settings
+from shared.contracts import TableStrategy
 
 if TYPE_CHECKING:
     from shared.pipelines.decide import Decision
@@ -58,7 +59,7 @@ def table_build_path(advice: Advice, settings: Settings) -> Decision:
 
     rows = advice.k or advice.cardinality
     rate = (advice.model or {}).get("rows_per_second")
-    strategy = "full" if rows == advice.cardinality else "top_k"
+    strategy = TableStrategy.FULL if rows == advice.cardinality else TableStrategy.TOP_K
     return decide(rows, float(rate) if rate else None, settings, strategy=strategy)
 
 

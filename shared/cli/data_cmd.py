@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from shared.cli.choices import KEY_CARDINALITY
 from shared.cli.pipeline_cmd import register_validate
+from shared.local.synth_keys import KEY_CARDINALITY
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from shared.config import get_settings
+from shared.contracts import MonitoringDecision
 from shared.display import printable, render_table
 
 
@@ -44,7 +45,7 @@ def collect() -> list[dict[str, Any]]:
         row = rows.setdefault(
             key, {"object": key[0], "generation": key[1], "time": reason.get("quarantined_at")}
         )
-        row["decision"] = "quarantined"
+        row["decision"] = MonitoringDecision.QUARANTINED
         row["quarantine"] = {k: reason.get(k) for k in ("rule", "message", "quarantined_as")}
     waiting = []
     for row in unprocessed_files(data, artifacts):
@@ -98,10 +99,11 @@ def render(rows: list[dict[str, Any]]) -> str:
         )
         outcome = row.get("decision") or "-"
         rule = (row.get("quarantine") or {}).get("rule") or row.get("rule")
-        if outcome == "quarantined" and rule:
-            outcome = f"quarantined ({rule})"
+        quarantined = outcome == MonitoringDecision.QUARANTINED
+        if quarantined and rule:
+            outcome = f"{MonitoringDecision.QUARANTINED} ({rule})"
         training = row.get("training") or {}
-        if training.get("outcome") and outcome != "quarantined" and not outcome.startswith("quarantined ("):
+        if training.get("outcome") and not quarantined:
             # The trainer adds what became of the file after the test-then-train numbers.
             outcome += f", {training['outcome']}" + (
                 f" {training['version']}" if training.get("version") else ""
@@ -122,7 +124,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     reasons = [
         f"  {printable(r['object'])}: {printable(_quarantine_message(r))}"
         for r in rows
-        if r.get("decision") == "quarantined"
+        if r.get("decision") == MonitoringDecision.QUARANTINED
     ]
     if reasons:
         lines += ["", "quarantined:", *reasons]

@@ -20,18 +20,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.cli.choices import DATAFLOW, DIRECT, PATHS, STRATEGIES
 from shared.config import get_settings
+from shared.contracts import (
+    CURRENT_MODEL,
+    RUNNER_AUTO,
+    BuildPath,
+    BuildStatus,
+    LaunchStatus,
+    Pipeline,
+    Runner,
+    StorageBackend,
+    TableStrategy,
+    ValidationStatus,
+    words,
+)
 
 
 def add_runner_argument(
-    parser: argparse.ArgumentParser, *, allow_function: bool = True, default: str | None = "auto"
+    parser: argparse.ArgumentParser, *, allow_function: bool = True, default: str | None = RUNNER_AUTO
 ) -> None:
     """``--runner`` (and ``--dry-run``) on a command that can run as a pipeline.
 
     ``allow_function=False``: only the pipeline runners (default: by ``STORAGE_BACKEND``).
     """
-    choices = ("auto", *PATHS) if allow_function else (DIRECT, DATAFLOW)
+    choices = (RUNNER_AUTO, *words(BuildPath)) if allow_function else words(Runner)
     default = default if allow_function else None
     parser.add_argument(
         "--runner",
@@ -85,7 +97,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "as a Beam pipeline (DirectRunner with local buckets, Dataflow with gcs). Says which and why."
         ),
     )
-    table.add_argument("--strategy", choices=STRATEGIES, default="auto", help="which keys (default auto)")
+    table.add_argument(
+        "--strategy",
+        choices=words(TableStrategy),
+        default=TableStrategy.AUTO,
+        help="which keys (default auto)",
+    )
     table.add_argument("--k", type=int, default=None, help="keys of a top_k table (default TABLE_TOP_K)")
     table.add_argument("--force", action="store_true", help="rebuild even if this model's table is current")
     add_runner_argument(table)
@@ -99,7 +116,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="which path a table build of the current model would take, and why",
         description="Measure the current model's scoring rate and say where its table build would run.",
     )
-    decide.add_argument("--strategy", choices=STRATEGIES, default="auto", help="which keys (default auto)")
+    decide.add_argument(
+        "--strategy",
+        choices=words(TableStrategy),
+        default=TableStrategy.AUTO,
+        help="which keys (default auto)",
+    )
     decide.add_argument("--k", type=int, default=None, help="keys of a top_k table (default TABLE_TOP_K)")
     decide.add_argument("--json", action="store_true", help="print JSON instead of a line")
     decide.set_defaults(func=run_decide)
@@ -119,7 +141,6 @@ def run_table(args: argparse.Namespace) -> int:
     from shared.pipelines.launch import build_table_routed
     from shared.storage import artifacts_bucket
     from shared.tables.plan import parse_build_request
-    from shared.tables.result import NOTHING
 
     settings = get_settings()
     body: dict[str, Any] = {"strategy": args.strategy, "force": args.force}
@@ -142,7 +163,7 @@ def run_table(args: argparse.Namespace) -> int:
             print(f"{'path':<14} {routed.decision.line()}")
         if routed.launch:
             print(json.dumps(routed.launch, indent=2))
-    if out.get("status") == NOTHING:
+    if out.get("status") == BuildStatus.NOTHING_TO_BUILD:
         print(f"prodml pipeline table: {out.get('message')}", file=sys.stderr)
         return 1
     return 0
@@ -153,9 +174,13 @@ def run_validate(args: argparse.Namespace) -> int:
     from shared.pipelines.launch import start
 
     settings = get_settings()
-    runner = args.runner or (DATAFLOW if settings.storage_backend == "gcs" else DIRECT)
-    report = start(settings, runner, "validate", {"objects": ",".join(args.objects)}, dry_run=args.dry_run)
-    if args.json or report.get("status") in ("dry_run", "launched"):
+    runner = args.runner or (
+        Runner.DATAFLOW if settings.storage_backend == StorageBackend.GCS else Runner.DIRECT
+    )
+    report = start(
+        settings, runner, Pipeline.VALIDATE, {"objects": ",".join(args.objects)}, dry_run=args.dry_run
+    )
+    if args.json or report.get("status") in tuple(LaunchStatus):
         print(json.dumps(report, indent=2, default=str))
         return 0
     outcomes = report.get("outcomes", [])
@@ -165,15 +190,14 @@ def run_validate(args: argparse.Namespace) -> int:
         reason = f"{o['rule']}: {o['message']}" if o.get("rule") else f"{o.get('rows', '-')} rows"
         print(f"{o['object']:<{width}}  {o['status']:<11}  {reason}")
     print(
-        f"{report.get('accepted', 0)} accepted, {report.get('quarantined', 0)} quarantined, "
-        f"{report.get('gone', 0)} gone; report {report.get('report')}"
+        ", ".join(f"{report.get(status, 0)} {status}" for status in ValidationStatus)
+        + f"; report {report.get('report')}"
     )
     return 0
 
 
 def run_decide(args: argparse.Namespace) -> int:
     """Print where a table build of the current model would run, and why."""
-    from shared.contracts import CURRENT_MODEL
     from shared.errors import ModelNotReady, NotFound
     from shared.model import ModelBundle
     from shared.pipelines.decide import decide_for_model

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from shared.config import get_settings
+from shared.contracts import INCOMING_PREFIX, ReplayStatus, StorageBackend
 from shared.display import printable, render_table
 
 if TYPE_CHECKING:
@@ -37,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="run the trainer in this process instead of sending events (the default on gcs)",
     )
-    parser.add_argument("--prefix", default="incoming/", help="object name prefix (default incoming/)")
+    parser.add_argument(
+        "--prefix", default=INCOMING_PREFIX, help=f"object name prefix (default {INCOMING_PREFIX})"
+    )
     parser.add_argument(
         "--all",
         action="store_true",
@@ -52,7 +55,7 @@ def run_replay(args: argparse.Namespace) -> int:
     from shared.local.router.replay import UNFINISHED, replay, replay_in_process
 
     settings = get_settings()
-    if args.in_process or settings.storage_backend == "gcs":
+    if args.in_process or settings.storage_backend == StorageBackend.GCS:
         outcomes = replay_in_process(settings, prefix=args.prefix, include_processed=args.all)
     else:
         outcomes = replay(settings, prefix=args.prefix, include_processed=args.all)
@@ -65,7 +68,7 @@ def run_replay(args: argparse.Namespace) -> int:
         table: list[Sequence[object]] = [("file", "generation", "outcome", "attempts", "by")]
         table += [(o.name, _generation(o), o.outcome, o.attempts, o.function or "-") for o in outcomes]
         print(render_table(table))
-        skipped = sum(o.outcome.startswith("skipped") for o in outcomes)
+        skipped = sum(o.outcome == ReplayStatus.SKIPPED_PROCESSED for o in outcomes)
         done = len(outcomes) - len(failed) - skipped
         print(f"{done} done, {len(failed)} not done, {skipped} skipped (already processed)")
         for o in failed:

@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from shared.cli.choices import LABEL_NAMES
 from shared.config import get_settings
+from shared.contracts import LABEL_NAMES, SCHEMA_BLOB
 from shared.errors import ValidationFailed
-from shared.schema import SCHEMA_BLOB, save_schema
+from shared.schema import save_schema
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

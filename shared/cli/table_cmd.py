@@ -7,10 +7,10 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from shared.cli.choices import STRATEGIES
 from shared.cli.pipeline_cmd import add_runner_argument
 from shared.cli.pipeline_cmd import run_table as run_routed_table
 from shared.config import get_settings
+from shared.contracts import BuildStatus, TableStrategy, words
 
 if TYPE_CHECKING:
     from shared.tables.result import BuildResult
@@ -31,7 +31,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "in traffic/. The same model generation is not built twice unless --force."
         ),
     )
-    build.add_argument("--strategy", choices=STRATEGIES, default="auto", help="which keys (default auto)")
+    build.add_argument(
+        "--strategy",
+        choices=words(TableStrategy),
+        default=TableStrategy.AUTO,
+        help="which keys (default auto)",
+    )
     build.add_argument("--k", type=int, default=None, help="keys of a top_k table (default TABLE_TOP_K)")
     build.add_argument("--force", action="store_true", help="rebuild even if this model's table is current")
     build.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -47,7 +52,6 @@ def run_build(args: argparse.Namespace) -> int:
     from shared.storage import artifacts_bucket
     from shared.tables.build import build_table
     from shared.tables.plan import parse_build_request
-    from shared.tables.result import NOTHING
 
     settings = get_settings()
     body = {"strategy": args.strategy, "force": args.force}
@@ -59,7 +63,7 @@ def run_build(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(render(result))
-    if result.status == NOTHING:
+    if result.status == BuildStatus.NOTHING_TO_BUILD:
         print(f"prodml table build: {result.message}", file=sys.stderr)
         return 1
     return 0

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings, get_settings
+from shared.contracts import CURRENT_MODEL, INCOMING_PREFIX, CardStatus, EventOutcome, TrainingStrategy
 from shared.errors import ModelNotReady, NotFound, PreconditionFailed, ProdMLError
 from shared.schema import load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
@@ -84,8 +85,6 @@ def upload_file(data: Bucket, path: Path) -> tuple[str, int]:
     An object already there with the very same bytes is reused (running ``prodml train`` again);
     one with other bytes is an error: overwriting it would orphan the lineage that names it.
     """
-    from shared.data.quarantine import INCOMING_PREFIX
-
     name = INCOMING_PREFIX + path.name
     try:
         return name, data.upload(name, path, if_generation_match=0)
@@ -120,7 +119,7 @@ def promote(
             )
         except PreconditionFailed:
             continue
-    raise ProdMLError(f"models/current.skops kept changing; {version} was written but not promoted")
+    raise ProdMLError(f"{CURRENT_MODEL} kept changing; {version} was written but not promoted")
 
 
 def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) -> dict[str, Any]:
@@ -154,7 +153,7 @@ def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) ->
         data=data,
         new_files=files,
         champion=champion,
-        strategy="full",
+        strategy=TrainingStrategy.FULL,
         event=None,
         by="prodml train",
         artifacts=artifacts,
@@ -167,14 +166,14 @@ def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) ->
     card = challenger.card
     if challenger.promote:
         previous, _ = promote(artifacts, version, model_bytes, settings, by="prodml train")
-        card = registry.set_decision(artifacts, card, "promoted", challenger.reason)
+        card = registry.set_decision(artifacts, card, CardStatus.PROMOTED, challenger.reason)
         for f in files:
             registry.mark_processed(
                 artifacts,
                 f.bucket,
                 f.name,
                 f.generation,
-                {"outcome": "trained_by_cli", "version": version, "message": "prodml train"},
+                {"outcome": EventOutcome.TRAINED_BY_CLI, "version": version, "message": "prodml train"},
             )
     return {
         "version": version,

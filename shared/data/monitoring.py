@@ -29,8 +29,8 @@ import pandas as pd
 from sklearn import metrics
 
 from shared.config import Settings
+from shared.contracts import INCOMING_PREFIX, MONITORING_PREFIX, MonitoringDecision
 from shared.data.fault_details import details, jsonable
-from shared.data.quarantine import INCOMING_PREFIX
 from shared.data.values import category_strings, numeric_values
 from shared.errors import NotFound, SchemaError, ValidationFailed
 from shared.logs import get_logger
@@ -42,7 +42,6 @@ from shared.storage.local import LocalBucket
 from shared.storage.names import derived_name
 from shared.training.registry import is_processed
 
-MONITORING_PREFIX = "monitoring/"
 BINS = 10
 PSI_EPSILON = 1e-4
 OTHER = "__other__"  # the category bin of values the reference never saw
@@ -315,14 +314,13 @@ def list_records(artifacts: Bucket) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (str(r.get("time", "")), str(r.get("object", ""))))
 
 
-# The decision of a file in incoming/ that has no outcome yet (``unprocessed_files``).
-NOT_PROCESSED = "not processed"
+# The reason of a file in incoming/ with no outcome yet, when nothing else explains it.
 NOT_YET = "not yet processed: no event reached the train function yet, or it is still running"
 
 
 def unprocessed_files(data: Bucket, artifacts: Bucket, prefix: str = INCOMING_PREFIX) -> list[dict[str, Any]]:
     """Every file under ``prefix`` with no outcome (no "done" marker), and why, in name order:
-    ``{"object", "generation", "decision": NOT_PROCESSED, "reason"}``.
+    ``{"object", "generation", "decision": MonitoringDecision.NOT_PROCESSED, "reason"}``.
 
     The reason is the error recorded for it (``error: ...``, ``model_error: ...``), a schema that
     cannot be loaded (``no schema: ...``), or ``NOT_YET``; on the local backend also files no
@@ -339,7 +337,8 @@ def unprocessed_files(data: Bucket, artifacts: Bucket, prefix: str = INCOMING_PR
         if is_processed(artifacts, data.name, info.name, info.generation):
             continue
         record = _read_record(artifacts, record_name(info.name, info.generation))
-        if record is not None and record.get("decision") in ("error", "model_error"):
+        failed = (MonitoringDecision.ERROR, MonitoringDecision.MODEL_ERROR)
+        if record is not None and record.get("decision") in failed:
             # model_error: the current model could not be loaded; replay trains it after a rollback.
             reason = f"{record.get('decision')}: {record.get('message')}"
         else:
@@ -348,7 +347,10 @@ def unprocessed_files(data: Bucket, artifacts: Bucket, prefix: str = INCOMING_PR
     if isinstance(data, LocalBucket):
         for found in data.unreachable(prefix):
             rows.append({"object": found.path, "generation": None, "reason": found.reason})
-    return [{**row, "decision": NOT_PROCESSED} for row in sorted(rows, key=lambda r: r["object"])]
+    return [
+        {**row, "decision": MonitoringDecision.NOT_PROCESSED}
+        for row in sorted(rows, key=lambda r: r["object"])
+    ]
 
 
 def _read_record(artifacts: Bucket, name: str) -> dict[str, Any] | None:

@@ -24,6 +24,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.contracts import INCOMING_PREFIX, QUARANTINE_PREFIX, REASON_SUFFIX
 from shared.data.fault_details import jsonable
 from shared.errors import InvalidObjectName, NotFound, PreconditionFailed, QuarantineFailed, ValidationFailed
 from shared.logs import get_logger
@@ -31,9 +32,6 @@ from shared.record_caps import fit_record
 from shared.storage import Bucket
 from shared.storage.names import derived_name
 
-QUARANTINE_PREFIX = "quarantine/"
-INCOMING_PREFIX = "incoming/"
-REASON_SUFFIX = ".reason.json"
 # What a reason over caps.MAX_RECORD_BYTES keeps (the message cut): what finds it and says why.
 REASON_KEY_FIELDS = ("object", "generation", "rule", "message", "quarantined_at", "quarantined_as")
 

@@ -31,6 +31,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from shared.contracts import LABEL_NAMES
 from shared.data.values import category_strings, numeric_values
 from shared.errors import SchemaError
 from shared.logs import get_logger
@@ -38,7 +39,6 @@ from shared.schema import Feature, Label, Scalar, Schema
 
 MAX_INTEGER_VALUES = 50
 RANGE_MARGIN = 1.0  # times the observed span, on each side
-LABEL_NAMES = ("label", "target", "y")
 
 log = get_logger(__name__)
 

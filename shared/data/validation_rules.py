@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from shared.contracts import UnseenCategoryPolicy
 from shared.data.fault_details import details
 from shared.data.values import category_strings, numeric_values
 from shared.errors import ValidationFailed
@@ -150,7 +151,7 @@ def check_domains(
         for name, mask in masks.items()
         if bool(mask.any())
     }
-    if policy == "quarantine":
+    if policy == UnseenCategoryPolicy.QUARANTINE:
         _fail_columns(
             object_name,
             "unseen_category",

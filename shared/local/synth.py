@@ -23,40 +23,25 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from shared.local.synth_keys import (
+    AD_CATEGORIES,
+    COUNTRIES,
+    DEVICES,
+    KEY,
+    KEY_CARDINALITY,
+    KEY_DOMAINS,
+    PLACEMENTS,
+    USER_SEGMENTS,
+)
 from shared.schema import Feature, Label, Schema
 from shared.tables.codec import decode_codes
 
-COUNTRIES = (
-    "us", "in", "br", "id", "jp", "de", "gb", "fr", "mx", "kr",
-    "it", "es", "ca", "tr", "ng", "vn", "ph", "pl", "ar", "au",
-)  # fmt: skip
-DEVICES = ("mobile", "desktop", "tablet")
-HOURS = tuple(range(24))
-AD_CATEGORIES = (
-    "apparel", "auto", "beauty", "books", "electronics", "finance",
-    "food", "games", "home", "sports", "toys", "travel",
-)  # fmt: skip
-PLACEMENTS = ("feed", "search", "sidebar", "video", "banner")
-USER_SEGMENTS = ("new", "casual", "loyal", "lapsed", "bargain", "premium", "student", "family")
-
-# The key features in key order, each with its values.
-KEY_DOMAINS: tuple[tuple[str, tuple[Any, ...]], ...] = (
-    ("country", COUNTRIES),
-    ("device", DEVICES),
-    ("hour", HOURS),
-    ("ad_category", AD_CATEGORIES),
-    ("placement", PLACEMENTS),
-    ("user_segment", USER_SEGMENTS),
-)
-KEY = tuple(name for name, _ in KEY_DOMAINS)
 LABEL = "converted"
 BID_MIN, BID_MAX, BID_DEFAULT = 0.05, 10.0, 1.0
-KEY_CARDINALITY = math.prod(len(domain) for _, domain in KEY_DOMAINS)
 ZIPF_EXPONENT = 1.1  # request traffic: the r-th most asked key gets a share ~ 1 / r**1.1
 
 _EFFECTS_STREAM = 0xEFFEC7  # generator of the fixed world (effects, mixes), apart from day streams

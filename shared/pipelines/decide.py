@@ -23,13 +23,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from shared.config import Settings
+from shared.contracts import RUNNER_AUTO, BuildPath, StorageBackend, TableStrategy
 from shared.model import ModelBundle
 from shared.tables.keys import full_chunks, score_keys
 
-FUNCTION = "function"
-DIRECT = "direct"
-DATAFLOW = "dataflow"
-PATHS = (FUNCTION, DIRECT, DATAFLOW)
 SAMPLE_KEYS = 5000  # enough for a stable rate (per-call overhead amortized), a few ms to tens of ms
 
 
@@ -37,7 +34,7 @@ SAMPLE_KEYS = 5000  # enough for a stable rate (per-call overhead amortized), a 
 class Decision:
     """Where a table build runs and why."""
 
-    path: str  # FUNCTION, DIRECT or DATAFLOW
+    path: str  # a BuildPath
     reason: str
     strategy: str  # the strategy the rows were counted for
     rows: int
@@ -48,7 +45,7 @@ class Decision:
     @property
     def in_function(self) -> bool:
         """Whether the function builds the table itself."""
-        return self.path == FUNCTION
+        return self.path == BuildPath.FUNCTION
 
     def line(self) -> str:
         """One line for a log or a terminal: the path and why."""
@@ -83,24 +80,26 @@ def planned_rows(bundle: ModelBundle, settings: Settings, strategy: str, k: int 
     """
     cardinality = bundle.schema.key_cardinality
     top = min(k or settings.table_top_k, settings.pipeline_max_rows)
-    if strategy == "full":
-        return "full", cardinality
-    if strategy == "top_k":
-        return "top_k", top
-    limit = settings.table_max_rows if settings.pipeline_runner == FUNCTION else settings.pipeline_max_rows
-    return ("full", cardinality) if cardinality <= max(settings.table_max_rows, limit) else ("top_k", top)
+    if strategy == TableStrategy.FULL:
+        return TableStrategy.FULL, cardinality
+    if strategy == TableStrategy.TOP_K:
+        return TableStrategy.TOP_K, top
+    in_function = settings.pipeline_runner == BuildPath.FUNCTION
+    limit = settings.table_max_rows if in_function else settings.pipeline_max_rows
+    fits = cardinality <= max(settings.table_max_rows, limit)
+    return (TableStrategy.FULL, cardinality) if fits else (TableStrategy.TOP_K, top)
 
 
 def pipeline_runner(settings: Settings) -> str:
     """The runner of a pipeline: Dataflow next to Cloud Storage, the DirectRunner with local folders."""
-    return DATAFLOW if settings.storage_backend == "gcs" else DIRECT
+    return BuildPath.DATAFLOW if settings.storage_backend == StorageBackend.GCS else BuildPath.DIRECT
 
 
 def decide(
-    rows: int, rows_per_second: float | None, settings: Settings, *, strategy: str, runner: str = "auto"
+    rows: int, rows_per_second: float | None, settings: Settings, *, strategy: str, runner: str = RUNNER_AUTO
 ) -> Decision:
-    """Choose the path for a build of ``rows`` keys (``runner``: auto or a path from ``PATHS``)."""
-    runner = settings.pipeline_runner if runner == "auto" else runner
+    """Choose the path for a build of ``rows`` keys (``runner``: auto or a ``BuildPath``)."""
+    runner = settings.pipeline_runner if runner == RUNNER_AUTO else runner
     budget = settings.table_function_budget_seconds
     expected = rows / rows_per_second if rows_per_second else None
     # Every outcome carries the same numbers: bound once, and checked, unlike a **dict.
@@ -117,9 +116,9 @@ def decide(
         if expected is not None and rows_per_second
         else f"{rows:,} keys"
     )
-    if runner != "auto":
-        if runner not in PATHS:
-            raise ValueError(f"runner {runner!r} is not auto or one of {', '.join(PATHS)}")
+    if runner != RUNNER_AUTO:
+        if runner not in tuple(BuildPath):
+            raise ValueError(f"runner {runner!r} is not auto or one of {', '.join(BuildPath)}")
         return decision(runner, f"{runner} asked for ({estimate})")
     if rows > settings.table_max_rows:
         why = f"{estimate}; over TABLE_MAX_ROWS={settings.table_max_rows:,} keys a function holds"
@@ -128,16 +127,16 @@ def decide(
         why = f"{estimate}, over TABLE_FUNCTION_BUDGET_SECONDS={budget:g}"
         return decision(pipeline_runner(settings), why)
     why = f"{estimate}, within TABLE_FUNCTION_BUDGET_SECONDS={budget:g} and TABLE_MAX_ROWS"
-    return decision(FUNCTION, why)
+    return decision(BuildPath.FUNCTION, why)
 
 
 def decide_for_model(
     bundle: ModelBundle,
     settings: Settings,
     *,
-    strategy: str = "auto",
+    strategy: str = TableStrategy.AUTO,
     k: int | None = None,
-    runner: str = "auto",
+    runner: str = RUNNER_AUTO,
 ) -> Decision:
     """Measure the model's scoring rate and decide where its table build runs."""
     resolved, rows = planned_rows(bundle, settings, strategy, k)

@@ -26,11 +26,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.config import Settings
-from shared.contracts import CURRENT_MODEL
+from shared.contracts import (
+    CURRENT_MODEL,
+    RUNNER_AUTO,
+    BuildStatus,
+    LaunchStatus,
+    Pipeline,
+    Runner,
+    TableStrategy,
+)
 from shared.errors import ConfigError, NotFound, PipelineFailed, ProdMLError
 from shared.logs import get_logger
 from shared.model import ModelBundle
-from shared.pipelines.decide import DATAFLOW, DIRECT, Decision, decide_for_model, planned_rows
+from shared.pipelines.decide import Decision, decide_for_model, planned_rows
 from shared.pipelines.options import (
     REPO_ROOT,
     beam_args,
@@ -43,7 +51,7 @@ from shared.storage import Bucket
 from shared.tables.build import build_table
 from shared.tables.format import read_pointer
 from shared.tables.plan import BuildRequest, holds_build, newest_traffic
-from shared.tables.result import NOTHING, BuildResult, skipped_result
+from shared.tables.result import BuildResult, skipped_result
 
 log = get_logger(__name__)
 
@@ -91,7 +99,7 @@ def run_direct(settings: Settings, pipeline: str, parameters: Mapping[str, str])
         f"--run_id={run_id}",
         f"--settings_json={settings_json(settings)}",
         *(f"--{name}={value}" for name, value in parameters.items() if name != "run_id"),
-        *beam_args(DIRECT, settings, run_id=run_id, pipeline=pipeline),
+        *beam_args(Runner.DIRECT, settings, run_id=run_id, pipeline=pipeline),
     ]
     log.info(f"starting the {pipeline} pipeline on the DirectRunner", extra={"fields": {"run_id": run_id}})
     # Forward the pipeline's log as it comes (a long build shows progress), keeping its end for
@@ -129,7 +137,7 @@ def launch_dataflow(
     body = flex_launch_request(settings, pipeline=pipeline, run_id=run_id, parameters=own)
     url = launch_url(settings)
     if dry_run:
-        return {"status": "dry_run", "url": url, "request": body}
+        return {"status": LaunchStatus.DRY_RUN, "url": url, "request": body}
     import google.auth  # a dependency of google-cloud-storage; only needed on GCP
     from google.auth.transport.requests import AuthorizedSession
 
@@ -146,7 +154,7 @@ def launch_dataflow(
         extra={"fields": {"run_id": run_id, "job_id": job.get("id")}},
     )
     return {
-        "status": "launched",
+        "status": LaunchStatus.LAUNCHED,
         "message": f"Dataflow job {job.get('name')} ({job.get('id')}) launched",
         "job_id": job.get("id"),
         "run_id": run_id,
@@ -157,11 +165,11 @@ def start(
     settings: Settings, runner: str, pipeline: str, parameters: Mapping[str, str], *, dry_run: bool = False
 ) -> dict[str, Any]:
     """Run (direct) or launch (dataflow) ``pipeline`` with its parameters."""
-    if runner == DIRECT:
+    if runner == Runner.DIRECT:
         return run_direct(settings, pipeline, parameters)
-    if runner == DATAFLOW:
+    if runner == Runner.DATAFLOW:
         return launch_dataflow(settings, pipeline, parameters, dry_run=dry_run)
-    raise ConfigError(f"runner {runner!r} is not {DIRECT} or {DATAFLOW}")
+    raise ConfigError(f"runner {runner!r} is not {Runner.DIRECT} or {Runner.DATAFLOW}")
 
 
 def table_parameters(request: BuildRequest) -> dict[str, str]:
@@ -186,8 +194,12 @@ def already_current(
     if pointer is None or pointer.get("model_generation") != generation:
         return None  # the common case after a promotion: one read, nothing listed
     strategy, _ = planned_rows(bundle, settings, request.strategy, request.k)
-    k = None if strategy == "full" else min(request.k or settings.table_top_k, settings.pipeline_max_rows)
-    through = newest_traffic(artifacts) if strategy == "top_k" else None
+    k = (
+        None
+        if strategy == TableStrategy.FULL
+        else min(request.k or settings.table_top_k, settings.pipeline_max_rows)
+    )
+    through = newest_traffic(artifacts) if strategy == TableStrategy.TOP_K else None
     if not holds_build(pointer, generation, strategy, k, through):
         return None
     return skipped_result(pointer, generation, strategy, bundle.version)
@@ -198,7 +210,7 @@ def build_table_routed(
     settings: Settings,
     request: BuildRequest | None = None,
     *,
-    runner: str = "auto",
+    runner: str = RUNNER_AUTO,
     dry_run: bool = False,
 ) -> RoutedBuild:
     """Decide where the table build runs (``decide``), run it there, return both.
@@ -214,7 +226,9 @@ def build_table_routed(
     except (NotFound, ProdMLError):
         return RoutedBuild(None, build_table(artifacts, settings, request).to_dict())
     if not bundle.schema.key:
-        result = BuildResult(NOTHING, "the model's schema has no key features: there is no table to build")
+        result = BuildResult(
+            BuildStatus.NOTHING_TO_BUILD, "the model's schema has no key features: there is no table to build"
+        )
         return RoutedBuild(None, result.to_dict())
     if not request.force:
         current = already_current(artifacts, settings, bundle, info.generation, request)
@@ -225,6 +239,6 @@ def build_table_routed(
     log.info(decision.line(), extra={"fields": decision.to_dict()})
     if decision.in_function:
         return RoutedBuild(decision, build_table(artifacts, settings, request).to_dict())
-    outcome = start(settings, decision.path, "table", table_parameters(request), dry_run=dry_run)
+    outcome = start(settings, decision.path, Pipeline.TABLE, table_parameters(request), dry_run=dry_run)
     launch = outcome.pop("request", None)
     return RoutedBuild(decision, outcome, {"request": launch} if launch else {})

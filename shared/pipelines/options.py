@@ -29,11 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import SETTINGS, Settings
+from shared.contracts import Pipeline, Runner, StorageBackend
 from shared.errors import ConfigError
 
-RUNNERS = ("direct", "dataflow")
-BEAM_RUNNER_NAMES = {"direct": "DirectRunner", "dataflow": "DataflowRunner"}
-PIPELINES = ("table", "validate")
 # Dataflow job names: lowercase letters, digits and '-', starting with a letter, at most 63.
 _JOB_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
@@ -158,7 +156,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def settings_json(settings: Settings, overrides: Mapping[str, str] | None = None) -> str:
     """``settings_env`` as compact JSON: the ``--settings_json`` argument of a pipeline."""
     env = settings_env(settings)
-    if settings.storage_backend == "local":
+    if settings.storage_backend == StorageBackend.LOCAL:
         # A pipeline runs in another process (and working directory): give it an absolute root.
         env["LOCAL_BUCKETS_ROOT"] = str(Path(env["LOCAL_BUCKETS_ROOT"]).resolve())
     env.update(overrides or {})
@@ -176,15 +174,15 @@ def beam_args(
     the pipelines' container image (infra/dataflow/Dockerfile) the workers run, which holds
     ``shared`` and the pinned libraries (a Flex Template launch sets it from the template).
     """
-    if runner == "direct":
+    if runner == Runner.DIRECT:
         args = ["--runner=DirectRunner", f"--direct_num_workers={settings.pipeline_direct_workers}"]
         if settings.pipeline_direct_workers > 1:
             args.append("--direct_running_mode=multi_threading")
         if temp_location:
             args.append(f"--temp_location={temp_location}")
         return args
-    if runner != "dataflow":
-        raise ConfigError(f"runner {runner!r} is not one of {', '.join(RUNNERS)}")
+    if runner != Runner.DATAFLOW:
+        raise ConfigError(f"runner {runner!r} is not one of {', '.join(Runner)}")
     config = DataflowConfig.from_settings(settings)
     check_dataflow(config)
     args = [
@@ -237,15 +235,15 @@ def flex_launch_request(
     ``parameters`` are the pipeline's own (``strategy``, ``objects``, ...); ``pipeline``,
     ``run_id`` and ``settings_json`` are added here. Every name must be declared by the template.
     """
-    if pipeline not in PIPELINES:
-        raise ConfigError(f"pipeline {pipeline!r} is not one of {', '.join(PIPELINES)}")
+    if pipeline not in tuple(Pipeline):
+        raise ConfigError(f"pipeline {pipeline!r} is not one of {', '.join(Pipeline)}")
     config = DataflowConfig.from_settings(settings)
     check_dataflow(config, need_template=True)
     declared = {p["name"] for p in TEMPLATE_PARAMETERS}
     full = {
         "pipeline": pipeline,
         "run_id": run_id,
-        "settings_json": settings_json(settings, {"STORAGE_BACKEND": "gcs"}),
+        "settings_json": settings_json(settings, {"STORAGE_BACKEND": StorageBackend.GCS}),
         **parameters,
     }
     unknown = sorted(set(full) - declared)

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Sequence
 
 from shared.config import Settings, load_settings
+from shared.contracts import Pipeline, StorageBackend, TableStrategy, words
 from shared.errors import ProdMLError
 from shared.logs import setup_logging
 
@@ -29,10 +30,10 @@ from shared.logs import setup_logging
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """The pipeline's own arguments, and the rest (Beam's options)."""
     parser = argparse.ArgumentParser(prog="python -m shared.pipelines.run", description=__doc__)
-    parser.add_argument("--pipeline", choices=("table", "validate"), required=True)
+    parser.add_argument("--pipeline", choices=words(Pipeline), required=True)
     parser.add_argument("--settings_json", default="{}", help="JSON object of prodml environment variables")
     parser.add_argument("--run_id", default="", help="names the run's temporary files (default: random)")
-    parser.add_argument("--strategy", default="auto", choices=("auto", "full", "top_k"))
+    parser.add_argument("--strategy", default=TableStrategy.AUTO.value, choices=words(TableStrategy))
     parser.add_argument("--k", type=int, default=None)
     parser.add_argument("--force", default="false", choices=("true", "false"))
     parser.add_argument(
@@ -61,7 +62,7 @@ def temp_location(beam_argv: list[str], settings: Settings) -> tuple[str, bool]:
     for arg in beam_argv:
         if arg.startswith("--temp_location="):
             return arg.split("=", 1)[1], False
-    if settings.storage_backend == "gcs" and settings.dataflow_temp_location.startswith("gs://"):
+    if settings.storage_backend == StorageBackend.GCS and settings.dataflow_temp_location.startswith("gs://"):
         return settings.dataflow_temp_location, False
     return tempfile.mkdtemp(prefix="prodml-pipeline-"), True
 
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not any(a.startswith("--temp_location=") for a in beam_argv):
         beam_argv.append(f"--temp_location={temp}")
     try:
-        if args.pipeline == "table":
+        if args.pipeline == Pipeline.TABLE:
             from shared.pipelines import table_pipeline
             from shared.tables.plan import BuildRequest
 

@@ -44,7 +44,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from shared.config import Settings
-from shared.contracts import CURRENT_MODEL
+from shared.contracts import CURRENT_MODEL, BuildStatus, LaunchStatus
 from shared.errors import ModelChanged, ModelNotReady, NotFound
 from shared.logs import get_logger
 from shared.model import ModelBundle
@@ -52,7 +52,7 @@ from shared.storage import artifacts_bucket
 from shared.tables.format import build_blob, new_build_id, read_pointer, write_table
 from shared.tables.keys import decode_keys, non_key_defaults, score_keys, score_width
 from shared.tables.plan import BuildPlan, BuildRequest, is_same_build, plan_build
-from shared.tables.result import BUILT, NOTHING, BuildResult, skipped_result
+from shared.tables.result import BuildResult, skipped_result
 from shared.tables.switch import prune_old_builds, switch_to_table
 
 log = get_logger(__name__)
@@ -172,7 +172,7 @@ class Publish(beam.DoFn):
         )
         prune_old_builds(artifacts, bundle.version)
         result = BuildResult(
-            BUILT,
+            BuildStatus.BUILT,
             f"built {plan.rows} rows ({plan.strategy}) for model {bundle.version!r} in {seconds:.1f} s "
             f"with a Beam pipeline ({len(parts)} parts); {note}",
             strategy=plan.strategy,
@@ -221,13 +221,15 @@ def plan_job(
     try:
         bundle, generation = load_model(settings)
     except NotFound:
-        return BuildResult(NOTHING, f"no model yet: {artifacts.name}/{CURRENT_MODEL} does not exist")
+        return BuildResult(
+            BuildStatus.NOTHING_TO_BUILD, f"no model yet: {artifacts.name}/{CURRENT_MODEL} does not exist"
+        )
     except ModelNotReady as exc:
-        return BuildResult(NOTHING, f"cannot load {CURRENT_MODEL}: {exc}")
+        return BuildResult(BuildStatus.NOTHING_TO_BUILD, f"cannot load {CURRENT_MODEL}: {exc}")
     schema = bundle.schema
     if not schema.key:
         return BuildResult(
-            NOTHING,
+            BuildStatus.NOTHING_TO_BUILD,
             "the model's schema has no key features: there is no table to build",
             model_version=bundle.version,
             model_generation=generation,
@@ -295,7 +297,11 @@ def run(
     )
     outcome = pipeline.run()
     if options.get_all_options().get("runner") == "DataflowRunner":
-        return {"status": "launched", "message": f"Dataflow job for run {run_id} submitted", "run_id": run_id}
+        return {
+            "status": LaunchStatus.LAUNCHED,
+            "message": f"Dataflow job for run {run_id} submitted",
+            "run_id": run_id,
+        }
     outcome.wait_until_finish()
     result_path = FileSystems.join(job.temp_dir, RESULT_FILE)
     with FileSystems.open(result_path) as f:

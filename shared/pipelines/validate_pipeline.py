@@ -38,8 +38,15 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from shared.config import Settings
+from shared.contracts import (
+    QUARANTINE_PREFIX,
+    REASON_SUFFIX,
+    VALIDATION_REPORT_PREFIX,
+    LaunchStatus,
+    ValidationStatus,
+)
 from shared.data.monitoring import reference_stats
-from shared.data.quarantine import QUARANTINE_PREFIX, REASON_SUFFIX, quarantine_object
+from shared.data.quarantine import quarantine_object
 from shared.data.validation import check_size, validate_file
 from shared.errors import NotFound, ValidationFailed
 from shared.logs import get_logger
@@ -49,13 +56,8 @@ from shared.storage import Bucket, artifacts_bucket, data_bucket
 log = get_logger(__name__)
 
 SAMPLE_ROWS = 100_000
-REPORT_PREFIX = "pipelines/validate/"
 RESULT_FILE = "result.json"
 _SAMPLE_KEY = "__sample_key__"
-
-ACCEPTED = "accepted"
-QUARANTINED = "quarantined"
-GONE = "gone"  # that generation was replaced or deleted before it was read
 
 
 def list_objects(data: Bucket, objects: list[str]) -> list[tuple[str, int, int]]:
@@ -107,21 +109,30 @@ class ValidateObject(beam.DoFn):
                 except NotFound:
                     info = None
                 if info is None or info.generation != generation:
-                    yield {**outcome, "status": GONE, "message": "replaced or deleted before it was read"}
+                    yield {
+                        **outcome,
+                        "status": ValidationStatus.GONE,
+                        "message": "replaced or deleted before it was read",
+                    }
                     return
                 validated = validate_file(path, name, self.schema, self.settings)
         except ValidationFailed as failure:
             target = quarantine_object(self.data, name, generation, failure)
             yield {
                 **outcome,
-                "status": QUARANTINED,
+                "status": ValidationStatus.QUARANTINED,
                 "rule": failure.rule,
                 "message": failure.message,
                 "quarantined_as": target,
             }
             return
         frame = validated.frame
-        yield {**outcome, "status": ACCEPTED, "rows": int(len(frame)), "dropped_rows": validated.dropped_rows}
+        yield {
+            **outcome,
+            "status": ValidationStatus.ACCEPTED,
+            "rows": int(len(frame)),
+            "dropped_rows": validated.dropped_rows,
+        }
         yield beam.pvalue.TaggedOutput(self.SAMPLE, _keyed_sample(frame, name, generation, self.sample_rows))
 
 
@@ -176,8 +187,8 @@ class Report(beam.DoFn):
         schema = load_schema(artifacts)
         sample = samples[0] if samples else None
         ordered = sorted(outcomes, key=lambda o: o["object"])
-        counts = {s: sum(o["status"] == s for o in ordered) for s in (ACCEPTED, QUARANTINED, GONE)}
-        report = {
+        counts: dict[str, int] = {s.value: sum(o["status"] == s for o in ordered) for s in ValidationStatus}
+        report: dict[str, Any] = {
             "run_id": self.run_id,
             "finished_at": datetime.now(UTC).isoformat(),
             "objects": len(ordered),
@@ -186,15 +197,16 @@ class Report(beam.DoFn):
             "sampled_rows": 0 if sample is None else int(len(sample)),
             "reference": None if sample is None else reference_stats(sample, schema),
             "outcomes": ordered,
-            "report": f"{REPORT_PREFIX}{self.run_id}.json",
+            "report": f"{VALIDATION_REPORT_PREFIX}{self.run_id}.json",
         }
         body = json.dumps(report, indent=1, default=str).encode()
         artifacts.write(report["report"], body, content_type="application/json")
         with FileSystems.create(FileSystems.join(self.temp_dir, RESULT_FILE)) as out:
             out.write(body)
         log.info(
-            f"validate pipeline: {len(ordered)} objects: {counts[ACCEPTED]} accepted, "
-            f"{counts[QUARANTINED]} quarantined, {counts[GONE]} gone; report {report['report']}",
+            f"validate pipeline: {len(ordered)} objects: "
+            + ", ".join(f"{counts[s]} {s}" for s in ValidationStatus)
+            + f"; report {report['report']}",
             extra={"fields": {"run_id": self.run_id, **counts}},
         )
         yield report
@@ -250,7 +262,11 @@ def run(
     log.info(f"validate pipeline: {len(items)} objects", extra={"fields": {"run_id": run_id}})
     outcome = pipeline.run()
     if options.get_all_options().get("runner") == "DataflowRunner":
-        return {"status": "launched", "message": f"Dataflow job for run {run_id} submitted", "run_id": run_id}
+        return {
+            "status": LaunchStatus.LAUNCHED,
+            "message": f"Dataflow job for run {run_id} submitted",
+            "run_id": run_id,
+        }
     outcome.wait_until_finish()
     with FileSystems.open(FileSystems.join(job_temp, RESULT_FILE)) as f:
         report: dict[str, Any] = json.loads(f.read())

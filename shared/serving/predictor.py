@@ -39,21 +39,21 @@ import numpy as np
 import pandas as pd
 
 from shared.config import Settings
+from shared.contracts import CURRENT_MODEL, ServingMode
 from shared.errors import ModelNotReady, ProdMLError
 from shared.logs import get_logger
 from shared.model import ModelBundle, to_frame
 from shared.schema import Scalar
 from shared.serving.request_checks import Require
-from shared.serving.state import CURRENT_MODEL, ServingState, StateLoader
+from shared.serving.state import ServingState, StateLoader
 from shared.serving.traffic import HeavyHitters, flush_counts
 from shared.storage import Bucket
 from shared.tables.codec import key_string
 
-__all__ = ["CURRENT_MODEL", "MODES", "Counters", "Predictor", "ServingState"]
+__all__ = ["Counters", "Predictor", "ServingState"]
 
 log = get_logger(__name__)
 
-MODES = ("static", "dynamic", "hybrid")
 # The first load (on the request path) retries a storage fault this often, after these waits (s).
 FIRST_LOAD_ATTEMPTS = 3
 FIRST_LOAD_BACKOFF = (0.1, 0.3)
@@ -209,17 +209,17 @@ class Predictor:
     def predict(self, body: bytes) -> dict[str, Any]:
         """Answer a request body; ``BadRequest`` for bad input, ``ModelNotReady`` with nothing to serve."""
         state = self.state()
-        if self.mode == "static" and not state.table_usable:
+        if self.mode == ServingMode.STATIC and not state.table_usable:
             raise ModelNotReady(
                 f"static serving has no usable table yet ({state.table_note}): "
                 f"build one with `prodml table build`"
             )
-        require: Require = "key" if self.mode == "static" else "all"
+        require: Require = "key" if self.mode == ServingMode.STATIC else "all"
         instances = state.checker.parse(body, require)
         model = state.model
         n = len(instances)
         keys = [state.codec.key_values(instance) for instance in instances] if state.codec.key else []
-        static = self.mode == "static"
+        static = self.mode == ServingMode.STATIC
         scores: list[Any] = [None] * n
         sources = ["miss" if static else "model"] * n
         to_model: Sequence[int] = [] if static else range(n)  # static never calls the model
@@ -302,7 +302,7 @@ class Predictor:
                 "coverage": round(len(table) / cardinality, 6) if cardinality else None,
                 "strategy": table.meta.get("strategy"),
             }
-        if self.mode == "static" and not state.table_usable:
+        if self.mode == ServingMode.STATIC and not state.table_usable:
             out["status"] = "no_table"
         return out
 

@@ -21,17 +21,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from shared.config import Settings
+from shared.contracts import CURRENT_MODEL, TABLE_POINTER, ServingMode
 from shared.errors import NotFound, is_transient
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.serving.request_checks import InstanceChecker
 from shared.storage import Bucket
 from shared.tables.codec import KeyCodec
-from shared.tables.format import CURRENT_POINTER, Table, read_pointed_table, read_valid_pointer
+from shared.tables.format import Table, read_pointed_table, read_valid_pointer
 
 log = get_logger(__name__)
 
-CURRENT_MODEL = "models/current.skops"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -65,7 +65,7 @@ def table_fits(table: Table, model: ModelBundle, mode: str) -> tuple[bool, str]:
     width = len(model.classes) if model.task == "multiclass" else 0
     if (table.scores.ndim == 2 and table.scores.shape[1] != width) or (table.scores.ndim == 1 and width):
         return False, f"table scores of shape {table.scores.shape} do not fit a {model.task} model"
-    if mode == "hybrid" and table.model_version != model.version:
+    if mode == ServingMode.HYBRID and table.model_version != model.version:
         return False, f"table was built from model {table.model_version!r}, serving {model.version!r}"
     return True, "in use"
 
@@ -108,7 +108,7 @@ class StateLoader:
         seen = (current.model_generation, current.table_generation) if current else None
         try:
             model_gen = self._generation(CURRENT_MODEL)
-            pointer_gen = self._generation(CURRENT_POINTER)
+            pointer_gen = self._generation(TABLE_POINTER)
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -153,7 +153,7 @@ class StateLoader:
 
     def _table_use(self, table: Table | None, model: ModelBundle) -> tuple[bool, str]:
         """Whether requests may be answered from ``table`` in this mode, and why (or why not)."""
-        if self.mode == "dynamic":
+        if self.mode == ServingMode.DYNAMIC:
             return False, "dynamic mode answers from the model only"
         if table is None:
             return False, "no table"
@@ -219,13 +219,13 @@ class StateLoader:
 
     def _load_table(self, current: ServingState | None, generation: int) -> tuple[Table | None, int]:
         keep = (current.table, current.table_generation) if current else (None, 0)
-        if self.mode == "dynamic":
+        if self.mode == ServingMode.DYNAMIC:
             return None, generation  # never used: do not spend memory on it
         if current is not None and generation == current.table_generation:
             return keep
         if generation == 0:
             return None, 0
-        if self._skip.get(CURRENT_POINTER) == generation:
+        if self._skip.get(TABLE_POINTER) == generation:
             return keep
         try:
             # A malformed pointer raises, as a corrupt model does: it is no statement that there
@@ -236,6 +236,6 @@ class StateLoader:
             # the exact object it names
             table = read_pointed_table(self.artifacts, pointer, max_bytes=self.settings.max_table_bytes)
         except Exception as exc:  # a malformed pointer or table, or a storage fault: keep what we have
-            self._failed(CURRENT_POINTER, generation, exc)
+            self._failed(TABLE_POINTER, generation, exc)
             return keep
         return table, pointer_gen

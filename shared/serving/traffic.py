@@ -22,14 +22,14 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.contracts import TRAFFIC_PREFIX
 from shared.logs import get_logger
 from shared.storage import Bucket
 
 log = get_logger(__name__)
 
-TRAFFIC_PREFIX = "traffic/"
 _STAMP = "%Y%m%dT%H%M%S"
-_NAME = re.compile(r"^traffic/(\d{8}T\d{6})-[A-Za-z0-9_.-]+-\d+\.json$")
+_NAME = re.compile(rf"^{re.escape(TRAFFIC_PREFIX)}(\d{{8}}T\d{{6}})-[A-Za-z0-9_.-]+-\d+\.json$")
 _seq = itertools.count(1)
 MAX_TRAFFIC_FILE_BYTES = 64 * 1024 * 1024  # a flush of a 10k-key sketch is well under 1 MB
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.config import Settings, get_settings
+from shared.contracts import StorageBackend
 from shared.storage.base import Bucket, ObjectInfo
 
 __all__ = ["Bucket", "ObjectInfo", "open_bucket", "data_bucket", "artifacts_bucket"]
@@ -21,7 +22,7 @@ def open_bucket(name: str, settings: Settings | None = None, *, client: Any = No
     omitted); it is ignored by the local backend.
     """
     settings = settings or get_settings()
-    if settings.storage_backend == "gcs":
+    if settings.storage_backend == StorageBackend.GCS:
         from shared.storage.gcs import GCSBucket
 
         if client is None:

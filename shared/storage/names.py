@@ -31,6 +31,8 @@ MAX_NAME_BYTES = 1024  # GCS's limit on an object name, in UTF-8 bytes
 MAX_COMPONENT_BYTES = 255  # NAME_MAX of ext4, xfs, btrfs, tmpfs, APFS: longer ones are hashed
 
 _BUCKET_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
+BUCKET_NAME_RULE = "3-63 of a-z 0-9 - _ . starting and ending with a letter or digit"
+"""GCS's bucket name rule, as the refusals (here and in shared.config) state it."""
 
 HASH_MARK = "~h"  # then DIGEST_CHARS hex digits: the mark of a name put in its hashed form
 DIGEST_CHARS = 40  # 160 bits of SHA-256: no two names meet by chance
@@ -134,10 +136,7 @@ def check_bucket_name(name: object) -> str:
         or not name[0].isalnum()
         or not name[-1].isalnum()
     ):
-        raise InvalidObjectName(
-            f"invalid bucket name {name!r}: must be 3-63 of a-z 0-9 - _ . starting and ending "
-            "with a letter or digit"
-        )
+        raise InvalidObjectName(f"invalid bucket name {name!r}: must be {BUCKET_NAME_RULE}")
     return name
 
 

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from shared.config import Settings
-from shared.contracts import CURRENT_MODEL
+from shared.contracts import CURRENT_MODEL, ServingMode
 from shared.errors import ModelNotReady, NotFound
 from shared.model import ModelBundle
 from shared.schema import Schema, load_schema
@@ -82,7 +82,7 @@ class ModelCost:
 class Advice:
     """The recommendation and every number behind it."""
 
-    recommendation: str  # "static", "dynamic" or "hybrid"
+    recommendation: str  # a ServingMode
     reason: str  # plain words, with the numbers
     k: int | None  # rows of the recommended table (None for dynamic)
     expected_hit_rate: float | None  # share of requests the recommended table answers
@@ -172,14 +172,16 @@ def analyze(
             f"static: all {cardinality:,} keys fit in one table (TABLE_MAX_ROWS={table_max_rows:,}), "
             f"{_size(full)}; every request with a valid key is a lookup. {words}"
         )
-        return Advice("static", reason, cardinality, valid_share, recommended_table=full, **common)
+        return Advice(ServingMode.STATIC, reason, cardinality, valid_share, recommended_table=full, **common)
     if requests < MIN_TRAFFIC_REQUESTS:
         reason = (
             f"dynamic: {cardinality:,} keys are over TABLE_MAX_ROWS={table_max_rows:,}, and {requests:,} "
             f"counted requests are too few (need {MIN_TRAFFIC_REQUESTS:,}) to find peaks; serve "
             f"dynamic, let predict count traffic, and ask again. {words}"
         )
-        return Advice("dynamic", reason, None, None, recommended_table=_table_cost(0, cost), **common)
+        return Advice(
+            ServingMode.DYNAMIC, reason, None, None, recommended_table=_table_cost(0, cost), **common
+        )
     return _top_k_advice(cardinality, requests, invalid_requests, table_max_rows, cost, held, words, common)
 
 
@@ -262,13 +264,15 @@ def _top_k_advice(
             + f"); the model serves the rest. Build it with "
             f"`prodml table build --strategy top_k --k {k}`. {words}"
         )
-        return Advice("hybrid", reason, k, round(hit_all, 4), recommended_table=recommended, **common)
+        return Advice(
+            ServingMode.HYBRID, reason, k, round(hit_all, 4), recommended_table=recommended, **common
+        )
     reason = (
         f"dynamic: {cardinality:,} keys are too many for a full table and traffic is flat: the best "
         f"top-K table within TABLE_MAX_ROWS (K={k:,}) answered only {hit_all:.0%} of held-out "
         f"requests (a table pays from {MIN_HYBRID_HIT_RATE:.0%}). {words}"
     )
-    return Advice("dynamic", reason, None, None, recommended_table=_table_cost(0, cost), **common)
+    return Advice(ServingMode.DYNAMIC, reason, None, None, recommended_table=_table_cost(0, cost), **common)
 
 
 def _describe(

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from shared.config import Settings
-from shared.contracts import CURRENT_MODEL
+from shared.contracts import CURRENT_MODEL, BuildStatus, TableStrategy
 from shared.errors import ModelNotReady, NotFound
 from shared.logs import get_logger
 from shared.model import ModelBundle
@@ -46,7 +46,7 @@ from shared.storage import Bucket
 from shared.tables.format import build_blob, new_build_id, read_pointer, write_table
 from shared.tables.keys import KeyChunk, code_chunks, full_chunks, non_key_defaults, score_keys, score_width
 from shared.tables.plan import BuildPlan, BuildRequest, is_same_build, plan_build
-from shared.tables.result import BUILT, NOTHING, BuildResult, skipped_result
+from shared.tables.result import BuildResult, skipped_result
 from shared.tables.switch import prune_old_builds, switch_to_table
 
 log = get_logger(__name__)
@@ -90,18 +90,23 @@ def _load_current_model(artifacts: Bucket, settings: Settings) -> tuple[ModelBun
         data, info = artifacts.read_with_info(CURRENT_MODEL)
     except NotFound:
         return BuildResult(
-            NOTHING, f"no model yet: {artifacts.name}/{CURRENT_MODEL} does not exist; train one first"
+            BuildStatus.NOTHING_TO_BUILD,
+            f"no model yet: {artifacts.name}/{CURRENT_MODEL} does not exist; train one first",
         )
     try:
         bundle = ModelBundle.from_bytes(
             data, settings.model_trusted_types, max_bytes=settings.max_model_bytes
         )
     except ModelNotReady as exc:
-        return BuildResult(NOTHING, f"cannot load {CURRENT_MODEL} generation {info.generation}: {exc}")
-    build_blob(bundle.version, "full", new_build_id())  # a version that cannot name a table fails now
+        return BuildResult(
+            BuildStatus.NOTHING_TO_BUILD, f"cannot load {CURRENT_MODEL} generation {info.generation}: {exc}"
+        )
+    build_blob(
+        bundle.version, TableStrategy.FULL, new_build_id()
+    )  # a version that cannot name a table fails now
     if not bundle.schema.key:
         return BuildResult(
-            NOTHING,
+            BuildStatus.NOTHING_TO_BUILD,
             "the model's schema has no key features: there is no table to build",
             model_version=bundle.version,
             model_generation=info.generation,
@@ -148,7 +153,7 @@ def _built_result(
         extra={"fields": {**base, "rows": plan.rows, "seconds": round(seconds, 3), "switched": switched}},
     )
     return BuildResult(
-        BUILT,
+        BuildStatus.BUILT,
         f"built {plan.rows} rows ({plan.strategy}) for model {bundle.version!r} in {seconds:.1f} s; {note}",
         strategy=plan.strategy,
         table=blob,

@@ -45,6 +45,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from shared.config import get_settings
+from shared.contracts import TABLE_POINTER, TABLE_PREFIX
 from shared.errors import NotFound, TableError, ZipTooLarge
 from shared.logs import get_logger
 from shared.storage import Bucket
@@ -52,8 +53,6 @@ from shared.zip_limits import check_zip
 
 log = get_logger(__name__)
 
-CURRENT_POINTER = "tables/current.json"
-TABLE_PREFIX = "tables/"
 POINTER_FIELDS = (
     "blob",
     "version",
@@ -281,7 +280,7 @@ def read_pointer(artifacts: Bucket) -> tuple[dict[str, Any] | None, int]:
     no table, as predict, uses ``read_valid_pointer``.)
     """
     try:
-        data, info = artifacts.read_with_info(CURRENT_POINTER)
+        data, info = artifacts.read_with_info(TABLE_POINTER)
     except NotFound:
         return None, 0
     try:
@@ -289,7 +288,7 @@ def read_pointer(artifacts: Bucket) -> tuple[dict[str, Any] | None, int]:
     except TableError as exc:
         log.warning(
             "table pointer is malformed; ignoring it",
-            extra={"fields": {"blob": CURRENT_POINTER, "generation": info.generation, "error": str(exc)}},
+            extra={"fields": {"blob": TABLE_POINTER, "generation": info.generation, "error": str(exc)}},
         )
         return None, info.generation
     return pointer, info.generation
@@ -299,7 +298,7 @@ def read_valid_pointer(artifacts: Bucket) -> tuple[dict[str, Any] | None, int]:
     """The pointer and its generation; ``(None, 0)`` when there is none, ``TableError`` (naming
     what is wrong) when there is one but it is malformed."""
     try:
-        data, info = artifacts.read_with_info(CURRENT_POINTER)
+        data, info = artifacts.read_with_info(TABLE_POINTER)
     except NotFound:
         return None, 0
     return parse_pointer(data), info.generation
@@ -327,7 +326,7 @@ def switch_pointer(artifacts: Bucket, pointer: Mapping[str, Any], if_generation_
     _check_version(str(pointer["version"]))
     body = json.dumps(dict(pointer), default=str, indent=1).encode()
     return artifacts.write(
-        CURRENT_POINTER, body, content_type="application/json", if_generation_match=if_generation_match
+        TABLE_POINTER, body, content_type="application/json", if_generation_match=if_generation_match
     )
 
 

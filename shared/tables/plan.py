@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.config import Settings
+from shared.contracts import TRAFFIC_PREFIX, BuildStatus, TableStrategy
 from shared.errors import BadRequest
 from shared.schema import Schema
-from shared.serving.traffic import TRAFFIC_PREFIX, read_traffic
+from shared.serving.traffic import read_traffic
 from shared.storage import Bucket
 from shared.tables.keys import TopKeys, top_k, valid_key_counts
-from shared.tables.result import NOTHING, BuildResult
+from shared.tables.result import BuildResult
 
-STRATEGIES = ("auto", "full", "top_k")
 MAX_REQUEST_FIELDS = ("strategy", "k", "force")
 
 
@@ -28,7 +28,7 @@ MAX_REQUEST_FIELDS = ("strategy", "k", "force")
 class BuildRequest:
     """What to build: ``strategy`` (auto, full, top_k), ``k`` for top_k, ``force`` to rebuild."""
 
-    strategy: str = "auto"
+    strategy: str = TableStrategy.AUTO
     k: int | None = None
     force: bool = False
 
@@ -50,10 +50,10 @@ def parse_build_request(raw: Any, max_rows: int) -> BuildRequest:
             code="unknown_field",
             field=unknown[0],
         )
-    strategy = raw.get("strategy", "auto")
-    if strategy not in STRATEGIES:
+    strategy = raw.get("strategy", TableStrategy.AUTO)
+    if strategy not in tuple(TableStrategy):
         raise BadRequest(
-            f"strategy must be one of {', '.join(STRATEGIES)}, got {_show(strategy)}",
+            f"strategy must be one of {', '.join(TableStrategy)}, got {_show(strategy)}",
             code="invalid_value",
             field="strategy",
         )
@@ -65,7 +65,7 @@ def parse_build_request(raw: Any, max_rows: int) -> BuildRequest:
                 code="invalid_value",
                 field="k",
             )
-        if strategy == "full":
+        if strategy == TableStrategy.FULL:
             raise BadRequest(
                 f"k={k} applies to strategy top_k or auto, not full (a full table holds every key)",
                 code="invalid_value",
@@ -98,7 +98,7 @@ def plan_build(
     """Resolve the strategy and choose the keys, or say why there is nothing to build."""
     cardinality = schema.key_cardinality
     fits = cardinality <= settings.table_max_rows
-    if request.strategy == "full" and not fits:
+    if request.strategy == TableStrategy.FULL and not fits:
         raise BadRequest(
             f"strategy full would enumerate {cardinality} keys, over TABLE_MAX_ROWS="
             f"{settings.table_max_rows}: use top_k",
@@ -110,13 +110,13 @@ def plan_build(
     through = newest_traffic(artifacts)
     counts = read_traffic(artifacts, key=list(schema.key))
     strategy = request.strategy
-    if strategy == "auto":
-        strategy = "full" if fits else "top_k"
-    if strategy == "full":
+    if strategy == TableStrategy.AUTO:
+        strategy = TableStrategy.FULL if fits else TableStrategy.TOP_K
+    if strategy == TableStrategy.FULL:
         _, valid_counts, invalid = valid_key_counts(schema, counts)
         total = int(valid_counts.sum()) + invalid
         hit = (total - invalid) / total if total else None
-        return BuildPlan("full", cardinality, None, hit, total, through, None)
+        return BuildPlan(TableStrategy.FULL, cardinality, None, hit, total, through, None)
 
     k = min(request.k or settings.table_top_k, settings.table_max_rows)
     top = top_k(schema, counts, k)
@@ -132,12 +132,12 @@ def plan_build(
             else f" and the key space has {cardinality} keys, over TABLE_MAX_ROWS={settings.table_max_rows}"
         )
         return BuildResult(
-            NOTHING,
+            BuildStatus.NOTHING_TO_BUILD,
             f"nothing to build: {why}{too_many}; serve with SERVING_MODE=dynamic until predict has "
             f"flushed traffic to {TRAFFIC_PREFIX}",
-            strategy="top_k",
+            strategy=TableStrategy.TOP_K,
         )
-    return BuildPlan("top_k", len(top.codes), top, top.hit_rate, top.total_requests, through, k)
+    return BuildPlan(TableStrategy.TOP_K, len(top.codes), top, top.hit_rate, top.total_requests, through, k)
 
 
 def is_same_build(pointer: dict[str, Any] | None, model_generation: int, plan: BuildPlan) -> bool:
@@ -158,7 +158,9 @@ def holds_build(
     if pointer.get("strategy") != strategy:
         return False
     # A top-K table depends on the traffic it was chosen from: new traffic files make it stale.
-    return strategy == "full" or (pointer.get("traffic_through") == traffic_through and pointer.get("k") == k)
+    return strategy == TableStrategy.FULL or (
+        pointer.get("traffic_through") == traffic_through and pointer.get("k") == k
+    )
 
 
 def newest_traffic(artifacts: Bucket) -> str | None:

@@ -5,19 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from shared.contracts import BuildStatus
 from shared.tables.format import pointer_blob
 
 # Statuses of a BuildResult.
-BUILT = "built"
-SKIPPED = "skipped"  # this model generation's table is already current
-NOTHING = "nothing_to_build"  # no model, no key, or too many keys and no traffic: said in message
 
 
 @dataclass
 class BuildResult:
     """What a build did, for the log, the HTTP answer and the CLI."""
 
-    status: str  # BUILT, SKIPPED or NOTHING
+    status: str  # a BuildStatus
     message: str
     strategy: str | None = None
     model_version: str | None = None
@@ -40,7 +38,7 @@ def skipped_result(
 ) -> BuildResult:
     """The answer when the pointer already holds this build: it names the current table object."""
     return BuildResult(
-        SKIPPED,
+        BuildStatus.SKIPPED,
         f"table {pointer.get('version')!r} of model generation {model_generation} "
         f"({strategy}) is already current; pass force to rebuild",
         strategy=strategy,

@@ -10,7 +10,7 @@ win) the pointer.
 from __future__ import annotations
 
 from shared.config import Settings
-from shared.contracts import CURRENT_MODEL
+from shared.contracts import CURRENT_MODEL, TABLE_POINTER
 from shared.errors import NotFound, PreconditionFailed
 from shared.logs import get_logger
 from shared.model import ModelBundle
@@ -64,8 +64,8 @@ def switch_to_table(
             switch_pointer(artifacts, pointer_new, if_generation_match=generation)
         except PreconditionFailed:
             continue  # another builder switched first: look again
-        return True, "tables/current.json switched"
-    return False, f"tables/current.json kept changing ({settings.cas_max_attempts} attempts): {kept}"
+        return True, f"{TABLE_POINTER} switched"
+    return False, f"{TABLE_POINTER} kept changing ({settings.cas_max_attempts} attempts): {kept}"
 
 
 def prune_old_builds(artifacts: Bucket, model_version: str) -> None:

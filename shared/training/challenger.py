@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from shared.config import Settings
+from shared.contracts import CardStatus, TrainingStrategy
 from shared.data import monitoring
 from shared.data.validation import validate_file
 from shared.errors import IncrementalUnsupported, NotFound, ValidationFailed
@@ -230,7 +231,7 @@ def fit_challenger(
     started = time.perf_counter()
     used = strategy
     try:
-        if strategy == "incremental":
+        if strategy == TrainingStrategy.INCREMENTAL:
             if champion is None:
                 used = "full (incremental needs a current model)"
             elif not fitting.supports_incremental(champion.bundle.estimator):
@@ -239,7 +240,7 @@ def fit_challenger(
                 estimator = copy.deepcopy(champion.bundle.estimator)
                 try:
                     fitting.fit_incremental(estimator, _concat([f.train_rows for f in new_files]), schema)
-                    return estimator, "incremental", new_files, time.perf_counter() - started
+                    return estimator, TrainingStrategy.INCREMENTAL, new_files, time.perf_counter() - started
                 except IncrementalUnsupported as exc:
                     used = f"full ({exc})"
         trained_on = window + new_files
@@ -380,7 +381,7 @@ def build_challenger(
         gate_refs = prior[-holdout_count:]
     else:  # a retrain by hand is still compared with the champion on trusted rows
         gate_refs = champion.lineage[-holdout_count:] if champion is not None else []
-    full = accumulate_lineage and strategy != "incremental"
+    full = accumulate_lineage and strategy != TrainingStrategy.INCREMENTAL
     # A full retrain reads its earlier files whole: at most TRAINING_WINDOW_ROWS rows with the
     # new files, so the function's memory stays bounded however large the files are.
     budget = settings.training_window_rows - sum(len(f.frame) for f in new_files)
@@ -451,7 +452,9 @@ def build_challenger(
         )
     if force_promote and not promote:
         promote, reason = True, f"promoted by hand despite the gate ({reason})"
-    train_frame = _concat([f.train_rows for f in (trained_on if used != "incremental" else new_files)])
+    train_frame = _concat(
+        [f.train_rows for f in (trained_on if used != TrainingStrategy.INCREMENTAL else new_files)]
+    )
     reference = monitoring.reference_stats(train_frame, schema)
     eval_seconds = time.perf_counter() - started_eval
 
@@ -470,7 +473,9 @@ def build_challenger(
         "estimator": settings.estimator or "default (shared.training.fitting.default_pipeline)",
         "event": event,
         "lineage": lineage,
-        "trained_on": [f.key for f in trained_on] if used != "incremental" else [f.key for f in new_files],
+        "trained_on": [f.key for f in trained_on]
+        if used != TrainingStrategy.INCREMENTAL
+        else [f.key for f in new_files],
         "training_rows": int(len(train_frame)),
         "skipped_files": skipped,
         "metrics": metrics,
@@ -483,6 +488,10 @@ def build_challenger(
             "evaluate": round(eval_seconds, 4),
         },
         "training_seconds": round(fit_seconds, 4),
-        "decision": {"status": "pending" if promote else "rejected", "reason": reason, "time": now_iso()},
+        "decision": {
+            "status": CardStatus.PENDING if promote else CardStatus.REJECTED,
+            "reason": reason,
+            "time": now_iso(),
+        },
     }
     return Challenger(bundle=bundle, card=card, promote=promote, reason=reason, holdout_bytes=holdout_bytes)

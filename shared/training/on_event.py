@@ -57,8 +57,9 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings, get_settings
+from shared.contracts import INCOMING_PREFIX, CardStatus, DriftPolicy, EventOutcome, MonitoringDecision
 from shared.data import monitoring
-from shared.data.quarantine import INCOMING_PREFIX, quarantine_object
+from shared.data.quarantine import quarantine_object
 from shared.data.validation import check_size, validate_file
 from shared.errors import (
     ClaimLost,
@@ -80,9 +81,6 @@ from shared.training.challenger import DataFile, build_challenger, make_data_fil
 from shared.training.registry import Claim, Current, file_key
 
 log = get_logger(__name__)
-
-CLAIMED = "claimed"
-"""The outcome of a delivery that found another delivery of the same file at work."""
 
 
 @dataclass(frozen=True)
@@ -209,14 +207,14 @@ def handle_event(
         or event.name.endswith("/")
     ):
         where = f"{job.data.name}/{INCOMING_PREFIX}"
-        return job.done(Outcome("ignored", f"{event.bucket}/{event.name} is not under {where}"))
+        return job.done(Outcome(EventOutcome.IGNORED, f"{event.bucket}/{event.name} is not under {where}"))
     if registry.is_processed(job.artifacts, event.bucket, event.name, event.generation):
-        return job.done(Outcome("duplicate", f"{job.key} was processed already"))
+        return job.done(Outcome(EventOutcome.DUPLICATE, f"{job.key} was processed already"))
     try:
         schema = load_schema(job.artifacts)
     except SchemaError as exc:
         log.error(f"cannot process {job.key}: {exc}; the file is left in place", extra={"fields": job.fields})
-        return job.done(Outcome("no_schema", str(exc)))
+        return job.done(Outcome(EventOutcome.NO_SCHEMA, str(exc)))
     claim, held = registry.acquire_claim(
         job.artifacts,
         event.bucket,
@@ -231,7 +229,7 @@ def handle_event(
     try:
         return _claimed_work(job, schema)
     except ClaimLost as lost:  # this delivery outlived its claim: the taker finishes the work
-        return job.done(Outcome(CLAIMED, f"{job.key}: {lost}; that delivery finishes the work"))
+        return job.done(Outcome(EventOutcome.CLAIMED, f"{job.key}: {lost}; that delivery finishes the work"))
     finally:
         job.release()
 
@@ -257,7 +255,7 @@ def _held_elsewhere(job: _Job, claim: Claim) -> Outcome:
         f"{job.key} is being processed by the delivery of event {claim.event_id} (claim until "
         f"{until}); this delivery does nothing: that one finishes, or its redelivery takes over"
     )
-    return job.done(Outcome(CLAIMED, message))
+    return job.done(Outcome(EventOutcome.CLAIMED, message))
 
 
 def _claimed_work(job: _Job, schema: Schema) -> Outcome:
@@ -265,7 +263,7 @@ def _claimed_work(job: _Job, schema: Schema) -> Outcome:
     event, settings = job.event, job.settings
     if registry.is_processed(job.artifacts, event.bucket, event.name, event.generation):
         # Finished by another delivery between the check above and our claim.
-        return job.done(Outcome("duplicate", f"{job.key} was processed already"))
+        return job.done(Outcome(EventOutcome.DUPLICATE, f"{job.key} was processed already"))
     try:
         with job.clock.phase("read"):
             new_file = _read_and_validate(event, schema, settings, job.data)
@@ -273,7 +271,7 @@ def _claimed_work(job: _Job, schema: Schema) -> Outcome:
         return _quarantine(job, failure, None)
     if new_file is None:
         message = f"{job.key} is not in the bucket (deleted, replaced or never written)"
-        return job.done(Outcome("gone", message))
+        return job.done(Outcome(EventOutcome.GONE, message))
 
     for attempt in range(1, settings.cas_max_attempts + 1):
         started = time.perf_counter()
@@ -304,18 +302,25 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
         )
         # No "done" marker (replay runs it after a rollback), but a record `prodml monitor` shows.
         record = monitoring.make_record(
-            job.event.name, job.event.generation, None, None, {}, [], "model_error", message=str(exc)
+            job.event.name,
+            job.event.generation,
+            None,
+            None,
+            {},
+            [],
+            MonitoringDecision.MODEL_ERROR,
+            message=str(exc),
         )
         monitoring.write_record(artifacts, record)
-        return job.done(Outcome("model_error", str(exc)))
+        return job.done(Outcome(EventOutcome.MODEL_ERROR, str(exc)))
     if current is not None and _in_lineage(current, new_file):
-        if (current.card or {}).get("decision", {}).get("status") == "pending":
+        if (current.card or {}).get("decision", {}).get("status") == CardStatus.PENDING:
             # Promoted just before a crash that kept the card from saying so.
             registry.set_decision(
-                artifacts, current.card or {}, "promoted", "promoted (recorded after a restart)"
+                artifacts, current.card or {}, CardStatus.PROMOTED, "promoted (recorded after a restart)"
             )
         message = f"{job.key} is in the lineage of the current model"
-        return job.finish(Outcome("already_trained", message, current.version))
+        return job.finish(Outcome(EventOutcome.ALREADY_TRAINED, message, current.version))
     if attempt == 1:
         try:
             with job.clock.phase("evaluate"):
@@ -331,8 +336,8 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
             version, model_bytes, card = _train(job, schema, new_file, current)
         except ValidationFailed as failure:  # the estimator refused the data (one class only, ...)
             return _quarantine(job, failure, current)
-        if card["decision"]["status"] == "rejected":
-            return job.finish(Outcome("rejected", card["decision"]["reason"], version))
+        if card["decision"]["status"] == CardStatus.REJECTED:
+            return job.finish(Outcome(EventOutcome.REJECTED, card["decision"]["reason"], version))
         _maybe_crash(job.settings)
     try:
         with job.clock.phase("write"):
@@ -349,8 +354,8 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
         _supersede_unless_current(job, card)
         return None
     with job.clock.phase("write"):
-        registry.set_decision(artifacts, card, "promoted", card["decision"]["reason"])
-    return job.finish(Outcome("promoted", card["decision"]["reason"], version))
+        registry.set_decision(artifacts, card, CardStatus.PROMOTED, card["decision"]["reason"])
+    return job.finish(Outcome(EventOutcome.PROMOTED, card["decision"]["reason"], version))
 
 
 def record_error(
@@ -376,11 +381,13 @@ def record_error(
     except (NotFound, ValueError):
         record = None
     if not isinstance(record, dict):
-        record = monitoring.make_record(event.name, event.generation, None, None, {}, [], "error")
+        record = monitoring.make_record(
+            event.name, event.generation, None, None, {}, [], MonitoringDecision.ERROR
+        )
     frames = traceback.extract_tb(error.__traceback__)[-3:]
     record.update(
         {
-            "decision": "error",
+            "decision": MonitoringDecision.ERROR,
             "message": f"{type(error).__name__}: {error}",
             "error": {
                 "type": type(error).__name__,
@@ -395,7 +402,9 @@ def record_error(
     log.error(
         f"recorded the error on {file_key(event.bucket, event.name, event.generation)} in {written}; "
         "fix it, then `prodml replay`",
-        extra={"fields": {"object": event.name, "generation": event.generation, "outcome": "error"}},
+        extra={
+            "fields": {"object": event.name, "generation": event.generation, "outcome": EventOutcome.ERROR}
+        },
     )
     return written
 
@@ -412,7 +421,7 @@ def _supersede_unless_current(job: _Job, card: dict[str, Any]) -> None:
         now = None
     if now is None or now.version != card["version"]:
         reason = "another model was promoted first; the work was redone on top of it"
-        registry.set_decision(job.artifacts, card, "superseded", reason)
+        registry.set_decision(job.artifacts, card, CardStatus.SUPERSEDED, reason)
 
 
 def _version(current: Current | None) -> str | None:
@@ -473,13 +482,15 @@ def _quarantine(job: _Job, failure: ValidationFailed, current: Current | None) -
             None,
             psi if isinstance(psi, dict) else {},
             list(columns) if failure.rule == "drift" and isinstance(columns, list) else [],
-            "quarantined",
+            MonitoringDecision.QUARANTINED,
             rule=failure.rule,
             message=failure.message,
             quarantined_as=target,
         ),
     )
-    return job.finish(Outcome("quarantined", f"{failure.rule}: {failure.message}", rule=failure.rule))
+    return job.finish(
+        Outcome(EventOutcome.QUARANTINED, f"{failure.rule}: {failure.message}", rule=failure.rule)
+    )
 
 
 def _in_lineage(current: Current, new_file: DataFile) -> bool:
@@ -497,14 +508,15 @@ def _test_then_train(job: _Job, new_file: DataFile, current: Current | None, sch
     reference = (current.card or {}).get("reference") if current is not None else None
     psi = monitoring.psi(reference, new_file.frame, schema) if reference else {}
     drifted = monitoring.drift_check(psi, job.settings)
-    decision = "accepted"
+    decision = MonitoringDecision.ACCEPTED
     if drifted:
-        decision = "quarantined" if job.settings.drift_policy == "quarantine" else "warning"
+        quarantine = job.settings.drift_policy == DriftPolicy.QUARANTINE
+        decision = MonitoringDecision.QUARANTINED if quarantine else MonitoringDecision.WARNING
         log.warning(
             f"input drift in {job.key}: {', '.join(f'{n} (PSI {psi[n]:.3f})' for n in drifted)}",
             extra={"fields": {**job.fields, "drifted": drifted}},
         )
-    if decision == "quarantined":
+    if decision == MonitoringDecision.QUARANTINED:
         raise monitoring.drift_failure(drifted, psi)
     record = monitoring.make_record(
         event.name,
@@ -533,11 +545,11 @@ def _resume(job: _Job, current: Current | None) -> tuple[str, bytes, dict[str, A
         model_bytes = artifacts.read(registry.model_name(version))
     except ProdMLError:  # NotFound, or a card that is not JSON
         return None
-    pending = card.get("decision", {}).get("status") == "pending"
+    pending = card.get("decision", {}).get("status") == CardStatus.PENDING
     if claim.parent != _version(current) or not pending:
         if pending:
             registry.set_decision(
-                artifacts, card, "superseded", "the current model changed before it was promoted"
+                artifacts, card, CardStatus.SUPERSEDED, "the current model changed before it was promoted"
             )
         return None
     log.info(f"resuming {job.key}: promoting version {version}, written before an interruption")

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.contracts import CLAIMS_PREFIX, CURRENT_MODEL, EVENTS_PREFIX, PROCESSED_PREFIX, VERSIONS_PREFIX
 from shared.errors import ClaimLost, ModelNotReady, NotFound, PreconditionFailed, RegistryError
 from shared.logs import get_logger
 from shared.model import ModelBundle
@@ -52,11 +53,6 @@ from shared.record_caps import fit_record
 from shared.storage import Bucket
 from shared.storage.names import derived_name
 
-CURRENT = "models/current.skops"
-VERSIONS_PREFIX = "models/versions/"
-EVENTS_PREFIX = "registry/events/"
-PROCESSED_PREFIX = "registry/processed/"
-CLAIMS_PREFIX = "registry/claims/"
 CARD_FORMAT = "prodml-card/1"
 
 log = get_logger(__name__)
@@ -479,7 +475,7 @@ def read_current(artifacts: Bucket, extra_trusted: Iterable[str] = ()) -> Curren
     ``ModelNotReady`` if the blob is not a loadable model (corrupt, or untrusted types).
     """
     try:
-        data, info = artifacts.read_with_info(CURRENT)
+        data, info = artifacts.read_with_info(CURRENT_MODEL)
     except NotFound:
         return None
     bundle = ModelBundle.from_bytes(data, extra_trusted)
@@ -493,7 +489,7 @@ def read_current(artifacts: Bucket, extra_trusted: Iterable[str] = ()) -> Curren
 def current_generation(artifacts: Bucket) -> int:
     """The generation of ``models/current.skops``; 0 when there is none."""
     try:
-        return artifacts.stat(CURRENT).generation
+        return artifacts.stat(CURRENT_MODEL).generation
     except NotFound:
         return 0
 
@@ -514,7 +510,10 @@ def swap_current(
     ``PreconditionFailed`` when someone else swapped first: nothing was written.
     """
     generation = artifacts.write(
-        CURRENT, model_bytes, content_type="application/octet-stream", if_generation_match=expected_generation
+        CURRENT_MODEL,
+        model_bytes,
+        content_type="application/octet-stream",
+        if_generation_match=expected_generation,
     )
     record = {
         "kind": kind,
@@ -533,7 +532,7 @@ def swap_current(
             if_generation_match=0,
         )
     log.info(
-        f"{kind}: models/current.skops is now version {version} (was {previous})",
+        f"{kind}: {CURRENT_MODEL} is now version {version} (was {previous})",
         extra={"fields": {"version": version, "previous": previous, "generation": generation, "kind": kind}},
     )
     return generation
@@ -596,7 +595,7 @@ def rollback(artifacts: Bucket, target: str | None = None, extra_trusted: Iterab
         # A corrupt or untrusted current model is exactly when a rollback is needed most.
         return _rollback_from_unloadable(artifacts, target, extra_trusted, str(exc))
     if current is None:
-        raise RegistryError("no current model (models/current.skops) to roll back from")
+        raise RegistryError(f"no current model ({CURRENT_MODEL}) to roll back from")
     if target is None:
         stack = promotion_history(list_events(artifacts), current.version)
         if len(stack) < 2:
@@ -630,9 +629,9 @@ def _rollback_from_unloadable(
     first one whose stored model loads and is not the very bytes of the broken blob.
     """
     try:
-        broken, info = artifacts.read_with_info(CURRENT)
+        broken, info = artifacts.read_with_info(CURRENT_MODEL)
     except NotFound:
-        raise RegistryError("no current model (models/current.skops) to roll back from") from None
+        raise RegistryError(f"no current model ({CURRENT_MODEL}) to roll back from") from None
     log.warning(f"the current model cannot be loaded ({problem}); rolling back to a good version")
     candidates = (
         [target] if target is not None else list(reversed(promotion_history(list_events(artifacts), None)))
@@ -660,7 +659,7 @@ def _rollback_from_unloadable(
             artifacts, version, data, info.generation, kind="rollback", previous=UNLOADABLE, by="rollback"
         )
         return Rollback(previous=UNLOADABLE, version=version, generation=generation)
-    detail = "; ".join(refused) or "no promotion recorded under registry/events/"
+    detail = "; ".join(refused) or f"no promotion recorded under {EVENTS_PREFIX}"
     raise RegistryError(
         f"the current model cannot be loaded ({problem}) and no promoted version loads: {detail}"
     )

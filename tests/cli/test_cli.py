@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import shared.cli
-from shared.cli import choices
 
 HEAVY = ("sklearn", "pandas", "matplotlib", "apache_beam", "scipy")
 
@@ -83,23 +82,6 @@ def test_help_lists_every_command() -> None:
     # argparse lists each command, indented by four spaces, at the start of its own line under COMMAND.
     listed = set(re.findall(r"^    (\S+)", run.stdout, flags=re.MULTILINE))
     assert registered <= listed, run.stdout
-
-
-def test_registration_values_match_the_modules_that_own_them() -> None:
-    from shared.data.schema_infer import LABEL_NAMES
-    from shared.local.synth import KEY_CARDINALITY
-    from shared.pipelines import decide
-    from shared.tables.plan import STRATEGIES
-
-    assert choices.STRATEGIES == STRATEGIES
-    assert (choices.FUNCTION, choices.DIRECT, choices.DATAFLOW) == (
-        decide.FUNCTION,
-        decide.DIRECT,
-        decide.DATAFLOW,
-    )
-    assert choices.PATHS == decide.PATHS
-    assert choices.LABEL_NAMES == LABEL_NAMES
-    assert choices.KEY_CARDINALITY == KEY_CARDINALITY
 
 
 # --- what the commands print: names and messages from data never reach the terminal raw -----

@@ -13,6 +13,7 @@ from conftest import drop_file, train_env, training_rows, training_schema
 
 from shared.cli import main
 from shared.config import get_settings
+from shared.contracts import CURRENT_MODEL
 from shared.schema import save_schema
 from shared.storage.local import LocalBucket
 from shared.training import registry
@@ -115,7 +116,7 @@ def test_a_bad_file_or_no_schema_fails_with_a_one_line_reason_and_changes_nothin
     assert code == 1
     assert err.count("\n") == 1 and "'bad.csv'" in err and "'bid'" in err and "99.0" in err
     assert list(data.list("incoming/")) == []
-    assert not artifacts.exists(registry.CURRENT)
+    assert not artifacts.exists(CURRENT_MODEL)
 
     artifacts.delete("schema.json")
     code, _, err = prodml("train", _file(tmp_path, "good.csv", 1))
@@ -134,7 +135,7 @@ def test_rollback_steps_back_through_promotions_and_is_recorded(
 
     code, out, _ = prodml("rollback")
     assert code == 0 and out.strip() == f"rolled back: current model is now {second} (was {third})"
-    assert artifacts.read(registry.CURRENT) == artifacts.read(registry.model_name(second))
+    assert artifacts.read(CURRENT_MODEL) == artifacts.read(registry.model_name(second))
     code, out, _ = prodml("rollback", "--json")
     assert code == 0 and json.loads(out)["current"] == first
     code, _, err = prodml("rollback")
@@ -158,7 +159,7 @@ def test_a_current_model_that_fails_to_load_late_leaves_every_recovery_command_w
         code, out, _ = prodml("train", "--json", _file(tmp_path, f"day{i}.csv", i))
         versions.append(json.loads(out)["version"])
     first, second = versions
-    artifacts.write(registry.CURRENT, bad_model_files.with_object_array(artifacts.read(registry.CURRENT)))
+    artifacts.write(CURRENT_MODEL, bad_model_files.with_object_array(artifacts.read(CURRENT_MODEL)))
 
     code, out, err = prodml("models", "--json")
     assert code == 0, err
@@ -183,7 +184,7 @@ def test_a_current_model_that_fails_to_load_late_leaves_every_recovery_command_w
     code, out, err = prodml("rollback", first)  # an explicit target
     assert code == 0, err
     assert out.strip() == f"rolled back: current model is now {first} (was {registry.UNLOADABLE})"
-    artifacts.write(registry.CURRENT, bad_model_files.with_short_array(artifacts.read(registry.CURRENT)))
+    artifacts.write(CURRENT_MODEL, bad_model_files.with_short_array(artifacts.read(CURRENT_MODEL)))
     code, out, err = prodml("rollback")  # the default: the last promotion (after the rollback) that loads
     assert code == 0, err
     assert registry.read_current(artifacts).version == first  # type: ignore[union-attr]
@@ -194,9 +195,9 @@ def test_gate_option_refuses_a_worse_model(
 ) -> None:
     _, artifacts = buckets
     assert prodml("train", *(_file(tmp_path, f"good{i}.csv", i) for i in range(3)))[0] == 0
-    before = artifacts.read(registry.CURRENT)
+    before = artifacts.read(CURRENT_MODEL)
 
     code, out, _ = prodml("train", "--gate", _file(tmp_path, "noise.csv", 9, shuffle=True))
 
     assert code == 1 and "(rejected)" in out and "rejected: log_loss worse by" in out
-    assert artifacts.read(registry.CURRENT) == before
+    assert artifacts.read(CURRENT_MODEL) == before

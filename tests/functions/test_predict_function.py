@@ -13,10 +13,10 @@ import pytest
 import requests
 from conftest import fit_serving_bundle, serving_env, write_serving_table
 
+from shared.contracts import CURRENT_MODEL, TABLE_POINTER
 from shared.local.functions import load_declaration
 from shared.local.processes import FunctionProcess, free_port
 from shared.model import to_frame
-from shared.serving.predictor import CURRENT_MODEL
 from shared.serving.traffic import read_traffic
 from shared.storage.local import LocalBucket
 
@@ -258,18 +258,17 @@ MALFORMED_POINTERS = {
 def test_a_malformed_table_pointer_keeps_the_table_served_and_health_says_why(
     artifacts, buckets_root, tmp_path, bundles, expected, mode
 ):
-    from shared.tables.format import CURRENT_POINTER
 
     publish(artifacts, bundles["v1"])  # table of the even codes: ("us", 20) is in it
     served = health_table = None
     with start(buckets_root, tmp_path, SERVING_MODE=mode, RELOAD_SECONDS="0.1") as fn:
         served = wait_for(lambda: health(fn)["table"], lambda table: table is not None)
         for what, content in MALFORMED_POINTERS.items():
-            generation = artifacts.write(CURRENT_POINTER, content)
+            generation = artifacts.write(TABLE_POINTER, content)
             # A reload check that started after the write (the one under way may predate it).
             checks = health(fn)["counters"]["reload_checks"]
             state = wait_for(lambda: health(fn), lambda h, c=checks: h["counters"]["reload_checks"] > c + 1)
-            assert (state["last_reload_error"] or "").startswith(f"{CURRENT_POINTER}@{generation}:"), what
+            assert (state["last_reload_error"] or "").startswith(f"{TABLE_POINTER}@{generation}:"), what
             health_table = state["table"]
             assert state["status"] == "ok" and health_table == served, what
             response = post(fn.url, [{"country": "us", "hour": 20}])
@@ -307,7 +306,7 @@ def test_a_zip_bomb_model_or_table_is_refused_unread_and_memory_stays_bounded(
 ):
     from bad_model_files import deflate_bomb, first_array, lying_bomb
 
-    from shared.tables.format import CURRENT_POINTER, build_blob, new_build_id, read_pointer, switch_pointer
+    from shared.tables.format import build_blob, new_build_id, read_pointer, switch_pointer
 
     publish(artifacts, bundles["v1"])
     model = artifacts.read(CURRENT_MODEL)
@@ -334,7 +333,7 @@ def test_a_zip_bomb_model_or_table_is_refused_unread_and_memory_stays_bounded(
                 artifacts.write(blob, content)
                 _, pointer_generation = read_pointer(artifacts)
                 generation = switch_pointer(artifacts, {**pointer, "blob": blob}, pointer_generation)
-                target = CURRENT_POINTER
+                target = TABLE_POINTER
             else:
                 generation = artifacts.write(CURRENT_MODEL, content)
                 target = CURRENT_MODEL

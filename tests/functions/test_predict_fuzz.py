@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from shared.config import get_settings
+from shared.contracts import CURRENT_MODEL
 from shared.local.functions import load_declaration
 from shared.local.processes import FunctionProcess, free_port
-from shared.serving.predictor import CURRENT_MODEL
 from shared.storage.local import LocalBucket
 
 GOOD = {"instances": [{"country": "us", "hour": 20, "bid": 1.0}]}

@@ -34,6 +34,7 @@ from conftest import (
 )
 from sklearn.base import BaseEstimator
 
+from shared.contracts import CURRENT_MODEL
 from shared.events import build_cloudevent
 from shared.local.functions import load_declaration
 from shared.local.processes import FunctionProcess, free_port
@@ -66,7 +67,7 @@ class Stack:
         return self.process.url
 
     def current_bytes(self) -> bytes:
-        return self.artifacts.read(registry.CURRENT)
+        return self.artifacts.read(CURRENT_MODEL)
 
     def current(self) -> registry.Current:
         current = registry.read_current(self.artifacts)

@@ -14,7 +14,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import OneHotEncoder
 
 from shared.cli import main
-from shared.local.synth import KEY, KEY_CARDINALITY, synth_schema, synthesize
+from shared.local.synth import synth_schema, synthesize
+from shared.local.synth_keys import KEY, KEY_CARDINALITY
 
 
 def psi(expected: pd.Series, actual: pd.Series) -> float:

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from shared.config import Settings, load_settings
+from shared.contracts import BuildPath
 from shared.errors import ConfigError
-from shared.pipelines.decide import DATAFLOW, DIRECT, FUNCTION, decide, decide_for_model, planned_rows
+from shared.pipelines.decide import decide, decide_for_model, planned_rows
 from shared.pipelines.options import (
     TEMPLATE_PARAMETERS,
     beam_args,
@@ -70,7 +71,7 @@ def test_dataflow_arguments_pass_beams_own_dataflow_validation() -> None:
     if not python.exists():
         pytest.skip(f"no Beam interpreter at {python}: `make venv-beam` creates it")
     image = "europe-west1-docker.pkg.dev/acme-ml/prodml-pipelines/pipelines:2.77.0"
-    args = beam_args(DATAFLOW, settings, run_id="Run_42", pipeline="table", image=image)
+    args = beam_args(BuildPath.DATAFLOW, settings, run_id="Run_42", pipeline="table", image=image)
     done = subprocess.run(
         [str(python), "-c", BEAM_CHECK, json.dumps(args)], capture_output=True, text=True, timeout=120
     )
@@ -151,7 +152,9 @@ def test_settings_travel_to_a_pipeline_and_parse_back_to_the_same() -> None:
     assert load_settings(settings_env(settings)) == settings
     assert job_name("validate", "Backfill_2026.11") == "prodml-validate-backfill-2026-11"
     assert len(job_name("table", "x" * 100)) <= 63
-    direct = beam_args(DIRECT, load_settings({"PIPELINE_DIRECT_WORKERS": "2"}), run_id="r", pipeline="table")
+    direct = beam_args(
+        BuildPath.DIRECT, load_settings({"PIPELINE_DIRECT_WORKERS": "2"}), run_id="r", pipeline="table"
+    )
     assert direct == [
         "--runner=DirectRunner",
         "--direct_num_workers=2",
@@ -165,11 +168,11 @@ def test_settings_travel_to_a_pipeline_and_parse_back_to_the_same() -> None:
 def test_a_build_within_the_budget_stays_in_the_function_and_says_why() -> None:
     settings = load_settings({"TABLE_MAX_ROWS": "1000", "TABLE_FUNCTION_BUDGET_SECONDS": "10"})
     decision = decide(800, 1000.0, settings, strategy="full")
-    assert decision.path == FUNCTION
+    assert decision.path == BuildPath.FUNCTION
     assert "800 keys at 1,000 keys/s measured is about 0.8 s" in decision.reason
 
 
-@pytest.mark.parametrize(("backend", "runner"), [("local", DIRECT), ("gcs", DATAFLOW)])
+@pytest.mark.parametrize(("backend", "runner"), [("local", BuildPath.DIRECT), ("gcs", BuildPath.DATAFLOW)])
 def test_too_many_keys_or_too_many_seconds_go_to_the_pipeline_of_the_backend(
     backend: str, runner: str
 ) -> None:
@@ -183,15 +186,15 @@ def test_too_many_keys_or_too_many_seconds_go_to_the_pipeline_of_the_backend(
         too_slow.path == runner and "about 18.0 s, over TABLE_FUNCTION_BUDGET_SECONDS=10" in too_slow.reason
     )
     forced = decide(10, 1e6, load_settings({"PIPELINE_RUNNER": "direct"}), strategy="full")
-    assert forced.path == DIRECT and "direct asked for" in forced.reason
-    assert decide(10**9, 1e6, settings, strategy="full", runner="function").path == FUNCTION
+    assert forced.path == BuildPath.DIRECT and "direct asked for" in forced.reason
+    assert decide(10**9, 1e6, settings, strategy="full", runner="function").path == BuildPath.FUNCTION
 
 
 def test_the_decision_measures_the_real_models_rate(table_bundle) -> None:
     settings = load_settings({"TABLE_MAX_ROWS": "100"})  # the 360-key table no longer fits
     assert planned_rows(table_bundle, settings, "auto", None) == ("full", 360)
     decision = decide_for_model(table_bundle, settings)
-    assert decision.path == DIRECT and decision.rows == 360
+    assert decision.path == BuildPath.DIRECT and decision.rows == 360
     assert decision.rows_per_second is not None and decision.rows_per_second > 0
     assert decision.line().startswith("table build as a Beam pipeline (direct runner): 360 keys at ")
     functional = load_settings({"TABLE_MAX_ROWS": "100", "PIPELINE_RUNNER": "function", "TABLE_TOP_K": "50"})

@@ -19,10 +19,10 @@ import requests
 from conftest import fit_serving_bundle
 
 from shared.config import Settings, load_settings
+from shared.contracts import BuildPath, BuildStatus
 from shared.errors import ConfigError
 from shared.local.functions import load_declaration
 from shared.local.processes import FunctionProcess, free_port
-from shared.pipelines.decide import DIRECT
 from shared.pipelines.launch import build_table_routed
 from shared.pipelines.options import pipeline_python
 from shared.schema import save_schema
@@ -32,7 +32,6 @@ from shared.tables.build import build_table
 from shared.tables.codec import key_string
 from shared.tables.format import read_pointer, read_table
 from shared.tables.plan import BuildRequest
-from shared.tables.result import BUILT
 
 # Written at build time, so they differ between any two builds; everything else must match.
 BUILD_TIME_FIELDS = {"build_seconds", "built_at", "built_by", "pipeline_parts", "blob"}
@@ -62,15 +61,17 @@ def test_the_pipeline_writes_the_in_function_table_and_switches_the_pointer_the_
 ) -> None:
     settings = _settings(buckets_root)
     in_function = build_table(table_artifacts, settings, BuildRequest("full"))
-    assert in_function.status == BUILT and in_function.rows == 360
+    assert in_function.status == BuildStatus.BUILT and in_function.rows == 360
     expected = _npz(table_artifacts, str(in_function.table))
     expected_pointer, _ = read_pointer(table_artifacts)
 
-    routed = build_table_routed(table_artifacts, settings, BuildRequest("full", force=True), runner=DIRECT)
+    routed = build_table_routed(
+        table_artifacts, settings, BuildRequest("full", force=True), runner=BuildPath.DIRECT
+    )
 
-    assert routed.decision is not None and routed.decision.path == DIRECT
+    assert routed.decision is not None and routed.decision.path == BuildPath.DIRECT
     result = routed.result
-    assert result["status"] == BUILT and result["rows"] == 360 and result["pointer_switched"]
+    assert result["status"] == BuildStatus.BUILT and result["rows"] == 360 and result["pointer_switched"]
     assert "Beam pipeline" in result["message"] and result["details"]["parts"] > 1  # really split up
     assert result["table"] != in_function.table and result["table"].startswith("tables/v1/full-")
     got = _npz(table_artifacts, result["table"])
@@ -104,7 +105,9 @@ def test_a_multiclass_top_k_table_from_traffic_matches_the_in_function_one(bucke
 
     in_function = build_table(artifacts, settings, BuildRequest("top_k", k=20))
     expected = _npz(artifacts, str(in_function.table))
-    routed = build_table_routed(artifacts, settings, BuildRequest("top_k", k=20, force=True), runner=DIRECT)
+    routed = build_table_routed(
+        artifacts, settings, BuildRequest("top_k", k=20, force=True), runner=BuildPath.DIRECT
+    )
 
     assert in_function.rows == 20 and routed.result["rows"] == 20
     got = _npz(artifacts, routed.result["table"])
@@ -120,7 +123,7 @@ def test_a_missing_beam_interpreter_is_named_with_the_way_to_make_it(
 ) -> None:
     settings = _settings(buckets_root, PIPELINE_PYTHON=str(buckets_root / "no-such-venv/bin/python"))
     with pytest.raises(ConfigError, match=r"PIPELINE_PYTHON=.*no-such-venv.*make venv-beam"):
-        build_table_routed(table_artifacts, settings, BuildRequest("full"), runner=DIRECT)
+        build_table_routed(table_artifacts, settings, BuildRequest("full"), runner=BuildPath.DIRECT)
     assert read_pointer(table_artifacts) == (None, 0)  # nothing half-built
 
 
@@ -140,8 +143,8 @@ def test_the_build_table_function_sends_a_table_over_its_budget_to_the_pipeline_
         log = function.log_tail()
     assert answer.status_code == 200, log
     body = answer.json()
-    assert body["status"] == BUILT and body["strategy"] == "full" and body["rows"] == 360
-    assert body["path"]["path"] == DIRECT
+    assert body["status"] == BuildStatus.BUILT and body["strategy"] == "full" and body["rows"] == 360
+    assert body["path"]["path"] == BuildPath.DIRECT
     assert "over TABLE_MAX_ROWS=100 keys a function holds" in body["path"]["reason"]
     assert "table build as a Beam pipeline (direct runner)" in log  # the function's log says it too
     pointer, _ = read_pointer(table_artifacts)

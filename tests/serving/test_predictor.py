@@ -10,12 +10,13 @@ import pytest
 from conftest import fit_serving_bundle, write_serving_table
 
 from shared.config import load_settings
+from shared.contracts import CURRENT_MODEL, TABLE_POINTER
 from shared.errors import BadRequest, ModelNotReady, StorageError
 from shared.model import to_frame
-from shared.serving.predictor import CURRENT_MODEL, FIRST_LOAD_ATTEMPTS, Predictor
+from shared.serving.predictor import FIRST_LOAD_ATTEMPTS, Predictor
 from shared.serving.traffic import read_traffic
 from shared.storage.local import LocalBucket
-from shared.tables.format import CURRENT_POINTER, read_pointer
+from shared.tables.format import read_pointer
 
 INSTANCES = [
     {"country": "us", "hour": 20, "bid": 1.5},
@@ -196,7 +197,7 @@ def test_reload_swaps_model_and_table_and_skips_a_broken_model(artifacts, v1, v2
     assert predictor.reload() is False
     assert predictor.predict(body(INSTANCES))["model_version"] == "v2"
     assert "not a valid skops file" in predictor.health()["last_reload_error"]
-    artifacts.write(CURRENT_POINTER, b'{"version": "missing"}')
+    artifacts.write(TABLE_POINTER, b'{"version": "missing"}')
     predictor.reload()
     assert {p["source"] for p in predictor.predict(body(INSTANCES))["predictions"]} == {"table"}
     predictor.close()
@@ -258,7 +259,7 @@ def test_a_storage_fault_reading_a_new_model_is_retried_at_the_next_reload(artif
     predictor.close()
 
 
-@pytest.mark.parametrize("prefix", [CURRENT_POINTER, "tables/v1-t/"])  # the pointer, the table object
+@pytest.mark.parametrize("prefix", [TABLE_POINTER, "tables/v1-t/"])  # the pointer, the table object
 def test_a_storage_fault_reading_the_table_is_retried_at_the_next_reload(artifacts, v1, prefix):
     generation = publish(artifacts, v1, table=False)
     flaky = FlakyBucket(artifacts, prefix, fail=0)

@@ -15,6 +15,7 @@ import pytest
 from conftest import fake_gcs_client, new_gcs_bucket
 from google.cloud.storage import Client
 
+from shared.contracts import CURRENT_MODEL
 from shared.errors import NotFound, PreconditionFailed
 from shared.storage.gcs import GCSBucket
 from shared.training import registry
@@ -81,7 +82,7 @@ def _promote(url: str, name: str, trainer: str, promotions: int, size: int) -> t
         model = version.encode().ljust(size, b".")
         while True:
             try:
-                data, info = artifacts.read_with_info(registry.CURRENT)
+                data, info = artifacts.read_with_info(CURRENT_MODEL)
                 expected, previous = info.generation, data.rstrip(b".").decode()
             except NotFound:
                 expected, previous = 0, None
@@ -114,7 +115,7 @@ def test_two_trainers_promoting_at_once_form_one_chain(
     events = registry.list_events(artifacts)
     assert sorted(e["version"] for e in events) == sorted(v for promoted, _ in results for v in promoted)
     assert [e["previous"] for e in events] == [None] + [e["version"] for e in events[:-1]]
-    current = artifacts.read(registry.CURRENT)
+    current = artifacts.read(CURRENT_MODEL)
     assert current.rstrip(b".").decode() == events[-1]["version"]
     assert len(current) == size
     assert sum(lost for _, lost in results) > 0  # they really did race

@@ -20,6 +20,7 @@ from sklearn.preprocessing import OneHotEncoder
 import shared.tables.build as table_build
 import shared.tables.switch as table_switch
 from shared.config import Settings, load_settings
+from shared.contracts import BuildStatus
 from shared.errors import BadRequest, ConfigError, PreconditionFailed
 from shared.model import ModelBundle, to_frame
 from shared.pipelines.launch import build_table_routed
@@ -30,7 +31,6 @@ from shared.tables.build import build_table
 from shared.tables.codec import encode_keys, key_string
 from shared.tables.format import load_current_table, read_pointer, read_table
 from shared.tables.plan import BuildRequest, parse_build_request
-from shared.tables.result import BUILT, NOTHING, SKIPPED
 
 KEY = ["country", "hour", "device"]
 
@@ -50,7 +50,7 @@ def test_full_table_scores_equal_the_model_for_random_keys(
     table_artifacts, table_bundle, buckets_root
 ) -> None:
     result = build_table(table_artifacts, _settings(buckets_root), BuildRequest("full"))
-    assert result.status == BUILT and result.rows == 360 and result.pointer_switched
+    assert result.status == BuildStatus.BUILT and result.rows == 360 and result.pointer_switched
 
     table = load_current_table(table_artifacts)
     assert table is not None and len(table) == 360
@@ -89,16 +89,20 @@ def test_full_table_scores_equal_the_model_for_random_keys(
 def test_the_same_model_generation_is_built_once_unless_forced(table_artifacts, buckets_root) -> None:
     settings = _settings(buckets_root)
     built = build_table(table_artifacts, settings)
-    assert built.status == BUILT and built.table is not None
+    assert built.status == BuildStatus.BUILT and built.table is not None
     first = table_artifacts.stat(built.table).generation
 
     again = build_table(table_artifacts, settings)
-    assert again.status == SKIPPED and "already current" in again.message and again.table == built.table
+    assert (
+        again.status == BuildStatus.SKIPPED
+        and "already current" in again.message
+        and again.table == built.table
+    )
     assert table_artifacts.stat(built.table).generation == first
     assert [i.name for i in table_artifacts.list("tables/v1/")] == [built.table]
 
     forced = build_table(table_artifacts, settings, BuildRequest(force=True))
-    assert forced.status == BUILT and forced.pointer_switched and forced.table is not None
+    assert forced.status == BuildStatus.BUILT and forced.pointer_switched and forced.table is not None
     assert forced.table > built.table  # build ids sort by time
     assert read_pointer(table_artifacts)[0]["blob"] == forced.table
 
@@ -116,7 +120,7 @@ def test_top_k_table_holds_exactly_the_k_most_frequent_keys(
     }
     _traffic(table_artifacts, counts)
     result = build_table(table_artifacts, _settings(buckets_root), BuildRequest("top_k", k=3))
-    assert result.status == BUILT and result.rows == 3
+    assert result.status == BuildStatus.BUILT and result.rows == 3
 
     table = read_table(table_artifacts, result.table)
     schema = table_bundle.schema
@@ -132,17 +136,17 @@ def test_top_k_is_rebuilt_when_new_traffic_arrives(table_artifacts, buckets_root
     settings = _settings(buckets_root)
     _traffic(table_artifacts, {("us", 7, "mobile"): 5})
     assert build_table(table_artifacts, settings, BuildRequest("top_k", k=2)).rows == 1
-    assert build_table(table_artifacts, settings, BuildRequest("top_k", k=2)).status == SKIPPED
+    assert build_table(table_artifacts, settings, BuildRequest("top_k", k=2)).status == BuildStatus.SKIPPED
     _traffic(table_artifacts, {("kr", 1, "tablet"): 3}, instance="i2")
     again = build_table(table_artifacts, settings, BuildRequest("top_k", k=2))
-    assert again.status == BUILT and again.rows == 2
+    assert again.status == BuildStatus.BUILT and again.rows == 2
 
 
 def test_auto_uses_top_k_when_the_key_space_is_too_big(table_artifacts, buckets_root) -> None:
     settings = _settings(buckets_root, TABLE_MAX_ROWS="100", TABLE_TOP_K="50")  # 360 keys > 100
 
     nothing = build_table(table_artifacts, settings)
-    assert nothing.status == NOTHING
+    assert nothing.status == BuildStatus.NOTHING_TO_BUILD
     assert (
         "no traffic counted yet" in nothing.message and "360 keys, over TABLE_MAX_ROWS=100" in nothing.message
     )
@@ -154,13 +158,13 @@ def test_auto_uses_top_k_when_the_key_space_is_too_big(table_artifacts, buckets_
 
     _traffic(table_artifacts, {("us", h, "mobile"): 100 - h for h in range(24)})
     result = build_table(table_artifacts, settings)
-    assert result.status == BUILT and result.strategy == "top_k" and result.rows == 24
+    assert result.status == BuildStatus.BUILT and result.strategy == "top_k" and result.rows == 24
 
 
 def test_no_model_builds_nothing(buckets_root) -> None:
     artifacts = LocalBucket(buckets_root, "prodml-artifacts")
     result = build_table(artifacts, _settings(buckets_root))
-    assert result.status == NOTHING and "no model yet" in result.message
+    assert result.status == BuildStatus.NOTHING_TO_BUILD and "no model yet" in result.message
     assert not list(artifacts.list("tables/"))
 
 
@@ -181,7 +185,7 @@ def test_a_model_promoted_during_the_build_wins_the_pointer(table_artifacts, buc
     mocker.patch.object(table_build, "score_keys", side_effect=score_and_promote)
     result = build_table(table_artifacts, settings)
 
-    assert result.status == BUILT and result.model_version == "v1" and not result.pointer_switched
+    assert result.status == BuildStatus.BUILT and result.model_version == "v1" and not result.pointer_switched
     assert "model changed during the build" in result.message
     assert read_table(table_artifacts, result.table).meta["rows"] == 360  # kept in its own object
     pointer, _ = read_pointer(table_artifacts)
@@ -196,12 +200,12 @@ def test_each_build_writes_its_own_object_and_the_pointer_names_it(
     settings = _settings(buckets_root)
     _traffic(table_artifacts, {("us", 7, "mobile"): 9, ("kr", 0, "tablet"): 4})
     top = build_table(table_artifacts, settings, BuildRequest("top_k", k=2))
-    assert top.status == BUILT and top.pointer_switched and top.table is not None
+    assert top.status == BuildStatus.BUILT and top.pointer_switched and top.table is not None
     top_bytes = table_artifacts.read(top.table)
 
     mocker.patch.object(table_switch, "switch_pointer", side_effect=PreconditionFailed("pointer changed"))
     full = build_table(table_artifacts, settings, BuildRequest("full", force=True))
-    assert full.status == BUILT and not full.pointer_switched and "kept changing" in full.message
+    assert full.status == BuildStatus.BUILT and not full.pointer_switched and "kept changing" in full.message
     assert full.table is not None and full.table != top.table
     assert full.table.startswith("tables/v1/full-") and top.table.startswith("tables/v1/top_k-")
     assert table_artifacts.read(top.table) == top_bytes  # the current table was not overwritten
@@ -240,10 +244,12 @@ def test_a_routed_build_already_current_is_skipped_before_routing(table_artifact
     even start: PIPELINE_PYTHON does not exist)."""
     settings = _settings(buckets_root, PIPELINE_PYTHON=str(buckets_root / "no-such-venv/bin/python"))
     built = build_table(table_artifacts, settings, BuildRequest("full"))
-    assert built.status == BUILT
+    assert built.status == BuildStatus.BUILT
 
     routed = build_table_routed(table_artifacts, settings, BuildRequest("auto"), runner="direct").to_dict()
-    assert routed["status"] == SKIPPED and routed["path"] is None and routed["table"] == built.table
+    assert (
+        routed["status"] == BuildStatus.SKIPPED and routed["path"] is None and routed["table"] == built.table
+    )
     assert "already current" in routed["message"]
 
     with pytest.raises(ConfigError, match="no-such-venv"):  # forced: routed, so the pipeline is tried

@@ -14,12 +14,12 @@ import bad_model_files
 import numpy as np
 import pytest
 
+from shared.contracts import TABLE_POINTER
 from shared.errors import NotFound, PreconditionFailed, SchemaError, TableError
 from shared.schema import Schema
 from shared.storage.local import LocalBucket
 from shared.tables.codec import decode_codes, encode_keys, key_string, parse_key_string
 from shared.tables.format import (
-    CURRENT_POINTER,
     Table,
     build_blob,
     check_table_name,
@@ -283,13 +283,13 @@ def test_a_pointer_written_before_build_ids_names_the_old_location(artifacts):
     meta = {"model_version": "m1", "model_generation": 1, "key": ["country", "hour"]}
     write_table(artifacts, table_blob("v0"), np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3]), meta)
     old = {k: v for k, v in _pointer("v0").items() if k != "blob"}
-    artifacts.write(CURRENT_POINTER, json.dumps(old).encode())
+    artifacts.write(TABLE_POINTER, json.dumps(old).encode())
     table = load_current_table(artifacts)
     assert table is not None and table.blob == "tables/v0/table.npz" and table.lookup_one(3) == 0.3
 
 
 def test_a_malformed_pointer_reads_as_none_with_its_generation(artifacts):
-    generation = artifacts.write(CURRENT_POINTER, b"{broken")
+    generation = artifacts.write(TABLE_POINTER, b"{broken")
     assert read_pointer(artifacts) == (None, generation)
     switch_pointer(artifacts, _pointer("v1"), if_generation_match=generation)
     assert read_pointer(artifacts)[0]["version"] == "v1"
@@ -306,6 +306,6 @@ def test_a_malformed_pointer_reads_as_none_with_its_generation(artifacts):
 )
 def test_a_reader_that_must_tell_a_malformed_pointer_from_none_gets_the_reason(artifacts, content, reason):
     assert read_valid_pointer(artifacts) == (None, 0)  # no pointer at all
-    artifacts.write(CURRENT_POINTER, content)
+    artifacts.write(TABLE_POINTER, content)
     with pytest.raises(TableError, match=re.escape(reason)):
         read_valid_pointer(artifacts)

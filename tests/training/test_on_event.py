@@ -23,6 +23,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 
 from shared.config import Settings, load_settings
+from shared.contracts import CURRENT_MODEL
 from shared.data import monitoring
 from shared.errors import PreconditionFailed, RetryLater
 from shared.events import parse_storage_event, to_cloudevent
@@ -133,12 +134,12 @@ def test_drift_warns_by_default_and_quarantines_by_setting(tmp_path: Path) -> No
     assert warned.status == "promoted", warned.message  # a warning does not stop training
 
     strict = world.with_settings(DRIFT_POLICY="quarantine")
-    before = world.artifacts.read(registry.CURRENT)
+    before = world.artifacts.read(CURRENT_MODEL)
     outcome = strict.send("incoming/drift-strict.csv", _drifted_rows(3))
     assert (outcome.status, outcome.rule) == ("quarantined", "drift")
     reason = json.loads(world.data.read("quarantine/drift-strict.csv.reason.json"))
     assert reason["rule"] == "drift" and "bid" in reason["message"]
-    assert world.artifacts.read(registry.CURRENT) == before
+    assert world.artifacts.read(CURRENT_MODEL) == before
 
 
 def test_without_a_schema_the_file_stays_and_a_later_delivery_trains_it(tmp_path: Path) -> None:
@@ -174,7 +175,7 @@ def test_a_forged_event_for_an_object_that_is_not_there_is_ignored_without_a_tra
     world.send("incoming/a.csv", training_rows(300, 1))
     real = drop_file(world.data, "incoming/real.csv", training_rows(300, 2))
     data_before, artifacts_before = _everything(world.data), _everything(world.artifacts)
-    model_before = world.artifacts.read(registry.CURRENT)
+    model_before = world.artifacts.read(CURRENT_MODEL)
     forged = [
         dataclasses.replace(real, name="incoming/never-written.csv", size=10**12),  # no such object
         dataclasses.replace(real, generation=real.generation + 7, size=10**12),  # no such generation
@@ -185,7 +186,7 @@ def test_a_forged_event_for_an_object_that_is_not_there_is_ignored_without_a_tra
     assert [o.status for o in outcomes] == ["gone", "gone"], outcomes
     assert _everything(world.data) == data_before  # no quarantine/ reason, the real file untouched
     assert _everything(world.artifacts) == artifacts_before  # no marker, no record, no version
-    assert world.artifacts.read(registry.CURRENT) == model_before
+    assert world.artifacts.read(CURRENT_MODEL) == model_before
 
 
 def test_a_real_object_over_the_limit_is_quarantined_whatever_size_its_event_claims(tmp_path: Path) -> None:
@@ -242,14 +243,14 @@ def test_when_others_always_promote_first_the_trainer_asks_for_redelivery(
 ) -> None:
     world = make_world(tmp_path, CAS_MAX_ATTEMPTS="2")
     world.send("incoming/a.csv", training_rows(300, 1))
-    before = world.artifacts.read(registry.CURRENT)
+    before = world.artifacts.read(CURRENT_MODEL)
     mocker.patch("shared.training.registry.swap_current", side_effect=PreconditionFailed("someone else won"))
     info = drop_file(world.data, "incoming/b.csv", training_rows(300, 2))
 
     with pytest.raises(RetryLater, match="CAS_MAX_ATTEMPTS"):
         world.deliver(info)
 
-    assert world.artifacts.read(registry.CURRENT) == before
+    assert world.artifacts.read(CURRENT_MODEL) == before
     assert not registry.is_processed(world.artifacts, "prodml-data", "incoming/b.csv", info.generation)
     statuses = [c["decision"]["status"] for c in registry.list_cards(world.artifacts)]
     assert statuses == ["promoted", "superseded", "superseded"]
@@ -335,7 +336,7 @@ def test_a_file_with_a_duplicated_or_too_many_columns_is_quarantined_naming_them
     assert (outcome.status, outcome.rule) == ("quarantined", "too_many_columns")
     reason = json.loads(world.data.read("quarantine/wide.csv.reason.json"))
     assert "7 columns" in reason["message"] and "MAX_COLUMNS=6" in reason["message"]
-    assert not world.artifacts.exists(registry.CURRENT)  # nothing of either was trained on
+    assert not world.artifacts.exists(CURRENT_MODEL)  # nothing of either was trained on
 
 
 def test_a_later_retrain_parses_only_the_schema_columns_of_an_accepted_wide_file(
@@ -462,7 +463,7 @@ def test_a_delivery_whose_claim_was_taken_over_stops_without_writing_anything(
 ) -> None:
     world = make_world(tmp_path)
     world.send("incoming/a.csv", training_rows(300, 1))
-    before = world.artifacts.read(registry.CURRENT)
+    before = world.artifacts.read(CURRENT_MODEL)
     info = drop_file(world.data, "incoming/slow.csv", training_rows(300, 2))
     real_build = on_event.build_challenger
 
@@ -480,7 +481,7 @@ def test_a_delivery_whose_claim_was_taken_over_stops_without_writing_anything(
 
     assert outcome.status == "claimed" and "taken over" in outcome.message
     assert [c["event"]["name"] for c in registry.list_cards(world.artifacts)] == ["incoming/a.csv"]
-    assert world.artifacts.read(registry.CURRENT) == before
+    assert world.artifacts.read(CURRENT_MODEL) == before
     assert not registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
     taker = registry.read_claim(world.artifacts, _claim_blob(info))
     assert taker is not None and taker.event_id == "taker"  # left to the taker, not released

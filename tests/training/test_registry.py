@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import training_rows, training_schema
 
+from shared.contracts import CURRENT_MODEL
 from shared.errors import PreconditionFailed, RegistryError
 from shared.model import ModelBundle
 from shared.storage.base import Bucket
@@ -82,7 +83,7 @@ def test_promotion_is_a_compare_and_swap_on_the_current_generation(
 
     with pytest.raises(PreconditionFailed):  # a second writer that read "none yet" loses
         registry.swap_current(artifacts, second, second_bytes, 0, kind="promote", previous=None, by="test")
-    assert artifacts.read(registry.CURRENT) == first_bytes
+    assert artifacts.read(CURRENT_MODEL) == first_bytes
 
     registry.swap_current(
         artifacts, second, second_bytes, generation, kind="promote", previous=first, by="test"
@@ -115,10 +116,10 @@ def test_rollback_goes_back_one_promotion_at_a_time(artifacts: LocalBucket, fitt
 
     first = registry.rollback(artifacts)
     assert (first.previous, first.version) == (c, b)
-    assert artifacts.read(registry.CURRENT) == b_bytes
+    assert artifacts.read(CURRENT_MODEL) == b_bytes
     second = registry.rollback(artifacts)
     assert (second.previous, second.version) == (b, a)
-    assert artifacts.read(registry.CURRENT) == a_bytes
+    assert artifacts.read(CURRENT_MODEL) == a_bytes
     with pytest.raises(RegistryError, match=f"nothing to roll back to: {a} is the first"):
         registry.rollback(artifacts)
 
@@ -138,23 +139,23 @@ def test_rollback_recovers_from_a_current_model_that_will_not_load(
     for version, data in made:
         _promote(artifacts, version, data)
     (a, a_bytes), (b, b_bytes), (c, c_bytes) = made
-    artifacts.write(registry.CURRENT, b"garbage, not a skops file")
+    artifacts.write(CURRENT_MODEL, b"garbage, not a skops file")
 
     done = registry.rollback(artifacts)  # back to the last good promotion: c, whose copy is whole
     assert (done.previous, done.version) == (registry.UNLOADABLE, c)
-    assert artifacts.read(registry.CURRENT) == c_bytes
+    assert artifacts.read(CURRENT_MODEL) == c_bytes
     assert registry.list_events(artifacts)[-1]["previous"] == registry.UNLOADABLE
 
     # The version copy of c is corrupt too: the walk goes on down to b.
-    artifacts.write(registry.CURRENT, b"garbage again")
+    artifacts.write(CURRENT_MODEL, b"garbage again")
     artifacts.write(registry.model_name(c), b"garbage again")
     assert registry.rollback(artifacts).version == b
-    assert artifacts.read(registry.CURRENT) == b_bytes
+    assert artifacts.read(CURRENT_MODEL) == b_bytes
 
-    artifacts.write(registry.CURRENT, b"garbage once more")
+    artifacts.write(CURRENT_MODEL, b"garbage once more")
     assert registry.rollback(artifacts, a).version == a  # a named target, as asked
-    assert artifacts.read(registry.CURRENT) == a_bytes
-    artifacts.write(registry.CURRENT, b"garbage")
+    assert artifacts.read(CURRENT_MODEL) == a_bytes
+    artifacts.write(CURRENT_MODEL, b"garbage")
     with pytest.raises(RegistryError, match=f"version {c} cannot be loaded either"):
         registry.rollback(artifacts, c)
 
@@ -189,7 +190,7 @@ def test_the_registry_works_the_same_on_each_backend(bucket: Bucket, fitted: obj
     assert registry.read_current(bucket).version == second  # type: ignore[union-attr]
 
     assert registry.rollback(bucket).version == first
-    assert bucket.read(registry.CURRENT) == first_bytes
+    assert bucket.read(CURRENT_MODEL) == first_bytes
     assert [e["kind"] for e in registry.list_events(bucket)] == ["promote", "promote", "rollback"]
     registry.mark_processed(bucket, "prodml-data", "incoming/a b.csv", 3, {"outcome": "promoted"})
     assert registry.is_processed(bucket, "prodml-data", "incoming/a b.csv", 3)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import requests
 
+from shared.contracts import EventOutcome
 from shared.errors import DemoError
 from shared.local.stack import LocalStack
 from shared.storage.local import LocalBucket
@@ -139,7 +140,7 @@ def drop_and_follow(stack: LocalStack, source: Path, name: str, timeout: float =
         )
         fired_at, trained_at = result.first_attempt_at, result.finished_at
     served = served_at = None
-    if marker.get("outcome") == "promoted" and marker.get("version") and "predict" in stack.urls:
+    if marker.get("outcome") == EventOutcome.PROMOTED and marker.get("version") and "predict" in stack.urls:
         served, served_at = wait_served(stack.urls["predict"], str(marker["version"]))
         trained_at = trained_at or served_at
     return Landing(name, generation, marker, copied_at, fired_at, trained_at, served_at, served)

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from shared.contracts import CardStatus
 from shared.local.demo.story import Demo
 
 
@@ -18,7 +19,7 @@ def summary_rows(demo: Demo, models: dict[str, Any]) -> list[tuple[str, str]]:
     """(what, value) lines of the summary table."""
     versions = models.get("versions", [])
     decisions = [v.get("decision") for v in versions]
-    promoted = decisions.count("promoted")
+    promoted = decisions.count(CardStatus.PROMOTED)
     rows = [
         ("first model (static)", str(demo.facts.get("first_version", "-"))),
         ("current model", str(models.get("current", "-"))),
@@ -114,7 +115,7 @@ def figures(demo: Demo, models: dict[str, Any], monitor: list[dict[str, Any]]) -
     if versions:
         fig, ax = plt.subplots(figsize=(8, 3.2))
         for i, v in enumerate(versions):
-            color = "tab:green" if v.get("decision") == "promoted" else "tab:red"
+            color = "tab:green" if v.get("decision") == CardStatus.PROMOTED else "tab:red"
             ax.bar(i, v.get("challenger") or 0, color=color)
             if v.get("current"):
                 ax.annotate("current", (i, v.get("challenger") or 0), ha="center", va="bottom")

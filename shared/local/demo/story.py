@@ -26,6 +26,18 @@ from typing import Any, TextIO
 import requests
 
 from shared.config import get_settings
+from shared.contracts import (
+    INCOMING_PREFIX,
+    QUARANTINE_PREFIX,
+    REASON_SUFFIX,
+    SCHEMA_BLOB,
+    TRAFFIC_PREFIX,
+    EventOutcome,
+    LogFormat,
+    ServingMode,
+    StorageBackend,
+    TableStrategy,
+)
 from shared.errors import DemoError
 from shared.local.demo.probe import (
     Landing,
@@ -37,7 +49,8 @@ from shared.local.demo.probe import (
 )
 from shared.local.processes import FunctionProcess, free_port
 from shared.local.stack import LocalStack, stack_environment
-from shared.local.synth import KEY, SynthResult, synthesize
+from shared.local.synth import SynthResult, synthesize
+from shared.local.synth_keys import KEY
 from shared.logs import setup_logging
 from shared.schema import Schema
 from shared.storage.local import LocalBucket
@@ -75,15 +88,15 @@ class DemoOptions:
 # The demo's deployment: a table may hold at most TABLE_MAX_ROWS keys (a memory budget), fewer than
 # the 691,200 keys that exist, so only the traffic's most frequent keys can be precomputed.
 DEMO_SETTINGS = {
-    "STORAGE_BACKEND": "local",
-    "SERVING_MODE": "hybrid",
+    "STORAGE_BACKEND": StorageBackend.LOCAL,
+    "SERVING_MODE": ServingMode.HYBRID,
     "RELOAD_SECONDS": "0.5",
     "TRAFFIC_FLUSH_SECONDS": "1",
     "ROUTER_QUIET_SECONDS": "0.3",
     "ROUTER_BACKOFF_SECONDS": "0.5",
     "SCHEDULE_SECONDS": "600",
     "TABLE_MAX_ROWS": "100000",
-    "LOG_FORMAT": "json",
+    "LOG_FORMAT": LogFormat.JSON,
 }
 
 
@@ -148,7 +161,7 @@ class Demo:
         if self._log_file is None:
             (self.state / "logs").mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.state / "logs" / "demo.log", "a")  # noqa: SIM115 - closed in stop()
-        setup_logging("json", "info", stream=self._log_file)
+        setup_logging(LogFormat.JSON, "info", stream=self._log_file)
 
     def _record_pids(self) -> None:
         processes = list(self.stack.processes.values()) if self.stack else []
@@ -174,7 +187,7 @@ class Demo:
         if self.stack is not None:
             self.stack.stop()
         if self._log_file is not None:
-            setup_logging("json", "warning")  # away from the file before closing it
+            setup_logging(LogFormat.JSON, "warning")  # away from the file before closing it
             self._log_file.close()
             self._log_file = None
 
@@ -229,7 +242,7 @@ class Demo:
         with self.step("schema (infer + upload)") as s:
             first = str(synth.day_files[0])
             self.cli("schema", "infer", first, "--label", "converted", "--key", ",".join(KEY), "--upload")
-            schema = json.loads(self.artifacts.read("schema.json"))
+            schema = json.loads(self.artifacts.read(SCHEMA_BLOB))
             cardinality = Schema.from_dict(schema).key_cardinality
             self.facts["key_cardinality"] = cardinality
             s["detail"] = (
@@ -267,7 +280,7 @@ class Demo:
         assert self.stack is not None
         for day in synth.day_files[1:-1]:
             with self.step(f"drop {day.name}") as s:
-                landing = drop_and_follow(self.stack, day, f"incoming/{day.name}")
+                landing = drop_and_follow(self.stack, day, f"{INCOMING_PREFIX}{day.name}")
                 self.landings.append(landing)
                 s["detail"] = self._landing_line(landing)
 
@@ -292,13 +305,13 @@ class Demo:
         assert self.stack is not None and synth.corrupt_file is not None
         with self.step("drop corrupt.csv") as s:
             before = self.cli("models")["current"]
-            landing = drop_and_follow(self.stack, synth.corrupt_file, "incoming/corrupt.csv")
-            if landing.marker.get("outcome") != "quarantined":
+            landing = drop_and_follow(self.stack, synth.corrupt_file, f"{INCOMING_PREFIX}corrupt.csv")
+            if landing.marker.get("outcome") != EventOutcome.QUARANTINED:
                 raise DemoError(f"corrupt.csv was not quarantined: {landing.marker}")
-            reason = json.loads(self.data.read("quarantine/corrupt.csv.reason.json"))
+            reason = json.loads(self.data.read(f"{QUARANTINE_PREFIX}corrupt.csv{REASON_SUFFIX}"))
             after = self.cli("models")["current"]
             self.facts["quarantine"] = {"rule": reason.get("rule"), "message": reason.get("message")}
-            s["detail"] = f"quarantined -> quarantine/corrupt.csv; the model stays {after}"
+            s["detail"] = f"quarantined -> {QUARANTINE_PREFIX}corrupt.csv; the model stays {after}"
             s["more"] = [f"reason ({reason.get('rule')}): {reason.get('message')}"]
             if before != after:
                 raise DemoError(f"the current model changed from {before} to {after} on a corrupt file")
@@ -323,7 +336,7 @@ class Demo:
         """Step: the drifted day: monitoring flags the features whose distribution moved."""
         assert self.stack is not None and synth.drift_file is not None
         with self.step(f"drop {synth.drift_file.name} (drift)") as s:
-            name = f"incoming/{synth.drift_file.name}"
+            name = f"{INCOMING_PREFIX}{synth.drift_file.name}"
             landing = drop_and_follow(self.stack, synth.drift_file, name)
             self.landings.append(landing)
             record = next(r for r in reversed(self.cli("monitor")) if r.get("object") == name)
@@ -341,10 +354,10 @@ class Demo:
             instances = [json.loads(line) for line in synth.traffic_file.read_text().splitlines()]
             half = len(instances) // 2
             self.serve_instances = instances[half:]
-            run = send_traffic(self.stack.urls["predict"], instances[:half], "hybrid", batch=50)
+            run = send_traffic(self.stack.urls["predict"], instances[:half], ServingMode.HYBRID, batch=50)
             flush = float(self.env["TRAFFIC_FLUSH_SECONDS"])
             time.sleep(2 * flush + 0.5)  # predict flushes its counts every TRAFFIC_FLUSH_SECONDS
-            seen = len(list(self.artifacts.list("traffic/")))
+            seen = len(list(self.artifacts.list(TRAFFIC_PREFIX)))
             s["detail"] = (
                 f"{run.instances:,} instances in {run.requests} requests; {seen} traffic file(s) written"
             )
@@ -367,8 +380,8 @@ class Demo:
             self._settle()  # a table build fired by a promotion must not replace the advised one
             advice = self.facts.get("advice", {})
             args = ["table", "build", "--force"]
-            if advice.get("recommendation") == "hybrid" and advice.get("k"):
-                args += ["--strategy", "top_k", "--k", str(advice["k"])]
+            if advice.get("recommendation") == ServingMode.HYBRID and advice.get("k"):
+                args += ["--strategy", TableStrategy.TOP_K, "--k", str(advice["k"])]
             built = self.cli(*args)
             self.facts["table"] = built
             s["detail"] = ", ".join(
@@ -381,9 +394,9 @@ class Demo:
         with self.step("serving modes") as s:
             table_model = self.facts.get("table", {}).get("model_version")
             instances = self.serve_instances[: self.options.serve_requests]
-            urls = {"hybrid": self.stack.urls["predict"]}
+            urls = {ServingMode.HYBRID.value: self.stack.urls["predict"]}
             spec = self.stack.declaration.functions["predict"]
-            for mode in ("static", "dynamic"):
+            for mode in (ServingMode.STATIC.value, ServingMode.DYNAMIC.value):
                 env = {**self.env, "SERVING_MODE": mode}
                 process = FunctionProcess(spec, free_port(), env, self.stack.logs_dir / f"predict-{mode}.log")
                 self.extra.append(process)
@@ -392,7 +405,7 @@ class Demo:
             self._record_pids()
             for mode, url in urls.items():
                 send_traffic(url, instances[:20], mode)  # warm up: the first request loads model and table
-                if table_model and mode != "dynamic":
+                if table_model and mode != ServingMode.DYNAMIC:
                     wait_for(functools.partial(_table_in_use, url), f"predict ({mode}) to load the table", 60)
                 self.modes.append(send_traffic(url, instances, mode))
             s["detail"] = f"{len(instances):,} single-instance requests per mode"

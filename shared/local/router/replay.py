@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shared.config import Settings
+from shared.contracts import INCOMING_PREFIX, EventOutcome, ReplayStatus, StorageBackend
 from shared.data import monitoring
 from shared.errors import ConfigError, ProdMLError
 from shared.events import parse_storage_event, to_cloudevent
@@ -44,8 +45,7 @@ class ReplayOutcome:
 
     name: str  # for a "refused" file, its path in the bucket folder
     generation: int | None  # None for a "refused" file: it is no object
-    outcome: str  # "delivered", "dead-lettered", "skipped: processed", "not processed", "refused";
-    # in process, the trainer's outcome ("promoted", "quarantined", "no_schema", ...) or "failed"
+    outcome: str  # a ReplayStatus; in process, the trainer's EventOutcome or ReplayStatus.FAILED
     function: str | None = None
     attempts: int = 0
     error: str | None = None
@@ -67,13 +67,13 @@ def check_answers(route: Route, timeout: float = 2.0) -> None:
 def replay(
     settings: Settings,
     *,
-    prefix: str = "incoming/",
+    prefix: str = INCOMING_PREFIX,
     include_processed: bool = False,
     urls: Mapping[str, str] | None = None,
 ) -> list[ReplayOutcome]:
     """Deliver the event of each data file version under ``prefix`` not yet processed; wait for
     every delivery to end and return the outcome of each object (and each skip)."""
-    if settings.storage_backend != "local":
+    if settings.storage_backend != StorageBackend.LOCAL:
         raise ConfigError(
             "prodml replay through the router needs the local stack (STORAGE_BACKEND=local); "
             "use replay_in_process (`prodml replay --in-process`) on Cloud Storage"
@@ -92,7 +92,7 @@ def replay(
     try:
         for info in data.list(prefix):
             if not include_processed and is_processed(artifacts, data.name, info.name, info.generation):
-                outcomes.append(ReplayOutcome(info.name, info.generation, "skipped: processed"))
+                outcomes.append(ReplayOutcome(info.name, info.generation, ReplayStatus.SKIPPED_PROCESSED))
                 continue
             pending.append((info, router.fire(info, again=True)))
         for info, futures in pending:
@@ -102,7 +102,7 @@ def replay(
                     ReplayOutcome(
                         info.name,
                         info.generation,
-                        "delivered" if result.ok else "dead-lettered",
+                        ReplayStatus.DELIVERED if result.ok else ReplayStatus.DEAD_LETTERED,
                         result.delivery.function,
                         result.attempts,
                         result.error,
@@ -113,11 +113,17 @@ def replay(
     return _with_unfinished(outcomes, data, artifacts, prefix)
 
 
-NOT_PROCESSED = "not processed"  # delivered and answered, but the function could not finish it
-REFUSED = "refused"  # a file no object name reaches: it can never fire
-
 # What leaves a file still to be done: the trainer could not finish it (replay it again after a fix).
-UNFINISHED = frozenset({"failed", "dead-lettered", "no_schema", "model_error", NOT_PROCESSED, REFUSED})
+UNFINISHED = frozenset(
+    {
+        ReplayStatus.FAILED,
+        ReplayStatus.DEAD_LETTERED,
+        EventOutcome.NO_SCHEMA,
+        EventOutcome.MODEL_ERROR,
+        ReplayStatus.NOT_PROCESSED,
+        ReplayStatus.REFUSED,
+    }
+)
 
 
 def _with_unfinished(
@@ -130,19 +136,21 @@ def _with_unfinished(
         for r in monitoring.unprocessed_files(data, artifacts, prefix)
     }
     marked = [
-        dataclasses.replace(o, outcome=NOT_PROCESSED, error=waiting[(o.name, o.generation)])
-        if o.outcome == "delivered" and (o.name, o.generation) in waiting
+        dataclasses.replace(o, outcome=ReplayStatus.NOT_PROCESSED, error=waiting[(o.name, o.generation)])
+        if o.outcome == ReplayStatus.DELIVERED and (o.name, o.generation) in waiting
         else o
         for o in outcomes
     ]
     refused = [
-        ReplayOutcome(name, None, REFUSED, error=why) for (name, gen), why in waiting.items() if gen is None
+        ReplayOutcome(name, None, ReplayStatus.REFUSED, error=why)
+        for (name, gen), why in waiting.items()
+        if gen is None
     ]
     return marked + refused
 
 
 def replay_in_process(
-    settings: Settings, *, prefix: str = "incoming/", include_processed: bool = False
+    settings: Settings, *, prefix: str = INCOMING_PREFIX, include_processed: bool = False
 ) -> list[ReplayOutcome]:
     """Run the train function's code (``on_event.handle_event``) here, for each data file version
     under ``prefix`` not yet processed, one after the other; the outcome of each (and each skip).
@@ -155,18 +163,22 @@ def replay_in_process(
     outcomes: list[ReplayOutcome] = []
     for info in list(data.list(prefix)):
         if not include_processed and is_processed(artifacts, data.name, info.name, info.generation):
-            outcomes.append(ReplayOutcome(info.name, info.generation, "skipped: processed"))
+            outcomes.append(ReplayOutcome(info.name, info.generation, ReplayStatus.SKIPPED_PROCESSED))
             continue
         event = parse_storage_event(to_cloudevent(info))
         try:
             outcome = on_event.handle_event(event, settings, data=data, artifacts=artifacts)
         except ProdMLError as exc:
-            outcomes.append(ReplayOutcome(info.name, info.generation, "failed", "in-process", 1, str(exc)))
+            outcomes.append(
+                ReplayOutcome(info.name, info.generation, ReplayStatus.FAILED, "in-process", 1, str(exc))
+            )
             continue
         except Exception as exc:  # a bug must not stop the replay of the other files
             log.exception(f"replay of {info.name!r}@{info.generation} failed")
             crash = f"{type(exc).__name__}: {exc}"
-            outcomes.append(ReplayOutcome(info.name, info.generation, "failed", "in-process", 1, crash))
+            outcomes.append(
+                ReplayOutcome(info.name, info.generation, ReplayStatus.FAILED, "in-process", 1, crash)
+            )
             continue
         error = outcome.message if outcome.status in UNFINISHED else None
         outcomes.append(ReplayOutcome(info.name, info.generation, outcome.status, "in-process", 1, error))
