@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
@@ -71,8 +71,15 @@ class FunctionProcess:
         """The base URL of the function."""
         return f"http://{HOST}:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> FunctionProcess:
-        """Start the process and wait until it accepts connections."""
+    def start(
+        self, timeout: float = 30.0, spawned: Callable[[FunctionProcess], None] | None = None
+    ) -> FunctionProcess:
+        """Start the process and wait until it accepts connections.
+
+        ``spawned`` is called with this object as soon as the process exists (its pid known),
+        before the wait: from then on the process may answer at the port at any moment, so
+        whatever must name it by then (the stack's state file) is written there, not after.
+        """
         command = [
             sys.executable,
             "-m",
@@ -100,6 +107,8 @@ class FunctionProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so stop() reaches every worker
         )
+        if spawned is not None:
+            spawned(self)
         self._wait_ready(timeout)
         return self
 
@@ -130,8 +139,11 @@ class FunctionProcess:
         """The exit status once the process has ended (negative: killed by that signal), else None."""
         return None if self.process is None else self.process.poll()
 
-    def restart(self, timeout: float = 30.0) -> FunctionProcess:
-        """Start the function again after its process ended (crashed, killed).
+    def restart(
+        self, timeout: float = 30.0, spawned: Callable[[FunctionProcess], None] | None = None
+    ) -> FunctionProcess:
+        """Start the function again after its process ended (crashed, killed); ``spawned`` as
+        in ``start``.
 
         Whatever is left of the old process group is killed first: a gunicorn worker orphaned by
         its dead master would otherwise hold the port.
@@ -141,7 +153,7 @@ class FunctionProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.stop()
-        return self.start(timeout)
+        return self.start(timeout, spawned)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the process group: SIGTERM, then SIGKILL if it lingers."""

@@ -208,15 +208,22 @@ class LocalStack:
                     self._restart(name, process, status)
 
     def _restart(self, name: str, process: FunctionProcess, status: int) -> None:
+        """Start ``name`` again. The restart is counted and ``up.json`` names the new process as
+        soon as it exists, before the wait for it to listen: it can answer at the port before
+        that wait notices (the wait polls; under load it lags), and a tool or test that got an
+        answer from it must find it in ``up.json``, not the dead one. Each count is one process
+        started: one that dies before it listens is started (and counted) again next round."""
         fields = {"function": name, "exit_status": status, "restarts": self.restarts.get(name, 0)}
         log.warning(f"function {name} ended (status {status}); starting it again", extra={"fields": fields})
+
+        def spawned(_: FunctionProcess) -> None:
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            self._write_state()
+
         try:
-            process.restart()
+            process.restart(spawned=spawned)
         except RuntimeError as exc:  # it did not come up: the next round tries again
             log.error(f"function {name} did not start again: {exc}", extra={"fields": fields})
-            return
-        self.restarts[name] = self.restarts.get(name, 0) + 1
-        self._write_state()
 
     def _scheduler(self, schedule: ScheduleSpec, url: str) -> Scheduler:
         interval = float(getattr(self.settings, schedule.interval_setting.lower()))
