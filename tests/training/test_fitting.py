@@ -104,14 +104,14 @@ def make_tree(schema: Schema) -> Pipeline:
 
 def test_estimator_plug_in_by_module_and_function() -> None:
     schema = training_schema()
-    settings = load_settings({"ESTIMATOR": "test_training:make_tree"})
+    settings = load_settings({"ESTIMATOR": "test_fitting:make_tree"})
     estimator = fitting.new_estimator(schema, settings)
     assert type(estimator[-1]).__name__ == "DecisionTreeClassifier"
     assert type(fitting.new_estimator(schema, load_settings({}))[-1]).__name__ == "SGDClassifier"
     for spec, why in [
         ("no_colon", "must be 'module:function'"),
         ("no_such_module_xyz:f", "cannot be loaded"),
-        ("test_training:nothing_here", "cannot be loaded"),
+        ("test_fitting:nothing_here", "cannot be loaded"),
     ]:
         with pytest.raises(ConfigError, match=f"ESTIMATOR='{spec}' {why}"):
             fitting.load_estimator_factory(spec)

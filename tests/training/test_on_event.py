@@ -25,7 +25,7 @@ from shared.errors import PreconditionFailed
 from shared.events import parse_storage_event, to_cloudevent
 from shared.schema import Schema, save_schema
 from shared.storage.local import LocalBucket
-from shared.training import fitting, on_event, registry
+from shared.training import fitting, ledger, on_event, registry
 from shared.training.on_event import Outcome, RetryLater, handle_event
 
 
@@ -147,7 +147,7 @@ def test_without_a_schema_the_file_stays_and_a_later_delivery_trains_it(tmp_path
 
     assert outcome.status == "no_schema" and "schema.json" in outcome.message
     assert world.data.exists("incoming/early.csv")
-    assert not registry.is_processed(world.artifacts, "prodml-data", "incoming/early.csv", info.generation)
+    assert not ledger.is_processed(world.artifacts, "prodml-data", "incoming/early.csv", info.generation)
     save_schema(world.artifacts, training_schema())
     assert world.deliver(info).status == "promoted"
 
@@ -201,13 +201,13 @@ def test_a_promotion_whose_marker_was_lost_is_only_marked_on_redelivery(tmp_path
     world = make_world(tmp_path)
     info = drop_file(world.data, "incoming/a.csv", training_rows(300, 1))
     first = world.deliver(info)
-    world.artifacts.delete(registry.processed_name("prodml-data", "incoming/a.csv", info.generation))
+    world.artifacts.delete(ledger.processed_name("prodml-data", "incoming/a.csv", info.generation))
 
     again = world.deliver(info)
 
     assert (again.status, again.version) == ("already_trained", first.version)
     assert len(registry.list_cards(world.artifacts)) == 1
-    assert registry.is_processed(world.artifacts, "prodml-data", "incoming/a.csv", info.generation)
+    assert ledger.is_processed(world.artifacts, "prodml-data", "incoming/a.csv", info.generation)
 
 
 def test_a_version_left_by_a_crash_is_superseded_when_another_model_was_promoted_meanwhile(
@@ -247,7 +247,7 @@ def test_when_others_always_promote_first_the_trainer_asks_for_redelivery(
         world.deliver(info)
 
     assert world.artifacts.read(registry.CURRENT) == before
-    assert not registry.is_processed(world.artifacts, "prodml-data", "incoming/b.csv", info.generation)
+    assert not ledger.is_processed(world.artifacts, "prodml-data", "incoming/b.csv", info.generation)
     statuses = [c["decision"]["status"] for c in registry.list_cards(world.artifacts)]
     assert statuses == ["promoted", "superseded", "superseded"]
 
@@ -263,7 +263,7 @@ def forest(schema: Schema) -> Pipeline:
 def test_a_plugged_in_estimator_trains_and_incremental_falls_back_to_full(tmp_path: Path) -> None:
     world = make_world(
         tmp_path,
-        ESTIMATOR="test_trainer:forest",
+        ESTIMATOR="test_on_event:forest",
         TRAINING_STRATEGY="incremental",
         MODEL_TRUSTED_TYPES="sklearn.tree._tree.Tree",  # skops does not trust tree internals by default
     )
@@ -271,7 +271,7 @@ def test_a_plugged_in_estimator_trains_and_incremental_falls_back_to_full(tmp_pa
     outcome = world.send("incoming/b.csv", training_rows(300, 2))
 
     card = registry.read_card(world.artifacts, outcome.version or "")
-    assert card["estimator"] == "test_trainer:forest"
+    assert card["estimator"] == "test_on_event:forest"
     assert card["strategy"] == "full (the current model has no partial_fit)"
     assert isinstance(world.current().bundle.estimator[-1], RandomForestClassifier)
 
@@ -280,7 +280,7 @@ def test_incremental_gates_on_the_stored_held_out_rows_even_when_old_files_are_g
     world = make_world(tmp_path)
     for i in range(3):
         world.send(f"incoming/old-{i}.csv", training_rows(300, i))
-    old_keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in world.current().lineage]
+    old_keys = [ledger.file_key(r["bucket"], r["name"], r["generation"]) for r in world.current().lineage]
     for i in range(3):
         world.data.delete(f"incoming/old-{i}.csv")  # e.g. a retention policy on the data bucket
 
@@ -303,12 +303,12 @@ def test_a_full_retrain_reads_only_the_recent_files_that_fit_training_window_row
     world = make_world(tmp_path, TRAINING_WINDOW_ROWS="700")  # 300-row files: the new one + one more
     for i in range(3):
         world.send(f"incoming/day-{i}.csv", training_rows(300, i))
-    earlier = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in world.current().lineage]
+    earlier = [ledger.file_key(r["bucket"], r["name"], r["generation"]) for r in world.current().lineage]
 
     outcome = world.send("incoming/day-3.csv", training_rows(300, 3))
 
     card = registry.read_card(world.artifacts, outcome.version or "")
-    new_key = registry.file_key(
+    new_key = ledger.file_key(
         "prodml-data", "incoming/day-3.csv", world.data.stat("incoming/day-3.csv").generation
     )
     assert card["trained_on"] == [earlier[-1], new_key]
@@ -367,7 +367,7 @@ def test_a_later_retrain_parses_only_the_schema_columns_of_an_accepted_wide_file
 
 
 def _claim_blob(info: Any) -> str:
-    return registry.claim_name("prodml-data", info.name, info.generation)
+    return ledger.claim_name("prodml-data", info.name, info.generation)
 
 
 def test_a_live_claim_turns_other_events_away_asks_its_own_again_and_expired_is_taken_over(
@@ -375,7 +375,7 @@ def test_a_live_claim_turns_other_events_away_asks_its_own_again_and_expired_is_
 ) -> None:
     world = make_world(tmp_path)
     info = drop_file(world.data, "incoming/a.csv", training_rows(300, 1))
-    claim, held = registry.acquire_claim(
+    claim, held = ledger.acquire_claim(
         world.artifacts, "prodml-data", info.name, info.generation, "holder", 900
     )
     assert held
@@ -385,15 +385,15 @@ def test_a_live_claim_turns_other_events_away_asks_its_own_again_and_expired_is_
     with pytest.raises(RetryLater, match="this very event holds its claim"):
         world.deliver(info, "holder")  # maybe the platform's redelivery after the holder died
     assert registry.list_cards(world.artifacts) == []
-    assert not registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
-    assert registry.read_claim(world.artifacts, claim.blob) == claim  # the losers left it alone
+    assert not ledger.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+    assert ledger.read_claim(world.artifacts, claim.blob) == claim  # the losers left it alone
 
     # The holder died: once its claim has expired, a redelivery takes the work over and finishes.
-    registry.release_claim(world.artifacts, claim)  # as its expiry passing would, without a wait
-    registry.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "holder", 0)
+    ledger.release_claim(world.artifacts, claim)  # as its expiry passing would, without a wait
+    ledger.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "holder", 0)
     assert world.deliver(info, "holder").status == "promoted"
     assert not world.artifacts.exists(claim.blob)  # done: the claim is gone, the marker is there
-    assert registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+    assert ledger.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
 
 
 def test_of_two_deliveries_that_find_a_claim_expired_only_one_takes_it_over(
@@ -401,19 +401,19 @@ def test_of_two_deliveries_that_find_a_claim_expired_only_one_takes_it_over(
 ) -> None:
     world = make_world(tmp_path)
     info = drop_file(world.data, "incoming/a.csv", training_rows(300, 1))
-    dead, _ = registry.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "dead", 0)
+    dead, _ = ledger.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "dead", 0)
     assert dead.expired()
-    first, first_held = registry.acquire_claim(
+    first, first_held = ledger.acquire_claim(
         world.artifacts, "prodml-data", info.name, info.generation, "first", 900
     )
     # Fault injection: the second taker read the claim before the first took it over.
-    real_read = registry.read_claim
+    real_read = ledger.read_claim
     reads = iter([dead])
     mocker.patch(
-        "shared.training.registry.read_claim", side_effect=lambda *a: next(reads, None) or real_read(*a)
+        "shared.training.ledger.read_claim", side_effect=lambda *a: next(reads, None) or real_read(*a)
     )
 
-    second, second_held = registry.acquire_claim(
+    second, second_held = ledger.acquire_claim(
         world.artifacts, "prodml-data", info.name, info.generation, "second", 900
     )
 
@@ -434,10 +434,10 @@ def test_a_delivery_whose_claim_was_taken_over_stops_without_writing_anything(
     def slow_build(**kwargs: Any) -> Any:
         built = real_build(**kwargs)
         # While this delivery trained past its claim's expiry, another one took the claim over.
-        held = registry.read_claim(world.artifacts, _claim_blob(info))
+        held = ledger.read_claim(world.artifacts, _claim_blob(info))
         assert held is not None
-        registry.release_claim(world.artifacts, held)
-        registry.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "taker", 900)
+        ledger.release_claim(world.artifacts, held)
+        ledger.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "taker", 900)
         return built
 
     mocker.patch("shared.training.on_event.build_challenger", side_effect=slow_build)
@@ -446,6 +446,6 @@ def test_a_delivery_whose_claim_was_taken_over_stops_without_writing_anything(
     assert outcome.status == "claimed" and "taken over" in outcome.message
     assert [c["event"]["name"] for c in registry.list_cards(world.artifacts)] == ["incoming/a.csv"]
     assert world.artifacts.read(registry.CURRENT) == before
-    assert not registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
-    taker = registry.read_claim(world.artifacts, _claim_blob(info))
+    assert not ledger.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+    taker = ledger.read_claim(world.artifacts, _claim_blob(info))
     assert taker is not None and taker.event_id == "taker"  # left to the taker, not released
