@@ -118,7 +118,7 @@ def _reset(root: Path, env: dict[str, str], champion: str) -> None:
     """
     from shared.data import monitoring
     from shared.storage.local import LocalBucket
-    from shared.training import registry
+    from shared.training import ledger, registry
 
     settings = _settings(root, **env)
     data = LocalBucket(root, settings.data_bucket)
@@ -134,7 +134,7 @@ def _reset(root: Path, env: dict[str, str], champion: str) -> None:
         by="bench",
     )
     for name in (
-        registry.processed_name(data.name, new.name, new.generation),
+        ledger.processed_name(data.name, new.name, new.generation),
         monitoring.record_name(new.name, new.generation),
     ):
         if artifacts.exists(name):

@@ -24,7 +24,8 @@ import requests
 from shared.local.processes import free_port
 from shared.local.synth import KEY, synthesize
 from shared.storage.local import LocalBucket
-from shared.training.registry import is_processed, read_current
+from shared.training.ledger import is_processed
+from shared.training.registry import read_current
 
 PRODML = str(Path(sys.executable).with_name("prodml"))
 WAIT = 180.0  # generous: the machine is shared; tests never assert a timing

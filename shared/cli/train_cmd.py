@@ -126,7 +126,7 @@ def promote(
 def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) -> dict[str, Any]:
     """Static training on local files (see the module docstring); the summary printed by the command."""
     from shared.data.validation import validate_file
-    from shared.training import registry
+    from shared.training import ledger, registry
     from shared.training.challenger import build_challenger, make_data_file
 
     data, artifacts = data_bucket(settings), artifacts_bucket(settings)
@@ -169,7 +169,7 @@ def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) ->
         previous, _ = promote(artifacts, version, model_bytes, settings, by="prodml train")
         card = registry.set_decision(artifacts, card, "promoted", challenger.reason)
         for f in files:
-            registry.mark_processed(
+            ledger.mark_processed(
                 artifacts,
                 f.bucket,
                 f.name,

@@ -45,7 +45,8 @@ from shared.model import ModelBundle, to_frame
 from shared.schema import Schema
 from shared.storage import Bucket
 from shared.training import fitting
-from shared.training.registry import CARD_FORMAT, Current, file_key, holdout_name, now_iso
+from shared.training.ledger import file_key
+from shared.training.registry import CARD_FORMAT, Current, holdout_name, now_iso
 
 log = get_logger(__name__)
 

@@ -73,9 +73,10 @@ from shared.events import StorageObjectEvent
 from shared.logs import get_logger
 from shared.schema import Schema, load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
-from shared.training import registry
+from shared.training import ledger, registry
 from shared.training.challenger import DataFile, build_challenger, make_data_file
-from shared.training.registry import Claim, ClaimLost, Current, file_key
+from shared.training.ledger import Claim, ClaimLost, file_key
+from shared.training.registry import Current
 
 log = get_logger(__name__)
 
@@ -169,9 +170,9 @@ class _Job:
         record = {"event_id": e.event_id, "outcome": outcome.status, "version": outcome.version}
         record.update({"message": outcome.message, **({"rule": outcome.rule} if outcome.rule else {})})
         with self.clock.phase("write"):
-            registry.mark_processed(self.artifacts, e.bucket, e.name, e.generation, record)
+            ledger.mark_processed(self.artifacts, e.bucket, e.name, e.generation, record)
             if self.claim is not None:
-                registry.delete_claim(self.artifacts, self.claim)
+                ledger.delete_claim(self.artifacts, self.claim)
                 self.claim = None
             _add_training_to_record(self.artifacts, e, outcome)
         return self.done(outcome)
@@ -181,7 +182,7 @@ class _Job:
         if self.claim is None:
             return
         try:
-            registry.release_claim(self.artifacts, self.claim)
+            ledger.release_claim(self.artifacts, self.claim)
         except StorageError as exc:  # it expires by itself; the original outcome matters more
             log.warning(f"could not release the claim on {self.key}: {exc}", extra={"fields": self.fields})
         self.claim = None
@@ -214,14 +215,14 @@ def handle_event(
     ):
         where = f"{job.data.name}/{INCOMING_PREFIX}"
         return job.done(Outcome("ignored", f"{event.bucket}/{event.name} is not under {where}"))
-    if registry.is_processed(job.artifacts, event.bucket, event.name, event.generation):
+    if ledger.is_processed(job.artifacts, event.bucket, event.name, event.generation):
         return job.done(Outcome("duplicate", f"{job.key} was processed already"))
     try:
         schema = load_schema(job.artifacts)
     except SchemaError as exc:
         log.error(f"cannot process {job.key}: {exc}; the file is left in place", extra={"fields": job.fields})
         return job.done(Outcome("no_schema", str(exc)))
-    claim, held = registry.acquire_claim(
+    claim, held = ledger.acquire_claim(
         job.artifacts,
         event.bucket,
         event.name,
@@ -267,7 +268,7 @@ def _held_elsewhere(job: _Job, claim: Claim) -> Outcome:
 def _claimed_work(job: _Job, schema: Schema) -> Outcome:
     """Validate, then train and promote, holding the file's claim."""
     event, settings = job.event, job.settings
-    if registry.is_processed(job.artifacts, event.bucket, event.name, event.generation):
+    if ledger.is_processed(job.artifacts, event.bucket, event.name, event.generation):
         # Finished by another delivery between the check above and our claim.
         return job.done(Outcome("duplicate", f"{job.key} was processed already"))
     try:
@@ -576,7 +577,7 @@ def _train(
         if job.claim is not None:
             # Recorded before the version is written, so a delivery whose claim was taken over
             # (ClaimLost) writes nothing, and a taker after a crash finds the version to resume.
-            job.claim = registry.record_claim_version(
+            job.claim = ledger.record_claim_version(
                 job.artifacts, job.claim, version, _version(current), job.settings.train_claim_seconds
             )
         started = time.perf_counter()

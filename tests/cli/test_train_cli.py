@@ -15,7 +15,7 @@ from shared.cli import main
 from shared.config import get_settings
 from shared.schema import save_schema
 from shared.storage.local import LocalBucket
-from shared.training import registry
+from shared.training import ledger, registry
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -65,7 +65,7 @@ def test_static_training_uploads_trains_promotes_and_marks_the_files(
     assert current.card is not None and current.card["strategy"] == "static"
     for ref in current.lineage:
         assert data.stat(ref["name"]).generation == ref["generation"]
-        assert registry.is_processed(artifacts, "prodml-data", ref["name"], ref["generation"])
+        assert ledger.is_processed(artifacts, "prodml-data", ref["name"], ref["generation"])
 
     code, out, _ = prodml("train", "--json", _file(tmp_path, "c.csv", 3))
     summary = json.loads(out)

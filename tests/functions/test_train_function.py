@@ -40,7 +40,7 @@ from shared.local.processes import FunctionProcess, free_port
 from shared.model import ModelBundle
 from shared.schema import save_schema
 from shared.storage.local import LocalBucket
-from shared.training import registry
+from shared.training import ledger, registry
 
 pytestmark = pytest.mark.slow
 
@@ -176,18 +176,16 @@ def test_the_same_event_delivered_three_times_trains_once(trained: Stack) -> Non
     for _ in range(3):
         assert deliver(stack.url, info, event_id) == [200]
     assert len(stack.cards_for("incoming/repeated.csv")) == 1
-    keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in stack.current().lineage]
-    assert keys.count(registry.file_key("prodml-data", "incoming/repeated.csv", info.generation)) == 1
-    marker = registry.read_processed(stack.artifacts, "prodml-data", "incoming/repeated.csv", info.generation)
+    keys = [ledger.file_key(r["bucket"], r["name"], r["generation"]) for r in stack.current().lineage]
+    assert keys.count(ledger.file_key("prodml-data", "incoming/repeated.csv", info.generation)) == 1
+    marker = ledger.read_processed(stack.artifacts, "prodml-data", "incoming/repeated.csv", info.generation)
     assert marker is not None and marker["outcome"] == "promoted"
 
 
 def _versions_and_lineage(stack: Stack, info: Any) -> tuple[list[dict[str, Any]], int]:
     """The versions written for a file, and how often the current model's lineage holds it."""
-    keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in stack.current().lineage]
-    return stack.cards_for(info.name), keys.count(
-        registry.file_key("prodml-data", info.name, info.generation)
-    )
+    keys = [ledger.file_key(r["bucket"], r["name"], r["generation"]) for r in stack.current().lineage]
+    return stack.cards_for(info.name), keys.count(ledger.file_key("prodml-data", info.name, info.generation))
 
 
 def test_one_event_delivered_three_times_at_once_then_three_times_more_trains_once(trained: Stack) -> None:
@@ -206,9 +204,9 @@ def test_one_event_delivered_three_times_at_once_then_three_times_more_trains_on
     versions, in_lineage = _versions_and_lineage(stack, info)
     assert len(versions) == 1, [(c["version"], c["decision"]) for c in versions]
     assert in_lineage == (1 if versions[0]["decision"]["status"] == "promoted" else 0)
-    marker = registry.read_processed(stack.artifacts, "prodml-data", info.name, info.generation)
+    marker = ledger.read_processed(stack.artifacts, "prodml-data", info.name, info.generation)
     assert marker is not None and marker["version"] == versions[0]["version"]
-    assert not stack.artifacts.exists(registry.claim_name("prodml-data", info.name, info.generation))
+    assert not stack.artifacts.exists(ledger.claim_name("prodml-data", info.name, info.generation))
 
 
 def test_two_events_for_one_generation_at_once_train_once(trained: Stack) -> None:
@@ -222,7 +220,7 @@ def test_two_events_for_one_generation_at_once_train_once(trained: Stack) -> Non
     versions, in_lineage = _versions_and_lineage(stack, info)
     assert len(versions) == 1, [(c["version"], c["decision"]) for c in versions]
     assert in_lineage == (1 if versions[0]["decision"]["status"] == "promoted" else 0)
-    assert registry.is_processed(stack.artifacts, "prodml-data", info.name, info.generation)
+    assert ledger.is_processed(stack.artifacts, "prodml-data", info.name, info.generation)
 
 
 def _bad_csv(**columns: Any) -> bytes:
@@ -269,7 +267,7 @@ def test_a_bad_file_is_quarantined_with_its_reason_and_the_model_untouched(train
     reason = json.loads(stack.data.read(target + ".reason.json"))
     assert (reason["object"], reason["generation"], reason["rule"]) == (name, info.generation, rule)
     assert reason["message"]
-    marker = registry.read_processed(stack.artifacts, "prodml-data", name, info.generation)
+    marker = ledger.read_processed(stack.artifacts, "prodml-data", name, info.generation)
     assert marker is not None and (marker["outcome"], marker["rule"]) == ("quarantined", rule)
 
 
@@ -295,7 +293,7 @@ def test_objects_outside_incoming_and_foreign_events_are_ignored_with_2xx(stack:
         info = drop_file(stack.data, name, training_rows(30, 3))
         assert deliver(stack.url, info) == [200]
         assert stack.data.exists(name)
-        assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+        assert not ledger.is_processed(stack.artifacts, "prodml-data", name, info.generation)
     headers, body = build_cloudevent(stack.data.stat("other/elsewhere.csv"))
     headers["ce-type"] = "google.cloud.storage.object.v1.deleted"
     assert requests.post(stack.url, headers=headers, data=body, timeout=30).status_code == 200
@@ -324,12 +322,12 @@ def test_a_trainer_killed_before_the_swap_leaves_the_model_whole_and_redelivery_
     assert ModelBundle.from_bytes(before_bytes).version == before_version
     (written,) = stack.cards_for(name)
     assert written["decision"]["status"] == "pending"
-    assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+    assert not ledger.is_processed(stack.artifacts, "prodml-data", name, info.generation)
     # The dead worker's claim lives on until it expires: a delivery of another event for the same
     # file does nothing (2xx), leaving the work to the redelivery of the crashed event.
     assert deliver(stack.url, info, str(uuid.uuid4()), attempts=1) == [200]
     assert stack.cards_for(name) == [written] and stack.current_bytes() == before_bytes
-    assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+    assert not ledger.is_processed(stack.artifacts, "prodml-data", name, info.generation)
     assert "is being processed by the delivery of event " + event_id in stack.process.log_tail()
 
     redelivered = deliver(stack.url, info, event_id, REDELIVERIES)  # Eventarc redelivers, with backoff
@@ -341,9 +339,9 @@ def test_a_trainer_killed_before_the_swap_leaves_the_model_whole_and_redelivery_
     assert current.version == written["version"]  # the very version written before the crash
     assert [c["version"] for c in stack.cards_for(name)] == [written["version"]]
     assert registry.read_card(stack.artifacts, written["version"])["decision"]["status"] == "promoted"
-    keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in current.lineage]
-    assert keys.count(registry.file_key("prodml-data", name, info.generation)) == 1
-    assert registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+    keys = [ledger.file_key(r["bucket"], r["name"], r["generation"]) for r in current.lineage]
+    assert keys.count(ledger.file_key("prodml-data", name, info.generation)) == 1
+    assert ledger.is_processed(stack.artifacts, "prodml-data", name, info.generation)
 
 
 def test_ten_files_delivered_concurrently_end_in_one_model_holding_all_ten_once(
@@ -363,12 +361,12 @@ def test_ten_files_delivered_concurrently_end_in_one_model_holding_all_ten_once(
         assert all(statuses[-1] == 200 for statuses in results), results
 
         current = stack.current()
-        keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in current.lineage]
-        expected = [registry.file_key("prodml-data", i.name, i.generation) for i in infos]
+        keys = [ledger.file_key(r["bucket"], r["name"], r["generation"]) for r in current.lineage]
+        expected = [ledger.file_key("prodml-data", i.name, i.generation) for i in infos]
         assert sorted(keys) == sorted(expected)  # all ten, each exactly once
         promoted = [c for c in stack.cards() if c["decision"]["status"] == "promoted"]
         assert sorted(c["event"]["name"] for c in promoted) == sorted(i.name for i in infos)
-        assert all(registry.is_processed(stack.artifacts, "prodml-data", i.name, i.generation) for i in infos)
+        assert all(ledger.is_processed(stack.artifacts, "prodml-data", i.name, i.generation) for i in infos)
     finally:
         stack.process.stop()
 
@@ -404,7 +402,7 @@ def test_a_storage_outage_answers_5xx_and_the_redelivery_after_it_trains(trained
     temp_folder.write_bytes(b"")
     try:
         assert deliver(stack.url, info, attempts=1)[0] >= 500  # transient: Eventarc will redeliver
-        assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+        assert not ledger.is_processed(stack.artifacts, "prodml-data", name, info.generation)
         assert stack.cards_for(name) == []
     finally:
         temp_folder.unlink()
@@ -412,7 +410,7 @@ def test_a_storage_outage_answers_5xx_and_the_redelivery_after_it_trains(trained
 
     assert deliver(stack.url, info) == [200]  # the redelivery once the store is back
     (card,) = stack.cards_for(name)
-    marker = registry.read_processed(stack.artifacts, "prodml-data", name, info.generation)
+    marker = ledger.read_processed(stack.artifacts, "prodml-data", name, info.generation)
     assert marker is not None and marker["version"] == card["version"]
     assert marker["outcome"] == card["decision"]["status"] in ("promoted", "rejected")
 
@@ -469,7 +467,7 @@ def test_a_bug_answers_2xx_and_is_recorded_where_prodml_monitor_shows_it(tmp_pat
         assert deliver(stack.url, info, attempts=1) == [200]
     finally:
         stack.process.stop()
-    assert not registry.is_processed(stack.artifacts, "prodml-data", info.name, info.generation)
+    assert not ledger.is_processed(stack.artifacts, "prodml-data", info.name, info.generation)
 
     prodml = str(Path(sys.executable).with_name("prodml"))
     env = {k: v for k, v in stack.env.items() if k not in ("ESTIMATOR", "TRAIN_CRASH_FILE")}
@@ -509,7 +507,7 @@ def test_a_file_with_a_10_mb_cell_leaves_only_records_and_log_lines_under_the_ca
 
             reason_bytes = stack.data.read(f"quarantine/huge-{column}.csv.reason.json")
             marker_bytes = stack.artifacts.read(
-                registry.processed_name("prodml-data", info.name, info.generation)
+                ledger.processed_name("prodml-data", info.name, info.generation)
             )
             record_bytes = stack.artifacts.read(record_name(info.name, info.generation))
             sizes = [len(reason_bytes), len(marker_bytes), len(record_bytes)]

@@ -12,7 +12,7 @@ from shared.errors import PreconditionFailed
 from shared.model import ModelBundle
 from shared.storage.base import Bucket
 from shared.storage.local import LocalBucket
-from shared.training import fitting, registry
+from shared.training import fitting, ledger, registry
 
 
 @pytest.fixture(scope="module")
@@ -165,12 +165,12 @@ def test_rollback_without_a_model_says_so(artifacts: LocalBucket) -> None:
 
 
 def test_processed_markers_are_written_only_once(artifacts: LocalBucket) -> None:
-    assert not registry.is_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
-    assert registry.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, {"outcome": "promoted"})
-    assert not registry.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, {"outcome": "other"})
-    assert registry.is_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
-    assert not registry.is_processed(artifacts, "prodml-data", "incoming/a.csv", 8)  # another generation
-    marker = registry.read_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
+    assert not ledger.is_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
+    assert ledger.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, {"outcome": "promoted"})
+    assert not ledger.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, {"outcome": "other"})
+    assert ledger.is_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
+    assert not ledger.is_processed(artifacts, "prodml-data", "incoming/a.csv", 8)  # another generation
+    marker = ledger.read_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
     assert marker is not None and marker["outcome"] == "promoted"
     assert artifacts.exists("registry/processed/prodml-data/incoming/a.csv@7.json")
 
@@ -191,19 +191,17 @@ def test_the_registry_works_the_same_on_each_backend(bucket: Bucket, fitted: obj
     assert registry.rollback(bucket).version == first
     assert bucket.read(registry.CURRENT) == first_bytes
     assert [e["kind"] for e in registry.list_events(bucket)] == ["promote", "promote", "rollback"]
-    registry.mark_processed(bucket, "prodml-data", "incoming/a b.csv", 3, {"outcome": "promoted"})
-    assert registry.is_processed(bucket, "prodml-data", "incoming/a b.csv", 3)
+    ledger.mark_processed(bucket, "prodml-data", "incoming/a b.csv", 3, {"outcome": "promoted"})
+    assert ledger.is_processed(bucket, "prodml-data", "incoming/a b.csv", 3)
 
 
 def test_a_done_marker_over_the_record_cap_is_cut_and_still_marks_the_file(artifacts: LocalBucket) -> None:
     from shared.record_caps import MAX_RECORD_BYTES
 
     record = {"outcome": "quarantined", "rule": "wrong_type", "message": "found " + "x" * 5_000_000}
-    assert registry.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, record)
-    assert (
-        len(artifacts.read(registry.processed_name("prodml-data", "incoming/a.csv", 7))) <= MAX_RECORD_BYTES
-    )
-    marker = registry.read_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
+    assert ledger.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, record)
+    assert len(artifacts.read(ledger.processed_name("prodml-data", "incoming/a.csv", 7))) <= MAX_RECORD_BYTES
+    marker = ledger.read_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
     assert marker is not None and (marker["name"], marker["generation"], marker["rule"]) == (
         "incoming/a.csv",
         7,

@@ -16,7 +16,7 @@ import requests
 
 from shared.local.stack import LocalStack
 from shared.storage.local import LocalBucket
-from shared.training.registry import read_processed
+from shared.training.ledger import read_processed
 
 T = TypeVar("T")
 

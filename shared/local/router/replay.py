@@ -2,7 +2,7 @@
 
 After an outage (the stack was down when files landed), a schema fix, or a dead-lettered event,
 ``replay`` lists the data bucket under a prefix, skips every object version with a "processed"
-marker (``registry.is_processed``) unless asked for all, and delivers the rest through the same
+marker (``ledger.is_processed``) unless asked for all, and delivers the rest through the same
 router delivery code as a dropped file (retries, dead letters). It needs the stack running and
 says so plainly when the function does not answer.
 
@@ -33,7 +33,7 @@ from shared.local.router import Route, Router, routes_from_declaration
 from shared.logs import get_logger
 from shared.storage import Bucket, artifacts_bucket, data_bucket
 from shared.training import on_event
-from shared.training.registry import is_processed
+from shared.training.ledger import is_processed
 
 log = get_logger(__name__)
 
