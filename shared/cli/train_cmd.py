@@ -12,6 +12,7 @@ again; if the function sees them first, its lineage check makes it harmless.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings, get_settings
+from shared.contracts import CardStatus
 from shared.errors import ModelNotReady, NotFound, PreconditionFailed, ProdMLError
 from shared.schema import load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
@@ -161,13 +163,12 @@ def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) ->
         accumulate_lineage=False,
         force_promote=not gate,
     )
-    challenger.card["strategy"] = "static"
+    card = dataclasses.replace(challenger.card, strategy="static")
     model_bytes = challenger.bundle.to_bytes()
-    registry.write_version(artifacts, version, model_bytes, challenger.card, challenger.holdout_bytes)
-    card = challenger.card
+    registry.write_version(artifacts, version, model_bytes, card, challenger.holdout_bytes)
     if challenger.promote:
         previous, _ = promote(artifacts, version, model_bytes, settings, by="prodml train")
-        card = registry.set_decision(artifacts, card, "promoted", challenger.reason)
+        card = registry.set_decision(artifacts, card, CardStatus.PROMOTED, challenger.reason)
         for f in files:
             ledger.mark_processed(
                 artifacts,
@@ -181,9 +182,9 @@ def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) ->
         "promoted": challenger.promote,
         "reason": challenger.reason,
         "files": [f.key for f in files],
-        "training_rows": card["training_rows"],
-        "metrics": card["metrics"],
-        "decision": card["decision"]["status"],
+        "training_rows": card.training_rows,
+        "metrics": card.metrics,
+        "decision": card.status,
     }
 
 
@@ -223,23 +224,24 @@ def list_models(settings: Settings) -> dict[str, Any]:
         current_version = None
     rows = []
     for card in registry.list_cards(artifacts):
-        metrics = card.get("metrics") or {}
+        metrics = card.metrics
         primary = metrics.get("primary")
         rows.append(
             {
-                "version": card["version"],
-                "created": card.get("created"),
-                "current": card["version"] == current_version,
-                "by": card.get("by"),
-                "strategy": card.get("strategy"),
-                "parent": card.get("parent"),
-                "files": len(card.get("lineage") or []),
-                "training_rows": card.get("training_rows"),
+                "version": card.version,
+                "created": card.created or None,
+                "current": card.version == current_version,
+                "by": card.by or None,
+                "strategy": card.strategy or None,
+                "fallback_reason": card.fallback_reason,
+                "parent": card.parent,
+                "files": len(card.lineage),
+                "training_rows": card.training_rows,
                 "primary_metric": primary,
                 "challenger": (metrics.get("challenger") or {}).get(primary),
                 "champion": (metrics.get("champion") or {}).get(primary),
-                "decision": (card.get("decision") or {}).get("status"),
-                "reason": (card.get("decision") or {}).get("reason"),
+                "decision": card.status,
+                "reason": card.decision.reason if card.decision is not None else None,
             }
         )
     return {"current": current_version, "versions": rows}
@@ -275,7 +277,7 @@ def run_models(args: argparse.Namespace) -> int:
                 "*" if row["current"] else "",
                 row["version"],
                 str(row["created"] or "-")[:19].replace("T", " "),
-                str(row["strategy"] or "-").split(" ")[0],
+                str(row["strategy"] or "-"),
                 str(row["files"]),
                 str(row["training_rows"] or "-"),
                 str(row["primary_metric"] or "-"),

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from shared.config import Settings
+from shared.contracts import CardStatus, TrainingStrategy
 from shared.data import monitoring
 from shared.data.validation import validate_file
 from shared.errors import NotFound, ValidationFailed
@@ -45,8 +46,9 @@ from shared.model import ModelBundle, to_frame
 from shared.schema import Schema
 from shared.storage import Bucket
 from shared.training import fitting
+from shared.training.card import Decision, ModelCard
 from shared.training.ledger import file_key
-from shared.training.registry import CARD_FORMAT, Current, holdout_name, now_iso
+from shared.training.registry import Current, holdout_name, now_iso
 
 log = get_logger(__name__)
 
@@ -181,7 +183,7 @@ def holdout_cache_bytes(files: list[DataFile]) -> bytes:
 
 def read_holdout_cache(artifacts: Bucket, champion: Current, schema: Schema) -> dict[str, DataFile]:
     """The champion's stored held-out rows by file key (every row held out); empty if unusable."""
-    name = (champion.card or {}).get("holdout_cache")
+    name = champion.card.holdout_cache if champion.card is not None else None
     if not isinstance(name, str):
         return {}
     try:
@@ -206,10 +208,21 @@ class Challenger:
     """A trained, evaluated, judged challenger: what goes into a version."""
 
     bundle: ModelBundle
-    card: dict[str, Any]
+    card: ModelCard
     promote: bool
     reason: str
     holdout_bytes: bytes = field(repr=False, default=b"")  # models/versions/<v>/holdout.parquet
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A fitted challenger estimator, how it was trained, and on what."""
+
+    estimator: Any
+    strategy: str  # "full" or "incremental": what was done
+    fallback_reason: str | None  # why an incremental training was done as full instead
+    trained_on: list[DataFile]
+    seconds: float
 
 
 def fit_challenger(
@@ -219,30 +232,31 @@ def fit_challenger(
     window: list[DataFile],
     champion: Current | None,
     strategy: str,
-) -> tuple[Any, str, list[DataFile], float]:
-    """Fit the challenger's estimator; (estimator, strategy used, files trained on, seconds).
+) -> Fit:
+    """Fit the challenger's estimator.
 
     ``full``: a fresh estimator on the training rows of ``window`` + ``new_files``.
     ``incremental``: a copy of the champion's estimator, ``partial_fit`` on ``new_files``; when that
     cannot be done (no champion, no ``partial_fit``, a class never seen) it falls back to full and
-    says why in the returned strategy. A ``ValueError`` of the estimator (one class only, ...)
+    says why in ``fallback_reason``. A ``ValueError`` of the estimator (one class only, ...)
     becomes ``ValidationFailed("untrainable")``.
     """
     started = time.perf_counter()
-    used = strategy
+    fallback: str | None = None
     try:
-        if strategy == "incremental":
+        if strategy == TrainingStrategy.INCREMENTAL:
             if champion is None:
-                used = "full (incremental needs a current model)"
+                fallback = "incremental needs a current model"
             elif not fitting.supports_incremental(champion.bundle.estimator):
-                used = "full (the current model has no partial_fit)"
+                fallback = "the current model has no partial_fit"
             else:
                 estimator = copy.deepcopy(champion.bundle.estimator)
                 try:
                     fitting.fit_incremental(estimator, _concat([f.train_rows for f in new_files]), schema)
-                    return estimator, "incremental", new_files, time.perf_counter() - started
+                    seconds = time.perf_counter() - started
+                    return Fit(estimator, TrainingStrategy.INCREMENTAL, None, new_files, seconds)
                 except fitting.IncrementalUnsupported as exc:
-                    used = f"full ({exc})"
+                    fallback = str(exc)
         trained_on = window + new_files
         rows = _concat([f.train_rows for f in trained_on])
         estimator = fitting.fit_full(fitting.new_estimator(schema, settings), rows, schema)
@@ -253,7 +267,8 @@ def fit_challenger(
             f"the model cannot be trained on {names}: {exc}",
             {"columns": [schema.label.name], "count": sum(len(f.frame) for f in new_files)},
         ) from None
-    return estimator, used, trained_on, time.perf_counter() - started
+    used = TrainingStrategy.FULL if fallback is not None else strategy
+    return Fit(estimator, used, fallback, trained_on, time.perf_counter() - started)
 
 
 Z_ONE_SIDED_95 = 1.645  # the gate rejects only what is worse with 95 % confidence
@@ -412,10 +427,9 @@ def build_challenger(
     # Incremental reads only the gate's rows; a fallback to full (no partial_fit, a new class)
     # trains on the new file plus what was read, not on the whole TRAINING_WINDOW_FILES.
     training_window = window[-settings.training_window_files :] if accumulate_lineage else []
-    estimator, used, trained_on, fit_seconds = fit_challenger(
-        schema, settings, new_files, training_window, champion, strategy
-    )
-    bundle = ModelBundle(version, estimator, schema)
+    fit = fit_challenger(schema, settings, new_files, training_window, champion, strategy)
+    used, trained_on, fit_seconds = fit.strategy, fit.trained_on, fit.seconds
+    bundle = ModelBundle(version, fit.estimator, schema)
 
     started_eval = time.perf_counter()
     gate_files = gate_window or new_files
@@ -459,30 +473,31 @@ def build_challenger(
     holdout_bytes = holdout_cache_bytes(
         ((gate_window if accumulate_lineage else []) + new_files)[-holdout_count:]
     )
-    card: dict[str, Any] = {
-        "format": CARD_FORMAT,
-        "version": version,
-        "created": now_iso(),
-        "by": by,
-        "parent": champion.version if champion is not None else None,
-        "task": schema.label.task,
-        "strategy": used,
-        "estimator": settings.estimator or "default (shared.training.fitting.default_pipeline)",
-        "event": event,
-        "lineage": lineage,
-        "trained_on": [f.key for f in trained_on] if used != "incremental" else [f.key for f in new_files],
-        "training_rows": int(len(train_frame)),
-        "skipped_files": skipped,
-        "metrics": metrics,
-        "reference": reference,
-        "holdout_cache": holdout_name(version),
-        "libraries": fitting.library_versions(),
-        "seconds": {
+    status = CardStatus.PENDING if promote else CardStatus.REJECTED
+    card = ModelCard(
+        version=version,
+        created=now_iso(),
+        by=by,
+        parent=champion.version if champion is not None else None,
+        task=schema.label.task,
+        strategy=used,
+        fallback_reason=fit.fallback_reason,
+        estimator=settings.estimator or "default (shared.training.fitting.default_pipeline)",
+        event=event,
+        lineage=lineage,
+        trained_on=[f.key for f in trained_on] if used != "incremental" else [f.key for f in new_files],
+        training_rows=int(len(train_frame)),
+        skipped_files=skipped,
+        metrics=metrics,
+        reference=reference,
+        holdout_cache=holdout_name(version),
+        libraries=fitting.library_versions(),
+        seconds={
             "read": round(read_seconds, 4),
             "train": round(fit_seconds, 4),
             "evaluate": round(eval_seconds, 4),
         },
-        "training_seconds": round(fit_seconds, 4),
-        "decision": {"status": "pending" if promote else "rejected", "reason": reason, "time": now_iso()},
-    }
+        training_seconds=round(fit_seconds, 4),
+        decision=Decision(status, reason, now_iso()),
+    )
     return Challenger(bundle=bundle, card=card, promote=promote, reason=reason, holdout_bytes=holdout_bytes)

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings, get_settings
+from shared.contracts import CardStatus
 from shared.data import monitoring
 from shared.data.quarantine import INCOMING_PREFIX, quarantine_object
 from shared.data.validation import check_size, validate_file
@@ -74,6 +75,7 @@ from shared.logs import get_logger
 from shared.schema import Schema, load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
 from shared.training import ledger, registry
+from shared.training.card import ModelCard
 from shared.training.challenger import DataFile, build_challenger, make_data_file
 from shared.training.ledger import Claim, ClaimLost, file_key
 from shared.training.registry import Current
@@ -314,10 +316,10 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
         monitoring.write_record(artifacts, record)
         return job.done(Outcome("model_error", str(exc)))
     if current is not None and _in_lineage(current, new_file):
-        if (current.card or {}).get("decision", {}).get("status") == "pending":
+        if current.card is not None and current.card.status == CardStatus.PENDING:
             # Promoted just before a crash that kept the card from saying so.
             registry.set_decision(
-                artifacts, current.card or {}, "promoted", "promoted (recorded after a restart)"
+                artifacts, current.card, CardStatus.PROMOTED, "promoted (recorded after a restart)"
             )
         message = f"{job.key} is in the lineage of the current model"
         return job.finish(Outcome("already_trained", message, current.version))
@@ -336,8 +338,8 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
             version, model_bytes, card = _train(job, schema, new_file, current)
         except ValidationFailed as failure:  # the estimator refused the data (one class only, ...)
             return _quarantine(job, failure, current)
-        if card["decision"]["status"] == "rejected":
-            return job.finish(Outcome("rejected", card["decision"]["reason"], version))
+        if card.status == CardStatus.REJECTED:
+            return job.finish(Outcome("rejected", _reason(card), version))
         _maybe_crash(job.settings)
     try:
         with job.clock.phase("write"):
@@ -354,8 +356,8 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
         _supersede_unless_current(job, card)
         return None
     with job.clock.phase("write"):
-        registry.set_decision(artifacts, card, "promoted", card["decision"]["reason"])
-    return job.finish(Outcome("promoted", card["decision"]["reason"], version))
+        registry.set_decision(artifacts, card, CardStatus.PROMOTED, _reason(card))
+    return job.finish(Outcome("promoted", _reason(card), version))
 
 
 def record_error(
@@ -405,7 +407,12 @@ def record_error(
     return written
 
 
-def _supersede_unless_current(job: _Job, card: dict[str, Any]) -> None:
+def _reason(card: ModelCard) -> str:
+    """The reason of the gate's decision on ``card``."""
+    return card.decision.reason if card.decision is not None else ""
+
+
+def _supersede_unless_current(job: _Job, card: ModelCard) -> None:
     """Mark a version that lost the swap "superseded", unless it is current after all.
 
     It can be: a duplicate delivery of the same event may have resumed this very version (from
@@ -415,9 +422,9 @@ def _supersede_unless_current(job: _Job, card: dict[str, Any]) -> None:
         now = registry.read_current(job.artifacts, job.settings.model_trusted_types)
     except ModelNotReady:
         now = None
-    if now is None or now.version != card["version"]:
+    if now is None or now.version != card.version:
         reason = "another model was promoted first; the work was redone on top of it"
-        registry.set_decision(job.artifacts, card, "superseded", reason)
+        registry.set_decision(job.artifacts, card, CardStatus.SUPERSEDED, reason)
 
 
 def _version(current: Current | None) -> str | None:
@@ -498,7 +505,7 @@ def _test_then_train(job: _Job, new_file: DataFile, current: Current | None, sch
     """
     event = job.event
     metrics = monitoring.evaluate(current.bundle, new_file.frame) if current is not None else None
-    reference = (current.card or {}).get("reference") if current is not None else None
+    reference = current.card.reference if (current is not None and current.card is not None) else None
     psi = monitoring.psi(reference, new_file.frame, schema) if reference else {}
     drifted = monitoring.drift_check(psi, job.settings)
     decision = "accepted"
@@ -523,7 +530,7 @@ def _test_then_train(job: _Job, new_file: DataFile, current: Current | None, sch
     monitoring.write_record(job.artifacts, record)
 
 
-def _resume(job: _Job, current: Current | None) -> tuple[str, bytes, dict[str, Any]] | None:
+def _resume(job: _Job, current: Current | None) -> tuple[str, bytes, ModelCard] | None:
     """A version written for this file before a crash, still valid against ``current``; or None.
 
     The held claim names it: a delivery that took the claim over kept the version recorded in it.
@@ -537,11 +544,11 @@ def _resume(job: _Job, current: Current | None) -> tuple[str, bytes, dict[str, A
         model_bytes = artifacts.read(registry.model_name(version))
     except ProdMLError:  # NotFound, or a card that is not JSON
         return None
-    pending = card.get("decision", {}).get("status") == "pending"
+    pending = card.status == CardStatus.PENDING
     if claim.parent != _version(current) or not pending:
         if pending:
             registry.set_decision(
-                artifacts, card, "superseded", "the current model changed before it was promoted"
+                artifacts, card, CardStatus.SUPERSEDED, "the current model changed before it was promoted"
             )
         return None
     log.info(f"resuming {job.key}: promoting version {version}, written before an interruption")
@@ -550,7 +557,7 @@ def _resume(job: _Job, current: Current | None) -> tuple[str, bytes, dict[str, A
 
 def _train(
     job: _Job, schema: Schema, new_file: DataFile, current: Current | None
-) -> tuple[str, bytes, dict[str, Any]]:
+) -> tuple[str, bytes, ModelCard]:
     """Train, evaluate and judge a challenger; write its version; (version, model bytes, card)."""
     event = job.event
     version = registry.new_version_id()
@@ -572,7 +579,7 @@ def _train(
         artifacts=job.artifacts,
     )
     for phase in ("read", "train", "evaluate"):
-        job.clock.add(phase, challenger.card["seconds"][phase])
+        job.clock.add(phase, challenger.card.seconds[phase])
     with job.clock.phase("write"):
         if job.claim is not None:
             # Recorded before the version is written, so a delivery whose claim was taken over
@@ -582,7 +589,7 @@ def _train(
             )
         started = time.perf_counter()
         model_bytes = challenger.bundle.to_bytes()
-        challenger.card["seconds"]["serialize"] = round(time.perf_counter() - started, 4)
+        challenger.card.seconds["serialize"] = round(time.perf_counter() - started, 4)
         registry.write_version(job.artifacts, version, model_bytes, challenger.card, challenger.holdout_bytes)
     return version, model_bytes, challenger.card
 

@@ -31,14 +31,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.contracts import CURRENT_MODEL, EVENTS_PREFIX, VERSIONS_PREFIX
+from shared.contracts import CURRENT_MODEL, EVENTS_PREFIX, VERSIONS_PREFIX, CardStatus
 from shared.errors import ModelNotReady, NotFound, PreconditionFailed, ProdMLError
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.storage import Bucket
+from shared.training.card import ModelCard
 
 CURRENT = CURRENT_MODEL  # the name callers and tests use; the value is shared.contracts'
-CARD_FORMAT = "prodml-card/1"
 
 log = get_logger(__name__)
 
@@ -104,7 +104,7 @@ def read_json(bucket: Bucket, name: str) -> Any:
 
 
 def write_version(
-    artifacts: Bucket, version: str, model_bytes: bytes, card: dict[str, Any], holdout: bytes | None = None
+    artifacts: Bucket, version: str, model_bytes: bytes, card: ModelCard, holdout: bytes | None = None
 ) -> None:
     """Write a new version: the model (and its held-out rows), then its card (then it is complete)."""
     artifacts.write(
@@ -118,44 +118,47 @@ def write_version(
             if_generation_match=0,
         )
     artifacts.write(
-        card_name(version), json_bytes(card), content_type="application/json", if_generation_match=0
+        card_name(version), json_bytes(card.to_dict()), content_type="application/json", if_generation_match=0
     )
 
 
-def write_card(artifacts: Bucket, card: dict[str, Any]) -> None:
+def write_card(artifacts: Bucket, card: ModelCard) -> None:
     """Replace a version's card (its decision changed)."""
-    artifacts.write(card_name(card["version"]), json_bytes(card), content_type="application/json")
+    artifacts.write(card_name(card.version), json_bytes(card.to_dict()), content_type="application/json")
 
 
-def read_card(artifacts: Bucket, version: str) -> dict[str, Any]:
-    """A version's card; ``NotFound`` if there is none."""
-    card = read_json(artifacts, card_name(version))
-    if not isinstance(card, dict):
-        raise RegistryError(f"card of version {version!r} is not a JSON object")
-    return card
+def read_card(artifacts: Bucket, version: str) -> ModelCard:
+    """A version's card; ``NotFound`` if there is none, ``RegistryError`` if it is no card."""
+    return _parse_card(read_json(artifacts, card_name(version)), f"card of version {version!r}")
 
 
-def set_decision(artifacts: Bucket, card: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
+def _parse_card(body: Any, what: str) -> ModelCard:
+    if not isinstance(body, dict):
+        raise RegistryError(f"{what} is not a JSON object")
+    try:
+        return ModelCard.from_dict(body)
+    except (ValueError, TypeError) as exc:
+        raise RegistryError(f"{what} is not a model card: {exc}") from None
+
+
+def set_decision(artifacts: Bucket, card: ModelCard, status: CardStatus, reason: str) -> ModelCard:
     """Record a version's (new) decision in its card; return the updated card."""
-    card = {**card, "decision": {"status": status, "reason": reason, "time": now_iso()}}
+    card = card.decided(status, reason, now_iso())
     write_card(artifacts, card)
     return card
 
 
-def list_cards(artifacts: Bucket) -> list[dict[str, Any]]:
+def list_cards(artifacts: Bucket) -> list[ModelCard]:
     """Every version's card, oldest first (unreadable cards are skipped and logged)."""
     cards = []
     for info in artifacts.list(VERSIONS_PREFIX):
         if not info.name.endswith("/card.json"):
             continue
         try:
-            card = read_json(artifacts, info.name)
+            cards.append(_parse_card(read_json(artifacts, info.name), repr(info.name)))
         except (NotFound, RegistryError) as exc:
             log.warning(f"skipping card {info.name!r}: {exc}")
-            continue
-        if isinstance(card, dict) and isinstance(card.get("version"), str):
-            cards.append(card)
-    return sorted(cards, key=lambda c: (str(c.get("created", "")), c["version"]))
+    return sorted(cards, key=lambda c: (c.created, c.version))
 
 
 # --- the current model -------------------------------------------------------------------------
@@ -167,7 +170,7 @@ class Current:
 
     bundle: ModelBundle
     generation: int
-    card: dict[str, Any] | None  # None for a model written without a card
+    card: ModelCard | None  # None for a model written without a card
 
     @property
     def version(self) -> str:
@@ -177,7 +180,7 @@ class Current:
     @property
     def lineage(self) -> list[dict[str, Any]]:
         """The data files accumulated into the current model (from its card)."""
-        return list((self.card or {}).get("lineage", []))
+        return list(self.card.lineage) if self.card is not None else []
 
 
 def read_current(artifacts: Bucket, extra_trusted: Iterable[str] = ()) -> Current | None:
@@ -191,7 +194,7 @@ def read_current(artifacts: Bucket, extra_trusted: Iterable[str] = ()) -> Curren
         return None
     bundle = ModelBundle.from_bytes(data, extra_trusted)
     try:
-        card: dict[str, Any] | None = read_card(artifacts, bundle.version)
+        card: ModelCard | None = read_card(artifacts, bundle.version)
     except (NotFound, RegistryError):
         card = None
     return Current(bundle, info.generation, card)

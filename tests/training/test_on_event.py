@@ -78,9 +78,9 @@ def test_every_label_task_trains_full_then_incremental_and_beats_a_trivial_model
     outcome = incremental.send("incoming/inc.csv", training_rows(300, 9, task))
     assert outcome.status == "promoted", outcome.message
     card = registry.read_card(world.artifacts, outcome.version or "")
-    assert card["strategy"] == "incremental"
-    assert card["parent"] == before
-    assert card["trained_on"] == [
+    assert card.strategy == "incremental"
+    assert card.parent == before
+    assert card.trained_on == [
         "prodml-data/incoming/inc.csv@" + str(world.data.stat("incoming/inc.csv").generation)
     ]
 
@@ -110,7 +110,7 @@ def test_test_then_train_records_the_live_model_on_the_file_before_training(tmp_
     assert record["decision"] == "accepted"
     assert record["training"] == {"outcome": "promoted", "version": second.version, "message": second.message}
     card = registry.read_card(world.artifacts, second.version or "")
-    assert card["reference"]["rows"] == card["training_rows"]
+    assert card.reference["rows"] == card.training_rows
 
 
 def _drifted_rows(seed: int) -> Any:
@@ -221,15 +221,15 @@ def test_a_version_left_by_a_crash_is_superseded_when_another_model_was_promoted
     with pytest.raises(SystemExit):
         world.deliver(crashed)
     mocker.stopall()
-    (pending,) = [c for c in registry.list_cards(world.artifacts) if c["decision"]["status"] == "pending"]
+    (pending,) = [c for c in registry.list_cards(world.artifacts) if c.status == "pending"]
     other = world.send("incoming/other.csv", training_rows(300, 3))  # promoted meanwhile
 
     redelivered = world.deliver(crashed)
 
-    assert redelivered.status == "promoted" and redelivered.version != pending["version"]
-    assert registry.read_card(world.artifacts, pending["version"])["decision"]["status"] == "superseded"
+    assert redelivered.status == "promoted" and redelivered.version != pending.version
+    assert registry.read_card(world.artifacts, pending.version).status == "superseded"
     card = registry.read_card(world.artifacts, redelivered.version or "")
-    assert card["parent"] == other.version
+    assert card.parent == other.version
     names = [r["name"] for r in world.current().lineage]
     assert names == ["incoming/a.csv", "incoming/other.csv", "incoming/crashed.csv"]
 
@@ -248,7 +248,7 @@ def test_when_others_always_promote_first_the_trainer_asks_for_redelivery(
 
     assert world.artifacts.read(registry.CURRENT) == before
     assert not ledger.is_processed(world.artifacts, "prodml-data", "incoming/b.csv", info.generation)
-    statuses = [c["decision"]["status"] for c in registry.list_cards(world.artifacts)]
+    statuses = [c.status for c in registry.list_cards(world.artifacts)]
     assert statuses == ["promoted", "superseded", "superseded"]
 
 
@@ -271,8 +271,8 @@ def test_a_plugged_in_estimator_trains_and_incremental_falls_back_to_full(tmp_pa
     outcome = world.send("incoming/b.csv", training_rows(300, 2))
 
     card = registry.read_card(world.artifacts, outcome.version or "")
-    assert card["estimator"] == "test_on_event:forest"
-    assert card["strategy"] == "full (the current model has no partial_fit)"
+    assert card.estimator == "test_on_event:forest"
+    assert (card.strategy, card.fallback_reason) == ("full", "the current model has no partial_fit")
     assert isinstance(world.current().bundle.estimator[-1], RandomForestClassifier)
 
 
@@ -289,13 +289,13 @@ def test_incremental_gates_on_the_stored_held_out_rows_even_when_old_files_are_g
     )
 
     card = registry.read_card(world.artifacts, outcome.version or "")
-    assert card["metrics"]["holdout_files"] == old_keys
-    assert card["skipped_files"] == []
-    assert card["metrics"]["champion"]["rows"] == card["metrics"]["challenger"]["rows"] > 100
-    assert world.artifacts.exists(card["holdout_cache"])
+    assert card.metrics["holdout_files"] == old_keys
+    assert card.skipped_files == []
+    assert card.metrics["champion"]["rows"] == card.metrics["challenger"]["rows"] > 100
+    assert world.artifacts.exists(card.holdout_cache)
     # A full retrain needs the files themselves: it says which ones it could not read.
     full = world.send("incoming/newer.csv", training_rows(300, 8))
-    skipped = registry.read_card(world.artifacts, full.version or "")["skipped_files"]
+    skipped = registry.read_card(world.artifacts, full.version or "").skipped_files
     assert [note.split(":")[0] for note in skipped] == old_keys
 
 
@@ -311,12 +311,12 @@ def test_a_full_retrain_reads_only_the_recent_files_that_fit_training_window_row
     new_key = ledger.file_key(
         "prodml-data", "incoming/day-3.csv", world.data.stat("incoming/day-3.csv").generation
     )
-    assert card["trained_on"] == [earlier[-1], new_key]
-    assert card["training_rows"] <= 600
+    assert card.trained_on == [earlier[-1], new_key]
+    assert card.training_rows <= 600
     # The gate still compares on the held-out rows of every recent file (from the stored table).
-    assert card["metrics"]["holdout_files"] == earlier
-    assert card["skipped_files"] == []
-    assert [r["name"] for r in card["lineage"]] == [f"incoming/day-{i}.csv" for i in range(4)]
+    assert card.metrics["holdout_files"] == earlier
+    assert card.skipped_files == []
+    assert [r["name"] for r in card.lineage] == [f"incoming/day-{i}.csv" for i in range(4)]
 
 
 def test_a_file_with_a_duplicated_or_too_many_columns_is_quarantined_naming_them(tmp_path: Path) -> None:
@@ -357,7 +357,7 @@ def test_a_later_retrain_parses_only_the_schema_columns_of_an_accepted_wide_file
     outcome = world.send("incoming/later.csv", training_rows(300, 2))
     assert outcome.status == "promoted", outcome.message
     card = registry.read_card(world.artifacts, outcome.version or "")
-    assert any("/incoming/wide.csv@" in key for key in card["trained_on"])  # it is in the window
+    assert any("/incoming/wide.csv@" in key for key in card.trained_on)  # it is in the window
     # The new file is read whole (a first read); the window's files, the wide one too, only in
     # the schema's 4 columns.
     assert dict(parsed) == {"incoming/later.csv": 4, "incoming/first.csv": 4, "incoming/wide.csv": 4}
@@ -444,7 +444,7 @@ def test_a_delivery_whose_claim_was_taken_over_stops_without_writing_anything(
     outcome = world.deliver(info, "slow")
 
     assert outcome.status == "claimed" and "taken over" in outcome.message
-    assert [c["event"]["name"] for c in registry.list_cards(world.artifacts)] == ["incoming/a.csv"]
+    assert [c.event["name"] for c in registry.list_cards(world.artifacts)] == ["incoming/a.csv"]
     assert world.artifacts.read(registry.CURRENT) == before
     assert not ledger.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
     taker = ledger.read_claim(world.artifacts, _claim_blob(info))

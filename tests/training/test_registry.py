@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 from conftest import training_rows, training_schema
 
+from shared.contracts import CardStatus
 from shared.errors import PreconditionFailed
 from shared.model import ModelBundle
 from shared.storage.base import Bucket
 from shared.storage.local import LocalBucket
 from shared.training import fitting, ledger, registry
+from shared.training.card import Decision, ModelCard
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +32,7 @@ def artifacts(tmp_path: Path) -> LocalBucket:
 def _version(artifacts: Bucket, estimator: object, version: str | None = None) -> tuple[str, bytes]:
     version = version or registry.new_version_id()
     data = ModelBundle(version, estimator, training_schema()).to_bytes()
-    card = {
-        "version": version,
-        "created": registry.now_iso(),
-        "lineage": [],
-        "decision": {"status": "pending"},
-    }
+    card = ModelCard(version, created=registry.now_iso(), decision=Decision(CardStatus.PENDING))
     registry.write_version(artifacts, version, data, card)
     return version, data
 
@@ -60,7 +57,7 @@ def test_version_ids_sort_by_time_and_never_collide() -> None:
 
 def test_a_version_is_written_once_and_read_back(artifacts: LocalBucket, fitted: object) -> None:
     version, data = _version(artifacts, fitted)
-    assert registry.read_card(artifacts, version)["version"] == version
+    assert registry.read_card(artifacts, version).version == version
     assert artifacts.read(registry.model_name(version)) == data
     with pytest.raises(PreconditionFailed):
         registry.write_version(artifacts, version, b"other", {"version": version})
@@ -185,7 +182,7 @@ def test_the_registry_works_the_same_on_each_backend(bucket: Bucket, fitted: obj
     second, _ = _version(bucket, fitted)
     _promote(bucket, first, first_bytes)
     _promote(bucket, second, bucket.read(registry.model_name(second)))
-    assert [c["version"] for c in registry.list_cards(bucket)] == [first, second]  # oldest first
+    assert [c.version for c in registry.list_cards(bucket)] == [first, second]  # oldest first
     assert registry.read_current(bucket).version == second  # type: ignore[union-attr]
 
     assert registry.rollback(bucket).version == first
