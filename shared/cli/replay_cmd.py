@@ -1,6 +1,6 @@
 """``prodml replay``: fire events again for data files not yet processed.
 
-See ``shared.local.router.replay``.
+See ``shared.local.router.replay`` (through the stack) and ``shared.training.replay`` (in process).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from shared.config import get_settings
 from shared.display import printable, render_table
 
 if TYPE_CHECKING:
-    from shared.local.router.replay import ReplayOutcome
+    from shared.training.replay import ReplayOutcome
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     """Replay and list what happened; exit 1 if any file is still not done (failed, no schema, ...)."""
-    from shared.local.router.replay import UNFINISHED, replay, replay_in_process
+    from shared.local.router.replay import replay
+    from shared.training.replay import UNFINISHED, replay_in_process
 
     settings = get_settings()
     if args.in_process or settings.storage_backend == "gcs":

@@ -1,29 +1,19 @@
 """``prodml train``, ``prodml models`` and ``prodml rollback``: static training and the registry.
 
-``prodml train FILE...`` is static training (docs/design.md section 1): it validates the local files
-against ``schema.json``, uploads them to ``incoming/`` of the data bucket (so later full retrains
-of the train function can read them again, and the lineage names bucket objects), trains a
-fresh model on them alone, evaluates it beside the current model on the same held-out rows,
-writes a version and promotes it (``--gate``: only if the gate passes). The files' "done"
-markers are written too, so the train function (and ``prodml replay``) do not train on them
-again; if the function sees them first, its lineage check makes it harmless.
+Argument parsing and printing only: static training is ``shared.training.static``, the registry
+``shared.training.registry``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from shared.config import Settings, get_settings
-from shared.contracts import CardStatus
 from shared.errors import ModelNotReady, NotFound, PreconditionFailed, ProdMLError
-from shared.schema import load_schema
-from shared.storage import Bucket, artifacts_bucket, data_bucket
+from shared.storage import artifacts_bucket
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -72,125 +62,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # --- train -------------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def upload_file(data: Bucket, path: Path) -> tuple[str, int]:
-    """Put ``path`` at ``incoming/<its name>``; (object name, generation).
-
-    An object already there with the very same bytes is reused (running ``prodml train`` again);
-    one with other bytes is an error: overwriting it would orphan the lineage that names it.
-    """
-    from shared.data.quarantine import INCOMING_PREFIX
-
-    name = INCOMING_PREFIX + path.name
-    try:
-        return name, data.upload(name, path, if_generation_match=0)
-    except PreconditionFailed:
-        pass
-    with tempfile.TemporaryDirectory(prefix="prodml-cli-") as folder:
-        existing = Path(folder) / "existing"
-        info = data.download(name, existing)
-        if _sha256_file(existing) != _sha256_file(path):
-            raise ProdMLError(
-                f"{data.name}/{name} already exists with other content than {str(path)!r}; rename the file"
-            )
-    return name, info.generation
-
-
-def promote(
-    artifacts: Bucket, version: str, model_bytes: bytes, settings: Settings, by: str
-) -> tuple[str | None, int]:
-    """CAS-swap ``version`` in, re-reading the current model when another writer won; (previous, gen)."""
-    from shared.training import registry
-
-    for _ in range(settings.cas_max_attempts):
-        try:
-            current = registry.read_current(artifacts, settings.model_trusted_types)
-        except ModelNotReady:
-            current = None  # an unloadable current model is exactly what a retrain by hand replaces
-        previous = current.version if current is not None else None
-        expected = current.generation if current is not None else registry.current_generation(artifacts)
-        try:
-            return previous, registry.swap_current(
-                artifacts, version, model_bytes, expected, kind="promote", previous=previous, by=by
-            )
-        except PreconditionFailed:
-            continue
-    raise ProdMLError(f"models/current.skops kept changing; {version} was written but not promoted")
-
-
-def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) -> dict[str, Any]:
-    """Static training on local files (see the module docstring); the summary printed by the command."""
-    from shared.data.validation import validate_file
-    from shared.training import ledger, registry
-    from shared.training.challenger import build_challenger, make_data_file
-
-    data, artifacts = data_bucket(settings), artifacts_bucket(settings)
-    schema = load_schema(artifacts)
-    for path in paths:
-        if not path.is_file():
-            raise ProdMLError(f"no such file: {str(path)!r}")
-    validated = [validate_file(path, path.name, schema, settings) for path in paths]
-    names = [p.name for p in paths]
-    if len(set(names)) != len(names):
-        raise ProdMLError(f"two files share a name (they would share incoming/<name>): {names}")
-    files = []
-    for path, checked in zip(paths, validated, strict=True):
-        name, generation = upload_file(data, path)
-        files.append(make_data_file(data.name, name, generation, checked.frame, settings))
-    try:
-        champion = registry.read_current(artifacts, settings.model_trusted_types)
-    except ModelNotReady:
-        champion = None
-    version = registry.new_version_id()
-    challenger = build_challenger(
-        version=version,
-        schema=schema,
-        settings=settings,
-        data=data,
-        new_files=files,
-        champion=champion,
-        strategy="full",
-        event=None,
-        by="prodml train",
-        artifacts=artifacts,
-        accumulate_lineage=False,
-        force_promote=not gate,
-    )
-    card = dataclasses.replace(challenger.card, strategy="static")
-    model_bytes = challenger.bundle.to_bytes()
-    registry.write_version(artifacts, version, model_bytes, card, challenger.holdout_bytes)
-    if challenger.promote:
-        previous, _ = promote(artifacts, version, model_bytes, settings, by="prodml train")
-        card = registry.set_decision(artifacts, card, CardStatus.PROMOTED, challenger.reason)
-        for f in files:
-            ledger.mark_processed(
-                artifacts,
-                f.bucket,
-                f.name,
-                f.generation,
-                {"outcome": "trained_by_cli", "version": version, "message": "prodml train"},
-            )
-    return {
-        "version": version,
-        "promoted": challenger.promote,
-        "reason": challenger.reason,
-        "files": [f.key for f in files],
-        "training_rows": card.training_rows,
-        "metrics": card.metrics,
-        "decision": card.status,
-    }
-
-
 def run_train(args: argparse.Namespace) -> int:
     """Train, print what happened; exit 1 when ``--gate`` rejected the model."""
-    summary = train_files(list(args.files), get_settings(), gate=args.gate)
+    from shared.training.static import train_files
+
+    done = train_files(list(args.files), get_settings(), gate=args.gate)
+    summary = {
+        "version": done.card.version,
+        "promoted": done.promoted,
+        "reason": done.reason,
+        "files": done.files,
+        "training_rows": done.card.training_rows,
+        "metrics": done.card.metrics,
+        "decision": done.card.status,
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

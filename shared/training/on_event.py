@@ -74,7 +74,7 @@ from shared.events import StorageObjectEvent
 from shared.logs import get_logger
 from shared.schema import Schema, load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
-from shared.training import ledger, registry
+from shared.training import ledger, promotion, registry
 from shared.training.card import ModelCard
 from shared.training.challenger import DataFile, build_challenger, make_data_file
 from shared.training.ledger import Claim, ClaimLost, file_key
@@ -172,10 +172,8 @@ class _Job:
         record = {"event_id": e.event_id, "outcome": outcome.status, "version": outcome.version}
         record.update({"message": outcome.message, **({"rule": outcome.rule} if outcome.rule else {})})
         with self.clock.phase("write"):
-            ledger.mark_processed(self.artifacts, e.bucket, e.name, e.generation, record)
-            if self.claim is not None:
-                ledger.delete_claim(self.artifacts, self.claim)
-                self.claim = None
+            promotion.mark_done(self.artifacts, e.bucket, e.name, e.generation, record, self.claim)
+            self.claim = None
             _add_training_to_record(self.artifacts, e, outcome)
         return self.done(outcome)
 
@@ -343,20 +341,18 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
         _maybe_crash(job.settings)
     try:
         with job.clock.phase("write"):
-            registry.swap_current(
+            promotion.swap_in(
                 artifacts,
-                version,
+                card,
                 model_bytes,
                 current.generation if current is not None else 0,
-                kind="promote",
                 previous=_version(current),
+                reason=_reason(card),
                 by=f"train {job.key}",
             )
     except PreconditionFailed:
         _supersede_unless_current(job, card)
         return None
-    with job.clock.phase("write"):
-        registry.set_decision(artifacts, card, CardStatus.PROMOTED, _reason(card))
     return job.finish(Outcome("promoted", _reason(card), version))
 
 
