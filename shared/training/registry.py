@@ -17,6 +17,8 @@ records; a swap whose record was lost to a crash is recovered from the current m
 Which data file versions are done, and who works on one, is the ledger's
 (``shared.training.ledger``: ``registry/processed/`` and ``registry/claims/``).
 
+A little over 300 lines: the rollback stays beside the swap and the history it shares.
+
 Version ids are ``<UTC time to the second>Z-<6 hex>`` (``20261125T120301Z-a1b2c3``): they sort by
 time and two trainers in the same second still get different ids.
 """

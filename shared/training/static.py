@@ -26,7 +26,8 @@ from shared.schema import Schema, load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
 from shared.training import promotion, registry
 from shared.training.card import ModelCard
-from shared.training.challenger import DataFile, build_challenger, make_data_file
+from shared.training.challenger import ChallengerRequest, build_challenger
+from shared.training.window import DataFile, make_data_file
 
 STATIC = "static"  # the strategy its cards record
 TRAINED_BY_CLI = "trained_by_cli"  # the outcome its "done" markers record
@@ -74,18 +75,20 @@ def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) ->
         champion = None
     version = registry.new_version_id()
     challenger = build_challenger(
-        version=version,
-        schema=schema,
-        settings=settings,
-        data=data,
-        new_files=files,
-        champion=champion,
-        strategy="full",
-        event=None,
-        by="prodml train",
-        artifacts=artifacts,
-        accumulate_lineage=False,
-        force_promote=not gate,
+        ChallengerRequest(
+            version=version,
+            schema=schema,
+            settings=settings,
+            data=data,
+            new_files=files,
+            champion=champion,
+            strategy="full",
+            event=None,
+            by="prodml train",
+            artifacts=artifacts,
+            accumulate_lineage=False,
+            force_promote=not gate,
+        )
     )
     card = dataclasses.replace(challenger.card, strategy=STATIC)
     model_bytes = challenger.bundle.to_bytes()

@@ -25,7 +25,7 @@ from shared.errors import PreconditionFailed
 from shared.events import parse_storage_event, to_cloudevent
 from shared.schema import Schema, save_schema
 from shared.storage.local import LocalBucket
-from shared.training import fitting, ledger, on_event, registry
+from shared.training import event_version, fitting, ledger, registry
 from shared.training.on_event import Outcome, RetryLater, handle_event
 
 
@@ -429,10 +429,10 @@ def test_a_delivery_whose_claim_was_taken_over_stops_without_writing_anything(
     world.send("incoming/a.csv", training_rows(300, 1))
     before = world.artifacts.read(registry.CURRENT)
     info = drop_file(world.data, "incoming/slow.csv", training_rows(300, 2))
-    real_build = on_event.build_challenger
+    real_build = event_version.build_challenger
 
-    def slow_build(**kwargs: Any) -> Any:
-        built = real_build(**kwargs)
+    def slow_build(request: Any) -> Any:
+        built = real_build(request)
         # While this delivery trained past its claim's expiry, another one took the claim over.
         held = ledger.read_claim(world.artifacts, _claim_blob(info))
         assert held is not None
@@ -440,7 +440,7 @@ def test_a_delivery_whose_claim_was_taken_over_stops_without_writing_anything(
         ledger.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "taker", 900)
         return built
 
-    mocker.patch("shared.training.on_event.build_challenger", side_effect=slow_build)
+    mocker.patch("shared.training.event_version.build_challenger", side_effect=slow_build)
     outcome = world.deliver(info, "slow")
 
     assert outcome.status == "claimed" and "taken over" in outcome.message
