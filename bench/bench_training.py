@@ -75,7 +75,8 @@ def _prepare(
     from shared.schema import save_schema
     from shared.storage.local import LocalBucket
     from shared.training import registry
-    from shared.training.challenger import build_challenger, make_data_file
+    from shared.training.challenger import ChallengerRequest, build_challenger
+    from shared.training.window import make_data_file
 
     settings = _settings(root, **env)
     data = LocalBucket(root, settings.data_bucket)
@@ -92,16 +93,18 @@ def _prepare(
         accepted.append(make_data_file(data.name, name, generation, frame, settings))
     version = registry.new_version_id()
     champion = build_challenger(
-        version=version,
-        schema=schema,
-        settings=settings,
-        data=None,
-        new_files=accepted,
-        champion=None,
-        strategy=TrainingStrategy.FULL,
-        event=None,
-        by="bench",
-        accumulate_lineage=False,
+        ChallengerRequest(
+            version=version,
+            schema=schema,
+            settings=settings,
+            data=None,
+            new_files=accepted,
+            champion=None,
+            strategy=TrainingStrategy.FULL,
+            event=None,
+            by="bench",
+            accumulate_lineage=False,
+        )
     )
     model_bytes = champion.bundle.to_bytes()
     registry.write_version(artifacts, version, model_bytes, champion.card, champion.holdout_bytes)
@@ -120,7 +123,7 @@ def _reset(root: Path, env: dict[str, str], champion: str) -> None:
     """
     from shared.data import monitoring
     from shared.storage.local import LocalBucket
-    from shared.training import registry
+    from shared.training import ledger, registry
 
     settings = _settings(root, **env)
     data = LocalBucket(root, settings.data_bucket)
@@ -136,7 +139,7 @@ def _reset(root: Path, env: dict[str, str], champion: str) -> None:
         by="bench",
     )
     for name in (
-        registry.processed_name(data.name, new.name, new.generation),
+        ledger.processed_name(data.name, new.name, new.generation),
         monitoring.record_name(new.name, new.generation),
     ):
         if artifacts.exists(name):

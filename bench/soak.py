@@ -61,8 +61,8 @@ from shared.schema import save_schema
 from shared.storage.base import ObjectInfo
 from shared.storage.local import LocalBucket
 from shared.tables.format import load_current_table
-from shared.training import registry
-from shared.training.registry import file_key
+from shared.training import ledger, registry
+from shared.training.ledger import file_key
 
 DEFAULT_SECONDS = 180.0
 ANSWER_WITHIN = 60.0  # a client retries a cut connection this long (a kill, a restart) before failing
@@ -321,7 +321,7 @@ def collect_outcomes(
     reasons = {(r.get("object"), r.get("generation")): str(r.get("rule")) for r in list_quarantine(data)}
     for _, info in dropped:
         key = _key(info)
-        marker = registry.read_processed(artifacts, info.bucket, info.name, info.generation)
+        marker = ledger.read_processed(artifacts, info.bucket, info.name, info.generation)
         found.outcome[key] = str(marker.get("outcome", "")) if marker else ""
         if (info.name, info.generation) in reasons:
             found.reason[key] = reasons[(info.name, info.generation)]

@@ -153,6 +153,10 @@ class Pipeline(StrEnum):
     VALIDATE = "validate"
 
 
+STATIC_STRATEGY = "static"
+"""The training strategy a card of static training (`prodml train`) records (not a setting)."""
+
+
 class TrainingStrategy(StrEnum):
     """How a challenger is trained (``TRAINING_STRATEGY``)."""
 

@@ -25,7 +25,8 @@ from shared.local.processes import free_port
 from shared.local.synth import synthesize
 from shared.local.synth_keys import KEY
 from shared.storage.local import LocalBucket
-from shared.training.registry import is_processed, list_cards, read_current
+from shared.training.ledger import is_processed
+from shared.training.registry import list_cards, read_current
 
 PRODML = str(Path(sys.executable).with_name("prodml"))
 WAIT = 180.0  # generous: the machine is shared; tests never assert a timing

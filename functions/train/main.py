@@ -20,7 +20,8 @@ from shared.errors import InvalidObjectName, ProdMLError, is_transient
 from shared.event_guard import guard_event_parsing, read_storage_event
 from shared.events import StorageObjectEvent
 from shared.logs import get_logger, setup_logging
-from shared.training.on_event import handle_event, record_error
+from shared.training.event_job import record_error
+from shared.training.on_event import handle_event
 
 _settings = get_settings()
 setup_logging(_settings.log_format, _settings.log_level)

@@ -1,6 +1,6 @@
 """``prodml replay``: fire events again for data files not yet processed.
 
-See ``shared.local.router.replay``.
+See ``shared.local.router.replay`` (through the stack) and ``shared.training.replay`` (in process).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from shared.contracts import INCOMING_PREFIX, ReplayStatus, StorageBackend
 from shared.display import printable, render_table
 
 if TYPE_CHECKING:
-    from shared.local.router.replay import ReplayOutcome
+    from shared.training.replay import ReplayOutcome
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run_replay(args: argparse.Namespace) -> int:
     """Replay and list what happened; exit 1 if any file is still not done (failed, no schema, ...)."""
-    from shared.local.router.replay import UNFINISHED, replay, replay_in_process
+    from shared.local.router.replay import replay
+    from shared.training.replay import UNFINISHED, replay_in_process
 
     settings = get_settings()
     if args.in_process or settings.storage_backend == StorageBackend.GCS:

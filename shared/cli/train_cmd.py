@@ -1,28 +1,19 @@
 """``prodml train``, ``prodml models`` and ``prodml rollback``: static training and the registry.
 
-``prodml train FILE...`` is static training (docs/design.md section 1): it validates the local files
-against ``schema.json``, uploads them to ``incoming/`` of the data bucket (so later full retrains
-of the train function can read them again, and the lineage names bucket objects), trains a
-fresh model on them alone, evaluates it beside the current model on the same held-out rows,
-writes a version and promotes it (``--gate``: only if the gate passes). The files' "done"
-markers are written too, so the train function (and ``prodml replay``) do not train on them
-again; if the function sees them first, its lineage check makes it harmless.
+Argument parsing and printing only: static training is ``shared.training.static``, the registry
+``shared.training.registry``.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from shared.config import Settings, get_settings
-from shared.contracts import CURRENT_MODEL, INCOMING_PREFIX, CardStatus, EventOutcome, TrainingStrategy
 from shared.errors import ModelNotReady, NotFound, PreconditionFailed, ProdMLError
-from shared.schema import load_schema
-from shared.storage import Bucket, artifacts_bucket, data_bucket
+from shared.storage import artifacts_bucket
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,124 +62,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 # --- train -------------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def upload_file(data: Bucket, path: Path) -> tuple[str, int]:
-    """Put ``path`` at ``incoming/<its name>``; (object name, generation).
-
-    An object already there with the very same bytes is reused (running ``prodml train`` again);
-    one with other bytes is an error: overwriting it would orphan the lineage that names it.
-    """
-    name = INCOMING_PREFIX + path.name
-    try:
-        return name, data.upload(name, path, if_generation_match=0)
-    except PreconditionFailed:
-        pass
-    with tempfile.TemporaryDirectory(prefix="prodml-cli-") as folder:
-        existing = Path(folder) / "existing"
-        info = data.download(name, existing)
-        if _sha256_file(existing) != _sha256_file(path):
-            raise ProdMLError(
-                f"{data.name}/{name} already exists with other content than {str(path)!r}; rename the file"
-            )
-    return name, info.generation
-
-
-def promote(
-    artifacts: Bucket, version: str, model_bytes: bytes, settings: Settings, by: str
-) -> tuple[str | None, int]:
-    """CAS-swap ``version`` in, re-reading the current model when another writer won; (previous, gen)."""
-    from shared.training import registry
-
-    for _ in range(settings.cas_max_attempts):
-        try:
-            current = registry.read_current(artifacts, settings.model_trusted_types)
-        except ModelNotReady:
-            current = None  # an unloadable current model is exactly what a retrain by hand replaces
-        previous = current.version if current is not None else None
-        expected = current.generation if current is not None else registry.current_generation(artifacts)
-        try:
-            return previous, registry.swap_current(
-                artifacts, version, model_bytes, expected, kind="promote", previous=previous, by=by
-            )
-        except PreconditionFailed:
-            continue
-    raise ProdMLError(f"{CURRENT_MODEL} kept changing; {version} was written but not promoted")
-
-
-def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) -> dict[str, Any]:
-    """Static training on local files (see the module docstring); the summary printed by the command."""
-    from shared.data.validation import validate_file
-    from shared.training import registry
-    from shared.training.challenger import build_challenger, make_data_file
-
-    data, artifacts = data_bucket(settings), artifacts_bucket(settings)
-    schema = load_schema(artifacts)
-    for path in paths:
-        if not path.is_file():
-            raise ProdMLError(f"no such file: {str(path)!r}")
-    validated = [validate_file(path, path.name, schema, settings) for path in paths]
-    names = [p.name for p in paths]
-    if len(set(names)) != len(names):
-        raise ProdMLError(f"two files share a name (they would share incoming/<name>): {names}")
-    files = []
-    for path, checked in zip(paths, validated, strict=True):
-        name, generation = upload_file(data, path)
-        files.append(make_data_file(data.name, name, generation, checked.frame, settings))
-    try:
-        champion = registry.read_current(artifacts, settings.model_trusted_types)
-    except ModelNotReady:
-        champion = None
-    version = registry.new_version_id()
-    challenger = build_challenger(
-        version=version,
-        schema=schema,
-        settings=settings,
-        data=data,
-        new_files=files,
-        champion=champion,
-        strategy=TrainingStrategy.FULL,
-        event=None,
-        by="prodml train",
-        artifacts=artifacts,
-        accumulate_lineage=False,
-        force_promote=not gate,
-    )
-    challenger.card["strategy"] = "static"
-    model_bytes = challenger.bundle.to_bytes()
-    registry.write_version(artifacts, version, model_bytes, challenger.card, challenger.holdout_bytes)
-    card = challenger.card
-    if challenger.promote:
-        previous, _ = promote(artifacts, version, model_bytes, settings, by="prodml train")
-        card = registry.set_decision(artifacts, card, CardStatus.PROMOTED, challenger.reason)
-        for f in files:
-            registry.mark_processed(
-                artifacts,
-                f.bucket,
-                f.name,
-                f.generation,
-                {"outcome": EventOutcome.TRAINED_BY_CLI, "version": version, "message": "prodml train"},
-            )
-    return {
-        "version": version,
-        "promoted": challenger.promote,
-        "reason": challenger.reason,
-        "files": [f.key for f in files],
-        "training_rows": card["training_rows"],
-        "metrics": card["metrics"],
-        "decision": card["decision"]["status"],
-    }
-
-
 def run_train(args: argparse.Namespace) -> int:
     """Train, print what happened; exit 1 when ``--gate`` rejected the model."""
-    summary = train_files(list(args.files), get_settings(), gate=args.gate)
+    from shared.training.static import train_files
+
+    done = train_files(list(args.files), get_settings(), gate=args.gate)
+    summary: dict[str, Any] = {
+        "version": done.card.version,
+        "promoted": done.promoted,
+        "reason": done.reason,
+        "files": done.files,
+        "training_rows": done.card.training_rows,
+        "metrics": done.card.metrics,
+        "decision": done.card.status,
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -222,23 +109,24 @@ def list_models(settings: Settings) -> dict[str, Any]:
         current_version = None
     rows = []
     for card in registry.list_cards(artifacts):
-        metrics = card.get("metrics") or {}
+        metrics = card.metrics
         primary = metrics.get("primary")
         rows.append(
             {
-                "version": card["version"],
-                "created": card.get("created"),
-                "current": card["version"] == current_version,
-                "by": card.get("by"),
-                "strategy": card.get("strategy"),
-                "parent": card.get("parent"),
-                "files": len(card.get("lineage") or []),
-                "training_rows": card.get("training_rows"),
+                "version": card.version,
+                "created": card.created or None,
+                "current": card.version == current_version,
+                "by": card.by or None,
+                "strategy": card.strategy or None,
+                "fallback_reason": card.fallback_reason,
+                "parent": card.parent,
+                "files": len(card.lineage),
+                "training_rows": card.training_rows,
                 "primary_metric": primary,
                 "challenger": (metrics.get("challenger") or {}).get(primary),
                 "champion": (metrics.get("champion") or {}).get(primary),
-                "decision": (card.get("decision") or {}).get("status"),
-                "reason": (card.get("decision") or {}).get("reason"),
+                "decision": card.status,
+                "reason": card.decision.reason if card.decision is not None else None,
             }
         )
     return {"current": current_version, "versions": rows}
@@ -274,7 +162,7 @@ def run_models(args: argparse.Namespace) -> int:
                 "*" if row["current"] else "",
                 row["version"],
                 str(row["created"] or "-")[:19].replace("T", " "),
-                str(row["strategy"] or "-").split(" ")[0],
+                str(row["strategy"] or "-"),
                 str(row["files"]),
                 str(row["training_rows"] or "-"),
                 str(row["primary_metric"] or "-"),

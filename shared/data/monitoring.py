@@ -40,7 +40,7 @@ from shared.schema import Schema, load_schema
 from shared.storage import Bucket
 from shared.storage.local import LocalBucket
 from shared.storage.names import derived_name
-from shared.training.registry import is_processed
+from shared.training.ledger import is_processed
 
 BINS = 10
 PSI_EPSILON = 1e-4

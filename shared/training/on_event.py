@@ -38,147 +38,48 @@ over and, if the current model is still the one the version was trained against,
 very version instead of training again.
 
 Only transient faults raise (storage outages, contention): everything else is answered 2xx.
+
+The steps live beside this module: ``event_job`` (the event at work, its outcome and records),
+``event_checks`` (validation, test-then-train, quarantine), ``event_version`` (train or resume
+the version), and the swap and "done" marker go through ``promotion``, as static training does.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import random
 import signal
-import tempfile
 import time
-import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from shared.config import Settings, get_settings
-from shared.contracts import INCOMING_PREFIX, CardStatus, DriftPolicy, EventOutcome, MonitoringDecision
+from shared.contracts import INCOMING_PREFIX, CardStatus, EventOutcome, MonitoringDecision
 from shared.data import monitoring
-from shared.data.quarantine import quarantine_object
-from shared.data.validation import check_size, validate_file
 from shared.errors import (
     ClaimLost,
     ModelNotReady,
-    NotFound,
     PreconditionFailed,
-    ProdMLError,
     RetryLater,
     SchemaError,
-    StorageError,
     ValidationFailed,
 )
 from shared.events import StorageObjectEvent
 from shared.logs import get_logger
 from shared.schema import Schema, load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
-from shared.training import registry
-from shared.training.challenger import DataFile, build_challenger, make_data_file
-from shared.training.registry import Claim, Current, file_key
+from shared.training import ledger, promotion, registry
+from shared.training.event_checks import quarantine, read_and_validate, test_then_train
+from shared.training.event_job import EventJob, Outcome, PhaseClock, current_version
+from shared.training.event_version import (
+    decision_reason,
+    resume,
+    supersede_unless_current,
+    train_version,
+)
+from shared.training.ledger import Claim, file_key
+from shared.training.registry import Current
+from shared.training.window import DataFile
 
 log = get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What one event came to; ``status`` is one of the values listed in ``handle_event``."""
-
-    status: str
-    message: str
-    version: str | None = None
-    rule: str | None = None
-    seconds: dict[str, float] = field(default_factory=dict, compare=False)
-
-
-class _Clock:
-    """Seconds spent per phase of one event (read, evaluate, train, write; the rest is "other")."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    def add(self, phase: str, seconds: float) -> None:
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(name, time.perf_counter() - started)
-
-    def result(self) -> dict[str, float]:
-        total = time.perf_counter() - self.started
-        out = {name: round(value, 4) for name, value in self.seconds.items()}
-        out["other"] = round(total - sum(self.seconds.values()), 4)
-        out["total"] = round(total, 4)
-        return out
-
-
-@dataclass
-class _Job:
-    """One event being processed: its inputs, and where its outcome is recorded."""
-
-    event: StorageObjectEvent
-    settings: Settings
-    data: Bucket
-    artifacts: Bucket
-    clock: _Clock
-    claim: Claim | None = None  # held from before reading the file until the work ends
-
-    @property
-    def key(self) -> str:
-        return file_key(self.event.bucket, self.event.name, self.event.generation)
-
-    @property
-    def fields(self) -> dict[str, Any]:
-        e = self.event
-        return {"bucket": e.bucket, "object": e.name, "generation": e.generation, "event_id": e.event_id}
-
-    def done(self, outcome: Outcome) -> Outcome:
-        """Log the outcome (with the phase times) and return it."""
-        outcome = dataclasses.replace(outcome, seconds=self.clock.result())
-        log.info(
-            f"{outcome.status}: {outcome.message}",
-            extra={
-                "fields": {
-                    **self.fields,
-                    "outcome": outcome.status,
-                    "version": outcome.version,
-                    "rule": outcome.rule,
-                    "seconds": outcome.seconds,
-                }
-            },
-        )
-        return outcome
-
-    def finish(self, outcome: Outcome) -> Outcome:
-        """Write the "done" record (marker only if absent; the claim is dropped), then ``done``."""
-        e = self.event
-        record = {"event_id": e.event_id, "outcome": outcome.status, "version": outcome.version}
-        record.update({"message": outcome.message, **({"rule": outcome.rule} if outcome.rule else {})})
-        with self.clock.phase("write"):
-            registry.mark_processed(self.artifacts, e.bucket, e.name, e.generation, record)
-            if self.claim is not None:
-                registry.delete_claim(self.artifacts, self.claim)
-                self.claim = None
-            _add_training_to_record(self.artifacts, e, outcome)
-        return self.done(outcome)
-
-    def release(self) -> None:
-        """Give the claim up if still held (the work ended without a "done" marker)."""
-        if self.claim is None:
-            return
-        try:
-            registry.release_claim(self.artifacts, self.claim)
-        except StorageError as exc:  # it expires by itself; the original outcome matters more
-            log.warning(f"could not release the claim on {self.key}: {exc}", extra={"fields": self.fields})
-        self.claim = None
 
 
 def handle_event(
@@ -198,8 +99,8 @@ def handle_event(
     ``RetryLater`` when a delivery of this very event holds a live claim (see the module doc).
     """
     settings = settings or get_settings()
-    job = _Job(
-        event, settings, data or data_bucket(settings), artifacts or artifacts_bucket(settings), _Clock()
+    job = EventJob(
+        event, settings, data or data_bucket(settings), artifacts or artifacts_bucket(settings), PhaseClock()
     )
     if (
         event.bucket != job.data.name
@@ -207,15 +108,15 @@ def handle_event(
         or event.name.endswith("/")
     ):
         where = f"{job.data.name}/{INCOMING_PREFIX}"
-        return job.done(Outcome(EventOutcome.IGNORED, f"{event.bucket}/{event.name} is not under {where}"))
-    if registry.is_processed(job.artifacts, event.bucket, event.name, event.generation):
-        return job.done(Outcome(EventOutcome.DUPLICATE, f"{job.key} was processed already"))
+        return job.done(Outcome("ignored", f"{event.bucket}/{event.name} is not under {where}"))
+    if ledger.is_processed(job.artifacts, event.bucket, event.name, event.generation):
+        return job.done(Outcome("duplicate", f"{job.key} was processed already"))
     try:
         schema = load_schema(job.artifacts)
     except SchemaError as exc:
         log.error(f"cannot process {job.key}: {exc}; the file is left in place", extra={"fields": job.fields})
-        return job.done(Outcome(EventOutcome.NO_SCHEMA, str(exc)))
-    claim, held = registry.acquire_claim(
+        return job.done(Outcome("no_schema", str(exc)))
+    claim, held = ledger.acquire_claim(
         job.artifacts,
         event.bucket,
         event.name,
@@ -234,7 +135,7 @@ def handle_event(
         job.release()
 
 
-def _held_elsewhere(job: _Job, claim: Claim) -> Outcome:
+def _held_elsewhere(job: EventJob, claim: Claim) -> Outcome:
     """Another delivery holds a live claim on this file: do nothing, and say so.
 
     A delivery of another event answers 2xx: the holder finishes the work, or, if it dies, the
@@ -258,17 +159,17 @@ def _held_elsewhere(job: _Job, claim: Claim) -> Outcome:
     return job.done(Outcome(EventOutcome.CLAIMED, message))
 
 
-def _claimed_work(job: _Job, schema: Schema) -> Outcome:
+def _claimed_work(job: EventJob, schema: Schema) -> Outcome:
     """Validate, then train and promote, holding the file's claim."""
     event, settings = job.event, job.settings
-    if registry.is_processed(job.artifacts, event.bucket, event.name, event.generation):
+    if ledger.is_processed(job.artifacts, event.bucket, event.name, event.generation):
         # Finished by another delivery between the check above and our claim.
         return job.done(Outcome(EventOutcome.DUPLICATE, f"{job.key} was processed already"))
     try:
         with job.clock.phase("read"):
-            new_file = _read_and_validate(event, schema, settings, job.data)
+            new_file = read_and_validate(event, schema, settings, job.data)
     except ValidationFailed as failure:
-        return _quarantine(job, failure, None)
+        return quarantine(job, failure, None)
     if new_file is None:
         message = f"{job.key} is not in the bucket (deleted, replaced or never written)"
         return job.done(Outcome(EventOutcome.GONE, message))
@@ -290,7 +191,7 @@ def _claimed_work(job: _Job, schema: Schema) -> Outcome:
     )
 
 
-def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Outcome | None:
+def _attempt(job: EventJob, schema: Schema, new_file: DataFile, attempt: int) -> Outcome | None:
     """Train against the current model and try to swap; None when another trainer swapped first."""
     artifacts = job.artifacts
     try:
@@ -314,285 +215,51 @@ def _attempt(job: _Job, schema: Schema, new_file: DataFile, attempt: int) -> Out
         monitoring.write_record(artifacts, record)
         return job.done(Outcome(EventOutcome.MODEL_ERROR, str(exc)))
     if current is not None and _in_lineage(current, new_file):
-        if (current.card or {}).get("decision", {}).get("status") == CardStatus.PENDING:
+        if current.card is not None and current.card.status == CardStatus.PENDING:
             # Promoted just before a crash that kept the card from saying so.
             registry.set_decision(
-                artifacts, current.card or {}, CardStatus.PROMOTED, "promoted (recorded after a restart)"
+                artifacts, current.card, CardStatus.PROMOTED, "promoted (recorded after a restart)"
             )
         message = f"{job.key} is in the lineage of the current model"
         return job.finish(Outcome(EventOutcome.ALREADY_TRAINED, message, current.version))
     if attempt == 1:
         try:
             with job.clock.phase("evaluate"):
-                _test_then_train(job, new_file, current, schema)
+                test_then_train(job, new_file, current, schema)
         except ValidationFailed as failure:  # drift under DRIFT_POLICY=quarantine
-            return _quarantine(job, failure, current)
+            return quarantine(job, failure, current)
 
-    resumed = _resume(job, current)
+    resumed = resume(job, current)
     if resumed is not None:
         version, model_bytes, card = resumed
     else:
         try:
-            version, model_bytes, card = _train(job, schema, new_file, current)
+            version, model_bytes, card = train_version(job, schema, new_file, current)
         except ValidationFailed as failure:  # the estimator refused the data (one class only, ...)
-            return _quarantine(job, failure, current)
-        if card["decision"]["status"] == CardStatus.REJECTED:
-            return job.finish(Outcome(EventOutcome.REJECTED, card["decision"]["reason"], version))
+            return quarantine(job, failure, current)
+        if card.status == CardStatus.REJECTED:
+            return job.finish(Outcome(EventOutcome.REJECTED, decision_reason(card), version))
         _maybe_crash(job.settings)
     try:
         with job.clock.phase("write"):
-            registry.swap_current(
+            promotion.swap_in(
                 artifacts,
-                version,
+                card,
                 model_bytes,
                 current.generation if current is not None else 0,
-                kind="promote",
-                previous=_version(current),
+                previous=current_version(current),
+                reason=decision_reason(card),
                 by=f"train {job.key}",
             )
     except PreconditionFailed:
-        _supersede_unless_current(job, card)
+        supersede_unless_current(job, card)
         return None
-    with job.clock.phase("write"):
-        registry.set_decision(artifacts, card, CardStatus.PROMOTED, card["decision"]["reason"])
-    return job.finish(Outcome(EventOutcome.PROMOTED, card["decision"]["reason"], version))
-
-
-def record_error(
-    event: StorageObjectEvent,
-    error: BaseException,
-    settings: Settings | None = None,
-    *,
-    artifacts: Bucket | None = None,
-) -> str:
-    """Record a file the trainer gave up on with a non-transient error (a bug, a bad setting).
-
-    Such an error is answered 2xx (retrying the same code on the same file fails the same way
-    forever), so it must not vanish into the logs: the file's monitoring record (what `prodml
-    monitor` shows) gets the decision ``error``, the error and the innermost frames of its
-    traceback. No "done" marker is written: `prodml replay` runs the file again after the fix.
-    Returns the record's name; a storage fault while writing it raises (then a retry can help).
-    """
-    settings = settings or get_settings()
-    artifacts = artifacts or artifacts_bucket(settings)
-    name = monitoring.record_name(event.name, event.generation)
-    try:
-        record = json.loads(artifacts.read(name))
-    except (NotFound, ValueError):
-        record = None
-    if not isinstance(record, dict):
-        record = monitoring.make_record(
-            event.name, event.generation, None, None, {}, [], MonitoringDecision.ERROR
-        )
-    frames = traceback.extract_tb(error.__traceback__)[-3:]
-    record.update(
-        {
-            "decision": MonitoringDecision.ERROR,
-            "message": f"{type(error).__name__}: {error}",
-            "error": {
-                "type": type(error).__name__,
-                "message": str(error),
-                "where": [f"{f.filename}:{f.lineno} in {f.name}" for f in frames],
-                "event_id": event.event_id,
-            },
-            "time": registry.now_iso(),
-        }
-    )
-    written = monitoring.write_record(artifacts, record)
-    log.error(
-        f"recorded the error on {file_key(event.bucket, event.name, event.generation)} in {written}; "
-        "fix it, then `prodml replay`",
-        extra={
-            "fields": {"object": event.name, "generation": event.generation, "outcome": EventOutcome.ERROR}
-        },
-    )
-    return written
-
-
-def _supersede_unless_current(job: _Job, card: dict[str, Any]) -> None:
-    """Mark a version that lost the swap "superseded", unless it is current after all.
-
-    It can be: a duplicate delivery of the same event may have resumed this very version (from
-    its claim) and swapped it in first; its card must then keep saying "promoted".
-    """
-    try:
-        now = registry.read_current(job.artifacts, job.settings.model_trusted_types)
-    except ModelNotReady:
-        now = None
-    if now is None or now.version != card["version"]:
-        reason = "another model was promoted first; the work was redone on top of it"
-        registry.set_decision(job.artifacts, card, CardStatus.SUPERSEDED, reason)
-
-
-def _version(current: Current | None) -> str | None:
-    return current.version if current is not None else None
-
-
-def _add_training_to_record(artifacts: Bucket, event: StorageObjectEvent, outcome: Outcome) -> None:
-    """The file's monitoring record gets the training outcome beside its test-then-train numbers."""
-    name = monitoring.record_name(event.name, event.generation)
-    try:
-        record = json.loads(artifacts.read(name))
-    except (NotFound, ValueError):
-        return
-    record["training"] = {"outcome": outcome.status, "version": outcome.version, "message": outcome.message}
-    monitoring.write_record(artifacts, record)
-
-
-def _read_and_validate(
-    event: StorageObjectEvent, schema: Schema, settings: Settings, data: Bucket
-) -> DataFile | None:
-    """The validated file, None when that generation is gone; ``ValidationFailed`` if it is bad.
-
-    The event is not trusted (anyone who can reach the function can forge one): the size and the
-    generation checked are the stored object's, so an event for an object or a generation that is
-    not there leaves no quarantine record behind, however large a size it claims.
-    """
-    try:
-        stored = data.stat(event.name)
-    except NotFound:
-        return None
-    if stored.generation != event.generation:
-        return None  # replaced (a newer generation has its own event), or never written
-    check_size(stored.size, settings)
-    with tempfile.TemporaryDirectory(prefix="prodml-train-") as folder:
-        path = Path(folder) / "data"
-        try:
-            info = data.download(event.name, path)
-        except NotFound:
-            return None
-        if info.generation != event.generation:
-            return None  # replaced since the stat: the newer generation has its own event
-        validated = validate_file(path, event.name, schema, settings)
-    return make_data_file(event.bucket, event.name, event.generation, validated.frame, settings)
-
-
-def _quarantine(job: _Job, failure: ValidationFailed, current: Current | None) -> Outcome:
-    """Move the file to quarantine with its reason; record it; done (2xx)."""
-    event = job.event
-    target = quarantine_object(job.data, event.name, event.generation, failure)
-    psi = failure.details.get("psi")
-    columns = failure.details.get("columns")
-    monitoring.write_record(
-        job.artifacts,
-        monitoring.make_record(
-            event.name,
-            event.generation,
-            _version(current),
-            None,
-            psi if isinstance(psi, dict) else {},
-            list(columns) if failure.rule == "drift" and isinstance(columns, list) else [],
-            MonitoringDecision.QUARANTINED,
-            rule=failure.rule,
-            message=failure.message,
-            quarantined_as=target,
-        ),
-    )
-    return job.finish(
-        Outcome(EventOutcome.QUARANTINED, f"{failure.rule}: {failure.message}", rule=failure.rule)
-    )
+    return job.finish(Outcome(EventOutcome.PROMOTED, decision_reason(card), version))
 
 
 def _in_lineage(current: Current, new_file: DataFile) -> bool:
+    """Whether the current model holds ``new_file`` already (promoted before a crash)."""
     return any(file_key(r["bucket"], r["name"], r["generation"]) == new_file.key for r in current.lineage)
-
-
-def _test_then_train(job: _Job, new_file: DataFile, current: Current | None, schema: Schema) -> None:
-    """The current model's quality on the new file before any training, and its input drift.
-
-    Writes the monitoring record; raises ``ValidationFailed("drift")`` when drift is over the
-    threshold and ``DRIFT_POLICY=quarantine``.
-    """
-    event = job.event
-    metrics = monitoring.evaluate(current.bundle, new_file.frame) if current is not None else None
-    reference = (current.card or {}).get("reference") if current is not None else None
-    psi = monitoring.psi(reference, new_file.frame, schema) if reference else {}
-    drifted = monitoring.drift_check(psi, job.settings)
-    decision = MonitoringDecision.ACCEPTED
-    if drifted:
-        quarantine = job.settings.drift_policy == DriftPolicy.QUARANTINE
-        decision = MonitoringDecision.QUARANTINED if quarantine else MonitoringDecision.WARNING
-        log.warning(
-            f"input drift in {job.key}: {', '.join(f'{n} (PSI {psi[n]:.3f})' for n in drifted)}",
-            extra={"fields": {**job.fields, "drifted": drifted}},
-        )
-    if decision == MonitoringDecision.QUARANTINED:
-        raise monitoring.drift_failure(drifted, psi)
-    record = monitoring.make_record(
-        event.name,
-        event.generation,
-        _version(current),
-        metrics,
-        psi,
-        drifted,
-        decision,
-        rows=len(new_file.frame),
-    )
-    monitoring.write_record(job.artifacts, record)
-
-
-def _resume(job: _Job, current: Current | None) -> tuple[str, bytes, dict[str, Any]] | None:
-    """A version written for this file before a crash, still valid against ``current``; or None.
-
-    The held claim names it: a delivery that took the claim over kept the version recorded in it.
-    """
-    artifacts, claim = job.artifacts, job.claim
-    if claim is None or claim.version is None:
-        return None
-    version = claim.version
-    try:
-        card = registry.read_card(artifacts, version)
-        model_bytes = artifacts.read(registry.model_name(version))
-    except ProdMLError:  # NotFound, or a card that is not JSON
-        return None
-    pending = card.get("decision", {}).get("status") == CardStatus.PENDING
-    if claim.parent != _version(current) or not pending:
-        if pending:
-            registry.set_decision(
-                artifacts, card, CardStatus.SUPERSEDED, "the current model changed before it was promoted"
-            )
-        return None
-    log.info(f"resuming {job.key}: promoting version {version}, written before an interruption")
-    return version, model_bytes, card
-
-
-def _train(
-    job: _Job, schema: Schema, new_file: DataFile, current: Current | None
-) -> tuple[str, bytes, dict[str, Any]]:
-    """Train, evaluate and judge a challenger; write its version; (version, model bytes, card)."""
-    event = job.event
-    version = registry.new_version_id()
-    challenger = build_challenger(
-        version=version,
-        schema=schema,
-        settings=job.settings,
-        data=job.data,
-        new_files=[new_file],
-        champion=current,
-        strategy=job.settings.training_strategy,
-        event={
-            "bucket": event.bucket,
-            "name": event.name,
-            "generation": event.generation,
-            "event_id": event.event_id,
-        },
-        by="train function",
-        artifacts=job.artifacts,
-    )
-    for phase in ("read", "train", "evaluate"):
-        job.clock.add(phase, challenger.card["seconds"][phase])
-    with job.clock.phase("write"):
-        if job.claim is not None:
-            # Recorded before the version is written, so a delivery whose claim was taken over
-            # (ClaimLost) writes nothing, and a taker after a crash finds the version to resume.
-            job.claim = registry.record_claim_version(
-                job.artifacts, job.claim, version, _version(current), job.settings.train_claim_seconds
-            )
-        started = time.perf_counter()
-        model_bytes = challenger.bundle.to_bytes()
-        challenger.card["seconds"]["serialize"] = round(time.perf_counter() - started, 4)
-        registry.write_version(job.artifacts, version, model_bytes, challenger.card, challenger.holdout_bytes)
-    return version, model_bytes, challenger.card
 
 
 def _maybe_crash(settings: Settings) -> None:

@@ -16,7 +16,7 @@ from shared.config import get_settings
 from shared.contracts import CURRENT_MODEL
 from shared.schema import save_schema
 from shared.storage.local import LocalBucket
-from shared.training import registry
+from shared.training import ledger, registry
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -63,18 +63,18 @@ def test_static_training_uploads_trains_promotes_and_marks_the_files(
     current = registry.read_current(artifacts)
     assert current is not None and current.version in out and "(promoted)" in out
     assert [r["name"] for r in current.lineage] == ["incoming/a.csv", "incoming/b.csv"]
-    assert current.card is not None and current.card["strategy"] == "static"
+    assert current.card is not None and current.card.strategy == "static"
     for ref in current.lineage:
         assert data.stat(ref["name"]).generation == ref["generation"]
-        assert registry.is_processed(artifacts, "prodml-data", ref["name"], ref["generation"])
+        assert ledger.is_processed(artifacts, "prodml-data", ref["name"], ref["generation"])
 
     code, out, _ = prodml("train", "--json", _file(tmp_path, "c.csv", 3))
     summary = json.loads(out)
     assert code == 0 and summary["promoted"] and summary["decision"] == "promoted"
     card = registry.read_card(artifacts, summary["version"])
-    assert card["parent"] == current.version
-    assert [r["name"] for r in card["lineage"]] == ["incoming/c.csv"]  # a static retrain starts afresh
-    assert card["metrics"]["champion"]["rows"] == card["metrics"]["challenger"]["rows"] > 0
+    assert card.parent == current.version
+    assert [r["name"] for r in card.lineage] == ["incoming/c.csv"]  # a static retrain starts afresh
+    assert card.metrics["champion"]["rows"] == card.metrics["challenger"]["rows"] > 0
 
     code, out, _ = prodml("models", "--json")
     listing = json.loads(out)

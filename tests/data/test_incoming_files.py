@@ -29,7 +29,7 @@ from shared.local.router import Route, Router
 from shared.schema import save_schema
 from shared.storage.local import LocalBucket
 from shared.storage.names import MAX_NAME_BYTES
-from shared.training import registry
+from shared.training import ledger
 
 pytestmark = pytest.mark.slow
 
@@ -81,9 +81,7 @@ def wait_processed(world: World, names: list[str], timeout: float = 180.0) -> di
     while time.monotonic() < deadline:
         done = {}
         for name in names:
-            generation = registry.read_processed(
-                world.artifacts, "prodml-data", name, _generation(world, name)
-            )
+            generation = ledger.read_processed(world.artifacts, "prodml-data", name, _generation(world, name))
             if generation is not None:
                 done[name] = int(generation["generation"])
         if len(done) == len(names):
@@ -139,7 +137,7 @@ def test_files_with_long_names_are_processed_shown_and_quarantined_with_their_re
     done = wait_processed(world, [*good, NAME_BAD])
 
     outcomes = {
-        name: registry.read_processed(world.artifacts, "prodml-data", name, done[name]) for name in done
+        name: ledger.read_processed(world.artifacts, "prodml-data", name, done[name]) for name in done
     }
     assert outcomes[NAME_BAD]["outcome"] == "quarantined"
     for name in good:

@@ -22,7 +22,7 @@ from shared.errors import ValidationFailed
 from shared.model import ModelBundle, to_frame
 from shared.schema import Schema
 from shared.storage.local import LocalBucket
-from shared.training.challenger import row_losses
+from shared.training.gate import row_losses
 
 FEATURES = [
     {"name": "country", "type": "category", "domain": ["de", "kr", "us"]},

@@ -41,7 +41,8 @@ from shared.local.processes import FunctionProcess, free_port
 from shared.model import ModelBundle
 from shared.schema import save_schema
 from shared.storage.local import LocalBucket
-from shared.training import registry
+from shared.training import ledger, registry
+from shared.training.card import ModelCard
 
 pytestmark = pytest.mark.slow
 
@@ -74,11 +75,11 @@ class Stack:
         assert current is not None
         return current
 
-    def cards(self) -> list[dict[str, Any]]:
+    def cards(self) -> list[ModelCard]:
         return registry.list_cards(self.artifacts)
 
-    def cards_for(self, name: str) -> list[dict[str, Any]]:
-        return [c for c in self.cards() if (c.get("event") or {}).get("name") == name]
+    def cards_for(self, name: str) -> list[ModelCard]:
+        return [c for c in self.cards() if (c.event or {}).get("name") == name]
 
     def train(self, name: str, seed: int, rows: int = 300, **kwargs: Any) -> Any:
         info = drop_file(self.data, name, training_rows(rows, seed, **kwargs))
@@ -133,19 +134,19 @@ def test_five_files_in_sequence_give_five_versions_and_the_right_current_model(
     assert [len(v) for v in versions] == [1, 1, 1, 1, 1]
     cards = [v[0] for v in versions]
     # Five files of one distribution: each full retrain is not worse than the model before it.
-    assert [c["decision"]["status"] for c in cards] == ["promoted"] * 5, [c["decision"] for c in cards]
+    assert [c.status for c in cards] == ["promoted"] * 5, [c.decision for c in cards]
     for parent, child in zip(cards, cards[1:], strict=False):
-        assert child["parent"] == parent["version"]
+        assert child.parent == parent.version
     current = stack.current()
-    assert current.version == cards[-1]["version"]
-    assert stack.current_bytes() == stack.artifacts.read(registry.model_name(cards[-1]["version"]))
+    assert current.version == cards[-1].version
+    assert stack.current_bytes() == stack.artifacts.read(registry.model_name(cards[-1].version))
     lineage_names = [r["name"] for r in current.lineage]
     assert lineage_names[-5:] == names
     for card in cards:  # each card compares both models on the same held-out rows
-        metrics = card["metrics"]
+        metrics = card.metrics
         if metrics["champion"] is not None:
             assert metrics["champion"]["rows"] == metrics["challenger"]["rows"] > 0
-    assert cards[-1]["metrics"]["challenger"]["roc_auc"] > 0.75  # it learned the signal
+    assert cards[-1].metrics["challenger"]["roc_auc"] > 0.75  # it learned the signal
 
     from shared.cli import main
     from shared.config import get_settings
@@ -162,12 +163,12 @@ def test_five_files_in_sequence_give_five_versions_and_the_right_current_model(
     finally:
         get_settings.cache_clear()
     for card in cards:
-        assert card["version"] in table
+        assert card.version in table
     current_line = next(line for line in table.splitlines() if line.startswith("*"))
-    assert cards[-1]["version"] in current_line
-    assert listing["current"] == cards[-1]["version"]
+    assert cards[-1].version in current_line
+    assert listing["current"] == cards[-1].version
     shown = {row["version"]: row for row in listing["versions"]}
-    assert [shown[c["version"]]["decision"] for c in cards] == ["promoted"] * 5
+    assert [shown[c.version]["decision"] for c in cards] == ["promoted"] * 5
 
 
 def test_the_same_event_delivered_three_times_trains_once(trained: Stack) -> None:
@@ -177,18 +178,16 @@ def test_the_same_event_delivered_three_times_trains_once(trained: Stack) -> Non
     for _ in range(3):
         assert deliver(stack.url, info, event_id) == [200]
     assert len(stack.cards_for("incoming/repeated.csv")) == 1
-    keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in stack.current().lineage]
-    assert keys.count(registry.file_key("prodml-data", "incoming/repeated.csv", info.generation)) == 1
-    marker = registry.read_processed(stack.artifacts, "prodml-data", "incoming/repeated.csv", info.generation)
+    keys = [ledger.file_key(r["bucket"], r["name"], r["generation"]) for r in stack.current().lineage]
+    assert keys.count(ledger.file_key("prodml-data", "incoming/repeated.csv", info.generation)) == 1
+    marker = ledger.read_processed(stack.artifacts, "prodml-data", "incoming/repeated.csv", info.generation)
     assert marker is not None and marker["outcome"] == "promoted"
 
 
-def _versions_and_lineage(stack: Stack, info: Any) -> tuple[list[dict[str, Any]], int]:
+def _versions_and_lineage(stack: Stack, info: Any) -> tuple[list[ModelCard], int]:
     """The versions written for a file, and how often the current model's lineage holds it."""
-    keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in stack.current().lineage]
-    return stack.cards_for(info.name), keys.count(
-        registry.file_key("prodml-data", info.name, info.generation)
-    )
+    keys = [ledger.file_key(r["bucket"], r["name"], r["generation"]) for r in stack.current().lineage]
+    return stack.cards_for(info.name), keys.count(ledger.file_key("prodml-data", info.name, info.generation))
 
 
 def test_one_event_delivered_three_times_at_once_then_three_times_more_trains_once(trained: Stack) -> None:
@@ -205,11 +204,11 @@ def test_one_event_delivered_three_times_at_once_then_three_times_more_trains_on
     assert [statuses[-1] for statuses in at_once] == [200] * 3, at_once
     assert after == [[200]] * 3
     versions, in_lineage = _versions_and_lineage(stack, info)
-    assert len(versions) == 1, [(c["version"], c["decision"]) for c in versions]
-    assert in_lineage == (1 if versions[0]["decision"]["status"] == "promoted" else 0)
-    marker = registry.read_processed(stack.artifacts, "prodml-data", info.name, info.generation)
-    assert marker is not None and marker["version"] == versions[0]["version"]
-    assert not stack.artifacts.exists(registry.claim_name("prodml-data", info.name, info.generation))
+    assert len(versions) == 1, [(c.version, c.decision) for c in versions]
+    assert in_lineage == (1 if versions[0].status == "promoted" else 0)
+    marker = ledger.read_processed(stack.artifacts, "prodml-data", info.name, info.generation)
+    assert marker is not None and marker["version"] == versions[0].version
+    assert not stack.artifacts.exists(ledger.claim_name("prodml-data", info.name, info.generation))
 
 
 def test_two_events_for_one_generation_at_once_train_once(trained: Stack) -> None:
@@ -221,9 +220,9 @@ def test_two_events_for_one_generation_at_once_train_once(trained: Stack) -> Non
 
     assert results == [[200], [200]]  # the other event's delivery has nothing to retry
     versions, in_lineage = _versions_and_lineage(stack, info)
-    assert len(versions) == 1, [(c["version"], c["decision"]) for c in versions]
-    assert in_lineage == (1 if versions[0]["decision"]["status"] == "promoted" else 0)
-    assert registry.is_processed(stack.artifacts, "prodml-data", info.name, info.generation)
+    assert len(versions) == 1, [(c.version, c.decision) for c in versions]
+    assert in_lineage == (1 if versions[0].status == "promoted" else 0)
+    assert ledger.is_processed(stack.artifacts, "prodml-data", info.name, info.generation)
 
 
 def _bad_csv(**columns: Any) -> bytes:
@@ -270,7 +269,7 @@ def test_a_bad_file_is_quarantined_with_its_reason_and_the_model_untouched(train
     reason = json.loads(stack.data.read(target + ".reason.json"))
     assert (reason["object"], reason["generation"], reason["rule"]) == (name, info.generation, rule)
     assert reason["message"]
-    marker = registry.read_processed(stack.artifacts, "prodml-data", name, info.generation)
+    marker = ledger.read_processed(stack.artifacts, "prodml-data", name, info.generation)
     assert marker is not None and (marker["outcome"], marker["rule"]) == ("quarantined", rule)
 
 
@@ -281,12 +280,12 @@ def test_a_file_with_shuffled_labels_trains_a_worse_model_that_is_rejected(train
     stack.train(name, seed=77, shuffle=True)
 
     (card,) = stack.cards_for(name)
-    assert card["decision"]["status"] == "rejected", card["decision"]
-    metrics = card["metrics"]
+    assert card.status == "rejected", card.decision
+    metrics = card.metrics
     worse_by = metrics["challenger"]["log_loss"] - metrics["champion"]["log_loss"]
     assert worse_by > 0.01  # PROMOTION_TOLERANCE
     assert stack.current_bytes() == before
-    assert stack.artifacts.exists(registry.model_name(card["version"]))  # kept, for the record
+    assert stack.artifacts.exists(registry.model_name(card.version))  # kept, for the record
     assert name not in [r["name"] for r in stack.current().lineage]
 
 
@@ -296,7 +295,7 @@ def test_objects_outside_incoming_and_foreign_events_are_ignored_with_2xx(stack:
         info = drop_file(stack.data, name, training_rows(30, 3))
         assert deliver(stack.url, info) == [200]
         assert stack.data.exists(name)
-        assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+        assert not ledger.is_processed(stack.artifacts, "prodml-data", name, info.generation)
     headers, body = build_cloudevent(stack.data.stat("other/elsewhere.csv"))
     headers["ce-type"] = "google.cloud.storage.object.v1.deleted"
     assert requests.post(stack.url, headers=headers, data=body, timeout=30).status_code == 200
@@ -324,8 +323,8 @@ def test_a_trainer_killed_before_the_swap_leaves_the_model_whole_and_redelivery_
     assert stack.current_bytes() == before_bytes
     assert ModelBundle.from_bytes(before_bytes).version == before_version
     (written,) = stack.cards_for(name)
-    assert written["decision"]["status"] == "pending"
-    assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+    assert written.status == "pending"
+    assert not ledger.is_processed(stack.artifacts, "prodml-data", name, info.generation)
     # The dead worker's claim has not expired (CLAIM_SECONDS), but its holder is a process of this
     # machine that no longer runs: the first redelivery, a second later, takes it over at once.
     redelivered = deliver(stack.url, info, event_id, attempts=1)
@@ -334,12 +333,12 @@ def test_a_trainer_killed_before_the_swap_leaves_the_model_whole_and_redelivery_
     assert f"from the delivery of event {event_id}, whose process is gone" in stack.process.log_tail(20000)
 
     current = stack.current()
-    assert current.version == written["version"]  # the very version written before the crash
-    assert [c["version"] for c in stack.cards_for(name)] == [written["version"]]
-    assert registry.read_card(stack.artifacts, written["version"])["decision"]["status"] == "promoted"
-    keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in current.lineage]
-    assert keys.count(registry.file_key("prodml-data", name, info.generation)) == 1
-    assert registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+    assert current.version == written.version  # the very version written before the crash
+    assert [c.version for c in stack.cards_for(name)] == [written.version]
+    assert registry.read_card(stack.artifacts, written.version).status == "promoted"
+    keys = [ledger.file_key(r["bucket"], r["name"], r["generation"]) for r in current.lineage]
+    assert keys.count(ledger.file_key("prodml-data", name, info.generation)) == 1
+    assert ledger.is_processed(stack.artifacts, "prodml-data", name, info.generation)
 
 
 def test_ten_files_delivered_concurrently_end_in_one_model_holding_all_ten_once(
@@ -359,12 +358,12 @@ def test_ten_files_delivered_concurrently_end_in_one_model_holding_all_ten_once(
         assert all(statuses[-1] == 200 for statuses in results), results
 
         current = stack.current()
-        keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in current.lineage]
-        expected = [registry.file_key("prodml-data", i.name, i.generation) for i in infos]
+        keys = [ledger.file_key(r["bucket"], r["name"], r["generation"]) for r in current.lineage]
+        expected = [ledger.file_key("prodml-data", i.name, i.generation) for i in infos]
         assert sorted(keys) == sorted(expected)  # all ten, each exactly once
-        promoted = [c for c in stack.cards() if c["decision"]["status"] == "promoted"]
-        assert sorted(c["event"]["name"] for c in promoted) == sorted(i.name for i in infos)
-        assert all(registry.is_processed(stack.artifacts, "prodml-data", i.name, i.generation) for i in infos)
+        promoted = [c for c in stack.cards() if c.status == "promoted"]
+        assert sorted(c.event["name"] for c in promoted) == sorted(i.name for i in infos)
+        assert all(ledger.is_processed(stack.artifacts, "prodml-data", i.name, i.generation) for i in infos)
     finally:
         stack.process.stop()
 
@@ -382,9 +381,9 @@ def test_multiclass_and_regression_labels_train_and_promote_in_the_function(
         assert [r["name"] for r in current.lineage] == [f"incoming/{task}-{i}.csv" for i in range(2)]
         card = registry.read_card(stack.artifacts, current.version)
         primary = "log_loss" if task == "multiclass" else "rmse"
-        assert card["metrics"]["primary"] == primary
-        assert card["metrics"]["champion"][primary] > 0  # the second model was gated against the first
-        assert card["decision"]["status"] == "promoted"
+        assert card.metrics["primary"] == primary
+        assert card.metrics["champion"][primary] > 0  # the second model was gated against the first
+        assert card.status == "promoted"
     finally:
         stack.process.stop()
 
@@ -400,7 +399,7 @@ def test_a_storage_outage_answers_5xx_and_the_redelivery_after_it_trains(trained
     temp_folder.write_bytes(b"")
     try:
         assert deliver(stack.url, info, attempts=1)[0] >= 500  # transient: Eventarc will redeliver
-        assert not registry.is_processed(stack.artifacts, "prodml-data", name, info.generation)
+        assert not ledger.is_processed(stack.artifacts, "prodml-data", name, info.generation)
         assert stack.cards_for(name) == []
     finally:
         temp_folder.unlink()
@@ -408,9 +407,9 @@ def test_a_storage_outage_answers_5xx_and_the_redelivery_after_it_trains(trained
 
     assert deliver(stack.url, info) == [200]  # the redelivery once the store is back
     (card,) = stack.cards_for(name)
-    marker = registry.read_processed(stack.artifacts, "prodml-data", name, info.generation)
-    assert marker is not None and marker["version"] == card["version"]
-    assert marker["outcome"] == card["decision"]["status"] in ("promoted", "rejected")
+    marker = ledger.read_processed(stack.artifacts, "prodml-data", name, info.generation)
+    assert marker is not None and marker["version"] == card.version
+    assert marker["outcome"] == card.status in ("promoted", "rejected")
 
 
 def _log_lines_since(stack: Stack, offset: int) -> list[str]:
@@ -438,7 +437,7 @@ def test_deliveries_that_cannot_be_parsed_answer_2xx_with_a_log_line_and_real_ev
     assert stack.current_bytes() == before and len(stack.cards()) == versions_before
     stack.train("incoming/after-unreadable.csv", seed=61)  # a real event still trains
     (card,) = stack.cards_for("incoming/after-unreadable.csv")
-    assert card["decision"]["status"] in ("promoted", "rejected")
+    assert card.status in ("promoted", "rejected")
 
 
 class _Exploding(BaseEstimator):
@@ -465,7 +464,7 @@ def test_a_bug_answers_2xx_and_is_recorded_where_prodml_monitor_shows_it(tmp_pat
         assert deliver(stack.url, info, attempts=1) == [200]
     finally:
         stack.process.stop()
-    assert not registry.is_processed(stack.artifacts, "prodml-data", info.name, info.generation)
+    assert not ledger.is_processed(stack.artifacts, "prodml-data", info.name, info.generation)
 
     prodml = str(Path(sys.executable).with_name("prodml"))
     env = {k: v for k, v in stack.env.items() if k not in ("ESTIMATOR", "TRAIN_CRASH_FILE")}
@@ -505,7 +504,7 @@ def test_a_file_with_a_10_mb_cell_leaves_only_records_and_log_lines_under_the_ca
 
             reason_bytes = stack.data.read(f"quarantine/huge-{column}.csv.reason.json")
             marker_bytes = stack.artifacts.read(
-                registry.processed_name("prodml-data", info.name, info.generation)
+                ledger.processed_name("prodml-data", info.name, info.generation)
             )
             record_bytes = stack.artifacts.read(record_name(info.name, info.generation))
             sizes = [len(reason_bytes), len(marker_bytes), len(record_bytes)]

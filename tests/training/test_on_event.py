@@ -29,7 +29,7 @@ from shared.errors import PreconditionFailed, RetryLater
 from shared.events import parse_storage_event, to_cloudevent
 from shared.schema import Schema, save_schema
 from shared.storage.local import LocalBucket
-from shared.training import fitting, on_event, registry
+from shared.training import event_version, fitting, ledger, registry
 from shared.training.on_event import Outcome, handle_event
 
 
@@ -82,9 +82,9 @@ def test_every_label_task_trains_full_then_incremental_and_beats_a_trivial_model
     outcome = incremental.send("incoming/inc.csv", training_rows(300, 9, task))
     assert outcome.status == "promoted", outcome.message
     card = registry.read_card(world.artifacts, outcome.version or "")
-    assert card["strategy"] == "incremental"
-    assert card["parent"] == before
-    assert card["trained_on"] == [
+    assert card.strategy == "incremental"
+    assert card.parent == before
+    assert card.trained_on == [
         "prodml-data/incoming/inc.csv@" + str(world.data.stat("incoming/inc.csv").generation)
     ]
 
@@ -114,7 +114,7 @@ def test_test_then_train_records_the_live_model_on_the_file_before_training(tmp_
     assert record["decision"] == "accepted"
     assert record["training"] == {"outcome": "promoted", "version": second.version, "message": second.message}
     card = registry.read_card(world.artifacts, second.version or "")
-    assert card["reference"]["rows"] == card["training_rows"]
+    assert card.reference["rows"] == card.training_rows
 
 
 def _drifted_rows(seed: int) -> Any:
@@ -151,7 +151,7 @@ def test_without_a_schema_the_file_stays_and_a_later_delivery_trains_it(tmp_path
 
     assert outcome.status == "no_schema" and "schema.json" in outcome.message
     assert world.data.exists("incoming/early.csv")
-    assert not registry.is_processed(world.artifacts, "prodml-data", "incoming/early.csv", info.generation)
+    assert not ledger.is_processed(world.artifacts, "prodml-data", "incoming/early.csv", info.generation)
     save_schema(world.artifacts, training_schema())
     assert world.deliver(info).status == "promoted"
 
@@ -205,13 +205,13 @@ def test_a_promotion_whose_marker_was_lost_is_only_marked_on_redelivery(tmp_path
     world = make_world(tmp_path)
     info = drop_file(world.data, "incoming/a.csv", training_rows(300, 1))
     first = world.deliver(info)
-    world.artifacts.delete(registry.processed_name("prodml-data", "incoming/a.csv", info.generation))
+    world.artifacts.delete(ledger.processed_name("prodml-data", "incoming/a.csv", info.generation))
 
     again = world.deliver(info)
 
     assert (again.status, again.version) == ("already_trained", first.version)
     assert len(registry.list_cards(world.artifacts)) == 1
-    assert registry.is_processed(world.artifacts, "prodml-data", "incoming/a.csv", info.generation)
+    assert ledger.is_processed(world.artifacts, "prodml-data", "incoming/a.csv", info.generation)
 
 
 def test_a_version_left_by_a_crash_is_superseded_when_another_model_was_promoted_meanwhile(
@@ -225,15 +225,15 @@ def test_a_version_left_by_a_crash_is_superseded_when_another_model_was_promoted
     with pytest.raises(SystemExit):
         world.deliver(crashed)
     mocker.stopall()
-    (pending,) = [c for c in registry.list_cards(world.artifacts) if c["decision"]["status"] == "pending"]
+    (pending,) = [c for c in registry.list_cards(world.artifacts) if c.status == "pending"]
     other = world.send("incoming/other.csv", training_rows(300, 3))  # promoted meanwhile
 
     redelivered = world.deliver(crashed)
 
-    assert redelivered.status == "promoted" and redelivered.version != pending["version"]
-    assert registry.read_card(world.artifacts, pending["version"])["decision"]["status"] == "superseded"
+    assert redelivered.status == "promoted" and redelivered.version != pending.version
+    assert registry.read_card(world.artifacts, pending.version).status == "superseded"
     card = registry.read_card(world.artifacts, redelivered.version or "")
-    assert card["parent"] == other.version
+    assert card.parent == other.version
     names = [r["name"] for r in world.current().lineage]
     assert names == ["incoming/a.csv", "incoming/other.csv", "incoming/crashed.csv"]
 
@@ -251,8 +251,8 @@ def test_when_others_always_promote_first_the_trainer_asks_for_redelivery(
         world.deliver(info)
 
     assert world.artifacts.read(CURRENT_MODEL) == before
-    assert not registry.is_processed(world.artifacts, "prodml-data", "incoming/b.csv", info.generation)
-    statuses = [c["decision"]["status"] for c in registry.list_cards(world.artifacts)]
+    assert not ledger.is_processed(world.artifacts, "prodml-data", "incoming/b.csv", info.generation)
+    statuses = [c.status for c in registry.list_cards(world.artifacts)]
     assert statuses == ["promoted", "superseded", "superseded"]
 
 
@@ -275,8 +275,8 @@ def test_a_plugged_in_estimator_trains_and_incremental_falls_back_to_full(tmp_pa
     outcome = world.send("incoming/b.csv", training_rows(300, 2))
 
     card = registry.read_card(world.artifacts, outcome.version or "")
-    assert card["estimator"] == "test_on_event:forest"
-    assert card["strategy"] == "full (the current model has no partial_fit)"
+    assert card.estimator == "test_on_event:forest"
+    assert (card.strategy, card.fallback_reason) == ("full", "the current model has no partial_fit")
     assert isinstance(world.current().bundle.estimator[-1], RandomForestClassifier)
 
 
@@ -284,7 +284,7 @@ def test_incremental_gates_on_the_stored_held_out_rows_even_when_old_files_are_g
     world = make_world(tmp_path)
     for i in range(3):
         world.send(f"incoming/old-{i}.csv", training_rows(300, i))
-    old_keys = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in world.current().lineage]
+    old_keys = [ledger.file_key(r["bucket"], r["name"], r["generation"]) for r in world.current().lineage]
     for i in range(3):
         world.data.delete(f"incoming/old-{i}.csv")  # e.g. a retention policy on the data bucket
 
@@ -293,13 +293,13 @@ def test_incremental_gates_on_the_stored_held_out_rows_even_when_old_files_are_g
     )
 
     card = registry.read_card(world.artifacts, outcome.version or "")
-    assert card["metrics"]["holdout_files"] == old_keys
-    assert card["skipped_files"] == []
-    assert card["metrics"]["champion"]["rows"] == card["metrics"]["challenger"]["rows"] > 100
-    assert world.artifacts.exists(card["holdout_cache"])
+    assert card.metrics["holdout_files"] == old_keys
+    assert card.skipped_files == []
+    assert card.metrics["champion"]["rows"] == card.metrics["challenger"]["rows"] > 100
+    assert world.artifacts.exists(card.holdout_cache)
     # A full retrain needs the files themselves: it says which ones it could not read.
     full = world.send("incoming/newer.csv", training_rows(300, 8))
-    skipped = registry.read_card(world.artifacts, full.version or "")["skipped_files"]
+    skipped = registry.read_card(world.artifacts, full.version or "").skipped_files
     assert [note.split(":")[0] for note in skipped] == old_keys
 
 
@@ -307,20 +307,20 @@ def test_a_full_retrain_reads_only_the_recent_files_that_fit_training_window_row
     world = make_world(tmp_path, TRAINING_WINDOW_ROWS="700")  # 300-row files: the new one + one more
     for i in range(3):
         world.send(f"incoming/day-{i}.csv", training_rows(300, i))
-    earlier = [registry.file_key(r["bucket"], r["name"], r["generation"]) for r in world.current().lineage]
+    earlier = [ledger.file_key(r["bucket"], r["name"], r["generation"]) for r in world.current().lineage]
 
     outcome = world.send("incoming/day-3.csv", training_rows(300, 3))
 
     card = registry.read_card(world.artifacts, outcome.version or "")
-    new_key = registry.file_key(
+    new_key = ledger.file_key(
         "prodml-data", "incoming/day-3.csv", world.data.stat("incoming/day-3.csv").generation
     )
-    assert card["trained_on"] == [earlier[-1], new_key]
-    assert card["training_rows"] <= 600
+    assert card.trained_on == [earlier[-1], new_key]
+    assert card.training_rows <= 600
     # The gate still compares on the held-out rows of every recent file (from the stored table).
-    assert card["metrics"]["holdout_files"] == earlier
-    assert card["skipped_files"] == []
-    assert [r["name"] for r in card["lineage"]] == [f"incoming/day-{i}.csv" for i in range(4)]
+    assert card.metrics["holdout_files"] == earlier
+    assert card.skipped_files == []
+    assert [r["name"] for r in card.lineage] == [f"incoming/day-{i}.csv" for i in range(4)]
 
 
 def test_a_file_with_a_duplicated_or_too_many_columns_is_quarantined_naming_them(tmp_path: Path) -> None:
@@ -361,7 +361,7 @@ def test_a_later_retrain_parses_only_the_schema_columns_of_an_accepted_wide_file
     outcome = world.send("incoming/later.csv", training_rows(300, 2))
     assert outcome.status == "promoted", outcome.message
     card = registry.read_card(world.artifacts, outcome.version or "")
-    assert any("/incoming/wide.csv@" in key for key in card["trained_on"])  # it is in the window
+    assert any("/incoming/wide.csv@" in key for key in card.trained_on)  # it is in the window
     # The new file is read whole (a first read); the window's files, the wide one too, only in
     # the schema's 4 columns.
     assert dict(parsed) == {"incoming/later.csv": 4, "incoming/first.csv": 4, "incoming/wide.csv": 4}
@@ -371,7 +371,7 @@ def test_a_later_retrain_parses_only_the_schema_columns_of_an_accepted_wide_file
 
 
 def _claim_blob(info: Any) -> str:
-    return registry.claim_name("prodml-data", info.name, info.generation)
+    return ledger.claim_name("prodml-data", info.name, info.generation)
 
 
 def test_a_live_claim_turns_other_events_away_asks_its_own_again_and_expired_is_taken_over(
@@ -379,7 +379,7 @@ def test_a_live_claim_turns_other_events_away_asks_its_own_again_and_expired_is_
 ) -> None:
     world = make_world(tmp_path)
     info = drop_file(world.data, "incoming/a.csv", training_rows(300, 1))
-    claim, held = registry.acquire_claim(
+    claim, held = ledger.acquire_claim(
         world.artifacts, "prodml-data", info.name, info.generation, "holder", 900
     )
     assert held
@@ -389,15 +389,15 @@ def test_a_live_claim_turns_other_events_away_asks_its_own_again_and_expired_is_
     with pytest.raises(RetryLater, match="this very event holds its claim"):
         world.deliver(info, "holder")  # maybe the platform's redelivery after the holder died
     assert registry.list_cards(world.artifacts) == []
-    assert not registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
-    assert registry.read_claim(world.artifacts, claim.blob) == claim  # the losers left it alone
+    assert not ledger.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+    assert ledger.read_claim(world.artifacts, claim.blob) == claim  # the losers left it alone
 
     # The holder died: once its claim has expired, a redelivery takes the work over and finishes.
-    registry.release_claim(world.artifacts, claim)  # as its expiry passing would, without a wait
-    registry.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "holder", 0)
+    ledger.release_claim(world.artifacts, claim)  # as its expiry passing would, without a wait
+    ledger.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "holder", 0)
     assert world.deliver(info, "holder").status == "promoted"
     assert not world.artifacts.exists(claim.blob)  # done: the claim is gone, the marker is there
-    assert registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+    assert ledger.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
 
 
 def test_a_claim_of_a_process_that_died_on_this_machine_is_taken_over_before_it_expires(
@@ -410,24 +410,24 @@ def test_a_claim_of_a_process_that_died_on_this_machine_is_taken_over_before_it_
     root = world.artifacts.folder.parent
     # A real process takes the claim for 900 s and dies holding it, as a SIGKILLed worker does.
     grab = (
-        "import sys; from pathlib import Path; from shared.training import registry;"
+        "import sys; from pathlib import Path; from shared.training import ledger;"
         "from shared.storage.local import LocalBucket;"
-        "registry.acquire_claim(LocalBucket(Path(sys.argv[1]), 'prodml-artifacts'), 'prodml-data',"
+        "ledger.acquire_claim(LocalBucket(Path(sys.argv[1]), 'prodml-artifacts'), 'prodml-data',"
         " sys.argv[2], int(sys.argv[3]), 'dead-holder', 900)"
     )
     subprocess.run([sys.executable, "-c", grab, str(root), info.name, str(info.generation)], check=True)
-    dead = registry.read_claim(world.artifacts, _claim_blob(info))
+    dead = ledger.read_claim(world.artifacts, _claim_blob(info))
     assert dead is not None and dead.event_id == "dead-holder" and dead.holder
     assert dead.expired()  # gone, though its 900 s are not over
 
     assert world.deliver(info, "dead-holder").status == "promoted"  # its redelivery finishes it
-    assert registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+    assert ledger.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
 
     other = drop_file(world.data, "incoming/b.csv", training_rows(300, 2))
-    elsewhere, _ = registry.acquire_claim(
+    elsewhere, _ = ledger.acquire_claim(
         world.artifacts, "prodml-data", other.name, other.generation, "x", 900
     )
-    assert elsewhere.holder is not None and not registry.holder_is_gone(elsewhere.holder)
+    assert elsewhere.holder is not None and not ledger.holder_is_gone(elsewhere.holder)
     foreign = dataclasses.replace(elsewhere, holder="another-instance|boot|pid:[1]|7|1")
     assert not foreign.expired()  # another machine's process: only the expiry says it is gone
 
@@ -437,19 +437,19 @@ def test_of_two_deliveries_that_find_a_claim_expired_only_one_takes_it_over(
 ) -> None:
     world = make_world(tmp_path)
     info = drop_file(world.data, "incoming/a.csv", training_rows(300, 1))
-    dead, _ = registry.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "dead", 0)
+    dead, _ = ledger.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "dead", 0)
     assert dead.expired()
-    first, first_held = registry.acquire_claim(
+    first, first_held = ledger.acquire_claim(
         world.artifacts, "prodml-data", info.name, info.generation, "first", 900
     )
     # Fault injection: the second taker read the claim before the first took it over.
-    real_read = registry.read_claim
+    real_read = ledger.read_claim
     reads = iter([dead])
     mocker.patch(
-        "shared.training.registry.read_claim", side_effect=lambda *a: next(reads, None) or real_read(*a)
+        "shared.training.ledger.read_claim", side_effect=lambda *a: next(reads, None) or real_read(*a)
     )
 
-    second, second_held = registry.acquire_claim(
+    second, second_held = ledger.acquire_claim(
         world.artifacts, "prodml-data", info.name, info.generation, "second", 900
     )
 
@@ -465,23 +465,23 @@ def test_a_delivery_whose_claim_was_taken_over_stops_without_writing_anything(
     world.send("incoming/a.csv", training_rows(300, 1))
     before = world.artifacts.read(CURRENT_MODEL)
     info = drop_file(world.data, "incoming/slow.csv", training_rows(300, 2))
-    real_build = on_event.build_challenger
+    real_build = event_version.build_challenger
 
-    def slow_build(**kwargs: Any) -> Any:
-        built = real_build(**kwargs)
+    def slow_build(request: Any) -> Any:
+        built = real_build(request)
         # While this delivery trained past its claim's expiry, another one took the claim over.
-        held = registry.read_claim(world.artifacts, _claim_blob(info))
+        held = ledger.read_claim(world.artifacts, _claim_blob(info))
         assert held is not None
-        registry.release_claim(world.artifacts, held)
-        registry.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "taker", 900)
+        ledger.release_claim(world.artifacts, held)
+        ledger.acquire_claim(world.artifacts, "prodml-data", info.name, info.generation, "taker", 900)
         return built
 
-    mocker.patch("shared.training.on_event.build_challenger", side_effect=slow_build)
+    mocker.patch("shared.training.event_version.build_challenger", side_effect=slow_build)
     outcome = world.deliver(info, "slow")
 
     assert outcome.status == "claimed" and "taken over" in outcome.message
-    assert [c["event"]["name"] for c in registry.list_cards(world.artifacts)] == ["incoming/a.csv"]
+    assert [c.event["name"] for c in registry.list_cards(world.artifacts)] == ["incoming/a.csv"]
     assert world.artifacts.read(CURRENT_MODEL) == before
-    assert not registry.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
-    taker = registry.read_claim(world.artifacts, _claim_blob(info))
+    assert not ledger.is_processed(world.artifacts, "prodml-data", info.name, info.generation)
+    taker = ledger.read_claim(world.artifacts, _claim_blob(info))
     assert taker is not None and taker.event_id == "taker"  # left to the taker, not released

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from conftest import training_rows, training_schema
 
-from shared.contracts import CURRENT_MODEL
+from shared.contracts import CURRENT_MODEL, CardStatus
 from shared.errors import PreconditionFailed, RegistryError
 from shared.model import ModelBundle
 from shared.storage.base import Bucket
 from shared.storage.local import LocalBucket
-from shared.training import fitting, registry
+from shared.training import fitting, ledger, registry
+from shared.training.card import Decision, ModelCard
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +32,7 @@ def artifacts(tmp_path: Path) -> LocalBucket:
 def _version(artifacts: Bucket, estimator: object, version: str | None = None) -> tuple[str, bytes]:
     version = version or registry.new_version_id()
     data = ModelBundle(version, estimator, training_schema()).to_bytes()
-    card = {
-        "version": version,
-        "created": registry.now_iso(),
-        "lineage": [],
-        "decision": {"status": "pending"},
-    }
+    card = ModelCard(version, created=registry.now_iso(), decision=Decision(CardStatus.PENDING))
     registry.write_version(artifacts, version, data, card)
     return version, data
 
@@ -61,7 +57,7 @@ def test_version_ids_sort_by_time_and_never_collide() -> None:
 
 def test_a_version_is_written_once_and_read_back(artifacts: LocalBucket, fitted: object) -> None:
     version, data = _version(artifacts, fitted)
-    assert registry.read_card(artifacts, version)["version"] == version
+    assert registry.read_card(artifacts, version).version == version
     assert artifacts.read(registry.model_name(version)) == data
     with pytest.raises(PreconditionFailed):
         registry.write_version(artifacts, version, b"other", {"version": version})
@@ -166,12 +162,12 @@ def test_rollback_without_a_model_says_so(artifacts: LocalBucket) -> None:
 
 
 def test_processed_markers_are_written_only_once(artifacts: LocalBucket) -> None:
-    assert not registry.is_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
-    assert registry.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, {"outcome": "promoted"})
-    assert not registry.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, {"outcome": "other"})
-    assert registry.is_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
-    assert not registry.is_processed(artifacts, "prodml-data", "incoming/a.csv", 8)  # another generation
-    marker = registry.read_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
+    assert not ledger.is_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
+    assert ledger.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, {"outcome": "promoted"})
+    assert not ledger.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, {"outcome": "other"})
+    assert ledger.is_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
+    assert not ledger.is_processed(artifacts, "prodml-data", "incoming/a.csv", 8)  # another generation
+    marker = ledger.read_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
     assert marker is not None and marker["outcome"] == "promoted"
     assert artifacts.exists("registry/processed/prodml-data/incoming/a.csv@7.json")
 
@@ -186,25 +182,23 @@ def test_the_registry_works_the_same_on_each_backend(bucket: Bucket, fitted: obj
     second, _ = _version(bucket, fitted)
     _promote(bucket, first, first_bytes)
     _promote(bucket, second, bucket.read(registry.model_name(second)))
-    assert [c["version"] for c in registry.list_cards(bucket)] == [first, second]  # oldest first
+    assert [c.version for c in registry.list_cards(bucket)] == [first, second]  # oldest first
     assert registry.read_current(bucket).version == second  # type: ignore[union-attr]
 
     assert registry.rollback(bucket).version == first
     assert bucket.read(CURRENT_MODEL) == first_bytes
     assert [e["kind"] for e in registry.list_events(bucket)] == ["promote", "promote", "rollback"]
-    registry.mark_processed(bucket, "prodml-data", "incoming/a b.csv", 3, {"outcome": "promoted"})
-    assert registry.is_processed(bucket, "prodml-data", "incoming/a b.csv", 3)
+    ledger.mark_processed(bucket, "prodml-data", "incoming/a b.csv", 3, {"outcome": "promoted"})
+    assert ledger.is_processed(bucket, "prodml-data", "incoming/a b.csv", 3)
 
 
 def test_a_done_marker_over_the_record_cap_is_cut_and_still_marks_the_file(artifacts: LocalBucket) -> None:
     from shared.record_caps import MAX_RECORD_BYTES
 
     record = {"outcome": "quarantined", "rule": "wrong_type", "message": "found " + "x" * 5_000_000}
-    assert registry.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, record)
-    assert (
-        len(artifacts.read(registry.processed_name("prodml-data", "incoming/a.csv", 7))) <= MAX_RECORD_BYTES
-    )
-    marker = registry.read_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
+    assert ledger.mark_processed(artifacts, "prodml-data", "incoming/a.csv", 7, record)
+    assert len(artifacts.read(ledger.processed_name("prodml-data", "incoming/a.csv", 7))) <= MAX_RECORD_BYTES
+    marker = ledger.read_processed(artifacts, "prodml-data", "incoming/a.csv", 7)
     assert marker is not None and (marker["name"], marker["generation"], marker["rule"]) == (
         "incoming/a.csv",
         7,

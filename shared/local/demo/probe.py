@@ -18,7 +18,7 @@ from shared.contracts import EventOutcome
 from shared.errors import DemoError
 from shared.local.stack import LocalStack
 from shared.storage.local import LocalBucket
-from shared.training.registry import read_processed
+from shared.training.ledger import read_processed
 
 T = TypeVar("T")
 
