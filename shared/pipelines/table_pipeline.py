@@ -7,6 +7,9 @@ function cannot do 10^8 keys inside its timeout. This pipeline does the same bui
                                                         (model loaded once per worker, in setup)
     Create([None]) -> Publish(side input: every part) -> tables/<model version>/<build>.npz, pointer
 
+It stays one module (a little over 300 lines): the DoFns and the pipeline that wires them read
+best together.
+
 What it shares with the in-function builder, called rather than copied:
 
 - the plan (strategy, which keys, hit rate from traffic) and the "already current" check:

@@ -20,6 +20,9 @@ promote that very version. The trainer deletes its claim when the work is done; 
 ends otherwise releases it at once (deleted, or expired when it records a version to resume).
 
 The versions and the current model they lead to are ``shared.training.registry``'s.
+
+It stays one module (a little over 300 lines): the done markers and the claims are the two
+halves of one promise, that a data file version is worked on once and finished once.
 """
 
 from __future__ import annotations

@@ -193,6 +193,8 @@ def _claimed_work(job: EventJob, schema: Schema) -> Outcome:
 
 def _attempt(job: EventJob, schema: Schema, new_file: DataFile, attempt: int) -> Outcome | None:
     """Train against the current model and try to swap; None when another trainer swapped first."""
+    # One attempt is a linear sequence (read current, lineage check, test-then-train, train or
+    # resume, claim the version, swap): it reads best whole, at a little over 60 lines.
     artifacts = job.artifacts
     try:
         current = registry.read_current(artifacts, job.settings.model_trusted_types)
