@@ -166,9 +166,7 @@ def test_a_train_worker_killed_mid_work_is_finished_by_the_routers_redelivery(
     assert not list(stack["deadletter"].glob("*.json")), "the crashed holder's event was dead-lettered"
     assert processed()
     cards = [
-        c
-        for c in list_cards(stack["artifacts"])
-        if (c.get("event") or {}).get("name") == "incoming/crashed.csv"
+        c for c in list_cards(stack["artifacts"]) if (c.event or {}).get("name") == "incoming/crashed.csv"
     ]
     assert len(cards) == 1, cards  # the version the dead worker wrote, finished by the redelivery
     current = read_current(stack["artifacts"])
