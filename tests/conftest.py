@@ -36,6 +36,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_for_storage_server(proc: subprocess.Popen[bytes], url: str, what: str) -> None:
+    """Until the GCS-API server ``what`` at ``url`` answers; fail the test run if it dies or is slow."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            requests.get(f"{url}/storage/v1/b", timeout=1)
+            return
+        except requests.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                pytest.fail(f"{what} did not start on {url}: {err[-2000:]}")
+            time.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[str]:
     """A gcp-storage-emulator server on a free loopback port (in memory); yields its URL.
@@ -52,16 +66,7 @@ def gcs_emulator() -> Iterator[str]:
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                requests.get(f"{url}/storage/v1/b", timeout=1)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode() if proc.stderr else ""
-                    pytest.fail(f"gcp-storage-emulator did not start on {url}: {err[-2000:]}")
-                time.sleep(0.05)
+        _wait_for_storage_server(proc, url, "gcp-storage-emulator")
         previous = os.environ.get("STORAGE_EMULATOR_HOST")
         os.environ["STORAGE_EMULATOR_HOST"] = url
         try:
@@ -123,16 +128,7 @@ def fake_gcs_server() -> Iterator[str]:
     ]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                requests.get(f"{url}/storage/v1/b", timeout=1)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    err = proc.stderr.read().decode() if proc.stderr else ""
-                    pytest.fail(f"fake-gcs-server did not start on {url}: {err[-2000:]}")
-                time.sleep(0.05)
+        _wait_for_storage_server(proc, url, "fake-gcs-server")
         yield url
     finally:
         proc.terminate()

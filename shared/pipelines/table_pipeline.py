@@ -13,7 +13,7 @@ best together.
 What it shares with the in-function builder, called rather than copied:
 
 - the plan (strategy, which keys, hit rate from traffic) and the "already current" check:
-  ``shared.tables.plan.plan_build`` and ``shared.tables.plan.is_same_build``, with
+  ``shared.tables.plan.plan_or_skip`` (``plan_build`` and ``is_same_build``), with
   ``PIPELINE_MAX_ROWS`` as the limit of a full build instead of ``TABLE_MAX_ROWS``;
 - the keys and their scores: ``shared.tables.keys.full_chunks`` / ``shared.tables.keys.decode_keys`` and
   ``shared.tables.keys.score_keys`` (``ModelBundle.scores`` on ``to_frame``), so a score is the same float;
@@ -52,10 +52,10 @@ from shared.errors import ModelChanged, ModelNotReady, NotFound
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.storage import artifacts_bucket
-from shared.tables.format import build_blob, new_build_id, read_pointer, write_table
+from shared.tables.format import build_blob, new_build_id, write_table
 from shared.tables.keys import decode_keys, non_key_defaults, score_keys, score_width
-from shared.tables.plan import BuildPlan, BuildRequest, is_same_build, plan_build
-from shared.tables.result import BuildResult, skipped_result
+from shared.tables.plan import BuildPlan, BuildRequest, plan_or_skip
+from shared.tables.result import BuildResult
 from shared.tables.switch import prune_old_builds, switch_to_table
 
 log = get_logger(__name__)
@@ -239,14 +239,9 @@ def plan_job(
         )
     # A pipeline's limit is PIPELINE_MAX_ROWS: the builder's own plan, with the larger limit.
     wide = dataclasses.replace(settings, table_max_rows=settings.pipeline_max_rows)
-    plan = plan_build(artifacts, wide, schema, request)
+    plan = plan_or_skip(artifacts, wide, schema, (bundle.version, generation), request)
     if isinstance(plan, BuildResult):
-        plan.model_version, plan.model_generation = bundle.version, generation
         return plan
-    pointer, _ = read_pointer(artifacts)
-    if not request.force and is_same_build(pointer, generation, plan):
-        assert pointer is not None
-        return skipped_result(pointer, generation, plan.strategy, bundle.version)
     codes = None if plan.top is None else np.sort(plan.top.codes)
     block_rows = min(MAX_BLOCK_ROWS, max(1, math.ceil(plan.rows / MAX_BLOCKS)))
     return TableJob(

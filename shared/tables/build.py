@@ -43,10 +43,10 @@ from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.schema import Schema
 from shared.storage import Bucket
-from shared.tables.format import build_blob, new_build_id, read_pointer, write_table
+from shared.tables.format import build_blob, new_build_id, write_table
 from shared.tables.keys import KeyChunk, code_chunks, full_chunks, non_key_defaults, score_keys, score_width
-from shared.tables.plan import BuildPlan, BuildRequest, is_same_build, plan_build
-from shared.tables.result import BuildResult, skipped_result
+from shared.tables.plan import BuildPlan, BuildRequest, plan_or_skip
+from shared.tables.result import BuildResult
 from shared.tables.switch import prune_old_builds, switch_to_table
 
 log = get_logger(__name__)
@@ -64,14 +64,9 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
     if isinstance(loaded, BuildResult):
         return loaded
     bundle, generation = loaded
-    plan = plan_build(artifacts, settings, bundle.schema, request)
+    plan = plan_or_skip(artifacts, settings, bundle.schema, (bundle.version, generation), request)
     if isinstance(plan, BuildResult):
-        plan.model_version, plan.model_generation = bundle.version, generation
         return plan
-    pointer, _ = read_pointer(artifacts)
-    if not request.force and is_same_build(pointer, generation, plan):
-        assert pointer is not None
-        return skipped_result(pointer, generation, plan.strategy, bundle.version)
 
     codes, scores, seconds = _score(bundle, bundle.schema, plan, settings.table_chunk_rows)
     now = datetime.now(UTC)

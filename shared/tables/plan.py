@@ -18,8 +18,9 @@ from shared.errors import BadRequest
 from shared.schema import Schema
 from shared.serving.traffic import read_traffic
 from shared.storage import Bucket
+from shared.tables.format import read_pointer
 from shared.tables.keys import TopKeys, top_k, valid_key_counts
-from shared.tables.result import BuildResult
+from shared.tables.result import BuildResult, skipped_result
 
 MAX_REQUEST_FIELDS = ("strategy", "k", "force")
 
@@ -174,3 +175,24 @@ def newest_traffic(artifacts: Bucket) -> str | None:
 def _show(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def plan_or_skip(
+    artifacts: Bucket,
+    settings: Settings,
+    schema: Schema,
+    model: tuple[str, int],
+    request: BuildRequest,
+) -> BuildPlan | BuildResult:
+    """The plan of a build for ``model`` (its version and generation), or the result that ends it
+    now: nothing to build, or ``skipped`` when the current table is already this very build
+    (unless ``request.force``). The in-function builder and the Beam pipeline both start here."""
+    version, generation = model
+    plan = plan_build(artifacts, settings, schema, request)
+    if isinstance(plan, BuildResult):
+        plan.model_version, plan.model_generation = version, generation
+        return plan
+    pointer, _ = read_pointer(artifacts)
+    if not request.force and pointer is not None and is_same_build(pointer, generation, plan):
+        return skipped_result(pointer, generation, plan.strategy, version)
+    return plan
