@@ -50,7 +50,7 @@ class ModelCard:
     by: str = ""
     parent: str | None = None  # the current model when this one was trained
     task: str = ""
-    # "full", "incremental" (shared.contracts.TrainingStrategy) or "static" (`prodml train`).
+    # "full", "incremental" (shared.contracts.TrainingStrategy) or ``STATIC_STRATEGY`` (`prodml train`).
     strategy: str = ""
     fallback_reason: str | None = None  # why an incremental training fell back to full
     estimator: str = ""

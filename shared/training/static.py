@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
-from shared.contracts import INCOMING_PREFIX, STATIC_STRATEGY
+from shared.contracts import INCOMING_PREFIX, STATIC_STRATEGY, TrainingStrategy
 from shared.data.validation import validate_file
 from shared.errors import ModelNotReady, PreconditionFailed, ProdMLError
 from shared.schema import Schema, load_schema
@@ -81,7 +81,7 @@ def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) ->
             data=data,
             new_files=files,
             champion=champion,
-            strategy="full",
+            strategy=TrainingStrategy.FULL,
             event=None,
             by="prodml train",
             artifacts=artifacts,
