@@ -50,6 +50,35 @@ def _wait_for_storage_server(proc: subprocess.Popen[bytes], url: str, what: str)
             time.sleep(0.05)
 
 
+def _stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a test server started with a piped stderr: terminate, kill if it lingers, close."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stderr:
+        proc.stderr.close()
+
+
+def cas_increment(bucket: Bucket, cycles: int) -> int:
+    """``cycles`` read-increment-write cycles of the object "counter" by compare-and-swap, retried
+    on a lost race; the number of races lost. Run in several processes at once by the CAS tests."""
+    from shared.errors import PreconditionFailed
+
+    conflicts = 0
+    for _ in range(cycles):
+        while True:
+            data, info = bucket.read_with_info("counter")
+            try:
+                bucket.write("counter", str(int(data) + 1).encode(), if_generation_match=info.generation)
+                break
+            except PreconditionFailed:
+                conflicts += 1
+    return conflicts
+
+
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[str]:
     """A gcp-storage-emulator server on a free loopback port (in memory); yields its URL.
@@ -77,14 +106,7 @@ def gcs_emulator() -> Iterator[str]:
             else:
                 os.environ["STORAGE_EMULATOR_HOST"] = previous
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        _stop_server(proc)
 
 
 @pytest.fixture(scope="session")
@@ -131,14 +153,7 @@ def fake_gcs_server() -> Iterator[str]:
         _wait_for_storage_server(proc, url, "fake-gcs-server")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
+        _stop_server(proc)
 
 
 def fake_gcs_client(url: str) -> Client:

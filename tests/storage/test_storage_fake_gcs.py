@@ -12,7 +12,7 @@ import multiprocessing
 from multiprocessing.synchronize import Barrier
 
 import pytest
-from conftest import fake_gcs_client, new_gcs_bucket
+from conftest import cas_increment, fake_gcs_client, new_gcs_bucket
 from google.cloud.storage import Client
 
 from shared.contracts import CURRENT_MODEL
@@ -32,17 +32,7 @@ def _bucket(url: str, name: str) -> GCSBucket:
 
 def _increment(url: str, name: str, cycles: int) -> int:
     """Child process: ``cycles`` read-increment-write cycles with compare-and-swap and retry."""
-    bucket = _bucket(url, name)
-    conflicts = 0
-    for _ in range(cycles):
-        while True:
-            data, info = bucket.read_with_info("counter")
-            try:
-                bucket.write("counter", str(int(data) + 1).encode(), if_generation_match=info.generation)
-                break
-            except PreconditionFailed:
-                conflicts += 1
-    return conflicts
+    return cas_increment(_bucket(url, name), cycles)
 
 
 def test_eight_processes_incrementing_with_cas_lose_no_update(

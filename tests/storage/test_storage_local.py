@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import cas_increment
 
 from shared.errors import InvalidObjectName, PreconditionFailed
 from shared.storage.local import META_DIR, STALE_TEMP_SECONDS, TMP_DIR, LocalBucket
@@ -233,17 +234,7 @@ def test_stale_temp_files_are_cleaned_when_a_process_opens_the_root(tmp_path: Pa
 
 def _increment(root: str, cycles: int) -> int:
     """Child process: ``cycles`` read-increment-write cycles with compare-and-swap and retry."""
-    bucket = LocalBucket(Path(root), "test-bucket")
-    conflicts = 0
-    for _ in range(cycles):
-        while True:
-            data, info = bucket.read_with_info("counter")
-            try:
-                bucket.write("counter", str(int(data) + 1).encode(), if_generation_match=info.generation)
-                break
-            except PreconditionFailed:
-                conflicts += 1
-    return conflicts
+    return cas_increment(LocalBucket(Path(root), "test-bucket"), cycles)
 
 
 @pytest.mark.slow
