@@ -34,7 +34,7 @@ from cloudevents.exceptions import InvalidRequiredFields, MissingRequiredFields
 from cloudevents.http import from_http
 
 from shared.errors import InvalidEvent
-from shared.events import StorageObjectEvent, parse_storage_event
+from shared.events import StorageObjectEvent, cut_short, parse_storage_event
 from shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -89,13 +89,14 @@ def unreadable_reason(headers: Any, body: bytes, convert_legacy: Callable[[], ob
     except (MissingRequiredFields, InvalidRequiredFields) as exc:
         not_cloudevent = exc
     except Exception as exc:  # any failure here is the body's fault: the SDK raises many kinds
-        return _cut(f"not a readable CloudEvent: {type(exc).__name__}: {exc}")
+        return cut_short(f"not a readable CloudEvent: {type(exc).__name__}: {exc}", _REASON_CHARS)
     try:
         convert_legacy()
     except Exception as exc:  # TypeError, KeyError, werkzeug's BadRequest ...: all the body's fault
-        return _cut(
+        return cut_short(
             f"neither a CloudEvent ({type(not_cloudevent).__name__}: {not_cloudevent}) nor a legacy "
-            f"background event ({type(exc).__name__}: {exc})"
+            f"background event ({type(exc).__name__}: {exc})",
+            _REASON_CHARS,
         )
     return None
 
@@ -142,7 +143,3 @@ def read_storage_event(cloud_event: object, function_log: logging.Logger) -> Sto
     except InvalidEvent as exc:
         function_log.error(f"ignoring a malformed event (a redelivery would not parse either): {exc}")
         return None
-
-
-def _cut(text: str) -> str:
-    return text if len(text) <= _REASON_CHARS else text[:_REASON_CHARS] + f"... ({len(text)} chars)"

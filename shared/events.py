@@ -292,7 +292,12 @@ def _optional_time(data: Mapping[str, Any], key: str) -> datetime | None:
 
 def _show(value: Any, limit: int = 200) -> str:
     """``repr`` of a bad value for an error message, cut short so a huge body cannot flood a log."""
-    text = repr(value)
+    return cut_short(repr(value), limit)
+
+
+def cut_short(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters and how long it was: a message about a
+    delivery quotes it, and a hostile body must not flood the log."""
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
