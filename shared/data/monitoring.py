@@ -353,6 +353,12 @@ def unprocessed_files(data: Bucket, artifacts: Bucket, prefix: str = INCOMING_PR
     ]
 
 
+def read_record(artifacts: Bucket, object_name: str, generation: int) -> dict[str, Any] | None:
+    """The monitoring record of a data file version, or None when there is none (or it is not a
+    JSON object: written over by hand, cut short)."""
+    return _read_record(artifacts, record_name(object_name, generation))
+
+
 def _read_record(artifacts: Bucket, name: str) -> dict[str, Any] | None:
     try:
         record = json.loads(artifacts.read(name))

@@ -10,7 +10,6 @@ outcome, ``finish`` also marks the file done through the promotion path
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 import traceback
 from collections.abc import Iterator
@@ -19,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.config import Settings, get_settings
+from shared.contracts import EventOutcome, MonitoringDecision
 from shared.data import monitoring
-from shared.errors import NotFound, StorageError
+from shared.errors import StorageError
 from shared.events import StorageObjectEvent
 from shared.logs import get_logger
 from shared.storage import Bucket, artifacts_bucket
@@ -139,10 +139,8 @@ def current_version(current: Current | None) -> str | None:
 
 def add_training_to_record(artifacts: Bucket, event: StorageObjectEvent, outcome: Outcome) -> None:
     """The file's monitoring record gets the training outcome beside its test-then-train numbers."""
-    name = monitoring.record_name(event.name, event.generation)
-    try:
-        record = json.loads(artifacts.read(name))
-    except (NotFound, ValueError):
+    record = monitoring.read_record(artifacts, event.name, event.generation)
+    if record is None:
         return
     record["training"] = {"outcome": outcome.status, "version": outcome.version, "message": outcome.message}
     monitoring.write_record(artifacts, record)
@@ -165,17 +163,15 @@ def record_error(
     """
     settings = settings or get_settings()
     artifacts = artifacts or artifacts_bucket(settings)
-    name = monitoring.record_name(event.name, event.generation)
-    try:
-        record = json.loads(artifacts.read(name))
-    except (NotFound, ValueError):
-        record = None
-    if not isinstance(record, dict):
-        record = monitoring.make_record(event.name, event.generation, None, None, {}, [], "error")
+    record = monitoring.read_record(artifacts, event.name, event.generation)
+    if record is None:
+        record = monitoring.make_record(
+            event.name, event.generation, None, None, {}, [], MonitoringDecision.ERROR
+        )
     frames = traceback.extract_tb(error.__traceback__)[-3:]
     record.update(
         {
-            "decision": "error",
+            "decision": MonitoringDecision.ERROR,
             "message": f"{type(error).__name__}: {error}",
             "error": {
                 "type": type(error).__name__,
@@ -190,6 +186,8 @@ def record_error(
     log.error(
         f"recorded the error on {file_key(event.bucket, event.name, event.generation)} in {written}; "
         "fix it, then `prodml replay`",
-        extra={"fields": {"object": event.name, "generation": event.generation, "outcome": "error"}},
+        extra={
+            "fields": {"object": event.name, "generation": event.generation, "outcome": EventOutcome.ERROR}
+        },
     )
     return written
