@@ -46,6 +46,15 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _int(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         try:
@@ -224,6 +233,12 @@ class Settings:
         "", _names, "comma-separated extra types skops may load (for a plugged-in estimator)"
     )
     random_seed: int = _env("0", _int(0), "seed for splits and estimators, so runs repeat")
+    compile_models: bool = _env(
+        "true",
+        _bool,
+        "compile every new model version to ONNX and serve that form where it agrees with "
+        "scikit-learn (false: versions are served by scikit-learn)",
+    )
     # serving
     serving_mode: str = _env(
         ServingMode.DYNAMIC,

@@ -38,6 +38,15 @@ CURRENT_MODEL = "models/current.skops"
 """The serving model: a byte copy of one version's model, swapped by compare-and-swap."""
 VERSIONS_PREFIX = "models/versions/"
 """``models/versions/<version>/{model.skops,card.json,holdout.parquet}``: every version kept."""
+COMPILED_MODEL_FILE = "model.onnx"
+"""``models/versions/<version>/model.onnx``: the version compiled by skl2onnx, when it converted and
+agreed with the scikit-learn model (``shared.compiled``)."""
+CURRENT_VERSION_METADATA = "prodml-version"
+"""Custom metadata of ``models/current.skops``: the version it holds, written with its content in
+the one compare-and-swap, so predict learns it from a stat without reading the skops file."""
+CURRENT_FORM_METADATA = "prodml-form"
+"""Custom metadata of ``models/current.skops``: which form of that version predict serves
+(a ``ModelForm``)."""
 EVENTS_PREFIX = "registry/events/"
 """``registry/events/<generation>.json``: one record per swap of the current model."""
 PROCESSED_PREFIX = "registry/processed/"
@@ -118,6 +127,22 @@ class BuildStatus(StrEnum):
     BUILT = "built"
     SKIPPED = "skipped"  # this model generation's table is already current
     NOTHING_TO_BUILD = "nothing_to_build"  # no model, no key, or too many keys and no traffic
+
+
+class ModelForm(StrEnum):
+    """Which form of a model version answers: the compiled ONNX graph, or the scikit-learn object."""
+
+    ONNX = "onnx"
+    SKLEARN = "sklearn"
+
+
+class CompileStatus(StrEnum):
+    """What became of a version's compilation (its card's ``compiled.status``)."""
+
+    VERIFIED = "verified"  # converted, and agrees with scikit-learn within tolerance: served compiled
+    DIFFERS = "differs"  # converted, but disagrees (or is not batch-invariant): served by scikit-learn
+    UNCONVERTIBLE = "unconvertible"  # skl2onnx cannot convert it: served by scikit-learn
+    DISABLED = "disabled"  # COMPILE_MODELS=false: not tried
 
 
 class Runner(StrEnum):

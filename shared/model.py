@@ -5,26 +5,33 @@ with skops (a dict of plain values and scikit-learn objects; never a pickle). Lo
 any type that is neither trusted by skops by default nor listed in ``extra_trusted``.
 
 One scoring function serves both paths of the system: the table build and the predict
-function both call ``ModelBundle.scores`` on frames made by ``to_frame``, so a table score and
-a model score for the same instance are the same float.
+function both call ``ModelBundle.score_columns`` (``scores`` on frames made by ``to_frame``) when
+a version is served by scikit-learn, so a table score and a model score for the same instance are
+the same float. (A version with a verified compiled form is served by
+``shared.compiled.runtime.CompiledModel`` instead, in both paths.)
+
+pandas and scikit-learn are imported when first used, not with this module: a predict process
+that serves a compiled model or a table never loads them (it imports this module's names only
+through the registry of forms).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-from pandas.api.types import infer_dtype
-from sklearn.exceptions import NotFittedError
-from sklearn.utils.validation import check_is_fitted
 
 from shared.config import get_settings
+from shared.contracts import ModelForm
 from shared.errors import ModelNotReady, SchemaError, ZipTooLarge
 from shared.schema import Scalar, Schema
+from shared.scoring import Columns, predicted_labels
 from shared.zip_limits import check_zip
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMAT = "prodml-model/1"
 
@@ -35,6 +42,9 @@ def to_frame(schema: Schema, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -
     Categories become strings (a category ``7`` and ``"7"`` are the same value), integers int64,
     floats float64. Values are assumed already validated (see the validation module).
     """
+    import pandas as pd
+    from pandas.api.types import infer_dtype
+
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame.from_records(list(rows))
     columns: dict[str, Any] = {}
     for feature in schema.features:
@@ -52,6 +62,21 @@ def to_frame(schema: Schema, rows: pd.DataFrame | Sequence[Mapping[str, Any]]) -
     return pd.DataFrame(columns, index=frame.index)
 
 
+def frame_from_columns(schema: Schema, columns: Columns) -> pd.DataFrame:
+    """``to_frame`` of rows given by column (a table build's keys, a request's instances)."""
+    import pandas as pd
+
+    raw: dict[str, Any] = {}
+    for f in schema.features:
+        values: Any = columns[f.name]
+        if f.type == "category" and not isinstance(values, pd.api.extensions.ExtensionArray):
+            # Explicitly object: left to infer, pandas 3 would first convert the strings to its
+            # pyarrow "str" dtype, only for to_frame to convert them back (2x slower per chunk).
+            values = pd.Series(np.asarray(values, dtype=object), dtype=object, copy=False)
+        raw[f.name] = values
+    return to_frame(schema, pd.DataFrame(raw))
+
+
 @dataclass
 class ModelBundle:
     """A fitted estimator, the schema it was trained on, and its version."""
@@ -59,6 +84,8 @@ class ModelBundle:
     version: str
     estimator: Any
     schema: Schema
+
+    form = ModelForm.SKLEARN
 
     @property
     def task(self) -> str:
@@ -89,14 +116,13 @@ class ModelBundle:
                 out[:, j] = proba[:, fitted.index(cls)]
         return out
 
+    def score_columns(self, columns: Columns) -> np.ndarray:
+        """Scores for rows given by column (``shared.scoring.Scorer``): ``scores`` of their frame."""
+        return self.scores(frame_from_columns(self.schema, columns))
+
     def labels(self, scores: np.ndarray) -> list[Scalar | None]:
         """The predicted label for each row of ``scores`` (None for regression)."""
-        if self.task == "regression":
-            return [None] * len(scores)
-        if self.task == "binary":
-            negative, positive = self.classes
-            return [positive if s >= 0.5 else negative for s in scores]
-        return [self.classes[int(i)] for i in np.argmax(scores, axis=1)]
+        return predicted_labels(self.schema, scores)
 
     def to_bytes(self) -> bytes:
         """The skops form stored in the bucket."""
@@ -159,6 +185,9 @@ class ModelBundle:
             schema = Schema.from_json(raw["schema"])
         except SchemaError as exc:
             raise ModelNotReady(f"model file's schema is invalid: {exc}") from None
+        from sklearn.exceptions import NotFittedError
+        from sklearn.utils.validation import check_is_fitted
+
         estimator = raw["estimator"]
         try:
             check_is_fitted(estimator)

@@ -16,7 +16,8 @@ What it shares with the in-function builder, called rather than copied:
   ``shared.tables.plan.plan_or_skip`` (``plan_build`` and ``is_same_build``), with
   ``PIPELINE_MAX_ROWS`` as the limit of a full build instead of ``TABLE_MAX_ROWS``;
 - the keys and their scores: ``shared.tables.keys.full_chunks`` / ``shared.tables.keys.decode_keys`` and
-  ``shared.tables.keys.score_keys`` (``ModelBundle.scores`` on ``to_frame``), so a score is the same float;
+  ``shared.tables.keys.score_keys`` (the form predict serves: ``shared.compiled.current``), so a
+  score is the same float;
 - the output: ``table.write_table`` (one npz of its own, ``tables/<model version>/<strategy>-<build
   id>.npz``, same arrays, same meta fields) and
   ``shared.tables.switch.switch_to_table`` (compare-and-swap of ``tables/current.json``, unless the
@@ -46,11 +47,12 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from shared.compiled.current import load_current
 from shared.config import Settings
 from shared.contracts import CURRENT_MODEL, BuildStatus, LaunchStatus
 from shared.errors import ModelChanged, ModelNotReady, NotFound
 from shared.logs import get_logger
-from shared.model import ModelBundle
+from shared.scoring import Scorer
 from shared.storage import artifacts_bucket
 from shared.tables.format import build_blob, new_build_id, write_table
 from shared.tables.keys import decode_keys, non_key_defaults, score_keys, score_width
@@ -96,15 +98,16 @@ def block_codes(block: Any) -> np.ndarray:
     return np.asarray(block, dtype=np.int64)
 
 
-def load_model(settings: Settings, generation: int | None = None) -> tuple[ModelBundle, int]:
-    """The current model and its generation; ``ModelChanged`` if it is not ``generation``."""
-    data, info = artifacts_bucket(settings).read_with_info(CURRENT_MODEL)
-    if generation is not None and info.generation != generation:
+def load_model(settings: Settings, generation: int | None = None) -> tuple[Scorer, int]:
+    """The current model in the form predict serves (``shared.compiled.current``) and its
+    generation; ``ModelChanged`` if it is not ``generation``."""
+    loaded = load_current(artifacts_bucket(settings), settings)
+    if generation is not None and loaded.info.generation != generation:
         raise ModelChanged(
-            f"{CURRENT_MODEL} is now generation {info.generation}, not {generation} the build was planned "
-            "for: its own build follows its promotion"
+            f"{CURRENT_MODEL} is now generation {loaded.info.generation}, not {generation} the build was "
+            "planned for: its own build follows its promotion"
         )
-    return ModelBundle.from_bytes(data, extra_trusted=settings.model_trusted_types), info.generation
+    return loaded.scorer, loaded.info.generation
 
 
 class ScoreBlocks(beam.DoFn):
@@ -114,7 +117,7 @@ class ScoreBlocks(beam.DoFn):
         self.settings = settings
         self.model_generation = model_generation
         self.temp_dir = temp_dir
-        self.bundle: ModelBundle | None = None
+        self.bundle: Scorer | None = None
 
     def setup(self) -> None:
         """Load the planned model generation (once per worker, not per element)."""

@@ -36,14 +36,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from shared.config import Settings
 from shared.contracts import CURRENT_MODEL, ServingMode
 from shared.errors import ModelNotReady, ProdMLError
 from shared.logs import get_logger
-from shared.model import ModelBundle, to_frame
 from shared.schema import Scalar
+from shared.scoring import Scorer, predicted_labels, rows_to_columns
 from shared.serving.request_checks import Require
 from shared.serving.state import ServingState, StateLoader
 from shared.serving.traffic import HeavyHitters, flush_counts
@@ -238,11 +237,11 @@ class Predictor:
             if not static:
                 to_model = missed
         if to_model:
-            rows = [instances[i] for i in to_model]
-            frame = to_frame(
-                model.schema, pd.DataFrame({f: [r[f] for r in rows] for f in model.schema.feature_names})
+            # Straight from the parsed instances: ONNX Runtime inputs for a compiled version,
+            # a frame (pandas, loaded then) only for a version served by scikit-learn.
+            model_scores = model.score_columns(
+                rows_to_columns(model.schema, [instances[i] for i in to_model])
             )
-            model_scores = model.scores(frame)
             for j, i in enumerate(to_model):
                 scores[i] = model_scores[j]
         if keys:
@@ -283,7 +282,9 @@ class Predictor:
         out["model"] = {
             "version": state.model.version,
             "generation": state.model_generation,
-            "task": state.model.task,
+            "task": state.model.schema.label.task,
+            "form": state.model.form,
+            "form_note": state.model_note,
             "age_seconds": round((now - state.model_updated).total_seconds(), 3),
             "loaded_by": state.model_loaded_by,
             "loaded_at_check": state.model_loaded_check,
@@ -315,13 +316,13 @@ def _plain(value: Any) -> Any:
     return float(value)
 
 
-def _answer(model: ModelBundle, version: str, scores: list[Any], sources: list[str]) -> dict[str, Any]:
+def _answer(model: Scorer, version: str, scores: list[Any], sources: list[str]) -> dict[str, Any]:
     """The response body: one prediction per instance, the model version, classes if multiclass."""
-    task = model.task
+    task = model.schema.label.task
     answered = [i for i, s in enumerate(scores) if s is not None]
     labels: list[Scalar | None] = [None] * len(scores)
     if answered and task != "regression":
-        found = model.labels(np.asarray([scores[i] for i in answered], dtype=float))
+        found = predicted_labels(model.schema, np.asarray([scores[i] for i in answered], dtype=float))
         for i, label in zip(answered, found, strict=True):
             labels[i] = label
     predictions = []
@@ -337,5 +338,5 @@ def _answer(model: ModelBundle, version: str, scores: list[Any], sources: list[s
         predictions.append(prediction)
     body: dict[str, Any] = {"predictions": predictions, "model_version": version}
     if task == "multiclass":
-        body["classes"] = list(model.classes)
+        body["classes"] = list(model.schema.label.classes)
     return body

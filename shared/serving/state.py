@@ -2,9 +2,11 @@
 
 ``ServingState`` is immutable: the model, the table, and the checks and key codec made for the
 model's schema. ``StateLoader.reload`` stats ``models/current.skops`` and ``tables/current.json``,
-loads only what changed, and swaps a whole new state in with one reference assignment, so a
-request that read the old reference finishes with the old model and table, and one that reads
-the new reference sees both new ones: no answer ever mixes two versions.
+loads only what changed (the model in the form its blob's metadata names,
+``shared.compiled.current``: its ONNX graph when compiled, else the skops file), and swaps a whole
+new state in with one reference assignment, so a request that read the old reference finishes
+with the old model and table, and one that reads the new reference sees both new ones: no answer
+ever mixes two versions.
 
 A new model or table whose content cannot be loaded (corrupt, untrusted types, a malformed
 pointer, a pointer to a missing or malformed blob) is logged, shown in ``last_reload_error``, and
@@ -20,13 +22,14 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from shared.compiled.current import load_current
 from shared.config import Settings
 from shared.contracts import CURRENT_MODEL, TABLE_POINTER, ServingMode
 from shared.errors import NotFound, is_transient
 from shared.logs import get_logger
-from shared.model import ModelBundle
+from shared.scoring import Scorer
 from shared.serving.request_checks import InstanceChecker
-from shared.storage import Bucket
+from shared.storage import Bucket, ObjectInfo
 from shared.tables.codec import KeyCodec
 from shared.tables.format import Table, read_pointed_table, read_valid_pointer
 
@@ -39,7 +42,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 class ServingState:
     """Everything one answer is computed from; replaced whole, never changed."""
 
-    model: ModelBundle
+    model: Scorer
+    model_note: str  # which form answers, and why (shown in /health)
     model_generation: int
     model_updated: datetime
     model_loaded_by: str  # who loaded this model: "first request", "reload thread" or "reload()"
@@ -53,18 +57,19 @@ class ServingState:
     loaded_at: datetime
 
 
-def table_fits(table: Table, model: ModelBundle, mode: str) -> tuple[bool, str]:
+def table_fits(table: Table, model: Scorer, mode: str) -> tuple[bool, str]:
     """Whether ``mode`` may answer from ``table`` while ``model`` is served, and why (not).
 
     The key and the score shape must fit the model's schema; in hybrid mode the table must also
     have been built from this very model version, so hits and misses come from one model.
     """
     schema = model.schema
+    task = schema.label.task
     if tuple(table.key) != tuple(schema.key):
         return False, f"table key {list(table.key)} differs from the schema key {list(schema.key)}"
-    width = len(model.classes) if model.task == "multiclass" else 0
+    width = len(schema.label.classes) if task == "multiclass" else 0
     if (table.scores.ndim == 2 and table.scores.shape[1] != width) or (table.scores.ndim == 1 and width):
-        return False, f"table scores of shape {table.scores.shape} do not fit a {model.task} model"
+        return False, f"table scores of shape {table.scores.shape} do not fit a {task} model"
     if mode == ServingMode.HYBRID and table.model_version != model.version:
         return False, f"table was built from model {table.model_version!r}, serving {model.version!r}"
     return True, "in use"
@@ -96,27 +101,29 @@ class StateLoader:
             self.checks += 1
             return self._reload(by)
 
-    def _generation(self, blob: str) -> int:
+    def _stat(self, blob: str) -> ObjectInfo | None:
         try:
-            return self.artifacts.stat(blob).generation
+            return self.artifacts.stat(blob)
         except NotFound:
-            return 0
+            return None
 
     def _reload(self, by: str) -> bool:
         self.retry_pending = False
         current = self.state
         seen = (current.model_generation, current.table_generation) if current else None
         try:
-            model_gen = self._generation(CURRENT_MODEL)
-            pointer_gen = self._generation(TABLE_POINTER)
+            model_info = self._stat(CURRENT_MODEL)
+            pointer_info = self._stat(TABLE_POINTER)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             self._failed("models/ and tables/ generations", 0, exc)
             return False
+        model_gen = model_info.generation if model_info else 0
+        pointer_gen = pointer_info.generation if pointer_info else 0
         if (model_gen, pointer_gen) == seen:
             return False
-        model, model_gen, model_updated = self._load_model(current, model_gen)
+        model, model_note, model_gen, model_updated = self._load_model(current, model_info)
         if model is None:
             return False
         table, table_gen = self._load_table(current, pointer_gen)
@@ -132,6 +139,7 @@ class StateLoader:
         )
         state = ServingState(
             model=model,
+            model_note=model_note,
             model_generation=model_gen,
             model_updated=model_updated,
             model_loaded_by=loaded_by,
@@ -151,7 +159,7 @@ class StateLoader:
         self._log_loaded(state)
         return True
 
-    def _table_use(self, table: Table | None, model: ModelBundle) -> tuple[bool, str]:
+    def _table_use(self, table: Table | None, model: Scorer) -> tuple[bool, str]:
         """Whether requests may be answered from ``table`` in this mode, and why (or why not)."""
         if self.mode == ServingMode.DYNAMIC:
             return False, "dynamic mode answers from the model only"
@@ -168,6 +176,7 @@ class StateLoader:
                 "fields": {
                     "mode": self.mode,
                     "model_version": state.model.version,
+                    "model_form": state.model.form,
                     "model_generation": state.model_generation,
                     "table_version": table.version if table else None,
                     "table_rows": len(table) if table else 0,
@@ -192,12 +201,15 @@ class StateLoader:
         log.error("could not load a new serving artifact; keeping the current one", extra={"fields": fields})
 
     def _load_model(
-        self, current: ServingState | None, generation: int
-    ) -> tuple[ModelBundle | None, int, datetime]:
+        self, current: ServingState | None, info: ObjectInfo | None
+    ) -> tuple[Scorer | None, str, int, datetime]:
         keep = (
-            (current.model, current.model_generation, current.model_updated) if current else (None, 0, _EPOCH)
+            (current.model, current.model_note, current.model_generation, current.model_updated)
+            if current
+            else (None, "", 0, _EPOCH)
         )
-        if generation == 0:
+        generation = info.generation if info else 0
+        if info is None:
             if current is not None:
                 log.warning("serving model blob vanished; keeping the loaded model")
             return keep
@@ -206,16 +218,13 @@ class StateLoader:
         ) == generation:
             return keep
         try:
-            data, info = self.artifacts.read_with_info(CURRENT_MODEL)
-            model = ModelBundle.from_bytes(
-                data, self.settings.model_trusted_types, max_bytes=self.settings.max_model_bytes
-            )
+            loaded = load_current(self.artifacts, self.settings, info)
         except NotFound:
             return keep
         except Exception as exc:  # neither a corrupt model nor a storage fault may take serving down
             self._failed(CURRENT_MODEL, generation, exc)
             return keep
-        return model, info.generation, info.updated
+        return loaded.scorer, loaded.note, loaded.info.generation, loaded.info.updated
 
     def _load_table(self, current: ServingState | None, generation: int) -> tuple[Table | None, int]:
         keep = (current.table, current.table_generation) if current else (None, 0)

@@ -3,7 +3,8 @@
 One builder behind three callers: the build_table CloudEvent function (a model was promoted), its
 HTTP function (a scheduler or a person) and ``prodml table build``. ``build_table``:
 
-1. loads ``models/current.skops`` (and remembers its generation);
+1. loads the current model in the form predict serves it (``shared.compiled.current``: its
+   compiled ONNX graph when verified, else ``models/current.skops``) and remembers its generation;
 2. chooses the keys: ``full`` (every key, when the key space has at most ``TABLE_MAX_ROWS``
    keys), ``top_k`` (the K most requested keys in ``traffic/``), or ``auto`` (full if it fits,
    else top_k if there is traffic, else nothing, said plainly);
@@ -36,12 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from shared.compiled.current import load_current
 from shared.config import Settings
 from shared.contracts import CURRENT_MODEL, BuildStatus, TableStrategy
 from shared.errors import ModelNotReady, NotFound
 from shared.logs import get_logger
-from shared.model import ModelBundle
 from shared.schema import Schema
+from shared.scoring import Scorer
 from shared.storage import Bucket
 from shared.tables.format import build_blob, new_build_id, write_table
 from shared.tables.keys import KeyChunk, code_chunks, full_chunks, non_key_defaults, score_keys, score_width
@@ -79,23 +81,20 @@ def build_table(artifacts: Bucket, settings: Settings, request: BuildRequest | N
     return _built_result(bundle, generation, plan, blob, seconds, switched, note)
 
 
-def _load_current_model(artifacts: Bucket, settings: Settings) -> tuple[ModelBundle, int] | BuildResult:
-    """The serving model and its generation, or the answer why there is nothing to build."""
+def _load_current_model(artifacts: Bucket, settings: Settings) -> tuple[Scorer, int] | BuildResult:
+    """The serving model, in the form predict serves it (``shared.compiled.current``: the table's
+    scores are then the very scores predict would give), and its generation; or the answer why
+    there is nothing to build."""
     try:
-        data, info = artifacts.read_with_info(CURRENT_MODEL)
+        loaded = load_current(artifacts, settings)
     except NotFound:
         return BuildResult(
             BuildStatus.NOTHING_TO_BUILD,
             f"no model yet: {artifacts.name}/{CURRENT_MODEL} does not exist; train one first",
         )
-    try:
-        bundle = ModelBundle.from_bytes(
-            data, settings.model_trusted_types, max_bytes=settings.max_model_bytes
-        )
     except ModelNotReady as exc:
-        return BuildResult(
-            BuildStatus.NOTHING_TO_BUILD, f"cannot load {CURRENT_MODEL} generation {info.generation}: {exc}"
-        )
+        return BuildResult(BuildStatus.NOTHING_TO_BUILD, f"cannot load {CURRENT_MODEL}: {exc}")
+    bundle, generation = loaded.scorer, loaded.info.generation
     build_blob(
         bundle.version, TableStrategy.FULL, new_build_id()
     )  # a version that cannot name a table fails now
@@ -104,13 +103,13 @@ def _load_current_model(artifacts: Bucket, settings: Settings) -> tuple[ModelBun
             BuildStatus.NOTHING_TO_BUILD,
             "the model's schema has no key features: there is no table to build",
             model_version=bundle.version,
-            model_generation=info.generation,
+            model_generation=generation,
         )
-    return bundle, info.generation
+    return bundle, generation
 
 
 def _table_meta(
-    bundle: ModelBundle, model_generation: int, plan: BuildPlan, seconds: float, built_at: str
+    bundle: Scorer, model_generation: int, plan: BuildPlan, seconds: float, built_at: str
 ) -> dict[str, Any]:
     """The metadata written inside the table object (``shared.tables.format.write_table``)."""
     schema = bundle.schema
@@ -118,6 +117,7 @@ def _table_meta(
         "rows": plan.rows,
         "model_version": bundle.version,
         "model_generation": model_generation,
+        "model_form": str(bundle.form),  # the form that scored it: the one predict serves
         "key": list(schema.key),
         "strategy": plan.strategy,
         "k": plan.k,
@@ -132,7 +132,7 @@ def _table_meta(
 
 
 def _built_result(
-    bundle: ModelBundle,
+    bundle: Scorer,
     model_generation: int,
     plan: BuildPlan,
     blob: str,
@@ -171,7 +171,7 @@ def _chunks(schema: Schema, plan: BuildPlan, chunk_rows: int) -> Iterator[KeyChu
 
 
 def _score(
-    bundle: ModelBundle, schema: Schema, plan: BuildPlan, chunk_rows: int
+    bundle: Scorer, schema: Schema, plan: BuildPlan, chunk_rows: int
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Score every planned key into preallocated arrays, one chunk at a time; log progress."""
     width = score_width(bundle)

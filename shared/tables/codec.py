@@ -18,13 +18,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from shared.errors import SchemaError
 from shared.schema import Scalar, Schema
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _SMALL = 16  # rows up to which encode_columns loops over dicts instead of using pandas
 _MAX_CODE = 2**62  # keeps every code and every product of radixes inside int64
@@ -60,7 +62,8 @@ class KeyCodec:
     """Encodes key values to codes and back for one schema.
 
     Built once per schema: one dict per key feature for single instances (the request path) and
-    ``pandas.Index`` lookups for columns (the table build).
+    ``pandas.Index`` lookups for columns (the table build), made on first use so that a predict
+    process never imports pandas.
     """
 
     def __init__(self, schema: Schema) -> None:
@@ -76,14 +79,24 @@ class KeyCodec:
         # stride of feature i = product of the radixes after it (first feature most significant)
         self.strides = [math.prod(self.radixes[i + 1 :]) for i in range(len(self.radixes))]
         self._index: list[dict[Any, int]] = []
-        self._pd_index: list[pd.Index] = []
+        self._pd_index: list[pd.Index] | None = None
         for f in self.features:
             values = f.values()
             if f.type == "category":
                 self._index.append({str(v): i for i, v in enumerate(values)})
             else:
                 self._index.append({int(v): i for i, v in enumerate(values)})
-            self._pd_index.append(pd.Index([str(v) for v in values] if f.type == "category" else values))
+
+    def _column_index(self) -> list[pd.Index]:
+        """One ``pandas.Index`` of the domain per key feature (made once, on the first big batch)."""
+        import pandas as pd
+
+        if self._pd_index is None:
+            self._pd_index = [
+                pd.Index([str(v) for v in f.values()] if f.type == "category" else f.values())
+                for f in self.features
+            ]
+        return self._pd_index
 
     def key_values(self, instance: Mapping[str, Any]) -> list[Scalar]:
         """The normalized key values of one instance: category strings, integer ints."""
@@ -115,9 +128,11 @@ class KeyCodec:
         if lengths and max(lengths) <= _SMALL:  # a request's few rows: dicts beat pandas by ~100x
             rows = zip(*(list(columns[f.name]) for f in self.features), strict=True)
             return np.array([self.encode_one(values) for values in rows], dtype=np.int64)
+        import pandas as pd
+
         codes: np.ndarray | None = None
         bad: np.ndarray | None = None
-        for f, pidx, stride in zip(self.features, self._pd_index, self.strides, strict=True):
+        for f, pidx, stride in zip(self.features, self._column_index(), self.strides, strict=True):
             raw = columns[f.name]
             if f.type == "category":
                 idx = pidx.get_indexer(pd.Index(np.asarray(raw, dtype=object)).astype(str))
@@ -139,7 +154,7 @@ class KeyCodec:
         if rest.size and (rest.min() < 0 or rest.max() >= self.cardinality):
             raise ValueError(f"codes must lie in [0, {self.cardinality}), got {rest.min()}..{rest.max()}")
         out: dict[str, np.ndarray] = {}
-        parts = zip(self.features, self._pd_index, self.strides, self.radixes, strict=True)
+        parts = zip(self.features, self._column_index(), self.strides, self.radixes, strict=True)
         for f, pidx, stride, radix in parts:
             idx = (rest // stride) % radix
             if f.type == "category":
@@ -171,6 +186,8 @@ def _integer_positions(values: np.ndarray, low: int, size: int) -> np.ndarray:
     if values.dtype.kind in "iu":
         pos = values.astype(np.int64) - low
         return np.where((pos >= 0) & (pos < size), pos, -1)
+    import pandas as pd
+
     numeric = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(dtype=float)
     ok = np.isfinite(numeric) & (np.floor(numeric) == numeric)
     pos = np.where(ok, numeric - low, -1)

@@ -7,9 +7,9 @@ keys without touching storage, so the table build function and a batch pipeline 
   mixed-radix codes of ``shared.tables.codec.encode_keys``) cut into chunks and decoded to columns;
 - ``top_k``: the K most requested keys of a traffic count, keeping only keys valid under the
   schema;
-- ``score_keys``: the model's scores for key columns, through ``shared.model.to_frame`` and
-  ``ModelBundle.scores``, the very path the predict function takes, so a table score is the
-  model's score for the same instance.
+- ``score_keys``: the serving form's scores for key columns (``Scorer.score_columns``: the ONNX
+  graph of a compiled version, else the scikit-learn model), the very call the predict function
+  makes, so a table score is the model's score for the same instance.
 
 Features outside the key take a fixed value in every table row (static serving answers by key
 alone), chosen by ``non_key_defaults``: the feature's ``default`` from the schema; when it has
@@ -22,14 +22,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
-from shared.model import ModelBundle, to_frame
+from shared.model import frame_from_columns
 from shared.schema import Feature, Scalar, Schema
+from shared.scoring import Scorer
 from shared.tables.codec import decode_codes, encode_keys, parse_key_string
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -176,26 +179,27 @@ def top_k(schema: Schema, counts: Mapping[str, int], k: int) -> TopKeys:
     )
 
 
-def instance_frame(schema: Schema, key_columns: Mapping[str, Any]) -> pd.DataFrame:
-    """The model input for keys: key columns plus each non-key feature's default, via ``to_frame``."""
+def key_instance_columns(schema: Schema, key_columns: Mapping[str, Any]) -> dict[str, Any]:
+    """The model input for keys, by column: key columns plus each non-key feature's default."""
     n = len(next(iter(key_columns.values()))) if key_columns else 0
     defaults = non_key_defaults(schema)
-    raw: dict[str, Any] = {}
-    for f in schema.features:
-        values = key_columns[f.name] if f.name in key_columns else np.full(n, defaults[f.name])
-        if f.type == "category" and not isinstance(values, pd.api.extensions.ExtensionArray):
-            # Explicitly object: left to infer, pandas 3 would first convert the strings to its
-            # pyarrow "str" dtype, only for to_frame to convert them back (2x slower per chunk).
-            values = pd.Series(np.asarray(values, dtype=object), dtype=object, copy=False)
-        raw[f.name] = values
-    return to_frame(schema, pd.DataFrame(raw))
+    return {
+        f.name: key_columns[f.name] if f.name in key_columns else np.full(n, defaults[f.name])
+        for f in schema.features
+    }
 
 
-def score_keys(bundle: ModelBundle, schema: Schema, key_columns: Mapping[str, Any]) -> np.ndarray:
-    """The model's scores for these keys (see ``ModelBundle.scores`` for the shape by task)."""
-    return bundle.scores(instance_frame(schema, key_columns))
+def instance_frame(schema: Schema, key_columns: Mapping[str, Any]) -> pd.DataFrame:
+    """The model input for keys as a frame made by ``to_frame`` (for scikit-learn)."""
+    return frame_from_columns(schema, key_instance_columns(schema, key_columns))
 
 
-def score_width(bundle: ModelBundle) -> int:
+def score_keys(scorer: Scorer, schema: Schema, key_columns: Mapping[str, Any]) -> np.ndarray:
+    """The serving form's scores for these keys (see ``Scorer.score_columns`` for the shape)."""
+    return scorer.score_columns(key_instance_columns(schema, key_columns))
+
+
+def score_width(scorer: Scorer) -> int:
     """Scores per key: one (binary, regression) or one per class (multiclass)."""
-    return len(bundle.classes) if bundle.task == "multiclass" else 1
+    label = scorer.schema.label
+    return len(label.classes) if label.task == "multiclass" else 1

@@ -13,7 +13,7 @@ from shared.config import Settings
 from shared.contracts import CURRENT_MODEL, TABLE_POINTER
 from shared.errors import NotFound, PreconditionFailed
 from shared.logs import get_logger
-from shared.model import ModelBundle
+from shared.scoring import Scorer
 from shared.storage import Bucket
 from shared.tables.format import prune_builds, read_pointer, switch_pointer
 from shared.tables.plan import BuildPlan
@@ -28,7 +28,7 @@ builds still switching the pointer keep theirs, without every rebuild adding a t
 def switch_to_table(
     artifacts: Bucket,
     settings: Settings,
-    bundle: ModelBundle,
+    bundle: Scorer,
     model_generation: int,
     plan: BuildPlan,
     built_at: str,

@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.compiled.form import CompiledForm
 from shared.contracts import CardStatus
 
 CARD_FORMAT = "prodml-card/1"
@@ -66,6 +67,7 @@ class ModelCard:
     seconds: dict[str, float] = field(default_factory=dict)
     training_seconds: float = 0.0
     decision: Decision | None = None
+    compiled: CompiledForm | None = None  # its ONNX form: served or not, and why (None: not tried)
     format: str = CARD_FORMAT
     extra: dict[str, Any] = field(default_factory=dict)  # keys of other writers, kept as they are
 
@@ -88,6 +90,8 @@ class ModelCard:
         extra = {k: v for k, v in body.items() if k not in known}
         decision = values.pop("decision", None)
         values["decision"] = Decision.from_dict(decision) if isinstance(decision, dict) else None
+        compiled = values.pop("compiled", None)
+        values["compiled"] = CompiledForm.from_dict(compiled) if isinstance(compiled, dict) else None
         strategy = str(values.get("strategy") or "")
         if values.get("fallback_reason") is None and strategy.endswith(")") and " (" in strategy:
             # Written before fallback_reason: "full (why incremental could not be done)".
@@ -123,5 +127,6 @@ class ModelCard:
             "seconds": self.seconds,
             "training_seconds": self.training_seconds,
             "decision": self.decision.to_dict() if self.decision is not None else None,
+            "compiled": self.compiled.to_dict() if self.compiled is not None else None,
         }
         return {**body, **self.extra}

@@ -9,6 +9,7 @@ both models and judge (``shared.training.gate``), and write the card (``ModelCar
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from shared.schema import Schema
 from shared.storage import Bucket
 from shared.training import fitting
 from shared.training.card import Decision, ModelCard
+from shared.training.compiling import compile_challenger
 from shared.training.gate import copy_quality, judge, quality, row_losses, scores_by_model
 from shared.training.registry import Current, holdout_name, now_iso
 from shared.training.window import (
@@ -71,6 +73,7 @@ class Challenger:
     promote: bool
     reason: str
     holdout_bytes: bytes = field(repr=False, default=b"")  # models/versions/<v>/holdout.parquet
+    compiled_bytes: bytes | None = field(repr=False, default=None)  # models/versions/<v>/model.onnx
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,15 @@ def build_challenger(request: ChallengerRequest) -> Challenger:
     holdout_bytes = holdout_cache_bytes(
         ((window.gate if r.accumulate_lineage else []) + r.new_files)[-holdout_count:]
     )
-    card = _card(r, window, fit, verdict)
-    return Challenger(bundle, card, verdict.promote, verdict.reason, holdout_bytes)
+    # Checked on the rows the gate judged it on, plus sampled keys (shared.compiled.compile).
+    compilation = compile_challenger(
+        bundle, concat([f.holdout_rows for f in (window.gate or r.new_files)]), r.settings
+    )
+    card = dataclasses.replace(_card(r, window, fit, verdict), compiled=compilation.form)
+    card.seconds["compile"] = compilation.form.seconds
+    return Challenger(
+        bundle, card, verdict.promote, verdict.reason, holdout_bytes, compiled_bytes=compilation.onnx
+    )
 
 
 def _read_window(r: ChallengerRequest) -> _Window:

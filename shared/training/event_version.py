@@ -106,5 +106,12 @@ def train_version(
         started = time.perf_counter()
         model_bytes = challenger.bundle.to_bytes()
         challenger.card.seconds["serialize"] = round(time.perf_counter() - started, 4)
-        registry.write_version(job.artifacts, version, model_bytes, challenger.card, challenger.holdout_bytes)
+        registry.write_version(
+            job.artifacts,
+            version,
+            model_bytes,
+            challenger.card,
+            challenger.holdout_bytes,
+            compiled=challenger.compiled_bytes,
+        )
     return version, model_bytes, challenger.card

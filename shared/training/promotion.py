@@ -43,7 +43,14 @@ def swap_in(
     ``PreconditionFailed`` when another writer swapped first: nothing was written.
     """
     registry.swap_current(
-        artifacts, card.version, model_bytes, expected_generation, kind="promote", previous=previous, by=by
+        artifacts,
+        card.version,
+        model_bytes,
+        expected_generation,
+        kind="promote",
+        previous=previous,
+        by=by,
+        form=registry.served_form(card),
     )
     return registry.set_decision(artifacts, card, CardStatus.PROMOTED, reason)
 

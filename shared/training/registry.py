@@ -5,7 +5,9 @@ Blobs (docs/design.md section 3)::
     models/versions/<version>/model.skops   every trained model (promoted or not), for rollback
     models/versions/<version>/card.json     what it is (``shared.training.card.ModelCard``)
     models/versions/<version>/holdout.parquet  held-out rows of its latest files (the next gate's)
-    models/current.skops                    the serving model, a byte copy of one version's model
+    models/versions/<version>/model.onnx    its compiled form, when verified (``shared.compiled``)
+    models/current.skops                    the serving model, a byte copy of one version's model;
+                                            its metadata names the version and the form served
     registry/events/<generation>.json       one record per swap of current.skops (promote/rollback)
 
 Every swap of ``models/current.skops`` is a compare-and-swap on its generation (``0`` when there
@@ -33,7 +35,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.contracts import CURRENT_MODEL, EVENTS_PREFIX, VERSIONS_PREFIX, CardStatus
+from shared.contracts import (
+    COMPILED_MODEL_FILE,
+    CURRENT_FORM_METADATA,
+    CURRENT_MODEL,
+    CURRENT_VERSION_METADATA,
+    EVENTS_PREFIX,
+    VERSIONS_PREFIX,
+    CardStatus,
+    ModelForm,
+)
 from shared.errors import ModelNotReady, NotFound, PreconditionFailed, RegistryError
 from shared.logs import get_logger
 from shared.model import ModelBundle
@@ -62,6 +73,16 @@ def new_version_id(moment: datetime | None = None) -> str:
 def model_name(version: str) -> str:
     """The blob of a version's model."""
     return f"{VERSIONS_PREFIX}{_check_version(version)}/model.skops"
+
+
+def compiled_name(version: str) -> str:
+    """The blob of a version's compiled (ONNX) form."""
+    return f"{VERSIONS_PREFIX}{_check_version(version)}/{COMPILED_MODEL_FILE}"
+
+
+def current_metadata(version: str, form: ModelForm) -> dict[str, str]:
+    """The metadata written with ``models/current.skops``: the version, and the form to serve."""
+    return {CURRENT_VERSION_METADATA: version, CURRENT_FORM_METADATA: str(form)}
 
 
 def holdout_name(version: str) -> str:
@@ -98,12 +119,20 @@ def read_json(bucket: Bucket, name: str) -> Any:
 
 
 def write_version(
-    artifacts: Bucket, version: str, model_bytes: bytes, card: ModelCard, holdout: bytes | None = None
+    artifacts: Bucket,
+    version: str,
+    model_bytes: bytes,
+    card: ModelCard,
+    holdout: bytes | None = None,
+    compiled: bytes | None = None,
 ) -> None:
-    """Write a new version: the model (and its held-out rows), then its card (then it is complete)."""
+    """Write a new version: the model (its compiled form, its held-out rows), then its card (then
+    it is complete)."""
     artifacts.write(
         model_name(version), model_bytes, content_type="application/octet-stream", if_generation_match=0
     )
+    if compiled is not None:
+        write_compiled(artifacts, version, compiled)
     if holdout is not None:
         artifacts.write(
             holdout_name(version),
@@ -113,6 +142,23 @@ def write_version(
         )
     artifacts.write(
         card_name(version), json_bytes(card.to_dict()), content_type="application/json", if_generation_match=0
+    )
+
+
+def write_compiled(artifacts: Bucket, version: str, compiled: bytes) -> None:
+    """Write a version's compiled form, once (a second writer finds the same version's file there)."""
+    with contextlib.suppress(PreconditionFailed):
+        artifacts.write(
+            compiled_name(version), compiled, content_type="application/octet-stream", if_generation_match=0
+        )
+
+
+def served_form(card: ModelCard | None) -> ModelForm:
+    """The form predict serves a version in: ONNX when its card says it was compiled and verified."""
+    return (
+        ModelForm.ONNX
+        if card is not None and card.compiled is not None and card.compiled.served
+        else ModelForm.SKLEARN
     )
 
 
@@ -211,10 +257,13 @@ def swap_current(
     kind: str,
     previous: str | None,
     by: str,
+    form: ModelForm = ModelForm.SKLEARN,
 ) -> int:
     """Compare-and-swap ``models/current.skops`` to ``version``; record the swap; return the generation.
 
     ``expected_generation`` is the generation read with the model being replaced (0: none yet).
+    The blob's metadata names the version and ``form``, the form predict serves (written with the
+    content, in the one compare-and-swap: no reader sees one without the other).
     ``PreconditionFailed`` when someone else swapped first: nothing was written.
     """
     generation = artifacts.write(
@@ -222,6 +271,7 @@ def swap_current(
         model_bytes,
         content_type="application/octet-stream",
         if_generation_match=expected_generation,
+        metadata=current_metadata(version, form),
     )
     record = {
         "kind": kind,
@@ -230,6 +280,7 @@ def swap_current(
         "generation": generation,
         "time": now_iso(),
         "by": by,
+        "form": str(form),
     }
     # A generation is written once, so the record's name is free; if not, the record is there.
     with contextlib.suppress(PreconditionFailed):
@@ -319,9 +370,30 @@ def rollback(artifacts: Bucket, target: str | None = None, extra_trusted: Iterab
     if bundle.version != target:
         raise RegistryError(f"{model_name(target)!r} holds version {bundle.version!r}, not {target!r}")
     generation = swap_current(
-        artifacts, target, data, current.generation, kind="rollback", previous=current.version, by="rollback"
+        artifacts,
+        target,
+        data,
+        current.generation,
+        kind="rollback",
+        previous=current.version,
+        by="rollback",
+        form=_rollback_form(artifacts, bundle),
     )
     return Rollback(previous=current.version, version=target, generation=generation)
+
+
+def _rollback_form(artifacts: Bucket, bundle: ModelBundle) -> ModelForm:
+    """The form a rollback target is served in, compiling it first if it never was (a version
+    stored before compiled serving existed)."""
+    # Imported here: the compiling module builds on this one (names, cards).
+    from shared.config import get_settings
+    from shared.training.compiling import ensure_compiled
+
+    try:
+        card: ModelCard | None = read_card(artifacts, bundle.version)
+    except (NotFound, RegistryError):
+        card = None
+    return served_form(ensure_compiled(artifacts, bundle, card, get_settings()))
 
 
 UNLOADABLE = "(unloadable)"  # the ``previous`` of a rollback away from a model that would not load
@@ -364,7 +436,14 @@ def _rollback_from_unloadable(
             refused.append(f"{version}: holds the broken model or another version")
             continue
         generation = swap_current(
-            artifacts, version, data, info.generation, kind="rollback", previous=UNLOADABLE, by="rollback"
+            artifacts,
+            version,
+            data,
+            info.generation,
+            kind="rollback",
+            previous=UNLOADABLE,
+            by="rollback",
+            form=_rollback_form(artifacts, bundle),
         )
         return Rollback(previous=UNLOADABLE, version=version, generation=generation)
     detail = "; ".join(refused) or f"no promotion recorded under {EVENTS_PREFIX}"

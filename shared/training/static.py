@@ -91,7 +91,9 @@ def train_files(paths: list[Path], settings: Settings, *, gate: bool = False) ->
     )
     card = dataclasses.replace(challenger.card, strategy=STATIC_STRATEGY)
     model_bytes = challenger.bundle.to_bytes()
-    registry.write_version(artifacts, version, model_bytes, card, challenger.holdout_bytes)
+    registry.write_version(
+        artifacts, version, model_bytes, card, challenger.holdout_bytes, compiled=challenger.compiled_bytes
+    )
     if challenger.promote:
         _, card = promotion.swap_in_over_current(
             artifacts,
