@@ -24,6 +24,10 @@ from shared.storage.base import Bucket
 from shared.storage.gcs import GCSBucket
 from shared.storage.local import LocalBucket
 
+# Above this size google-cloud-storage sends an upload in several requests (a resumable upload)
+# unless told otherwise; a model blob can be that big.
+RESUMABLE_THRESHOLD = 8 * 1024 * 1024
+
 
 def _server(request: pytest.FixtureRequest) -> str:
     """Which ``bucket`` parameter this test runs on: "local", "gcs" or "fakegcs"."""
@@ -217,18 +221,18 @@ def test_an_object_written_without_metadata_has_none(bucket: Bucket) -> None:
     assert [dict(i.metadata) for i in bucket.list()] == [{}]
 
 
-def test_upload_stores_metadata_with_the_file(bucket: Bucket, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "size", [14, RESUMABLE_THRESHOLD + 1], ids=["small", "above the resumable threshold"]
+)
+def test_upload_stores_metadata_with_the_file(bucket: Bucket, tmp_path: Path, size: int) -> None:
+    payload = os.urandom(size)
     source = tmp_path / "model.skops"
-    source.write_bytes(b"uploaded model")
+    source.write_bytes(payload)
 
     generation = bucket.upload("models/versions/7/model.skops", source, metadata={"prodml-version": "7"})
 
     data, info = bucket.read_with_info("models/versions/7/model.skops")
-    assert (data, info.generation, dict(info.metadata)) == (
-        b"uploaded model",
-        generation,
-        {"prodml-version": "7"},
-    )
+    assert (data, info.generation, dict(info.metadata)) == (payload, generation, {"prodml-version": "7"})
 
 
 def test_metadata_belongs_to_one_generation(bucket: Bucket) -> None:
@@ -476,11 +480,6 @@ def test_copy_precondition_is_on_the_destination(
 
     assert cas_bucket.copy("src", dest, "dst", if_generation_match=kept) > kept
     assert dest.read("dst") == b"new"
-
-
-# Above this size google-cloud-storage sends an upload in several requests (a resumable upload)
-# unless told otherwise; a model blob can be that big.
-RESUMABLE_THRESHOLD = 8 * 1024 * 1024
 
 
 def test_compare_and_swap_of_a_blob_above_the_resumable_threshold(cas_bucket: Bucket) -> None:
