@@ -70,6 +70,18 @@ class InvalidObjectName(StorageError):
         self.rule = rule or message
 
 
+class InvalidMetadata(StorageError):
+    """An object's custom metadata breaks GCS's rules (``shared.storage.metadata``); ``rule`` says
+    which. Nothing was written."""
+
+    http_status = 400
+    code = "invalid_metadata"
+
+    def __init__(self, message: str, rule: str = "") -> None:
+        super().__init__(message)
+        self.rule = rule or message
+
+
 class ObjectChanged(StorageError):
     """A local bucket file changed while the store looked at it: the operation starts over.
 
@@ -258,15 +270,16 @@ def is_transient(exc: BaseException) -> bool:
     ``StorageError``s, among them ``PreconditionFailed`` (someone else wrote first: the retry
     reads what they wrote).
 
-    Not transient, although they are ``StorageError``s: ``NotFound`` and ``InvalidObjectName``.
-    An absent object or a refused name is an answer about what the bucket holds, and reading
-    again gives the same answer until someone writes; that write brings its own event (a new
-    generation for the serving reloader, a new delivery for the trainer). Decided once, here:
-    the reloader skips such a generation until it changes, rather than re-reading it on every
-    reload, and the train function records the file as an error (`prodml monitor` shows it,
-    `prodml replay` runs it) rather than have the platform redeliver the event for a day.
+    Not transient, although they are ``StorageError``s: ``NotFound``, ``InvalidObjectName`` and
+    ``InvalidMetadata``. An absent object, or a refused name or metadata, is an answer about what
+    the bucket holds or takes, and asking again gives the same answer until someone writes; that
+    write brings its own event (a new generation for the serving reloader, a new delivery for the
+    trainer). Decided once, here: the reloader skips such a generation until it changes, rather
+    than re-reading it on every reload, and the train function records the file as an error
+    (`prodml monitor` shows it, `prodml replay` runs it) rather than have the platform redeliver
+    the event for a day.
     Everything else (a bad setting, a bad file, a bug) is not transient either.
     """
-    if isinstance(exc, NotFound | InvalidObjectName):
+    if isinstance(exc, NotFound | InvalidObjectName | InvalidMetadata):
         return False
     return isinstance(exc, StorageError | RetryLater | OSError)

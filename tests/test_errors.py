@@ -18,6 +18,7 @@ from shared import errors
 from shared.errors import (
     BadRequest,
     ConfigError,
+    InvalidMetadata,
     InvalidObjectName,
     ModelNotReady,
     NotFound,
@@ -128,6 +129,7 @@ TRANSIENT = [
 NOT_TRANSIENT = [
     NotFound("tables/v1/full-x.npz not found"),
     InvalidObjectName("'../x' escapes the bucket"),
+    InvalidMetadata("metadata key '' must not be empty"),
     ModelNotReady("no model yet"),
     SchemaError("schema.json is not JSON"),
     TableError("codes are not sorted"),

@@ -6,12 +6,16 @@ Two implementations: ``LocalBucket`` (a folder, the embedded default) and ``GCSB
 
 Preconditions follow GCS: ``if_generation_match=0`` means "only if the object does not exist";
 any other number means "only if the live generation is exactly this one".
+
+Custom metadata follows GCS too: it belongs to one object generation, written with the content
+(``write``/``upload`` ``metadata=``, checked by ``shared.storage.metadata``) and read with it
+(``ObjectInfo.metadata``); an overwrite without metadata leaves none, a copy keeps the source's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -27,6 +31,9 @@ class ObjectInfo:
     generation: int
     content_type: str | None
     updated: datetime
+    # Custom metadata of this generation (a fresh dict per info). Left out of the hash, so an
+    # info stays hashable; equality still compares it.
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
 
 
 @runtime_checkable
@@ -57,8 +64,11 @@ class Bucket(Protocol):
         *,
         content_type: str | None = None,
         if_generation_match: int | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> int:
-        """Write atomically; return the new generation. ``PreconditionFailed`` if it does not hold."""
+        """Write atomically, with ``metadata`` as this generation's custom metadata; return the new
+        generation. ``PreconditionFailed`` if it does not hold, ``InvalidMetadata`` (nothing
+        written) if GCS would refuse the metadata."""
         ...
 
     def upload(
@@ -68,12 +78,14 @@ class Bucket(Protocol):
         *,
         content_type: str | None = None,
         if_generation_match: int | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> int:
-        """Write a local file's content as the object, streaming; return the new generation."""
+        """Write a local file's content (and ``metadata``, as ``write``) as the object, streaming;
+        return the new generation."""
         ...
 
     def stat(self, name: str) -> ObjectInfo:
-        """Size, generation, content type and update time; ``NotFound`` if absent."""
+        """Size, generation, content type, update time and metadata; ``NotFound`` if absent."""
         ...
 
     def exists(self, name: str) -> bool:
@@ -96,6 +108,6 @@ class Bucket(Protocol):
         *,
         if_generation_match: int | None = None,
     ) -> int:
-        """Copy to ``dest`` (same backend) under ``dest_name``; the precondition is on the
-        destination. Return the destination's new generation."""
+        """Copy to ``dest`` (same backend) under ``dest_name``, content type and metadata with it;
+        the precondition is on the destination. Return the destination's new generation."""
         ...

@@ -17,12 +17,17 @@ request, a multipart upload, whatever the size, so its precondition is decided b
 that carries the bytes (google-cloud-storage would switch to a resumable upload above 8 MiB, and
 a model can be that big). ``upload`` (files, streamed) keeps the library's choice: resumable above
 8 MiB, resumable after a dropped connection; GCS enforces its precondition too.
+
+Custom metadata: set as ``blob.metadata`` before the upload, google-cloud-storage sends it in the
+object resource of that upload (the JSON part of the multipart request, or the body of the
+resumable upload's first request), so content and metadata land as one generation; GCS rewrite
+(our copy) keeps the source's metadata, since the destination resource we send names none.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,6 +40,7 @@ from google.resumable_media import common as media
 
 from shared.errors import NotFound, PreconditionFailed, StorageError
 from shared.storage.base import Bucket, ObjectInfo
+from shared.storage.metadata import check_metadata
 from shared.storage.names import check_bucket_name, check_object_name, default_content_type
 
 # Every failure of the library and its transports (after its own retries) that a later attempt
@@ -88,6 +94,14 @@ class _SingleRequestBlob(gcs.Blob):
         return dict(response.json())
 
 
+def _set_metadata(blob: gcs.Blob, metadata: Mapping[str, str] | None) -> None:
+    """Give the upload of ``blob`` its custom metadata, refused here, before any request, if GCS
+    would refuse it. None or empty sets nothing: the new generation has no metadata."""
+    checked = check_metadata(metadata)
+    if checked:
+        blob.metadata = checked
+
+
 class GCSBucket(Bucket):
     """A Cloud Storage bucket (``client`` is a ``google.cloud.storage.Client``)."""
 
@@ -132,6 +146,7 @@ class GCSBucket(Bucket):
             generation=int(blob.generation),
             content_type=blob.content_type,
             updated=blob.updated,
+            metadata=dict(blob.metadata or {}),  # the library gives None for an object without any
         )
 
     def _live_blob(self, name: str) -> gcs.Blob:
@@ -188,7 +203,7 @@ class GCSBucket(Bucket):
         )
 
     def stat(self, name: str) -> ObjectInfo:
-        """Size, generation, content type and update time; ``NotFound`` if absent."""
+        """Size, generation, content type, update time and metadata; ``NotFound`` if absent."""
         check_object_name(name)
         return self._info(self._live_blob(name))
 
@@ -213,10 +228,13 @@ class GCSBucket(Bucket):
         *,
         content_type: str | None = None,
         if_generation_match: int | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> int:
-        """Write in one request (GCS writes are atomic); return the new generation."""
+        """Write content and ``metadata`` in one request (GCS writes are atomic); return the new
+        generation."""
         check_object_name(name)
         blob = _SingleRequestBlob(name, bucket=self._bucket)
+        _set_metadata(blob, metadata)
         with self._mapped(name, if_generation_match):
             blob.upload_from_string(
                 data,
@@ -233,10 +251,13 @@ class GCSBucket(Bucket):
         *,
         content_type: str | None = None,
         if_generation_match: int | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> int:
-        """Upload a local file as the object (resumable for big files); return the new generation."""
+        """Upload a local file and ``metadata`` as the object (resumable for big files); return the
+        new generation."""
         check_object_name(name)
         blob = self._bucket.blob(name)
+        _set_metadata(blob, metadata)
         with self._mapped(name, if_generation_match):
             blob.upload_from_filename(
                 str(path),

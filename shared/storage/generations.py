@@ -1,21 +1,29 @@
 """The generation store of a local bucket: ``<root>/.meta/<bucket>/generations.sqlite3`` and its lock.
 
 Per object it records the generation, the content type and the identity of the file version the
-generation belongs to, and the real name behind each hashed path component (see
-``shared.storage.local``, whose ``LocalBucket`` is its one user). Readers only SELECT; writers
-take the bucket's ``flock`` and one sqlite transaction (``GenerationStore.locked``).
+generation belongs to, the object's custom metadata, and the real name behind each hashed path
+component (see ``shared.storage.local``, whose ``LocalBucket`` is its one user). Readers only
+SELECT; writers take the bucket's ``flock`` and one sqlite transaction (``GenerationStore.locked``).
+
+Custom metadata lives in its own table, ``object_metadata``, keyed by name and holding the
+generation it belongs to; it counts only while that is the object's recorded generation. So it is
+written in the transaction that records the generation (a writer killed before the commit leaves
+neither), a record that gets a new generation any other way (a file changed by hand) has none,
+and a database made before metadata existed needs only the new table (``CREATE TABLE IF NOT
+EXISTS``): the ``objects`` table keeps its four columns, so older code still writes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.storage.names import disk_component
@@ -33,13 +41,28 @@ def file_identity(st: os.stat_result) -> Identity:
     return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
+# One record: the object's row, and its metadata only where it belongs to the recorded generation.
+_SELECT_RECORDS = (
+    "SELECT o.name, o.generation, o.identity, o.content_type, m.metadata FROM objects AS o"
+    " LEFT JOIN object_metadata AS m ON m.name = o.name AND m.generation = o.generation"
+)
+
+
 @dataclass(frozen=True)
 class GenerationRecord:
-    """What the store knows of one object: its generation, file identity and content type."""
+    """What the store knows of one object: its generation, file identity, content type and custom
+    metadata (a fresh dict per record)."""
 
     generation: int
     identity: Identity
     content_type: str
+    metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+def _record(row: tuple[str, int, Identity, str, str | None]) -> GenerationRecord:
+    """The record of one ``_SELECT_RECORDS`` row (its metadata column is JSON, or NULL for none)."""
+    _name, generation, identity, content_type, metadata = row
+    return GenerationRecord(generation, identity, content_type, json.loads(metadata) if metadata else {})
 
 
 class GenerationStore:
@@ -76,12 +99,8 @@ class GenerationStore:
 
     def lookup(self, name: str) -> GenerationRecord | None:
         """The record of ``name`` as last committed (no lock)."""
-        row = (
-            self._conn()
-            .execute("SELECT generation, identity, content_type FROM objects WHERE name = ?", (name,))
-            .fetchone()
-        )
-        return GenerationRecord(*row) if row else None
+        row = self._conn().execute(f"{_SELECT_RECORDS} WHERE o.name = ?", (name,)).fetchone()
+        return _record(row) if row else None
 
     def component_of(self, disk: str) -> str | None:
         """The real name component stored under the hashed file name ``disk``, if recorded."""
@@ -91,10 +110,9 @@ class GenerationStore:
     def lookup_prefix(self, prefix: str) -> dict[str, GenerationRecord]:
         """The records of every name starting with ``prefix`` (no lock)."""
         rows = self._conn().execute(
-            "SELECT name, generation, identity, content_type FROM objects WHERE substr(name, 1, ?) = ?",
-            (len(prefix), prefix),
+            f"{_SELECT_RECORDS} WHERE substr(o.name, 1, ?) = ?", (len(prefix), prefix)
         )
-        return {name: GenerationRecord(gen, ident, ctype) for name, gen, ident, ctype in rows}
+        return {row[0]: _record(row) for row in rows}
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Transaction]:
@@ -121,10 +139,15 @@ class Transaction:
         self._conn = conn
 
     def create_schema(self) -> None:
-        """Create the tables (objects, the generation counter, hashed components) if absent."""
+        """Create the tables (objects, their metadata, the generation counter, hashed components)
+        if absent: also what brings a database of older code up to date."""
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS objects (name TEXT PRIMARY KEY, generation INTEGER NOT NULL,"
             " identity TEXT NOT NULL, content_type TEXT NOT NULL)"
+        )
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS object_metadata (name TEXT PRIMARY KEY,"
+            " generation INTEGER NOT NULL, metadata TEXT NOT NULL)"
         )
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER)"
@@ -142,20 +165,35 @@ class Transaction:
 
     def get(self, name: str) -> GenerationRecord | None:
         """The record of ``name`` as this transaction sees it."""
-        row = self._conn.execute(
-            "SELECT generation, identity, content_type FROM objects WHERE name = ?", (name,)
-        ).fetchone()
-        return GenerationRecord(*row) if row else None
+        row = self._conn.execute(f"{_SELECT_RECORDS} WHERE o.name = ?", (name,)).fetchone()
+        return _record(row) if row else None
 
-    def put(self, name: str, generation: int, identity: Identity, content_type: str) -> None:
-        """Record ``name`` at ``generation``, for the file version ``identity``."""
+    def put(
+        self,
+        name: str,
+        generation: int,
+        identity: Identity,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record ``name`` at ``generation``, for the file version ``identity``, with ``metadata``
+        (none when None or empty)."""
         self._conn.execute(
-            "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)", (name, generation, identity, content_type)
+            "INSERT OR REPLACE INTO objects (name, generation, identity, content_type) VALUES (?, ?, ?, ?)",
+            (name, generation, identity, content_type),
         )
+        if metadata:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO object_metadata (name, generation, metadata) VALUES (?, ?, ?)",
+                (name, generation, json.dumps(dict(metadata), sort_keys=True)),
+            )
+        else:
+            self._conn.execute("DELETE FROM object_metadata WHERE name = ?", (name,))
 
     def remove(self, name: str) -> None:
         """Forget ``name`` (it was deleted)."""
         self._conn.execute("DELETE FROM objects WHERE name = ?", (name,))
+        self._conn.execute("DELETE FROM object_metadata WHERE name = ?", (name,))
 
     def next_generation(self) -> int:
         """A new generation: ``max(last + 1, now in microseconds)``, monotonic across processes."""

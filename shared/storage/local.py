@@ -4,9 +4,10 @@ Users ``cp`` files into these folders and the file-drop router watches them, so 
 objects ever lives there. The bookkeeping lives beside the buckets, under the same root (same
 filesystem, so ``os.replace`` from a temp file is atomic):
 
-- ``<root>/.meta/<bucket>/generations.sqlite3``: per object its generation, content type and the
-  identity of the file version it belongs to (inode, size, mtime, ctime). A file whose identity no
-  longer matches (someone ``cp``-ed over it) gets a fresh generation the first time it is seen.
+- ``<root>/.meta/<bucket>/generations.sqlite3``: per object its generation, content type, custom
+  metadata and the identity of the file version it belongs to (inode, size, mtime, ctime). A file
+  whose identity no longer matches (someone ``cp``-ed over it) gets a fresh generation, without
+  metadata, the first time it is seen.
   It also keeps the real name of each path component stored under a hashed file name
   (``names.disk_component``: a component over the 255 bytes a file name may have, which GCS
   allows), so ``list`` gives back the real names and the router fires events with them.
@@ -35,7 +36,7 @@ import shutil
 import stat as stat_mod
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,6 +45,7 @@ from typing import BinaryIO
 from shared.errors import InvalidObjectName, NotFound, ObjectChanged, PreconditionFailed, StorageError
 from shared.storage.base import Bucket, ObjectInfo
 from shared.storage.generations import GenerationRecord, GenerationStore, Transaction, file_identity
+from shared.storage.metadata import check_metadata
 from shared.storage.names import (
     check_bucket_name,
     check_local_object_name,
@@ -189,6 +191,7 @@ class LocalBucket(Bucket):
             generation=record.generation,
             content_type=record.content_type,
             updated=datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC),
+            metadata=dict(record.metadata),
         )
 
     def _live_generation(self, tx: Transaction, name: str, path: str) -> int | None:
@@ -283,7 +286,7 @@ class LocalBucket(Bucket):
             raise
 
     def stat(self, name: str) -> ObjectInfo:
-        """Size, generation, content type and update time; ``NotFound`` if absent."""
+        """Size, generation, content type, update time and metadata; ``NotFound`` if absent."""
         path = self._path(name)
         for _ in range(_MAX_ATTEMPTS):
             try:
@@ -320,6 +323,7 @@ class LocalBucket(Bucket):
                     record.generation,
                     record.content_type,
                     datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=UTC),
+                    dict(record.metadata),
                 )
                 continue
             with contextlib.suppress(NotFound):  # deleted since the walk: not listed
@@ -398,8 +402,21 @@ class LocalBucket(Bucket):
         # 0o666 with O_CREAT lets the umask decide, as for a file the user copies in by hand.
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
 
-    def _commit(self, name: str, temp: str, content_type: str, if_generation_match: int | None) -> int:
-        """Under the lock: check the precondition, rename ``temp`` into place, record it."""
+    def _commit(
+        self,
+        name: str,
+        temp: str,
+        content_type: str,
+        metadata: Mapping[str, str],
+        if_generation_match: int | None,
+    ) -> int:
+        """Under the lock: check the precondition, rename ``temp`` into place, record it.
+
+        The rename and the record (generation, content type, metadata) are one sqlite
+        transaction: a writer killed after the rename leaves a file the store has no record of,
+        which the next reader gives a new generation without metadata, never another
+        generation's metadata.
+        """
         path = self._path(name)
         with self._generations.locked() as tx:
             _check_precondition(name, self._live_generation(tx, name, path), if_generation_match)
@@ -413,7 +430,7 @@ class LocalBucket(Bucket):
                     f"bucket {self._name!r} (objects 'a' and 'a/b' cannot both exist locally): {exc}"
                 ) from None
             generation = tx.next_generation()
-            tx.put(name, generation, file_identity(os.stat(path)), content_type)
+            tx.put(name, generation, file_identity(os.stat(path)), content_type, metadata)
         return generation
 
     def _write_from(
@@ -421,16 +438,18 @@ class LocalBucket(Bucket):
         name: str,
         fill: Callable[[BinaryIO], object],
         content_type: str,
+        metadata: Mapping[str, str] | None,
         if_generation_match: int | None,
     ) -> int:
         self._path(name)  # refuse a bad name before writing any data
+        checked = check_metadata(metadata)  # and bad metadata
         fd, temp = self._new_temp()
         try:
             with os.fdopen(fd, "wb") as f:
                 fill(f)
                 f.flush()
                 os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-            return self._commit(name, temp, content_type, if_generation_match)
+            return self._commit(name, temp, content_type, checked, if_generation_match)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)  # gone already when the rename happened
@@ -442,11 +461,17 @@ class LocalBucket(Bucket):
         *,
         content_type: str | None = None,
         if_generation_match: int | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> int:
-        """Write atomically; return the new generation. ``PreconditionFailed`` if it does not hold."""
+        """Write atomically, with ``metadata``; return the new generation. ``PreconditionFailed``
+        if it does not hold, ``InvalidMetadata`` (nothing written) if GCS would refuse the metadata."""
         view = memoryview(data)
         return self._write_from(
-            name, lambda f: f.write(view), content_type or default_content_type(name), if_generation_match
+            name,
+            lambda f: f.write(view),
+            content_type or default_content_type(name),
+            metadata,
+            if_generation_match,
         )
 
     def upload(
@@ -456,13 +481,16 @@ class LocalBucket(Bucket):
         *,
         content_type: str | None = None,
         if_generation_match: int | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> int:
-        """Write a local file's content as the object, streaming; return the new generation."""
+        """Write a local file's content (and ``metadata``, as ``write``) as the object, streaming;
+        return the new generation."""
         with open(path, "rb") as src:
             return self._write_from(
                 name,
                 lambda f: shutil.copyfileobj(src, f, _CHUNK),
                 content_type or default_content_type(name),
+                metadata,
                 if_generation_match,
             )
 
@@ -488,7 +516,8 @@ class LocalBucket(Bucket):
         *,
         if_generation_match: int | None = None,
     ) -> int:
-        """Copy to another ``LocalBucket`` (any root); the precondition is on the destination."""
+        """Copy to another ``LocalBucket`` (any root), content type and metadata with it; the
+        precondition is on the destination."""
         if not isinstance(dest, LocalBucket):
             raise TypeError(f"LocalBucket.copy needs a LocalBucket destination, not {type(dest).__name__}")
         dest._path(dest_name)  # refuse a bad destination name before copying
@@ -504,7 +533,9 @@ class LocalBucket(Bucket):
                         file_identity(os.fstat(f.fileno())) == file_identity(st) and out.tell() == st.st_size
                     )
                 if unchanged:
-                    return dest._commit(dest_name, temp, info.content_type or "", if_generation_match)
+                    return dest._commit(
+                        dest_name, temp, info.content_type or "", info.metadata, if_generation_match
+                    )
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp)

@@ -19,10 +19,14 @@ from pathlib import Path
 import pytest
 from conftest import new_gcs_bucket
 
-from shared.errors import InvalidObjectName, NotFound, PreconditionFailed
+from shared.errors import InvalidMetadata, InvalidObjectName, NotFound, PreconditionFailed
 from shared.storage.base import Bucket
 from shared.storage.gcs import GCSBucket
 from shared.storage.local import LocalBucket
+
+# Above this size google-cloud-storage sends an upload in several requests (a resumable upload)
+# unless told otherwise; a model blob can be that big.
+RESUMABLE_THRESHOLD = 8 * 1024 * 1024
 
 
 def _server(request: pytest.FixtureRequest) -> str:
@@ -194,6 +198,132 @@ def test_copy_of_missing_source_is_not_found(bucket: Bucket, other_bucket: Bucke
     assert not other_bucket.exists("x")
 
 
+# --- custom metadata -----------------------------------------------------------------------
+
+SERVED = {"prodml-version": "20261125T130109Z-132790", "prodml-compiled": "onnx"}
+
+
+def test_metadata_is_stored_with_the_content_and_read_back_everywhere(bucket: Bucket, tmp_path: Path) -> None:
+    generation = bucket.write("models/current.skops", b"model", metadata=SERVED)
+
+    data, info = bucket.read_with_info("models/current.skops")
+
+    assert (data, info.generation, dict(info.metadata)) == (b"model", generation, SERVED)
+    assert bucket.stat("models/current.skops") == info
+    assert [(i.name, dict(i.metadata)) for i in bucket.list("models/")] == [("models/current.skops", SERVED)]
+    assert dict(bucket.download("models/current.skops", tmp_path / "copy").metadata) == SERVED
+
+
+def test_an_object_written_without_metadata_has_none(bucket: Bucket) -> None:
+    bucket.write("schema.json", b"{}")
+
+    assert dict(bucket.stat("schema.json").metadata) == {}
+    assert [dict(i.metadata) for i in bucket.list()] == [{}]
+
+
+@pytest.mark.parametrize(
+    "size", [14, RESUMABLE_THRESHOLD + 1], ids=["small", "above the resumable threshold"]
+)
+def test_upload_stores_metadata_with_the_file(bucket: Bucket, tmp_path: Path, size: int) -> None:
+    payload = os.urandom(size)
+    source = tmp_path / "model.skops"
+    source.write_bytes(payload)
+
+    generation = bucket.upload("models/versions/7/model.skops", source, metadata={"prodml-version": "7"})
+
+    data, info = bucket.read_with_info("models/versions/7/model.skops")
+    assert (data, info.generation, dict(info.metadata)) == (payload, generation, {"prodml-version": "7"})
+
+
+def test_metadata_belongs_to_one_generation(bucket: Bucket) -> None:
+    bucket.write("models/current.skops", b"one", metadata=SERVED)
+    bucket.write("models/current.skops", b"two", metadata={"prodml-version": "two"})
+    assert dict(bucket.stat("models/current.skops").metadata) == {
+        "prodml-version": "two"
+    }  # replaced, not merged
+
+    bucket.write("models/current.skops", b"three")
+
+    data, info = bucket.read_with_info("models/current.skops")
+    assert (data, dict(info.metadata)) == (b"three", {})
+
+
+def test_compare_and_swap_writes_metadata_in_the_same_request(cas_bucket: Bucket) -> None:
+    first = cas_bucket.write(
+        "models/current.skops", b"champion", metadata={"prodml-version": "1"}, if_generation_match=0
+    )
+
+    with pytest.raises(PreconditionFailed):
+        cas_bucket.write(
+            "models/current.skops", b"late", metadata={"prodml-version": "late"}, if_generation_match=0
+        )
+    second = cas_bucket.write(
+        "models/current.skops", b"challenger", metadata=SERVED, if_generation_match=first
+    )
+
+    data, info = cas_bucket.read_with_info("models/current.skops")
+    assert (data, info.generation, dict(info.metadata)) == (b"challenger", second, SERVED)
+
+
+def test_copy_keeps_the_source_metadata(bucket: Bucket, other_bucket: Bucket) -> None:
+    bucket.write("models/versions/7/model.skops", b"model-7", metadata=SERVED)
+    bucket.write("plain", b"x")
+
+    generation = bucket.copy("models/versions/7/model.skops", other_bucket, "models/current.skops")
+    bucket.copy("plain", other_bucket, "plain")
+
+    info = other_bucket.stat("models/current.skops")
+    assert (info.generation, dict(info.metadata)) == (generation, SERVED)
+    assert dict(other_bucket.stat("plain").metadata) == {}
+
+
+BAD_METADATA = {
+    "empty key": ({"": "x"}, "key must not be empty"),
+    "key not str": ({1: "x"}, "key must be a str"),
+    "value not str": ({"prodml-version": 7}, "value must be a str"),
+    "value None": ({"prodml-version": None}, "value must be a str"),
+    "control character in a value": ({"k": "a\nb"}, "printable ASCII"),
+    "control character in a key": ({"k\x1b": "v"}, "printable ASCII"),
+    "non-ASCII value": ({"k": "donn\u00e9es"}, "printable ASCII"),
+    "non-ASCII key": ({"cl\u00e9": "v"}, "printable ASCII"),
+    "key over 1 KiB": ({"k" * 1025: "v"}, "at most 1024 bytes"),
+    "value over 4 KiB": ({"k": "v" * 4097}, "at most 4096 bytes"),
+    "over 8 KiB in all": ({f"k{i}": "v" * 4000 for i in range(3)}, "at most 8192 bytes"),
+    "not a mapping": ([("k", "v")], "must be a mapping"),
+}
+
+
+@pytest.mark.parametrize(("metadata", "rule"), BAD_METADATA.values(), ids=BAD_METADATA.keys())
+def test_refused_metadata_writes_nothing(bucket: Bucket, metadata: object, rule: str, tmp_path: Path) -> None:
+    kept = bucket.write("models/current.skops", b"champion", metadata={"prodml-version": "1"})
+    source = tmp_path / "f"
+    source.write_bytes(b"x")
+
+    for call in (
+        lambda: bucket.write("models/current.skops", b"challenger", metadata=metadata),  # type: ignore[arg-type]
+        lambda: bucket.upload("models/current.skops", source, metadata=metadata),  # type: ignore[arg-type]
+        lambda: bucket.write("new.skops", b"x", metadata=metadata),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(InvalidMetadata, match=rule) as caught:
+            call()
+        assert caught.value.http_status == 400
+
+    data, info = bucket.read_with_info("models/current.skops")
+    assert (data, info.generation, dict(info.metadata)) == (b"champion", kept, {"prodml-version": "1"})
+    assert [i.name for i in bucket.list()] == ["models/current.skops"]
+
+
+def test_metadata_at_the_limits_is_accepted(bucket: Bucket) -> None:
+    at_limits = {"k" * 1024: "v" * 4096, "w": "x" * (8192 - 1024 - 4096 - 1)}  # 8,192 bytes in all
+    printable = {"prodml-note": "".join(chr(c) for c in range(0x20, 0x7F))}
+
+    bucket.write("a", b"x", metadata=at_limits)
+    bucket.write("b", b"x", metadata=printable)
+
+    assert dict(bucket.stat("a").metadata) == at_limits
+    assert dict(bucket.stat("b").metadata) == printable
+
+
 # --- names ---------------------------------------------------------------------------------
 
 BAD_NAMES = {
@@ -350,11 +480,6 @@ def test_copy_precondition_is_on_the_destination(
 
     assert cas_bucket.copy("src", dest, "dst", if_generation_match=kept) > kept
     assert dest.read("dst") == b"new"
-
-
-# Above this size google-cloud-storage sends an upload in several requests (a resumable upload)
-# unless told otherwise; a model blob can be that big.
-RESUMABLE_THRESHOLD = 8 * 1024 * 1024
 
 
 def test_compare_and_swap_of_a_blob_above_the_resumable_threshold(cas_bucket: Bucket) -> None:

@@ -8,11 +8,18 @@ test_storage_conformance.py and test_storage_fake_gcs.py. It ignores the precond
 resumable upload (``upload`` of a bigger file), of a delete and of a rewrite (``copy``), and
 gcp-storage-emulator ignores them all: for those, these mocks are the check that we send it and
 map the 412 that GCS answers.
+
+Custom metadata: the HTTP requests the library sends to fake-gcs-server are recorded (a spy on
+the client's session, nothing replaced), to show that it travels in the request that carries the
+content, so the two are one generation.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -23,7 +30,7 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 from google.resumable_media import common as media
 from pytest_mock import MockerFixture
 
-from shared.errors import NotFound, PreconditionFailed, StorageError
+from shared.errors import InvalidMetadata, NotFound, PreconditionFailed, StorageError
 from shared.storage.gcs import GCSBucket
 
 
@@ -177,3 +184,65 @@ def test_missing_bucket_is_not_found(gcs_client: Client) -> None:
         missing.write("a", b"x")
     with pytest.raises(NotFound):
         list(missing.list())
+
+
+# --- custom metadata travels with the content ------------------------------------------------
+
+SERVED = {"prodml-version": "20261125T130109Z-132790", "prodml-compiled": "onnx"}
+
+
+def _sent(spy: Any) -> list[tuple[str, str, bytes]]:
+    """(method, url, body) of each request a spy on ``Client._http.request`` recorded."""
+    sent = []
+    for call in spy.call_args_list:
+        method, url = call.args[:2]
+        body = call.kwargs.get("data") or b""
+        sent.append((method, url, body if isinstance(body, bytes) else str(body).encode()))
+    return sent
+
+
+def test_write_sends_metadata_in_the_one_request_that_carries_the_bytes(
+    fakegcs_bucket: GCSBucket, mocker: MockerFixture
+) -> None:
+    big = os.urandom(8 * 1024 * 1024 + 1)  # above the library's resumable threshold
+    spy = mocker.spy(fakegcs_bucket._client._http, "request")
+
+    generation = fakegcs_bucket.write("models/current.skops", big, metadata=SERVED, if_generation_match=0)
+
+    [(method, url, body)] = _sent(spy)
+    assert method == "POST" and "uploadType=multipart" in url and "ifGenerationMatch=0" in url
+    resource = json.loads(body.split(b"\r\n\r\n", 1)[1].split(b"\r\n--", 1)[0])  # the JSON part
+    assert resource["metadata"] == SERVED
+    mocker.stopall()
+    info = fakegcs_bucket.stat("models/current.skops")
+    assert (info.generation, dict(info.metadata)) == (generation, SERVED)
+
+
+def test_a_resumable_upload_sends_metadata_when_it_starts(
+    fakegcs_bucket: GCSBucket, mocker: MockerFixture, tmp_path: Path
+) -> None:
+    source = tmp_path / "day.parquet"
+    source.write_bytes(os.urandom(8 * 1024 * 1024 + 1))
+    spy = mocker.spy(fakegcs_bucket._client._http, "request")
+
+    fakegcs_bucket.upload("incoming/day.parquet", source, metadata=SERVED)
+
+    (method, url, body), *rest = _sent(spy)
+    assert method == "POST" and "uploadType=resumable" in url
+    assert json.loads(body)["metadata"] == SERVED
+    assert rest and all(method == "PUT" for method, _url, _body in rest)  # the bytes, in that session
+
+
+def test_refused_metadata_sends_no_request(
+    fakegcs_bucket: GCSBucket, mocker: MockerFixture, tmp_path: Path
+) -> None:
+    source = tmp_path / "f"
+    source.write_bytes(b"x")
+    spy = mocker.spy(fakegcs_bucket._client._http, "request")
+
+    with pytest.raises(InvalidMetadata):
+        fakegcs_bucket.write("a", b"x", metadata={"k": "\x00"})
+    with pytest.raises(InvalidMetadata):
+        fakegcs_bucket.upload("a", source, metadata={"": "v"})
+
+    assert _sent(spy) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ import pytest
 from conftest import cas_increment
 
 from shared.errors import InvalidObjectName, PreconditionFailed
+from shared.storage.generations import file_identity
 from shared.storage.local import META_DIR, STALE_TEMP_SECONDS, TMP_DIR, LocalBucket
 
 # --- bookkeeping stays out of the bucket folder ---------------------------------------------
@@ -98,6 +100,82 @@ def test_generations_are_shared_by_every_handle_on_the_bucket(buckets_root: Path
     assert seen == sorted(seen) and len(set(seen)) == 4
     assert one.stat("x") == two.stat("x")
     assert one.stat("x").generation == seen[-1]
+
+
+# --- custom metadata: files by hand, databases of older code -------------------------------
+
+
+def test_a_file_copied_in_or_changed_by_hand_has_no_metadata(local_bucket: LocalBucket) -> None:
+    (local_bucket.folder / "dropped.csv").write_bytes(b"x")  # a user's cp: no record at all
+    written = local_bucket.write("edited.csv", b"a,b\n", metadata={"prodml-version": "1"})
+    (local_bucket.folder / "edited.csv").write_bytes(b"edited\n")  # someone edits the object
+
+    dropped, edited = local_bucket.list()
+
+    assert (dropped.name, dict(dropped.metadata)) == ("dropped.csv", {})
+    assert (edited.name, dict(edited.metadata)) == ("edited.csv", {})  # not the written version's
+    assert edited.generation > written
+    assert local_bucket.read_with_info("edited.csv") == (b"edited\n", edited)
+
+
+# The schema of generations.sqlite3 as the code before custom metadata made it.
+_OLD_SCHEMA = (
+    "CREATE TABLE objects (name TEXT PRIMARY KEY, generation INTEGER NOT NULL,"
+    " identity TEXT NOT NULL, content_type TEXT NOT NULL)",
+    "CREATE TABLE counter (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER)",
+    "CREATE TABLE components (disk TEXT PRIMARY KEY, component TEXT NOT NULL)",
+)
+_OLD_PUT = "INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)"  # how the old code records a write
+
+
+def test_a_bucket_database_of_older_code_keeps_working_and_takes_metadata(buckets_root: Path) -> None:
+    folder = buckets_root / "test-bucket"
+    folder.mkdir(parents=True)
+    (folder / "schema.json").write_bytes(b"{}")
+    meta = buckets_root / META_DIR / "test-bucket"
+    meta.mkdir(parents=True)
+    old = sqlite3.connect(meta / "generations.sqlite3")
+    for statement in _OLD_SCHEMA:
+        old.execute(statement)
+    identity = file_identity(os.stat(folder / "schema.json"))
+    old.execute(_OLD_PUT, ("schema.json", 1_700_000_000_000_000, identity, "application/json"))
+    old.execute("INSERT INTO counter VALUES (1, 1700000000000000)")
+    old.commit()
+    old.close()
+
+    bucket = LocalBucket(buckets_root, "test-bucket")
+
+    info = bucket.stat("schema.json")
+    assert (info.generation, info.content_type, dict(info.metadata)) == (
+        1_700_000_000_000_000,
+        "application/json",
+        {},
+    )
+    generation = bucket.write(
+        "schema.json", b'{"v": 2}', metadata={"prodml-version": "2"}, if_generation_match=info.generation
+    )
+    assert dict(LocalBucket(buckets_root, "test-bucket").stat("schema.json").metadata) == {
+        "prodml-version": "2"
+    }
+
+    # A process still running the old code records a write as it always did: it still can, and
+    # the metadata of the generation it replaced does not come back with its version.
+    (folder / "schema.json").write_bytes(b'{"v": 3}')
+    with sqlite3.connect(meta / "generations.sqlite3") as conn:
+        conn.execute(
+            _OLD_PUT,
+            (
+                "schema.json",
+                generation + 1,
+                file_identity(os.stat(folder / "schema.json")),
+                "application/json",
+            ),
+        )
+    assert bucket.read_with_info("schema.json") == (b'{"v": 3}', bucket.stat("schema.json"))
+    assert (bucket.stat("schema.json").generation, dict(bucket.stat("schema.json").metadata)) == (
+        generation + 1,
+        {},
+    )
 
 
 # --- names that would escape the folder ----------------------------------------------------
@@ -327,3 +405,51 @@ def test_a_writer_killed_mid_write_leaves_the_old_object_whole(
     assert info.generation == generation
     assert [(i.name, i.size) for i in local_bucket.list()] == [("big.bin", len(old))]
     assert local_bucket.write("big.bin", b"next", if_generation_match=generation) > generation
+
+
+_KILLED_AFTER_RENAME = textwrap.dedent(
+    """
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+    from shared.storage.local import LocalBucket
+
+    real_replace = os.replace
+
+    def replace_then_die(src, dst):
+        real_replace(src, dst)  # the new content is in place, its record not yet committed
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    os.replace = replace_then_die
+    LocalBucket(Path(sys.argv[1]), "test-bucket").write(
+        "models/current.skops", b"challenger", metadata={"prodml-version": "challenger"}
+    )
+    """
+)
+
+
+def test_a_writer_killed_between_rename_and_record_never_pairs_content_and_metadata_of_two_versions(
+    local_bucket: LocalBucket, buckets_root: Path
+) -> None:
+    champion = local_bucket.write(
+        "models/current.skops", b"champion", metadata={"prodml-version": "champion"}
+    )
+
+    child = subprocess.run(
+        [sys.executable, "-c", _KILLED_AFTER_RENAME, str(buckets_root)], timeout=60, check=False
+    )
+
+    assert child.returncode == -signal.SIGKILL
+    data, info = local_bucket.read_with_info("models/current.skops")
+    # The file holds the challenger's bytes, the store no record of them: a new version, which
+    # carries no metadata, least of all the champion's.
+    assert (data, dict(info.metadata)) == (b"challenger", {})
+    assert info.generation > champion
+    assert local_bucket.write(
+        "models/current.skops",
+        b"next",
+        metadata={"prodml-version": "next"},
+        if_generation_match=info.generation,
+    )
+    assert dict(local_bucket.stat("models/current.skops").metadata) == {"prodml-version": "next"}
