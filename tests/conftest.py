@@ -377,9 +377,7 @@ def write_serving_table(artifacts, bundle, model_generation: int, version: str |
     Returns the pointer's generation.
     """
     import numpy as np
-    import pandas as pd
 
-    from shared.model import to_frame
     from shared.tables.codec import decode_codes
     from shared.tables.format import build_blob, new_build_id, read_pointer, switch_pointer, write_table
 
@@ -391,7 +389,8 @@ def write_serving_table(artifacts, bundle, model_generation: int, version: str |
     for f in schema.features:
         if f.name not in columns:
             columns[f.name] = np.full(len(codes), f.default)
-    scores = bundle.scores(to_frame(schema, pd.DataFrame(columns)))
+    # ``bundle``: any scorer (a ModelBundle, or a CompiledModel for a compiled version's table).
+    scores = bundle.score_columns(columns)
     version = version or f"{bundle.version}-t"
     meta = {"model_version": bundle.version, "model_generation": model_generation, "key": list(schema.key)}
     blob = build_blob(version, "full" if keep is None else "top_k", new_build_id())
@@ -406,6 +405,38 @@ def write_serving_table(artifacts, bundle, model_generation: int, version: str |
         "built_at": "2026-01-01T00:00:00+00:00",
     }
     return switch_pointer(artifacts, pointer, if_generation_match=generation)
+
+
+def publish_compiled(artifacts, bundle, expected_generation: int | None = None):
+    """Compile ``bundle`` and make it the current model as a promotion does: its version folder
+    (model.skops, model.onnx, card) first, then ``models/current.skops`` with the metadata that
+    names the compiled form. Returns (the current blob's generation, the CompiledModel)."""
+    import dataclasses
+
+    from shared.compiled.compile import compile_version
+    from shared.compiled.runtime import CompiledModel
+    from shared.contracts import ModelForm
+    from shared.training import registry
+    from shared.training.card import ModelCard
+
+    compilation = compile_version(bundle, None, registry.compiled_name(bundle.version))
+    assert compilation.onnx is not None, compilation.form.reason
+    model_bytes = bundle.to_bytes()
+    card = dataclasses.replace(ModelCard(version=bundle.version), compiled=compilation.form)
+    registry.write_version(artifacts, bundle.version, model_bytes, card, compiled=compilation.onnx)
+    if expected_generation is None:
+        expected_generation = registry.current_generation(artifacts)
+    generation = registry.swap_current(
+        artifacts,
+        bundle.version,
+        model_bytes,
+        expected_generation,
+        kind="promote",
+        previous=None,
+        by="test",
+        form=ModelForm.ONNX,
+    )
+    return generation, CompiledModel.from_bytes(compilation.onnx, 10**8, bundle.version)
 
 
 def serving_env(buckets_root: Path, **overrides: str) -> dict[str, str]:
