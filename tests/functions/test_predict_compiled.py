@@ -100,7 +100,6 @@ def test_each_mode_serves_the_compiled_model_without_importing_sklearn_pandas_or
     assert answers["dynamic"][0]["score"] == score_of(compiled, "us", 20)
     miss = score_of(compiled, "de", 7, 3.25)
     assert answers["hybrid"][1]["score"] == answers["dynamic"][1]["score"] == miss
-    )
 
 
 def test_a_version_without_a_compiled_form_is_served_by_sklearn_loaded_then(
