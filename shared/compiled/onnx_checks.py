@@ -51,15 +51,16 @@ _SPARSE_INDICES = 2
 _MAX_DEPTH = 32  # subgraphs (If, Loop, Scan bodies) nested deeper than this are refused
 
 
-class _Malformed(ValueError):
+def _malformed(why: str) -> ModelNotReady:
     """The bytes are not a well-formed protobuf message."""
+    return ModelNotReady(f"compiled model is not a valid ONNX file: {why}")
 
 
 def _varint(data: memoryview, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(data) or shift > 63:
-            raise _Malformed("truncated varint")
+            raise _malformed("truncated varint")
         byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
@@ -81,16 +82,16 @@ def _fields(data: memoryview) -> Iterator[tuple[int, int, memoryview | int]]:
         elif wire == 2:
             length, pos = _varint(data, pos)
             if pos + length > len(data):
-                raise _Malformed("a field runs past the end of its message")
+                raise _malformed("a field runs past the end of its message")
             yield number, wire, data[pos : pos + length]
             pos += length
         elif wire in (1, 5):
             pos += 8 if wire == 1 else 4
             yield number, wire, 0
         else:
-            raise _Malformed(f"unsupported wire type {wire}")
+            raise _malformed(f"unsupported wire type {wire}")
     if pos != len(data):
-        raise _Malformed("a fixed-size field runs past the end of its message")
+        raise _malformed("a fixed-size field runs past the end of its message")
 
 
 def _submessages(data: memoryview, number: int) -> Iterator[memoryview]:
@@ -156,20 +157,16 @@ def check_onnx_model(data: bytes, max_bytes: int) -> None:
         raise ModelNotReady(
             f"compiled model refused unread: {len(data)} bytes is more than MAX_MODEL_BYTES={max_bytes}"
         )
-    view = memoryview(data)
-    try:
-        graphs = 0
-        for field, wire, value in _fields(view):
-            if field == _MODEL_FUNCTIONS:
-                raise ModelNotReady("compiled model refused: it defines model-local functions")
-            if field == _MODEL_OPSET_IMPORT and isinstance(value, memoryview):
-                domain = _text(value, _OPSET_DOMAIN) or ""
-                if domain not in STANDARD_DOMAINS:
-                    raise ModelNotReady(f"compiled model refused: custom operator domain {domain[:100]!r}")
-            if field == _MODEL_GRAPH and wire == 2 and isinstance(value, memoryview):
-                graphs += 1
-                _check_graph(value, 0)
-    except _Malformed as exc:
-        raise ModelNotReady(f"compiled model is not a valid ONNX file: {exc}") from None
+    graphs = 0
+    for field, wire, value in _fields(memoryview(data)):
+        if field == _MODEL_FUNCTIONS:
+            raise ModelNotReady("compiled model refused: it defines model-local functions")
+        if field == _MODEL_OPSET_IMPORT and isinstance(value, memoryview):
+            domain = _text(value, _OPSET_DOMAIN) or ""
+            if domain not in STANDARD_DOMAINS:
+                raise ModelNotReady(f"compiled model refused: custom operator domain {domain[:100]!r}")
+        if field == _MODEL_GRAPH and wire == 2 and isinstance(value, memoryview):
+            graphs += 1
+            _check_graph(value, 0)
     if graphs != 1:
-        raise ModelNotReady(f"compiled model is not a valid ONNX file: {graphs} graphs, not 1")
+        raise _malformed(f"{graphs} graphs, not 1")

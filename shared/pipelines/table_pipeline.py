@@ -158,6 +158,7 @@ class Publish(beam.DoFn):
             "rows": plan.rows,
             "model_version": bundle.version,
             "model_generation": job.model_generation,
+            "model_form": str(bundle.form),
             "key": list(bundle.schema.key),
             "strategy": plan.strategy,
             "k": plan.k,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
-from conftest import fit_serving_bundle
+from conftest import fit_serving_bundle, publish_compiled
 
 from shared.config import Settings, load_settings
 from shared.contracts import BuildPath, BuildStatus
@@ -35,6 +35,7 @@ from shared.tables.plan import BuildRequest
 
 # Written at build time, so they differ between any two builds; everything else must match.
 BUILD_TIME_FIELDS = {"build_seconds", "built_at", "built_by", "pipeline_parts", "blob"}
+PUBLISHED = ("models/versions/", "registry/")  # what a promotion writes besides the current model
 
 pytestmark = pytest.mark.skipif(
     not pipeline_python(load_settings({})).exists(),
@@ -56,9 +57,12 @@ def _without_build_time(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in BUILD_TIME_FIELDS}
 
 
+@pytest.mark.parametrize("form", ["sklearn", "onnx"])
 def test_the_pipeline_writes_the_in_function_table_and_switches_the_pointer_the_same_way(
-    table_artifacts: LocalBucket, buckets_root: Path
+    table_artifacts: LocalBucket, table_bundle: Any, buckets_root: Path, form: str
 ) -> None:
+    if form == "onnx":  # the current model compiled: both builds score with ONNX Runtime
+        publish_compiled(table_artifacts, table_bundle)
     settings = _settings(buckets_root)
     in_function = build_table(table_artifacts, settings, BuildRequest("full"))
     assert in_function.status == BuildStatus.BUILT and in_function.rows == 360
@@ -80,6 +84,7 @@ def test_the_pipeline_writes_the_in_function_table_and_switches_the_pointer_the_
     assert (got["scores"] == expected["scores"]).all()  # float for float, not approximately
     assert _without_build_time(got["meta"]) == _without_build_time(expected["meta"])
     assert got["meta"]["built_by"] == "pipeline"
+    assert got["meta"]["model_form"] == expected["meta"]["model_form"] == form
     pointer, _ = read_pointer(table_artifacts)
     assert pointer is not None and expected_pointer is not None and pointer["blob"] == result["table"]
     assert {k: v for k, v in pointer.items() if k not in ("built_at", "blob")} == {
@@ -87,7 +92,7 @@ def test_the_pipeline_writes_the_in_function_table_and_switches_the_pointer_the_
     }
     assert read_table(table_artifacts, result["table"]).lookup_one(0) == float(expected["scores"][0])
     # The run's part files are gone with its temporary folder; nothing else was left in the bucket.
-    names = {info.name for info in table_artifacts.list("")}
+    names = {info.name for info in table_artifacts.list("") if not info.name.startswith(PUBLISHED)}
     tables = {in_function.table, result["table"], "tables/current.json"}
     assert names == {"schema.json", "models/current.skops", *tables}
 

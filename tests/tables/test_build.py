@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fit_table_bundle
+from conftest import fit_table_bundle, publish_compiled
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -28,7 +28,7 @@ from shared.schema import Schema
 from shared.serving.traffic import flush_counts
 from shared.storage.local import LocalBucket
 from shared.tables.build import build_table
-from shared.tables.codec import encode_keys, key_string
+from shared.tables.codec import decode_codes, encode_keys, key_string
 from shared.tables.format import load_current_table, read_pointer, read_table
 from shared.tables.plan import BuildRequest, parse_build_request
 
@@ -84,6 +84,31 @@ def test_full_table_scores_equal_the_model_for_random_keys(
     )
     assert meta["key"] == KEY and meta["strategy"] == "full" and meta["build_seconds"] >= 0
     assert meta["expected_hit_rate"] is None  # no traffic yet
+
+
+def test_a_compiled_current_model_scores_its_table_with_the_bits_predict_serves(
+    table_artifacts, table_bundle, buckets_root
+) -> None:
+    _, compiled = publish_compiled(table_artifacts, table_bundle)
+
+    result = build_table(table_artifacts, _settings(buckets_root), BuildRequest("full"))
+
+    assert result.status == BuildStatus.BUILT and result.rows == 360
+    table = load_current_table(table_artifacts)
+    assert table is not None and table.meta["model_form"] == "onnx"
+    schema = table_bundle.schema
+    rng = np.random.default_rng(11)
+    for code in rng.choice(360, 30, replace=False):  # each key alone, as predict scores a request
+        key = decode_codes(schema, np.array([code], dtype=np.int64))
+        alone = compiled.score_columns({**key, "segment": ["new"], "bid": [1.5]})
+        assert table.lookup_one(int(code)) == alone[0]  # exactly: the same bits
+    # and it is the compiled form, not scikit-learn's float64 arithmetic, that scored it
+    everything = decode_codes(schema, table.codes)
+    sklearn_scores = table_bundle.score_columns(
+        {**everything, "segment": np.full(360, "new", dtype=object), "bid": np.full(360, 1.5)}
+    )
+    assert not np.array_equal(table.scores, sklearn_scores)
+    assert np.abs(table.scores - sklearn_scores).max() < 1e-6
 
 
 def test_the_same_model_generation_is_built_once_unless_forced(table_artifacts, buckets_root) -> None:
