@@ -198,16 +198,14 @@ def run_validate(args: argparse.Namespace) -> int:
 
 def run_decide(args: argparse.Namespace) -> int:
     """Print where a table build of the current model would run, and why."""
+    from shared.compiled.current import load_current
     from shared.errors import ModelNotReady, NotFound
-    from shared.model import ModelBundle
     from shared.pipelines.decide import decide_for_model
     from shared.storage import artifacts_bucket
 
     settings = get_settings()
     try:
-        bundle = ModelBundle.from_bytes(
-            artifacts_bucket(settings).read(CURRENT_MODEL), extra_trusted=settings.model_trusted_types
-        )
+        bundle = load_current(artifacts_bucket(settings), settings).scorer
     except (NotFound, ModelNotReady) as exc:
         print(f"prodml pipeline decide: no usable {CURRENT_MODEL}: {exc}", file=sys.stderr)
         return 1

@@ -24,7 +24,7 @@ from typing import Any
 
 from shared.config import Settings
 from shared.contracts import RUNNER_AUTO, BuildPath, StorageBackend, TableStrategy
-from shared.model import ModelBundle
+from shared.scoring import Scorer
 from shared.tables.keys import full_chunks, score_keys
 
 SAMPLE_KEYS = 5000  # enough for a stable rate (per-call overhead amortized), a few ms to tens of ms
@@ -61,7 +61,7 @@ class Decision:
         return asdict(self)
 
 
-def measure_rows_per_second(bundle: ModelBundle, sample_keys: int = SAMPLE_KEYS) -> float:
+def measure_rows_per_second(bundle: Scorer, sample_keys: int = SAMPLE_KEYS) -> float:
     """Keys per second the model scores in this process, timed on the first ``sample_keys`` keys."""
     schema = bundle.schema
     n = max(1, min(sample_keys, schema.key_cardinality))
@@ -72,7 +72,7 @@ def measure_rows_per_second(bundle: ModelBundle, sample_keys: int = SAMPLE_KEYS)
     return n / max(time.perf_counter() - start, 1e-9)
 
 
-def planned_rows(bundle: ModelBundle, settings: Settings, strategy: str, k: int | None) -> tuple[str, int]:
+def planned_rows(bundle: Scorer, settings: Settings, strategy: str, k: int | None) -> tuple[str, int]:
     """The strategy ``auto`` resolves to and how many keys it scores (top_k: at most K).
 
     ``auto`` is a full table when the key space fits ``TABLE_MAX_ROWS`` (the function can) or
@@ -131,7 +131,7 @@ def decide(
 
 
 def decide_for_model(
-    bundle: ModelBundle,
+    bundle: Scorer,
     settings: Settings,
     *,
     strategy: str = TableStrategy.AUTO,

@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.compiled.current import load_current
 from shared.config import Settings
 from shared.contracts import (
-    CURRENT_MODEL,
     RUNNER_AUTO,
     BuildStatus,
     LaunchStatus,
@@ -37,7 +37,6 @@ from shared.contracts import (
 )
 from shared.errors import ConfigError, NotFound, PipelineFailed, ProdMLError
 from shared.logs import get_logger
-from shared.model import ModelBundle
 from shared.pipelines.decide import Decision, decide_for_model, planned_rows
 from shared.pipelines.options import (
     REPO_ROOT,
@@ -47,6 +46,7 @@ from shared.pipelines.options import (
     pipeline_python,
     settings_json,
 )
+from shared.scoring import Scorer
 from shared.storage import Bucket
 from shared.tables.build import build_table
 from shared.tables.format import read_pointer
@@ -181,7 +181,7 @@ def table_parameters(request: BuildRequest) -> dict[str, str]:
 
 
 def already_current(
-    artifacts: Bucket, settings: Settings, bundle: ModelBundle, generation: int, request: BuildRequest
+    artifacts: Bucket, settings: Settings, bundle: Scorer, generation: int, request: BuildRequest
 ) -> BuildResult | None:
     """The skip answer when the pointer already holds what ``request`` would build, else None.
 
@@ -221,8 +221,8 @@ def build_table_routed(
     """
     request = request or BuildRequest()
     try:
-        data, info = artifacts.read_with_info(CURRENT_MODEL)
-        bundle = ModelBundle.from_bytes(data, extra_trusted=settings.model_trusted_types)
+        loaded = load_current(artifacts, settings)  # the form predict serves: its cost decides
+        bundle, info = loaded.scorer, loaded.info
     except (NotFound, ProdMLError):
         return RoutedBuild(None, build_table(artifacts, settings, request).to_dict())
     if not bundle.schema.key:

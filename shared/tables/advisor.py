@@ -40,11 +40,12 @@ from typing import Any
 
 import numpy as np
 
+from shared.compiled.current import load_current
 from shared.config import Settings
-from shared.contracts import CURRENT_MODEL, ServingMode
+from shared.contracts import ServingMode
 from shared.errors import ModelNotReady, NotFound
-from shared.model import ModelBundle
 from shared.schema import Schema, load_schema
+from shared.scoring import Scorer
 from shared.serving.traffic import read_traffic
 from shared.storage import Bucket
 from shared.tables.keys import decode_keys, score_keys, score_width, valid_key_counts
@@ -305,7 +306,7 @@ def _size(table: Mapping[str, float | None]) -> str:
     )
 
 
-def measure_model(bundle: ModelBundle, sample_rows: int = THROUGHPUT_SAMPLE_ROWS, seed: int = 0) -> ModelCost:
+def measure_model(bundle: Scorer, sample_rows: int = THROUGHPUT_SAMPLE_ROWS, seed: int = 0) -> ModelCost:
     """Scoring throughput on a sample chunk of random keys, and single-instance latency (median)."""
     schema = bundle.schema
     rng = np.random.default_rng(seed)
@@ -338,11 +339,10 @@ def advise(artifacts: Bucket, settings: Settings) -> Advice:
 
     Without a model the schema comes from ``schema.json`` and the costs are left out.
     """
-    bundle: ModelBundle | None = None
+    bundle: Scorer | None = None
     try:
-        bundle = ModelBundle.from_bytes(
-            artifacts.read(CURRENT_MODEL), extra_trusted=settings.model_trusted_types
-        )
+        # The form predict serves (compiled, where verified): the cost the advice is about.
+        bundle = load_current(artifacts, settings).scorer
     except (NotFound, ModelNotReady):
         bundle = None
     schema: Schema = bundle.schema if bundle else load_schema(artifacts)
