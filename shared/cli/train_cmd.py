@@ -127,6 +127,10 @@ def list_models(settings: Settings) -> dict[str, Any]:
                 "champion": (metrics.get("champion") or {}).get(primary),
                 "decision": card.status,
                 "reason": card.decision.reason if card.decision is not None else None,
+                # its ONNX form: "verified" (served compiled), "differs", "unconvertible", ...
+                "compiled": card.compiled.status if card.compiled is not None else None,
+                "compiled_max_abs_difference": card.compiled.max_abs_difference if card.compiled else None,
+                "compiled_reason": card.compiled.reason if card.compiled is not None else None,
             }
         )
     return {"current": current_version, "versions": rows}
@@ -154,6 +158,7 @@ def run_models(args: argparse.Namespace) -> int:
         "value",
         "champion",
         "decision",
+        "compiled",
     )
     table = [header]
     for row in listing["versions"]:
@@ -169,6 +174,7 @@ def run_models(args: argparse.Namespace) -> int:
                 _fmt(row["challenger"]),
                 _fmt(row["champion"]),
                 str(row["decision"] or "-"),
+                str(row["compiled"] or "-"),
             )
         )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]

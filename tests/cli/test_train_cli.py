@@ -83,6 +83,9 @@ def test_static_training_uploads_trains_promotes_and_marks_the_files(
         (current.version, False, 2),
         (summary["version"], True, 1),
     ]
+    # Static training compiles too: the version is served in its verified ONNX form.
+    newest = listing["versions"][-1]
+    assert newest["compiled"] == "verified" and newest["compiled_max_abs_difference"] < 1e-6
 
 
 def test_rerunning_with_the_same_file_reuses_it_and_a_different_one_under_that_name_is_refused(
