@@ -12,7 +12,9 @@ a table holds). The compiled form is served only if
   alone to predict.
 
 A float32 graph that misses the tolerance (a tree whose threshold falls between a value and its
-float32 rounding) is converted again with float64 number inputs where skl2onnx can. Whatever
+float32 rounding) is converted again with float64 number inputs where skl2onnx can: the
+preprocessing then runs in double precision, as scikit-learn's does, and each tree ensemble
+compares the float32 rounding of its input, as scikit-learn's trees do. Whatever
 fails (conversion, loading, tolerance, invariance) is recorded in the card with the reason, and
 that version is served by scikit-learn as before: nothing breaks.
 
@@ -61,6 +63,8 @@ KEY_SAMPLE = 2000  # keys of the key space scored by both forms
 INVARIANCE_ROWS = 300  # rows scored alone, in sevens and in one batch
 MAX_CHECK_ROWS = 20000  # held-out rows scored by both forms, at most
 MAX_BYTES = 512 * 1024 * 1024  # a compiled graph is refused above this (the serving bound is lower)
+# The tree operators whose thresholds skl2onnx writes in float32 (see _trees_compare_in_float32).
+_FLOAT32_TREE_OPERATORS = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor"})
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,8 @@ def convert(bundle: ModelBundle, number_type: Any) -> tuple[bytes, dict[str, int
     # Plain arrays of probabilities rather than skl2onnx's default list of {class: probability}.
     options = {id(step): {"zipmap": False} for step in _steps(estimator) if hasattr(step, "predict_proba")}
     model = convert_sklearn(estimator, initial_types=inputs, options=options or None)
+    if number_type is np.float64:
+        _trees_compare_in_float32(model)
     outputs = [o.name for o in model.graph.output]
     output = (
         "probabilities" if classifier and "probabilities" in outputs else outputs[-1 if classifier else 0]
@@ -229,6 +235,34 @@ def convert(bundle: ModelBundle, number_type: Any) -> tuple[bytes, dict[str, int
     )
     opsets = {o.domain or "ai.onnx": int(o.version) for o in model.opset_import}
     return model.SerializeToString(), opsets
+
+
+def _trees_compare_in_float32(model: Any) -> None:
+    """Cast the input of every tree ensemble of a double-precision graph to float32, in place.
+
+    scikit-learn's trees cast their input to float32 before comparing it with their thresholds;
+    skl2onnx 1.20's tree converters write the thresholds as float32 attributes (ai.onnx.ml opset 1)
+    whatever the input type, and ONNX Runtime then compares the double input with them as
+    doubles, so a value that rounds onto a threshold in float32 falls on the other side of it
+    (measured: 0.15 on a forest's probability). With the cast, the graph compares what
+    scikit-learn compares, and only the preprocessing before it runs in double precision.
+    """
+    import onnx.helper
+
+    nodes = []
+    casts: dict[str, str] = {}  # one Cast per tensor, however many ensembles read it (a voting model)
+    for node in model.graph.node:
+        if node.domain == "ai.onnx.ml" and node.op_type in _FLOAT32_TREE_OPERATORS:
+            source = node.input[0]
+            if source not in casts:
+                casts[source] = f"{source}_as_float32"
+                nodes.append(
+                    onnx.helper.make_node("Cast", [source], [casts[source]], to=onnx.TensorProto.FLOAT)
+                )
+            node.input[0] = casts[source]
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _steps(estimator: Any) -> list[Any]:
