@@ -73,8 +73,11 @@ VENV_CHECKOV := .venv-checkov
 CHECKOV_STAMP := $(VENV_CHECKOV)/.installed
 
 # dist/<function>.zip for each function source folder; reproducible (same sources, same bytes).
+# PREDICT_SKLEARN_FALLBACK=1 adds functions/predict/requirements-sklearn.txt to predict's zip, so it
+# can serve versions that have no compiled form (docs/deploy.md); `make deploy` passes it on.
+PREDICT_SKLEARN_FALLBACK ?= 0
 package:
-	$(PYTHON) infra/package.py
+	PREDICT_SKLEARN_FALLBACK=$(PREDICT_SKLEARN_FALLBACK) $(PYTHON) infra/package.py
 
 # Package, then create or update the deployment. Needs terraform >= 1.9, gcloud credentials
 # (gcloud auth application-default login) and infra/terraform.tfvars. DEPLOY_ARGS e.g. -auto-approve.

@@ -35,8 +35,8 @@ locals {
     "DRIFT_PSI_THRESHOLD", "DRIFT_POLICY", "TRAINING_STRATEGY", "TRAINING_WINDOW_FILES",
     "TRAINING_WINDOW_ROWS", "HOLDOUT_WINDOW_FILES", "PROMOTION_TOLERANCE", "HOLDOUT_FRACTION",
     "CAS_MAX_ATTEMPTS", "TRAIN_CLAIM_SECONDS", "ESTIMATOR", "MAX_MODEL_BYTES", "MAX_TABLE_BYTES",
-    "MODEL_TRUSTED_TYPES", "RANDOM_SEED", "SERVING_MODE", "RELOAD_SECONDS", "MAX_BODY_BYTES",
-    "MAX_INSTANCES", "TRAFFIC_FLUSH_SECONDS", "TRAFFIC_SKETCH_SIZE", "TABLE_MAX_ROWS",
+    "MODEL_TRUSTED_TYPES", "RANDOM_SEED", "COMPILE_MODELS", "SERVING_MODE", "RELOAD_SECONDS",
+    "MAX_BODY_BYTES", "MAX_INSTANCES", "TRAFFIC_FLUSH_SECONDS", "TRAFFIC_SKETCH_SIZE", "TABLE_MAX_ROWS",
     "TABLE_CHUNK_ROWS", "TABLE_TOP_K", "TABLE_FUNCTION_BUDGET_SECONDS", "PIPELINE_MAX_ROWS",
     "PIPELINE_RUNNER", "DATAFLOW_PROJECT", "DATAFLOW_REGION", "DATAFLOW_TEMP_LOCATION",
     "DATAFLOW_SERVICE_ACCOUNT", "DATAFLOW_TEMPLATE", "DATAFLOW_MAX_WORKERS", "DATAFLOW_MACHINE_TYPE",
@@ -70,8 +70,16 @@ locals {
   # Sizes per deployed function. Event functions may run 540 s at most (Eventarc's limit for
   # 2nd gen); an HTTP function up to 3600 s, but Cloud Scheduler waits 1800 s at most.
   # concurrency > 1 needs cpu >= 1; predict serves concurrent requests from one loaded model.
+  # predict's memory, measured (docs/deploy.md, "Package and memory sizes"): after warm-up a
+  # local predict serving a compiled model holds about 100 MiB (PSS of gunicorn's two
+  # processes; 89 dynamic, 100 with a 691,200-key table), one built with
+  # PREDICT_SKLEARN_FALLBACK=1 serving a scikit-learn version about 243 MiB. A table is 16 bytes
+  # a key and is held twice while it reloads: the in-function build writes at most TABLE_MAX_ROWS
+  # (2,000,000) keys, 64 MB at a reload. 512Mi leaves twice the fallback's need; tables built by
+  # Dataflow (up to PIPELINE_MAX_ROWS) need predict = { memory = "1Gi" } in function_resources.
+  # concurrency and THREADS: see docs/benchmarks.md (issue 14; workers x threads measured there).
   default_resources = {
-    predict           = { memory = "1Gi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 10, concurrency = 8 }
+    predict           = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 10, concurrency = 8 }
     train             = { memory = "2Gi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 3, concurrency = 1 }
     build_table       = { memory = "2Gi", cpu = "1", timeout_seconds = 1800, min_instances = 0, max_instances = 1, concurrency = 1 }
     build_table_event = { memory = "2Gi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 1, concurrency = 1 }

@@ -5,6 +5,12 @@ any other ``.py`` beside it), its own pinned ``requirements.txt``, and a copy of
 ``shared`` package (its ``.py`` files and data, never caches). The folders come from
 ``infra/functions.json`` (two entry points may share one folder, and so one zip).
 
+A deployer may add an optional requirement set kept beside a folder's ``requirements.txt``
+(``OPTIONAL_REQUIREMENTS``): ``PREDICT_SKLEARN_FALLBACK=1`` appends
+``functions/predict/requirements-sklearn.txt`` (scikit-learn, skops, pandas) to predict's
+``requirements.txt`` in the zip, so it can serve a version that has no compiled form
+(docs/deploy.md). Off by default: predict then installs ONNX Runtime and numpy, not scikit-learn.
+
 The zips are reproducible: files in sorted order, every timestamp fixed (1980-01-01, or
 ``SOURCE_DATE_EPOCH`` when set), fixed permissions and compression level. The same sources give
 byte-identical zips, so the content hash Terraform puts in the uploaded object's name changes
@@ -14,6 +20,7 @@ This script uses the standard library only (it must run before any venv exists, 
 not import the ``shared`` it packages)::
 
     python3 infra/package.py [--out dist] [--only predict]
+    PREDICT_SKLEARN_FALLBACK=1 python3 infra/package.py  # `make package PREDICT_SKLEARN_FALLBACK=1`
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import re
 import sys
 import time
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +57,22 @@ class PackagingError(Exception):
 
 
 @dataclass(frozen=True)
+class OptionalRequirements:
+    """A requirement set beside a package's ``requirements.txt``, added when ``variable`` is 1."""
+
+    package: str
+    filename: str
+    variable: str
+
+
+OPTIONAL_REQUIREMENTS = (
+    # scikit-learn serves a version with no compiled form; without it such a version is refused
+    # (and says so in /health), and predict installs ~150 MB less (docs/deploy.md).
+    OptionalRequirements("predict", "requirements-sklearn.txt", "PREDICT_SKLEARN_FALLBACK"),
+)
+
+
+@dataclass(frozen=True)
 class Package:
     """One built zip."""
 
@@ -58,6 +81,7 @@ class Package:
     sha256: str
     size: int
     files: int
+    added: tuple[str, ...] = ()  # the optional requirement files appended to requirements.txt
 
 
 def source_folders(declaration: Path = DECLARATION) -> dict[str, Path]:
@@ -94,13 +118,53 @@ def check_requirements(path: Path) -> list[str]:
     return requirements
 
 
-def package_members(folder: Path, shared: Path = SHARED) -> list[tuple[str, Path]]:
-    """(name in the zip, file on disk) for one function folder, sorted by name in the zip."""
+def optional_requirements(package: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The optional requirement files of ``package`` its variables turn on (``1``; ``0`` or unset: off)."""
+    environ = os.environ if environ is None else environ
+    chosen = []
+    for option in OPTIONAL_REQUIREMENTS:
+        if option.package != package:
+            continue
+        value = environ.get(option.variable, "").strip()
+        if value not in ("", "0", "1"):
+            raise PackagingError(f"{option.variable}={value!r}: expected 1 (add {option.filename}) or 0")
+        if value == "1":
+            chosen.append(option.filename)
+    return chosen
+
+
+def requirements_text(folder: Path, added: Sequence[str] = ()) -> bytes:
+    """The ``requirements.txt`` of the zip: the folder's own, then each file of ``added`` from the
+    same folder (every line pinned; a package named twice is refused)."""
+    own = folder / "requirements.txt"
+    names = {_name(line) for line in check_requirements(own)}
+    text = own.read_bytes()
+    for filename in added:
+        extra = folder / filename
+        if not extra.is_file():
+            raise PackagingError(f"{extra}: missing, and asked for")
+        twice = names & {_name(line) for line in check_requirements(extra)}
+        if twice:
+            raise PackagingError(f"{extra}: {sorted(twice)} already in {own.name}")
+        text = text.rstrip(b"\n") + f"\n# added from {filename}\n".encode() + extra.read_bytes()
+    return text
+
+
+def _name(requirement: str) -> str:
+    """The normalized project name of a pinned requirement line."""
+    return re.split(r"[\[=;\s]", requirement, maxsplit=1)[0].lower().replace("_", "-").replace(".", "-")
+
+
+def package_members(
+    folder: Path, shared: Path = SHARED, added: Sequence[str] = ()
+) -> list[tuple[str, Path | bytes]]:
+    """(name in the zip, file on disk or its bytes) for one function folder, sorted by name in the
+    zip; ``added``: optional requirement files appended to its ``requirements.txt``."""
     if not (folder / "main.py").is_file():
         raise PackagingError(f"{folder}: no main.py, the file Cloud Functions loads the entry point from")
     check_requirements(folder / "requirements.txt")
-    members = {path.name: path for path in folder.glob("*.py")}
-    members["requirements.txt"] = folder / "requirements.txt"
+    members: dict[str, Path | bytes] = {path.name: path for path in folder.glob("*.py")}
+    members["requirements.txt"] = requirements_text(folder, added) if added else folder / "requirements.txt"
     for path in _files_under(shared):
         if path.suffix in SHARED_SUFFIXES:
             members[path.relative_to(shared.parent).as_posix()] = path
@@ -131,7 +195,7 @@ def zip_timestamp() -> tuple[int, int, int, int, int, int]:
     return max(ZIP_EPOCH, tuple(moment[:6]))  # type: ignore[return-value]
 
 
-def write_zip(members: Sequence[tuple[str, Path]], out: Path) -> None:
+def write_zip(members: Sequence[tuple[str, Path | bytes]], out: Path) -> None:
     """Write ``members`` to ``out`` deterministically (atomically: temp file, then rename)."""
     stamp = zip_timestamp()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -143,14 +207,16 @@ def write_zip(members: Sequence[tuple[str, Path]], out: Path) -> None:
                 info.create_system = 3  # unix, so external_attr carries the permission bits
                 info.external_attr = (0o100000 | FILE_MODE) << 16  # a regular file, rw-r--r--
                 info.compress_type = zipfile.ZIP_DEFLATED
-                archive.writestr(info, path.read_bytes(), compresslevel=9)
+                data = path if isinstance(path, bytes) else path.read_bytes()
+                archive.writestr(info, data, compresslevel=9)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def build(out_dir: Path, only: Iterable[str] = ()) -> list[Package]:
-    """Build the zips (all, or those named in ``only``) into ``out_dir``."""
+def build(out_dir: Path, only: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> list[Package]:
+    """Build the zips (all, or those named in ``only``) into ``out_dir``, each with the optional
+    requirements ``environ`` (default: this process's environment) turns on."""
     folders = source_folders()
     wanted = set(only) or set(folders)
     unknown = wanted - set(folders)
@@ -158,11 +224,13 @@ def build(out_dir: Path, only: Iterable[str] = ()) -> list[Package]:
         raise PackagingError(f"unknown package(s) {sorted(unknown)}; known: {sorted(folders)}")
     built = []
     for name in sorted(wanted):
-        members = package_members(folders[name])
+        added = tuple(optional_requirements(name, environ))
+        members = package_members(folders[name], added=added)
         path = out_dir / f"{name}.zip"
         write_zip(members, path)
         data = path.read_bytes()
-        built.append(Package(name, path, hashlib.sha256(data).hexdigest(), len(data), len(members)))
+        digest = hashlib.sha256(data).hexdigest()
+        built.append(Package(name, path, digest, len(data), len(members), added))
     return built
 
 
@@ -180,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for package in packages:
         print(
             f"{os.path.relpath(package.path)}  {package.files:4d} files  {package.size:9,d} bytes"
-            f"  sha256 {package.sha256[:16]}"
+            f"  sha256 {package.sha256[:16]}" + "".join(f"  + {added}" for added in package.added)
         )
     return 0
 

@@ -190,6 +190,15 @@ class ModelNotReady(ProdMLError):
     code = "not_ready"
 
 
+class ScikitLearnMissing(ModelNotReady):
+    """A version must be served by scikit-learn (it has no compiled form that loads) and this
+    process cannot import scikit-learn or skops: a predict deployed without its fallback
+    (``PREDICT_SKLEARN_FALLBACK``, docs/deploy.md). Not transient: that generation is skipped
+    until a new model is promoted or predict is redeployed with the fallback."""
+
+    code = "no_sklearn_fallback"
+
+
 class IncrementalUnsupported(ProdMLError):
     """The estimator cannot be updated with ``partial_fit`` on these rows (the reason says why).
 

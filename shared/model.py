@@ -25,7 +25,7 @@ import numpy as np
 
 from shared.config import get_settings
 from shared.contracts import ModelForm
-from shared.errors import ModelNotReady, SchemaError, ZipTooLarge
+from shared.errors import ModelNotReady, SchemaError, ScikitLearnMissing, ZipTooLarge
 from shared.schema import Scalar, Schema
 from shared.scoring import Columns, predicted_labels
 from shared.zip_limits import check_zip
@@ -167,8 +167,7 @@ class ModelBundle:
 
     @classmethod
     def _load(cls, data: bytes, extra_trusted: Iterable[str]) -> ModelBundle:
-        import skops.io as sio
-
+        sio = _skops_io()
         try:
             untrusted = sio.get_untrusted_types(data=data)
         except Exception as exc:  # skops raises several types for a corrupt file
@@ -194,3 +193,19 @@ class ModelBundle:
         except (NotFittedError, TypeError) as exc:
             raise ModelNotReady(f"model {raw['version']!r} holds no fitted estimator: {exc}") from None
         return cls(version=str(raw["version"]), estimator=estimator, schema=schema)
+
+
+def _skops_io() -> Any:
+    """``skops.io``, with scikit-learn; ``ScikitLearnMissing`` where either cannot be imported.
+
+    predict is deployed without them by default (functions/predict/requirements.txt): a version
+    with no compiled form then cannot be served, and the error says so (``shared.compiled.current``
+    adds which version and what to do) instead of a bare ModuleNotFoundError. Only these imports
+    are wrapped: a plug-in estimator's own module missing while skops loads it is another fault.
+    """
+    try:
+        import sklearn  # noqa: F401  (first: skops needs it, and the error then names it)
+        import skops.io as sio
+    except ImportError as exc:
+        raise ScikitLearnMissing(f"scikit-learn or skops cannot be imported here ({exc})") from None
+    return sio

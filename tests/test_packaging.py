@@ -9,6 +9,8 @@ come from the zip, or the import fails.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -17,10 +19,13 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 FUNCTIONS = REPO / "functions"
@@ -148,15 +153,255 @@ def _pins(path: Path) -> dict[str, str]:
     return pins
 
 
-@pytest.mark.parametrize("name", ["predict", "train", "build_table"])
-def test_function_requirements_are_pinned_at_the_project_pins(name: str) -> None:
-    require(name)
-    package.check_requirements(FUNCTIONS / name / "requirements.txt")  # every line name==version
+REQUIREMENT_FILES = sorted(
+    path.relative_to(FUNCTIONS).as_posix() for path in FUNCTIONS.glob("*/requirements*.txt")
+)
+
+
+@pytest.mark.parametrize("relative", REQUIREMENT_FILES)
+def test_function_requirements_are_pinned_at_the_project_pins(relative: str) -> None:
+    path = FUNCTIONS / relative
+    package.check_requirements(path)  # every line name==version
     project = _pins(REPO / "requirements.txt")
-    own = _pins(FUNCTIONS / name / "requirements.txt")
-    assert "functions-framework" in own
+    own = _pins(path)
+    if path.name == "requirements.txt":
+        assert "functions-framework" in own
     differing = {pkg: (v, project.get(pkg)) for pkg, v in own.items() if project.get(pkg) != v}
-    assert not differing, f"functions/{name}/requirements.txt disagrees with requirements.txt: {differing}"
+    assert not differing, f"functions/{relative} disagrees with requirements.txt: {differing}"
+
+
+def test_every_optional_requirement_set_exists_and_every_file_is_one() -> None:
+    """No requirement file beside a function that nothing adds, and none named that is missing."""
+    declared = {f"{o.package}/{o.filename}" for o in package.OPTIONAL_REQUIREMENTS}
+    assert declared == {"predict/requirements-sklearn.txt"}
+    own = {f"{name}/requirements.txt" for name in package.source_folders()}
+    assert set(REQUIREMENT_FILES) == own | declared
+
+
+# --- what each function imports is what its requirements install ------------------------------
+
+# Lazy imports of shared modules that no deployed function's code reaches: the import graph below
+# follows every import, also those inside functions, so it names each lazy edge it leaves out, and
+# why (a module-level import of the same module is still followed).
+NOT_REACHED = {
+    # registry.rollback compiles a target that never was compiled; only `prodml rollback` (the
+    # CLI, the demo) rolls back, never a deployed function.
+    "shared.training.compiling": "compiling a rollback target: `prodml rollback` only",
+}
+HEAVY_FOR_SERVING = {"scikit-learn", "pandas", "skops", "skl2onnx", "onnx", "matplotlib"}
+
+
+@dataclass(frozen=True)
+class Imports:
+    """Third-party modules a function's code imports, as found by reading it."""
+
+    eager: dict[str, set[str]]  # imported when main.py is loaded: module -> files importing it
+    lazy: dict[str, set[str]]  # imported only when some function runs
+
+
+def _imports_in(path: Path) -> list[tuple[str, bool]]:
+    """(module, at import time) for each import statement of ``path``: a module-level import
+    runs when the module is loaded, one inside a function only when it is called; those under
+    ``if TYPE_CHECKING:`` never run."""
+    found: list[tuple[str, bool]] = []
+
+    def visit(node: ast.AST, eager: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                visit(child, False)
+            elif isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for statement in child.orelse:
+                    visit(ast.Module(body=[statement], type_ignores=[]), eager)
+            elif isinstance(child, ast.Import):
+                found.extend((alias.name, eager) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                found.append((child.module, eager))
+                found.extend((f"{child.module}.{alias.name}", eager) for alias in child.names)
+            else:
+                visit(child, eager)
+
+    visit(ast.parse(path.read_text()), True)
+    return found
+
+
+def _shared_files(module: str) -> list[Path]:
+    """The files Python runs to import ``module`` of the shared package (its packages too)."""
+    parts = module.split(".")
+    files = []
+    for depth in range(1, len(parts) + 1):
+        base = REPO.joinpath(*parts[:depth])
+        for candidate in (base / "__init__.py", base.with_suffix(".py")):
+            if candidate.is_file():
+                files.append(candidate)
+    return files
+
+
+def function_imports(main: Path) -> Imports:
+    """Every third-party module ``main`` imports, directly or through ``shared``, eager or lazy."""
+    eager: dict[str, set[str]] = {}
+    lazy: dict[str, set[str]] = {}
+    visited: dict[Path, bool] = {}
+    pending = [(main, True)]
+    while pending:
+        path, eager_path = pending.pop()
+        if path in visited and (visited[path] or not eager_path):
+            continue
+        visited[path] = eager_path
+        for module, at_import in _imports_in(path):
+            now = at_import and eager_path
+            top = module.split(".")[0]
+            if top == "shared":
+                if now or not any(module.startswith(skipped) for skipped in NOT_REACHED):
+                    pending.extend((file, now) for file in _shared_files(module))
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                (eager if now else lazy).setdefault(module, set()).add(path.relative_to(REPO).as_posix())
+    return Imports(eager, {m: f for m, f in lazy.items() if m not in eager})
+
+
+def _owners() -> dict[Path, str]:
+    """Installed file -> the distribution that installed it (from every RECORD of this venv)."""
+    owners = {}
+    for dist in importlib.metadata.distributions():
+        for file in dist.files or ():
+            owners[Path(str(dist.locate_file(file))).resolve()] = canonicalize_name(dist.metadata["Name"])
+    return owners
+
+
+def distribution_of(module: str, owners: dict[Path, str]) -> str | None:
+    """The distribution that provides ``module`` (the first package on its path that is not a
+    namespace package, such as ``google``); None for a name that is no module (an attribute)."""
+    parts = module.split(".")
+    for depth in range(1, len(parts) + 1):
+        try:
+            spec = importlib.util.find_spec(".".join(parts[:depth]))
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        if spec.origin and spec.origin not in ("namespace", "built-in", "frozen"):
+            return owners.get(Path(spec.origin).resolve(), f"<no distribution owns {spec.origin}>")
+    return None
+
+
+def installed_by(requirement_lines: list[str]) -> set[str]:
+    """Every distribution ``pip install`` of these pins installs: them and their dependencies, as
+    this venv's metadata declares them (environment markers and extras evaluated)."""
+    pending = [Requirement(line) for line in requirement_lines]
+    found: set[str] = set()
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        key = f"{name}[{','.join(sorted(requirement.extras))}]"
+        if key in found:
+            continue
+        found.add(key)
+        found.add(name)
+        for line in importlib.metadata.distribution(name).requires or ():
+            dependency = Requirement(line)
+            extras = requirement.extras or {""}
+            if dependency.marker is None or any(dependency.marker.evaluate({"extra": e}) for e in extras):
+                pending.append(dependency)
+    return {name for name in found if "[" not in name}
+
+
+def _requirement_lines(*paths: Path) -> list[str]:
+    return [line for path in paths for line in package.check_requirements(path)]
+
+
+@pytest.fixture(scope="module")
+def owners() -> dict[Path, str]:
+    return _owners()
+
+
+@pytest.mark.parametrize("name", ["predict", "train", "build_table"])
+def test_every_module_a_function_imports_is_installed_by_its_requirements(
+    name: str, owners: dict[Path, str]
+) -> None:
+    """Imported at load time: installed by requirements.txt alone. Imported lazily: by it and the
+    optional sets (predict's scikit-learn fallback), so an opted-in path always has its libraries."""
+    folder = FUNCTIONS / name
+    imports = function_imports(folder / "main.py")
+    base = installed_by(_requirement_lines(folder / "requirements.txt"))
+    optional = [folder / o.filename for o in package.OPTIONAL_REQUIREMENTS if o.package == name]
+    everything = installed_by(_requirement_lines(folder / "requirements.txt", *optional))
+    assert {"functions-framework", "flask"} <= base  # the closure works: flask comes with the framework
+    eager = {m: distribution_of(m, owners) for m in imports.eager}
+    lazy = {m: distribution_of(m, owners) for m in imports.lazy}
+    missing = {m: (d, sorted(imports.eager[m])) for m, d in eager.items() if d and d not in base}
+    assert not missing, f"{name} imports these at load time, its requirements.txt misses them: {missing}"
+    missing = {m: (d, sorted(imports.lazy[m])) for m, d in lazy.items() if d and d not in everything}
+    assert not missing, f"{name} imports these when it runs, no requirement set has them: {missing}"
+
+
+def test_predict_installs_no_scikit_learn_unless_the_fallback_is_chosen(owners: dict[Path, str]) -> None:
+    folder = FUNCTIONS / "predict"
+    base = installed_by(_requirement_lines(folder / "requirements.txt"))
+    fallback = installed_by(
+        _requirement_lines(folder / "requirements.txt", folder / "requirements-sklearn.txt")
+    )
+    assert not base & HEAVY_FOR_SERVING, sorted(base & HEAVY_FOR_SERVING)
+    assert {"scikit-learn", "skops", "pandas"} <= fallback
+    # What the fallback path imports (shared/model.py, lazily) is exactly what it adds.
+    lazy = {distribution_of(m, owners) for m in function_imports(folder / "main.py").lazy}
+    assert {"scikit-learn", "skops", "pandas"} <= lazy
+
+
+def test_build_table_needs_no_compiler(owners: dict[Path, str]) -> None:
+    """The table build scores with ONNX Runtime or scikit-learn; converting is training's work."""
+    folder = FUNCTIONS / "build_table"
+    base = installed_by(_requirement_lines(folder / "requirements.txt"))
+    assert {"onnxruntime", "scikit-learn", "skops"} <= base
+    assert not base & {"skl2onnx", "onnx"}
+    imports = function_imports(folder / "main.py")
+    reached = {distribution_of(m, owners) for m in {**imports.eager, **imports.lazy}}
+    assert "onnxruntime" in reached and not reached & {"skl2onnx", "onnx"}
+
+
+# --- optional requirement sets ------------------------------------------------------------------
+
+
+def test_predict_zip_holds_the_sklearn_fallback_only_when_asked(tmp_path: Path) -> None:
+    plain = {**os.environ, "PREDICT_SKLEARN_FALLBACK": "0"}
+    chosen = {**os.environ, "PREDICT_SKLEARN_FALLBACK": "1"}
+    printed = run_package_cli(tmp_path / "chosen", "predict", "train", env=chosen)
+    run_package_cli(tmp_path / "plain", "predict", "train", env=plain)
+    own = (FUNCTIONS / "predict" / "requirements.txt").read_bytes()
+    fallback = (FUNCTIONS / "predict" / "requirements-sklearn.txt").read_bytes()
+    with zipfile.ZipFile(tmp_path / "plain" / "predict.zip") as archive:
+        assert archive.read("requirements.txt") == own
+    with zipfile.ZipFile(tmp_path / "chosen" / "predict.zip") as archive:
+        text = archive.read("requirements.txt")
+        assert "requirements-sklearn.txt" not in archive.namelist()
+    assert text.startswith(own.rstrip(b"\n")) and text.endswith(fallback)
+    assert {"pandas", "scikit-learn", "skops"} <= set(_pins_of(text))
+    assert "+ requirements-sklearn.txt" in printed
+    # Only predict has the option: train's zip is the same either way.
+    assert (tmp_path / "plain" / "train.zip").read_bytes() == (tmp_path / "chosen" / "train.zip").read_bytes()
+
+
+def test_a_bad_fallback_value_is_refused(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "infra" / "package.py"), "--out", str(tmp_path), "--only", "predict"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PREDICT_SKLEARN_FALLBACK": "yes"},
+    )
+    assert proc.returncode == 1
+    assert "PREDICT_SKLEARN_FALLBACK='yes': expected 1" in proc.stderr
+    assert not (tmp_path / "predict.zip").exists()
+
+
+def test_an_optional_set_repeating_a_pin_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "main.py").write_text("def handler(request):\n    return 'ok'\n")
+    (tmp_path / "requirements.txt").write_text("functions-framework==3.10.2\nnumpy==2.4.6\n")
+    (tmp_path / "requirements-extra.txt").write_text("NumPy==2.4.6\n")
+    with pytest.raises(package.PackagingError, match=r"\['numpy'\] already in requirements.txt"):
+        package.package_members(tmp_path, added=["requirements-extra.txt"])
+
+
+def _pins_of(text: bytes) -> dict[str, str]:
+    path_free = [line.split("#", 1)[0].strip() for line in text.decode().splitlines()]
+    return dict(line.split("==", 1) for line in path_free if line)
 
 
 def test_unpinned_requirement_is_refused(tmp_path: Path) -> None:
@@ -203,6 +448,7 @@ print(json.dumps({
     "status": response.status_code,
     "body": response.get_data(as_text=True),
     "shared": shared.__file__,
+    "modules": sorted({name.split(".")[0] for name in sys.modules}),
 }))
 """
 
@@ -317,36 +563,109 @@ def artifacts_with_model(root: Path, bundle: Any) -> Any:
     return artifacts
 
 
+PREDICT_INSTANCE = {"country": "us", "hour": 18, "device": "mobile", "segment": "new", "bid": 2.5}
+PREDICT_REQUEST = {
+    "path": "/",
+    "method": "POST",
+    "headers": {"Content-Type": "application/json"},
+    "body": json.dumps({"instances": [PREDICT_INSTANCE]}),
+}
+SKLEARN_FALLBACK = {"sklearn", "skops", "pandas"}
+
+
+def artifacts_with_compiled_model(root: Path, bundle: Any) -> Any:
+    """A local artifacts bucket under ``root`` whose current model is ``bundle``, compiled and
+    promoted as the train function does (version folder with model.onnx, then the current blob
+    naming the compiled form); returns (the bucket, the CompiledModel)."""
+    from conftest import publish_compiled
+
+    from shared.schema import save_schema
+    from shared.storage.local import LocalBucket
+
+    artifacts = LocalBucket(root, "prodml-artifacts")
+    save_schema(artifacts, bundle.schema)
+    _, compiled = publish_compiled(artifacts, bundle)
+    return artifacts, compiled
+
+
+@pytest.fixture(scope="module")
+def fallback_predict(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """predict packaged with PREDICT_SKLEARN_FALLBACK=1: (its zip, a venv of the zip's requirements)."""
+    root = tmp_path_factory.mktemp("fallback")
+    run_package_cli(root / "dist", "predict", env={**os.environ, "PREDICT_SKLEARN_FALLBACK": "1"})
+    requirements = root / "requirements.txt"
+    with zipfile.ZipFile(root / "dist" / "predict.zip") as archive:
+        requirements.write_bytes(archive.read("requirements.txt"))
+    return root / "dist" / "predict.zip", make_function_venv(root / "venv", requirements)
+
+
 @pytest.mark.slow
 def test_predict_zip_answers_a_prediction_in_its_own_venv(
     tmp_path: Path, zips: Path, function_venv: Callable[[str], Path], table_bundle: Any
 ) -> None:
+    """The default package: ONNX Runtime serves the compiled model; scikit-learn, skops and
+    pandas are not even installed."""
     require("predict")
-    from shared.model import to_frame
-
     root = tmp_path / "buckets"
-    artifacts_with_model(root, table_bundle)
-    instance = {"country": "us", "hour": 18, "device": "mobile", "segment": "new", "bid": 2.5}
-    request = {
-        "path": "/",
-        "method": "POST",
-        "headers": {"Content-Type": "application/json"},
-        "body": json.dumps({"instances": [instance]}),
-    }
+    _, compiled = artifacts_with_compiled_model(root, table_bundle)
     answer = call_in_venv(
         function_venv("predict"),
         zips / "predict.zip",
         "predict",
-        request,
+        PREDICT_REQUEST,
         local_env(root, SERVING_MODE="dynamic"),
         tmp_path,
     )
     assert answer["status"] == 200, answer["body"]
     body = json.loads(answer["body"])
-    expected = float(table_bundle.scores(to_frame(table_bundle.schema, [instance]))[0])
+    expected = float(compiled.score_columns({k: [v] for k, v in PREDICT_INSTANCE.items()})[0])
     assert body["model_version"] == "v1"
     assert body["predictions"][0]["source"] == "model"
-    assert body["predictions"][0]["score"] == pytest.approx(expected, abs=1e-9)
+    assert body["predictions"][0]["score"] == expected
+    assert "onnxruntime" in answer["modules"]
+    assert not SKLEARN_FALLBACK & set(answer["modules"])
+
+
+@pytest.mark.slow
+def test_predict_zip_without_the_fallback_refuses_an_uncompiled_version_saying_why(
+    tmp_path: Path, zips: Path, function_venv: Callable[[str], Path], table_bundle: Any
+) -> None:
+    """A current model with no compiled form (written before compiled serving): 503, and the
+    message names what is missing and the two ways out; no 500."""
+    require("predict")
+    root = tmp_path / "buckets"
+    artifacts_with_model(root, table_bundle)
+    python = function_venv("predict")
+    answer = call_in_venv(
+        python, zips / "predict.zip", "predict", PREDICT_REQUEST, local_env(root), tmp_path / "post"
+    )
+    assert answer["status"] == 503, answer["body"]
+    error = json.loads(answer["body"])["error"]
+    assert error["code"] == "not_ready"
+    assert (
+        "this predict deployment has no scikit-learn fallback (scikit-learn or skops cannot"
+        in error["message"]
+    )
+    assert "No module named 'sklearn'" in error["message"]
+    assert "deploy predict with PREDICT_SKLEARN_FALLBACK=1 or fix the estimator" in error["message"]
+
+
+@pytest.mark.slow
+def test_predict_zip_with_the_fallback_serves_an_uncompiled_version_in_its_own_venv(
+    tmp_path: Path, fallback_predict: tuple[Path, Path], table_bundle: Any
+) -> None:
+    from shared.model import to_frame
+
+    zip_path, python = fallback_predict
+    root = tmp_path / "buckets"
+    artifacts_with_model(root, table_bundle)  # no compiled form: scikit-learn must serve it
+    answer = call_in_venv(python, zip_path, "predict", PREDICT_REQUEST, local_env(root), tmp_path)
+    assert answer["status"] == 200, answer["body"]
+    body = json.loads(answer["body"])
+    expected = float(table_bundle.scores(to_frame(table_bundle.schema, [PREDICT_INSTANCE]))[0])
+    assert body["model_version"] == "v1"
+    assert body["predictions"][0]["score"] == expected
+    assert set(answer["modules"]) >= SKLEARN_FALLBACK
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """Compile a trained version to ONNX with skl2onnx, and verify the compiled form against the
-scikit-learn model before it may serve (issue 14; docs/design.md section 4).
+scikit-learn model before it may serve (issue 14; docs/design.md section 10).
 
 ``compile_version`` converts the estimator with one graph input per schema feature (strings for
 categories, float32 numbers), loads the graph in ONNX Runtime with the serving options, and scores

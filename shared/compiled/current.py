@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from shared.compiled.runtime import CompiledModel
 from shared.config import Settings
 from shared.contracts import CURRENT_FORM_METADATA, CURRENT_MODEL, CURRENT_VERSION_METADATA, ModelForm
-from shared.errors import ModelNotReady, NotFound, RegistryError, is_transient
+from shared.errors import ModelNotReady, NotFound, RegistryError, ScikitLearnMissing, is_transient
 from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.scoring import Scorer
 from shared.storage import Bucket, ObjectInfo
-from shared.training.registry import compiled_name
+from shared.training.registry import card_name, compiled_name
 
 log = get_logger(__name__)
 
@@ -71,20 +71,45 @@ def load_current(artifacts: Bucket, settings: Settings, info: ObjectInfo | None 
                 extra={"fields": {"version": version, "error": str(exc)}},
             )
             fallback = f"scikit-learn (the compiled form will not load: {exc})"
-            return _load_skops(artifacts, settings, fallback)
+            return _load_skops(artifacts, settings, fallback, compiled_error=str(exc))
     return _load_skops(artifacts, settings, "scikit-learn")
 
 
-def _load_skops(artifacts: Bucket, settings: Settings, note: str) -> LoadedCurrent:
-    """The skops form of the current blob, of the generation read (it may be newer than a stat)."""
+def _load_skops(
+    artifacts: Bucket, settings: Settings, note: str, compiled_error: str | None = None
+) -> LoadedCurrent:
+    """The skops form of the current blob, of the generation read (it may be newer than a stat);
+    ``compiled_error``: why its compiled form did not load, if it has one."""
     data, info = artifacts.read_with_info(CURRENT_MODEL)
     version, form = named_version(info)
-    if form == ModelForm.ONNX and note == "scikit-learn":
+    if form == ModelForm.ONNX and compiled_error is None:
         # Swapped since the stat, to a compiled version: serve that one in its compiled form.
         return load_current(artifacts, settings, info)
-    bundle = ModelBundle.from_bytes(data, settings.model_trusted_types, max_bytes=settings.max_model_bytes)
+    try:
+        bundle = ModelBundle.from_bytes(
+            data, settings.model_trusted_types, max_bytes=settings.max_model_bytes
+        )
+    except ScikitLearnMissing as exc:
+        raise ScikitLearnMissing(_no_fallback_message(version, compiled_error, exc)) from None
     if version is not None and bundle.version != version:
         raise ModelNotReady(
             f"{CURRENT_MODEL} holds version {bundle.version!r}, its metadata says {version!r}"
         )
     return LoadedCurrent(bundle, info, note)
+
+
+def _no_fallback_message(version: str | None, compiled_error: str | None, cause: Exception) -> str:
+    """Why a version cannot be served here at all, and the two ways out (docs/deploy.md)."""
+    if version is None:
+        why = f"{CURRENT_MODEL} was written before compiled serving and names no version"
+        which = "the current model has no compiled form"
+    elif compiled_error is not None:
+        which = f"version {version!r} has no compiled form that loads"
+        why = compiled_error
+    else:
+        which = f"version {version!r} has no compiled form"
+        why = f"its card {card_name(version)} says why"
+    return (
+        f"this predict deployment has no scikit-learn fallback ({cause}): {which} ({why}); "
+        "deploy predict with PREDICT_SKLEARN_FALLBACK=1 or fix the estimator so that it compiles"
+    )
