@@ -154,6 +154,11 @@ class Settings:
     artifacts_bucket: str = _env(
         "prodml-artifacts", _bucket_name, "bucket of schema, models, tables, traffic, registry"
     )
+    predictions_bucket: str = _env(
+        "prodml-predictions",
+        _bucket_name,
+        "bucket of predict's prediction log (no trigger on it: a flush fires no function)",
+    )
     # logging
     log_format: str = _env(
         LogFormat.AUTO,

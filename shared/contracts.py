@@ -30,6 +30,16 @@ QUARANTINE_PREFIX = "quarantine/"
 REASON_SUFFIX = ".reason.json"
 """Beside each quarantined file: why (``quarantine/<name>.reason.json``)."""
 
+LABELS_PREFIX = "labels/"
+"""Labels that arrive after their predictions (``id``, the label column, optional event time);
+each "object finalized" event fires the train function, which validates and stores them."""
+
+# --- blobs of the PREDICTIONS bucket (no trigger: predict writes here often) -----------------
+
+PREDICTIONS_PREFIX = "predictions/"
+"""``predictions/<YYYY-MM-DD>/<instance>-<first ms>-<seq>.npz``: the prediction log, one object
+per flush of one predict instance, never written twice (``shared.feedback.log_format``)."""
+
 # --- blobs of the ARTIFACTS bucket -----------------------------------------------------------
 
 SCHEMA_BLOB = "schema.json"

@@ -180,6 +180,14 @@ class ZipTooLarge(ProdMLError):
     code = "zip_too_large"
 
 
+class PredictionLogError(ProdMLError):
+    """A prediction log object that cannot be read: not a log file, or over its size bound.
+    Content, not a fault: the join skips it and counts it (``shared.feedback``)."""
+
+    http_status = 422
+    code = "invalid_prediction_log"
+
+
 # --- models and training -------------------------------------------------------------------
 
 

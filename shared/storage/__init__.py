@@ -41,6 +41,12 @@ def data_bucket(settings: Settings | None = None) -> Bucket:
     return open_bucket(settings.data_bucket, settings)
 
 
+def predictions_bucket(settings: Settings | None = None) -> Bucket:
+    """The bucket of the prediction log (``PREDICTIONS_BUCKET``)."""
+    settings = settings or get_settings()
+    return open_bucket(settings.predictions_bucket, settings)
+
+
 def artifacts_bucket(settings: Settings | None = None) -> Bucket:
     """The bucket of schema, models, tables and traffic (``ARTIFACTS_BUCKET``)."""
     settings = settings or get_settings()

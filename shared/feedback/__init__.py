@@ -1,0 +1,1 @@
+"""The feedback loop: the prediction log, labels that arrive later, their join, live quality."""
