@@ -35,7 +35,7 @@ locals {
     "DRIFT_PSI_THRESHOLD", "DRIFT_POLICY", "TRAINING_STRATEGY", "TRAINING_WINDOW_FILES",
     "TRAINING_WINDOW_ROWS", "HOLDOUT_WINDOW_FILES", "PROMOTION_TOLERANCE", "HOLDOUT_FRACTION",
     "CAS_MAX_ATTEMPTS", "TRAIN_CLAIM_SECONDS", "ESTIMATOR", "MAX_MODEL_BYTES", "MAX_TABLE_BYTES",
-    "MODEL_TRUSTED_TYPES", "RANDOM_SEED", "COMPILE_MODELS", "SERVING_MODE", "RELOAD_SECONDS",
+    "MODEL_TRUSTED_TYPES", "RANDOM_SEED", "COMPILE_MODELS", "SERVING_MODE", "RELOAD_SECONDS", "THREADS",
     "MAX_BODY_BYTES", "MAX_INSTANCES", "TRAFFIC_FLUSH_SECONDS", "TRAFFIC_SKETCH_SIZE", "TABLE_MAX_ROWS",
     "TABLE_CHUNK_ROWS", "TABLE_TOP_K", "TABLE_FUNCTION_BUDGET_SECONDS", "PIPELINE_MAX_ROWS",
     "PIPELINE_RUNNER", "DATAFLOW_PROJECT", "DATAFLOW_REGION", "DATAFLOW_TEMP_LOCATION",
@@ -52,7 +52,13 @@ locals {
   }
   # Env vars a package needs beyond those; var.extra_env adds or overrides per package.
   package_env = {
-    predict = { SERVING_MODE = var.serving_mode }
+    # One gunicorn worker with THREADS request threads, as many as the instance's request
+    # concurrency (default_resources below): ONNX Runtime releases the GIL while it computes, so
+    # threads share one loaded model. Measured (docs/benchmarks.md, issue 14: 1 or 2 workers x 1,
+    # 4 or 8 threads, 8 clients): no setting beat 1 x 8 beyond noise, 1 thread was slowest, and a
+    # second worker holds a second model for nothing on 2 cores. Set explicitly: functions-
+    # framework's default (4 x the cores it sees) would change with the instance's cpu.
+    predict = { SERVING_MODE = var.serving_mode, THREADS = tostring(local.default_resources.predict.concurrency) }
     train   = { TRAINING_STRATEGY = var.training_strategy }
     # Table builds run inside the function: this deployment provisions no Dataflow (template,
     # worker account, roles). To scale out, set PIPELINE_RUNNER and DATAFLOW_* in extra_env
@@ -77,7 +83,7 @@ locals {
   # a key and is held twice while it reloads: the in-function build writes at most TABLE_MAX_ROWS
   # (2,000,000) keys, 64 MB at a reload. 512Mi leaves twice the fallback's need; tables built by
   # Dataflow (up to PIPELINE_MAX_ROWS) need predict = { memory = "1Gi" } in function_resources.
-  # concurrency and THREADS: see docs/benchmarks.md (issue 14; workers x threads measured there).
+  # predict's concurrency (8) and its THREADS: see package_env above.
   default_resources = {
     predict           = { memory = "512Mi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 10, concurrency = 8 }
     train             = { memory = "2Gi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 3, concurrency = 1 }

@@ -251,6 +251,13 @@ class Settings:
         "how predict answers: table only, model only, or table then model",
     )
     reload_seconds: float = _env("10", _float(0.0), "how often predict checks for a new model or table")
+    threads: int = _env(
+        "8",
+        _int(1, 1000),
+        "request threads of a function process: read by functions-framework's gunicorn, not by "
+        "shared (unset, it takes 4 x the cores it sees); the Terraform sets predict's to its "
+        "concurrency",
+    )
     max_body_bytes: int = _env(str(1024 * 1024), _int(1), "largest predict request body")
     max_instances: int = _env("1000", _int(1), "most instances in one predict request")
     # Loading reads a zip member whole: these bound what a model or table file may decompress to,
