@@ -18,6 +18,12 @@ device (3) = 1,440 keys plus a non-key float, the shape the predict tests use, a
 4. A table of 1,000,000 keys: ``read_table`` from the local bucket (goal < 200 ms; the ratio is
    to that budget, the raw read of the same bytes is shown beside it) and ``Table.lookup_one``
    of random present codes (goal < 2 us; beside it a Python ``dict.get``).
+5. The prediction log's cost (issue 15), hybrid with a full table (all hits), the log at rate 1.0
+   against ``PREDICTION_LOG_RATE=0``: in process per call (the request path's append); HTTP p50
+   interleaved request by request (goal <= 1.1x); throughput of 8 clients, runs alternating
+   with and without, medians (goal >= 0.9x); and memory: the process's RSS after N requests
+   against after N/4 with ``PREDICTION_LOG_MAX_ROWS`` small and no flush (goal <= 1.1x: the
+   buffer stops growing, further rows are dropped and counted).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from shared.local.processes import FunctionProcess, free_port
 from shared.model import ModelBundle, to_frame
 from shared.schema import Schema
 from shared.serving.predictor import Predictor
+from shared.storage import Bucket
 from shared.storage.local import LocalBucket
 from shared.tables.codec import decode_codes
 from shared.tables.format import build_blob, new_build_id, read_table, switch_pointer, write_table
@@ -53,6 +60,10 @@ HIT_GOAL = 50.0
 FLOOR_GOAL = 1.3
 HYBRID_GOAL = 3.0
 PLAIN_GOAL = 1.0
+LOG_LATENCY_GOAL = 1.1
+LOG_THROUGHPUT_GOAL = 0.9
+LOG_MEMORY_GOAL = 1.1
+LOG_MEMORY_MAX_ROWS = 1000
 LOAD_BUDGET = 0.200
 LOOKUP_BUDGET = 2e-6
 ZIPF_S = 1.1
@@ -145,6 +156,14 @@ def _in_process(root: Path, bundle: ModelBundle, repeat: int) -> list[Row]:
         "TRAFFIC_FLUSH_SECONDS": "3600",
     }
     hybrid = Predictor(artifacts, load_settings({**env, "SERVING_MODE": ServingMode.HYBRID}), "bench")
+    # The request path of the log (its flusher never runs here: one flush at close).
+    predictions: Bucket = LocalBucket(root / "inproc", "prodml-predictions")
+    logged = Predictor(
+        artifacts,
+        load_settings({**env, "SERVING_MODE": ServingMode.HYBRID, "PREDICTION_LOG_FLUSH_SECONDS": "3600"}),
+        "bench",
+        predictions=predictions,
+    )
     dynamic = Predictor(artifacts, load_settings({**env, "SERVING_MODE": ServingMode.DYNAMIC}), "bench")
     bodies = [json.dumps({"instances": [_instance(c)]}).encode() for c in range(0, 1440, 7)]
 
@@ -159,9 +178,19 @@ def _in_process(root: Path, bundle: ModelBundle, repeat: int) -> list[Row]:
     assert hybrid.predict(bodies[0])["predictions"][0]["source"] == "table"
     hit = median_seconds(per_call(hybrid, hit_calls), repeat=repeat) / hit_calls
     model = median_seconds(per_call(dynamic, model_calls), repeat=repeat) / model_calls
+    logged_hit = median_seconds(per_call(logged, hit_calls), repeat=repeat) / hit_calls
     hybrid.close()
     dynamic.close()
+    logged.close()
     return [
+        goal_row(
+            AREA,
+            "in-process single instance: table hit, log at rate 1.0 (append + background flushes)",
+            logged_hit,
+            "s",
+            f"without the log ({hit * 1e6:.1f} us)",
+            logged_hit / hit,
+        ),
         goal_row(
             AREA,
             "in-process single instance: table hit",
@@ -170,7 +199,7 @@ def _in_process(root: Path, bundle: ModelBundle, repeat: int) -> list[Row]:
             f"model path ({model * 1e6:.0f} us)",
             model / hit,
             at_least=HIT_GOAL,
-        )
+        ),
     ]
 
 
@@ -371,6 +400,113 @@ def _over_http(root: Path, bundle: ModelBundle, quick: bool) -> list[Row]:
     return rows
 
 
+# --- 5. the prediction log's cost over HTTP --------------------------------------------------------
+
+
+def _rss_bytes(pid: int) -> int:
+    """Resident memory of a process and its children (gunicorn's master and worker), from /proc."""
+    total = 0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for each in [pid, *map(int, children)]:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+def _log_cost(root: Path, bundle: ModelBundle, quick: bool) -> list[Row]:
+    n_keys = SCHEMA.key_cardinality
+    log_root = root / "http-log"
+    _publish(LocalBucket(log_root, "prodml-artifacts"), bundle, np.arange(n_keys, dtype=np.int64), "full")
+    predict = load_declaration().functions["predict"]
+    hybrid = {"SERVING_MODE": ServingMode.HYBRID}
+    quiet = {"PREDICTION_LOG_FLUSH_SECONDS": "3600", "PREDICTION_LOG_BATCH_ROWS": "100000000"}
+    targets = {
+        "with": (predict, _env(log_root, **hybrid, PREDICTION_LOG_RATE="1.0")),
+        "without": (predict, _env(log_root, **hybrid, PREDICTION_LOG_RATE="0")),
+        "bounded": (
+            predict,
+            _env(log_root, **hybrid, **quiet, PREDICTION_LOG_MAX_ROWS=str(LOG_MEMORY_MAX_ROWS)),
+        ),
+    }
+    instances = [_instance(c) for c in range(n_keys)]
+    single = [json.dumps({"instances": [instances[c]]}).encode() for c in range(n_keys)]
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-serving-log-") as logs:
+        processes = _start_all(targets, Path(logs))
+        try:
+            sessions = {name: requests.Session() for name in processes}
+            for name, p in processes.items():
+                _latencies(p.url, single[:20], sessions[name])
+            rng = random.Random(3)
+            samples: dict[str, list[float]] = {"with": [], "without": []}
+            sequence = list(samples)
+            for _ in range(300 if quick else 1500):
+                body = single[rng.randrange(n_keys)]
+                rng.shuffle(sequence)
+                for name in sequence:
+                    samples[name] += _latencies(processes[name].url, [body], sessions[name])
+            with50, without50 = _percentile(samples["with"], 50), _percentile(samples["without"], 50)
+            rows.append(
+                goal_row(
+                    AREA,
+                    "HTTP p50 single instance, hybrid (all hits), prediction log at rate 1.0",
+                    with50,
+                    "s",
+                    f"without the log ({without50 * 1e3:.2f} ms)",
+                    with50 / without50,
+                    at_most=LOG_LATENCY_GOAL,
+                )
+            )
+
+            def random_body(rng: random.Random) -> bytes:
+                return single[rng.randrange(n_keys)]
+
+            seconds, runs = (2.0, 2) if quick else (5.0, 5)
+            throughput: dict[str, list[float]] = {"with": [], "without": []}
+            for _ in range(runs):  # alternating runs, so drifts of the machine hit both alike
+                for name in throughput:
+                    throughput[name].append(_throughput(processes[name].url, random_body, seconds))
+            with_tp, without_tp = (float(np.median(throughput[name])) for name in ("with", "without"))
+            rows.append(
+                goal_row(
+                    AREA,
+                    f"throughput, {CLIENTS} clients, 1/request, hybrid (all hits), log at rate 1.0",
+                    with_tp,
+                    "inst/s",
+                    f"without the log ({without_tp:.0f} inst/s)",
+                    with_tp / without_tp,
+                    at_least=LOG_THROUGHPUT_GOAL,
+                )
+            )
+            bounded = processes["bounded"]
+            assert bounded.process is not None
+            n = 2000 if quick else 10000
+            batch = [json.dumps({"instances": [instances[(c * 7 + k) % n_keys] for k in range(10)]}).encode()
+                     for c in range(n)]  # fmt: skip
+            _latencies(bounded.url, batch[: n // 4], sessions["bounded"])
+            early = _rss_bytes(bounded.process.pid)
+            _latencies(bounded.url, batch[n // 4 :], sessions["bounded"])
+            late = _rss_bytes(bounded.process.pid)
+            state = sessions["bounded"].get(f"{bounded.url}/health", timeout=30).json()["prediction_log"]
+            rows.append(
+                goal_row(
+                    AREA,
+                    f"RSS after {n * 10:,} logged instances, PREDICTION_LOG_MAX_ROWS={LOG_MEMORY_MAX_ROWS}"
+                    f" ({state['dropped']:,} dropped and counted)",
+                    float(late),
+                    "B",
+                    f"RSS after {n * 10 // 4:,} ({early / 2**20:.1f} MiB)",
+                    late / early,
+                    at_most=LOG_MEMORY_GOAL,
+                )
+            )
+        finally:
+            for p in processes.values():
+                p.stop()
+    return rows
+
+
 # --- 4. a million-key table ---------------------------------------------------------------------
 
 
@@ -433,5 +569,6 @@ def run(quick: bool) -> list[Row]:
         root = Path(tmp)
         rows = _in_process(root, bundle, repeat)
         rows += _over_http(root, bundle, quick)
+        rows += _log_cost(root, bundle, quick)
         rows += _big_table(root, repeat)
     return rows
