@@ -1,5 +1,5 @@
-# The two buckets of the system (docs/design.md section 3) and the bucket holding function sources.
-# All three: uniform bucket-level access (IAM only, no object ACLs; IAM conditions need it) and
+# The three buckets of the system (docs/design.md section 3) and the bucket holding function
+# sources. All four: uniform bucket-level access (IAM only, no object ACLs; IAM conditions need it) and
 # public access prevention enforced (no allUsers grant can ever open them).
 
 resource "google_storage_bucket" "data" {
@@ -64,6 +64,34 @@ resource "google_storage_bucket" "artifacts" {
     condition {
       days_since_noncurrent_time = var.noncurrent_version_retention_days
       with_state                 = "ARCHIVED"
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  depends_on = [google_project_service.api]
+}
+
+# predict's prediction log (predictions/<date>/...): no trigger (a flush fires no function),
+# write-once objects, deleted after var.predictions_retention_days.
+resource "google_storage_bucket" "predictions" {
+  #checkov:skip=CKV_GCP_78:Versioning is off on purpose: every log object is created once (if_generation_match=0) and never overwritten, so there is no noncurrent copy to keep.
+  #checkov:skip=CKV_GCP_62:Access logs (storage logs to another bucket) are a legacy feature; Cloud Audit Logs cover data access and are enabled per project, not per bucket.
+  name                        = local.bucket_names.predictions
+  location                    = var.region
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  soft_delete_policy {
+    retention_duration_seconds = var.soft_delete_retention_seconds
+  }
+
+  lifecycle_rule {
+    condition {
+      age            = var.predictions_retention_days
+      matches_prefix = ["predictions/"]
     }
     action {
       type = "Delete"

@@ -18,7 +18,11 @@ resource "google_service_account" "function" {
 resource "google_storage_bucket_iam_member" "function" {
   for_each = local.storage_grants
 
-  bucket = each.value.bucket == "data" ? google_storage_bucket.data.name : google_storage_bucket.artifacts.name
+  bucket = {
+    data        = google_storage_bucket.data.name
+    artifacts   = google_storage_bucket.artifacts.name
+    predictions = google_storage_bucket.predictions.name
+  }[each.value.bucket]
   role   = each.value.role
   member = "serviceAccount:${google_service_account.function[each.value.package].email}"
 

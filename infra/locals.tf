@@ -24,31 +24,37 @@ locals {
   bucket_names = {
     data      = var.data_bucket != "" ? var.data_bucket : "${var.project_id}-prodml-data"
     artifacts = var.artifacts_bucket != "" ? var.artifacts_bucket : "${var.project_id}-prodml-artifacts"
+    # No trigger on it (infra/functions.json names none): every flush of predict's log would
+    # otherwise fire an event, and Eventarc cannot filter by prefix.
+    predictions = var.predictions_bucket != "" ? var.predictions_bucket : "${var.project_id}-prodml-predictions"
   }
 
   # Settings of shared/config.py that mean something in the cloud (ports, local folders and
   # the local router's knobs do not; nor TRAIN_CRASH_FILE, a test hook that kills the trainer).
   # tests/test_infra.py checks each is a real Setting.
   deployable_settings = [
-    "STORAGE_BACKEND", "DATA_BUCKET", "ARTIFACTS_BUCKET", "LOG_FORMAT", "LOG_LEVEL",
+    "STORAGE_BACKEND", "DATA_BUCKET", "ARTIFACTS_BUCKET", "PREDICTIONS_BUCKET", "LOG_FORMAT", "LOG_LEVEL",
     "MAX_FILE_BYTES", "MAX_ROWS", "MAX_NULL_SHARE", "UNSEEN_CATEGORY_POLICY",
     "DRIFT_PSI_THRESHOLD", "DRIFT_POLICY", "TRAINING_STRATEGY", "TRAINING_WINDOW_FILES",
     "TRAINING_WINDOW_ROWS", "HOLDOUT_WINDOW_FILES", "PROMOTION_TOLERANCE", "HOLDOUT_FRACTION",
     "CAS_MAX_ATTEMPTS", "TRAIN_CLAIM_SECONDS", "ESTIMATOR", "MAX_MODEL_BYTES", "MAX_TABLE_BYTES",
     "MODEL_TRUSTED_TYPES", "RANDOM_SEED", "COMPILE_MODELS", "SERVING_MODE", "RELOAD_SECONDS", "THREADS",
-    "MAX_BODY_BYTES", "MAX_INSTANCES", "TRAFFIC_FLUSH_SECONDS", "TRAFFIC_SKETCH_SIZE", "TABLE_MAX_ROWS",
+    "MAX_BODY_BYTES", "MAX_INSTANCES", "TRAFFIC_FLUSH_SECONDS", "TRAFFIC_SKETCH_SIZE",
+    "PREDICTION_LOG_RATE", "PREDICTION_LOG_MAX_ROWS", "PREDICTION_LOG_BATCH_ROWS",
+    "PREDICTION_LOG_FLUSH_SECONDS", "MODEL_AGE_WARNING_SECONDS", "TABLE_AGE_WARNING_SECONDS", "TABLE_MAX_ROWS",
     "TABLE_CHUNK_ROWS", "TABLE_TOP_K", "TABLE_FUNCTION_BUDGET_SECONDS", "PIPELINE_MAX_ROWS",
     "PIPELINE_RUNNER", "DATAFLOW_PROJECT", "DATAFLOW_REGION", "DATAFLOW_TEMP_LOCATION",
     "DATAFLOW_SERVICE_ACCOUNT", "DATAFLOW_TEMPLATE", "DATAFLOW_MAX_WORKERS", "DATAFLOW_MACHINE_TYPE",
   ]
 
-  # Env vars of every function: the GCS backend, the two buckets, JSON logs for Cloud Logging.
+  # Env vars of every function: the GCS backend, the three buckets, JSON logs for Cloud Logging.
   common_env = {
-    STORAGE_BACKEND  = "gcs"
-    DATA_BUCKET      = local.bucket_names.data
-    ARTIFACTS_BUCKET = local.bucket_names.artifacts
-    LOG_FORMAT       = "json"
-    LOG_LEVEL        = var.log_level
+    STORAGE_BACKEND    = "gcs"
+    DATA_BUCKET        = local.bucket_names.data
+    ARTIFACTS_BUCKET   = local.bucket_names.artifacts
+    PREDICTIONS_BUCKET = local.bucket_names.predictions
+    LOG_FORMAT         = "json"
+    LOG_LEVEL          = var.log_level
   }
   # Env vars a package needs beyond those; var.extra_env adds or overrides per package.
   package_env = {
@@ -128,6 +134,16 @@ locals {
     # (if_generation_match=0, shared/serving/traffic.py), never overwrites one: create is enough.
     predict_write_traffic = {
       package = "predict", bucket = "artifacts", role = "roles/storage.objectCreator", prefixes = ["traffic/"]
+    }
+    # ... and writes its prediction log under predictions/ only: each flush creates a new object
+    # (if_generation_match=0, shared/feedback/log_format.py), never overwrites or deletes one.
+    predict_write_predictions = {
+      package = "predict", bucket = "predictions", role = "roles/storage.objectCreator", prefixes = ["predictions/"]
+    }
+    # train joins labels to the prediction log: it reads it, never writes it. (The CLI runs with
+    # the operator's own credentials, not a service account of this deployment; docs/deploy.md.)
+    train_read_predictions = {
+      package = "train", bucket = "predictions", role = "roles/storage.objectViewer", prefixes = []
     }
     # train reads incoming files (and lists the bucket, which IAM conditions cannot narrow),
     # copies bad ones to quarantine/ and deletes them from incoming/: write and delete only there.

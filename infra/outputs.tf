@@ -18,6 +18,11 @@ output "artifacts_bucket" {
   value       = google_storage_bucket.artifacts.name
 }
 
+output "predictions_bucket" {
+  description = "The PREDICTIONS bucket: predict's prediction log under predictions/ (no trigger)."
+  value       = google_storage_bucket.predictions.name
+}
+
 output "source_bucket" {
   description = "Bucket of the uploaded function sources (dist/<package>.zip)."
   value       = google_storage_bucket.source.name

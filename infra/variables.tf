@@ -36,6 +36,23 @@ variable "artifacts_bucket" {
   default     = ""
 }
 
+variable "predictions_bucket" {
+  description = "Name of the PREDICTIONS bucket (PREDICTIONS_BUCKET): predict's prediction log under predictions/, no trigger. Globally unique; empty means <project_id>-prodml-predictions."
+  type        = string
+  default     = ""
+}
+
+variable "predictions_retention_days" {
+  description = "Days after which objects under predictions/ in the predictions bucket are deleted (the prediction log; keep it longer than the labels take to arrive)."
+  type        = number
+  default     = 90
+
+  validation {
+    condition     = var.predictions_retention_days >= 1
+    error_message = "predictions_retention_days must be at least 1."
+  }
+}
+
 variable "traffic_retention_days" {
   description = "Days after which objects under traffic/ in the artifacts bucket are deleted (predict's key counts; the advisor reads recent ones)."
   type        = number

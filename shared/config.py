@@ -280,6 +280,36 @@ class Settings:
     traffic_sketch_size: int = _env(
         "10000", _int(10), "keys a predict instance tracks (heavy-hitters sketch capacity)"
     )
+    # The prediction log (shared/feedback/prediction_log.py): bounded memory whatever the traffic.
+    prediction_log_rate: float = _env(
+        "1.0",
+        _float(0.0, 1.0),
+        "share of served predictions predict logs to PREDICTIONS_BUCKET, chosen by a hash of the "
+        "id (one id is always in or out); 0 turns the log off",
+    )
+    prediction_log_max_rows: int = _env(
+        "50000",
+        _int(1),
+        "most logged predictions a predict instance holds before a flush; further ones are dropped "
+        "and counted in /health",
+    )
+    prediction_log_batch_rows: int = _env(
+        "5000", _int(1), "logged predictions that make predict flush the log at once"
+    )
+    prediction_log_flush_seconds: float = _env(
+        "30",
+        _float(0.05),
+        "how often predict writes its waiting logged predictions (a kill -9 loses at most this "
+        "interval's rows, or one batch)",
+    )
+    model_age_warning_seconds: float = _env(
+        str(7 * 24 * 3600), _float(0.0), "/health warns when the served model is older than this"
+    )
+    table_age_warning_seconds: float = _env(
+        str(7 * 24 * 3600),
+        _float(0.0),
+        "/health warns when the served table is older than this (or built from another model)",
+    )
     # batch table
     table_max_rows: int = _env("2000000", _int(1), "largest key space a full table build enumerates")
     table_chunk_rows: int = _env("100000", _int(1), "rows scored per vectorized chunk in a table build")

@@ -123,6 +123,14 @@ class ServingMode(StrEnum):
     HYBRID = "hybrid"
 
 
+class HealthWarning(StrEnum):
+    """What predict's ``/health`` warns of (its ``warnings``, each a code and a message)."""
+
+    MODEL_OLD = "model_old"  # the served model is older than MODEL_AGE_WARNING_SECONDS
+    TABLE_OLD = "table_old"  # the table is older than TABLE_AGE_WARNING_SECONDS
+    TABLE_FROM_OTHER_MODEL = "table_from_other_model"  # a rebuild for the served model is missing
+
+
 class TableStrategy(StrEnum):
     """Which keys a table build scores (a build plan holds FULL or TOP_K, never AUTO)."""
 

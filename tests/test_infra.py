@@ -183,7 +183,7 @@ def test_buckets_are_private_versioned_and_expire_their_temporary_objects(
     tf: dict[str, dict[str, Any]],
 ) -> None:
     buckets = resources(tf, "google_storage_bucket")
-    assert set(buckets) == {"data", "artifacts", "source"}
+    assert set(buckets) == {"data", "artifacts", "predictions", "source"}
     for name, bucket in buckets.items():
         assert bucket["uniform_bucket_level_access"] is True, name
         assert bucket["public_access_prevention"] == "enforced", name
@@ -199,6 +199,7 @@ def test_buckets_are_private_versioned_and_expire_their_temporary_objects(
 
     assert prefix_rules(buckets["data"]) == {"quarantine/": "${var.quarantine_retention_days}"}
     assert prefix_rules(buckets["artifacts"]) == {"traffic/": "${var.traffic_retention_days}"}
+    assert prefix_rules(buckets["predictions"]) == {"predictions/": "${var.predictions_retention_days}"}
     source = resources(tf, "google_storage_bucket_object")["source"]
     assert "filemd5(" in source["name"]  # a changed zip gets a new name, so its function redeploys
 
@@ -242,7 +243,12 @@ def test_storage_grants_are_bucket_level_per_package(tf: dict[str, dict[str, Any
         # Every object writer is limited to the prefixes it writes.
         if grant["role"] != "roles/storage.objectViewer":
             assert grant["prefixes"], grant
-    assert {b for b, _ in by_package["predict"]} == {"artifacts"}
+    assert by_package["predict"] == {
+        ("artifacts", "roles/storage.objectViewer"),
+        ("artifacts", "roles/storage.objectCreator"),
+        ("predictions", "roles/storage.objectCreator"),
+    }
+    assert ("predictions", "roles/storage.objectViewer") in by_package["train"]
     assert {b for b, _ in by_package["build_table"]} == {"artifacts"}
     assert ("data", "roles/storage.objectUser") in by_package["train"]
     train_data_writes = [g for g in grants.values() if g["package"] == "train" and g["bucket"] == "data"]
@@ -331,6 +337,7 @@ def test_triggers_and_schedules_are_the_declared_ones(evaluated: dict[str, Any])
     assert evaluated["buckets"] == {
         "data": "test-proj-prodml-data",
         "artifacts": "test-proj-prodml-artifacts",
+        "predictions": "test-proj-prodml-predictions",
     }
 
 
@@ -345,6 +352,7 @@ def test_every_function_env_is_a_valid_configuration(evaluated: dict[str, Any]) 
             "test-proj-prodml-data",
             "test-proj-prodml-artifacts",
         )
+        assert settings.predictions_bucket == "test-proj-prodml-predictions"
         assert settings.log_format == "json"
     assert evaluated["env"]["predict"]["SERVING_MODE"] == "dynamic"
 
@@ -354,6 +362,8 @@ def test_write_grants_are_limited_by_object_prefix_conditions(evaluated: dict[st
     bucket = "projects/_/buckets/test-proj-prodml-artifacts/objects"
     conditions = evaluated["conditions"]
     assert conditions["predict_write_traffic"] == f'resource.name.startsWith("{bucket}/traffic/")'
+    log = "projects/_/buckets/test-proj-prodml-predictions/objects/predictions/"
+    assert conditions["predict_write_predictions"] == f'resource.name.startsWith("{log}")'
     assert conditions["build_table_write_tables"] == f'resource.name.startsWith("{bucket}/tables/")'
     assert conditions["train_write_artifacts"].split(" || ") == [
         f'resource.name.startsWith("{bucket}/{prefix}/")' for prefix in ("models", "registry", "monitoring")

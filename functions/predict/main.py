@@ -1,8 +1,10 @@
 """predict: the online serving HTTP function (static, dynamic or hybrid by ``SERVING_MODE``).
 
-- ``POST /`` with ``{"instances": [{feature: value, ...}, ...]}`` (``application/json``) answers
-  ``{"predictions": [{"score", "source", "label"}, ...], "model_version": ...}`` (plus
-  ``"classes"`` for a multiclass model: each score is then a list in that order);
+- ``POST /`` with ``{"instances": [{feature: value, ...}, ...], "ids": [...]}`` (``ids``
+  optional, one string per instance; ``application/json``) answers ``{"predictions": [{"id",
+  "score", "source", "label"}, ...], "model_version": ...}`` (plus ``"classes"`` for a
+  multiclass model: each score is then a list in that order); each served prediction also goes
+  to the prediction log (``shared.feedback.prediction_log``);
 - ``GET /health`` reports the mode, model, table and counters.
 
 Bad input is a 4xx with the error body of docs/design.md section 5; no model (or, in static mode, no
@@ -25,7 +27,7 @@ from shared.config import get_settings
 from shared.errors import BadRequest, ModelNotReady, ProdMLError
 from shared.logs import get_logger, setup_logging
 from shared.serving.predictor import Predictor
-from shared.storage import artifacts_bucket
+from shared.storage import artifacts_bucket, predictions_bucket
 
 _settings = get_settings()
 setup_logging(_settings.log_format, _settings.log_level)
@@ -43,7 +45,11 @@ def _get_predictor() -> Predictor:
     if _predictor is None:
         with _predictor_lock:
             if _predictor is None:
-                _predictor = Predictor(artifacts_bucket(_settings), _settings)
+                # The prediction log goes to its own bucket, which has no trigger (docs/design.md
+                # section 5); PREDICTION_LOG_RATE=0 keeps it off.
+                _predictor = Predictor(
+                    artifacts_bucket(_settings), _settings, predictions=predictions_bucket(_settings)
+                )
     return _predictor
 
 

@@ -30,6 +30,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,9 +41,11 @@ import numpy as np
 from shared.config import Settings
 from shared.contracts import CURRENT_MODEL, ServingMode
 from shared.errors import ModelNotReady, ProdMLError
+from shared.feedback.prediction_log import PredictionLog, ServedRows
 from shared.logs import get_logger
 from shared.schema import Scalar
 from shared.scoring import Scorer, predicted_labels, rows_to_columns
+from shared.serving.health import ages_and_warnings
 from shared.serving.request_checks import Require
 from shared.serving.state import ServingState, StateLoader
 from shared.serving.traffic import HeavyHitters, flush_counts
@@ -87,7 +90,14 @@ class Counters:
 class Predictor:
     """One serving instance: lazy load, background reload and traffic flush, the three modes."""
 
-    def __init__(self, artifacts: Bucket, settings: Settings, instance_id: str | None = None) -> None:
+    def __init__(
+        self,
+        artifacts: Bucket,
+        settings: Settings,
+        instance_id: str | None = None,
+        predictions: Bucket | None = None,
+    ) -> None:
+        """``predictions``: the bucket of the prediction log (None: nothing is logged)."""
         self.artifacts = artifacts
         self.settings = settings
         self.mode = settings.serving_mode
@@ -101,6 +111,7 @@ class Predictor:
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.prediction_log = PredictionLog(predictions, settings) if predictions is not None else None
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -161,6 +172,8 @@ class Predictor:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+        if self.prediction_log is not None:
+            self.prediction_log.start()
         atexit.register(self.close)
 
     def _reload_loop(self) -> None:
@@ -196,11 +209,17 @@ class Predictor:
                 return None
 
     def close(self) -> None:
-        """Stop the background threads and flush the last traffic counts."""
+        """Stop the background threads and flush the last traffic counts and logged predictions.
+
+        Registered with ``atexit``: a gunicorn worker stopped by SIGTERM leaves its run loop and
+        exits through ``sys.exit``, so this runs (docs/design.md section 5).
+        """
         self._stop.set()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
+        if self.prediction_log is not None:
+            self.prediction_log.close()
         self.flush_traffic()
 
     # --- answering -------------------------------------------------------------------------
@@ -214,9 +233,12 @@ class Predictor:
                 f"build one with `prodml table build`"
             )
         require: Require = "key" if self.mode == ServingMode.STATIC else "all"
-        instances = state.checker.parse(body, require)
+        checked = state.checker.check(body, require)
+        instances = checked.instances
         model = state.model
         n = len(instances)
+        # Made here when the client sent none: uuid4 hex, unique across instances and requests.
+        ids = checked.ids if checked.ids is not None else [uuid.uuid4().hex for _ in range(n)]
         keys = [state.codec.key_values(instance) for instance in instances] if state.codec.key else []
         static = self.mode == ServingMode.STATIC
         scores: list[Any] = [None] * n
@@ -254,7 +276,14 @@ class Predictor:
             misses=n - hits - len(to_model),
         )
         version = state.table.model_version if static and state.table else model.version
-        return _answer(model, version, scores, sources)
+        answer = _answer(model, version, scores, sources, ids)
+        if self.prediction_log is not None:
+            table_build = state.table.blob if hits and state.table is not None else ""
+            served = ServedRows(
+                model.schema, time.time(), ids, instances, answer["predictions"], version, table_build
+            )
+            self.prediction_log.record(served)
+        return answer
 
     def health(self) -> dict[str, Any]:
         """What ``GET /health`` reports: mode, model, table, counters."""
@@ -275,17 +304,23 @@ class Predictor:
             "last_reload_error": self.loader.last_error,
             "model": None,
             "table": None,
+            "warnings": [],
+            "prediction_log": self.prediction_log.snapshot() if self.prediction_log else None,
         }
         if state is None:
             return out
         now = datetime.now(UTC)
+        model_age = (now - state.model_updated).total_seconds()
+        table_age, out["warnings"] = ages_and_warnings(
+            self.settings, state.model.version, model_age, state.table, now
+        )
         out["model"] = {
             "version": state.model.version,
             "generation": state.model_generation,
             "task": state.model.schema.label.task,
             "form": state.model.form,
             "form_note": state.model_note,
-            "age_seconds": round((now - state.model_updated).total_seconds(), 3),
+            "age_seconds": round(model_age, 3),
             "loaded_by": state.model_loaded_by,
             "loaded_at_check": state.model_loaded_check,
         }
@@ -302,6 +337,7 @@ class Predictor:
                 "note": state.table_note,
                 "coverage": round(len(table) / cardinality, 6) if cardinality else None,
                 "strategy": table.meta.get("strategy"),
+                "age_seconds": table_age,
             }
         if self.mode == ServingMode.STATIC and not state.table_usable:
             out["status"] = "no_table"
@@ -316,8 +352,11 @@ def _plain(value: Any) -> Any:
     return float(value)
 
 
-def _answer(model: Scorer, version: str, scores: list[Any], sources: list[str]) -> dict[str, Any]:
-    """The response body: one prediction per instance, the model version, classes if multiclass."""
+def _answer(
+    model: Scorer, version: str, scores: list[Any], sources: list[str], ids: Sequence[str]
+) -> dict[str, Any]:
+    """The response body: one prediction per instance (with its id), the model version, classes
+    if multiclass."""
     task = model.schema.label.task
     answered = [i for i, s in enumerate(scores) if s is not None]
     labels: list[Scalar | None] = [None] * len(scores)
@@ -326,13 +365,13 @@ def _answer(model: Scorer, version: str, scores: list[Any], sources: list[str]) 
         for i, label in zip(answered, found, strict=True):
             labels[i] = label
     predictions = []
-    for score, source, label in zip(scores, sources, labels, strict=True):
+    for prediction_id, score, source, label in zip(ids, scores, sources, labels, strict=True):
         plain = _plain(score)
         if plain is not None and not all(
             math.isfinite(v) for v in (plain if isinstance(plain, list) else [plain])
         ):
             raise ProdMLError(f"model {version!r} produced a non-finite score {plain!r}")
-        prediction: dict[str, Any] = {"score": plain, "source": source}
+        prediction: dict[str, Any] = {"id": prediction_id, "score": plain, "source": source}
         if task != "regression":
             prediction["label"] = label
         predictions.append(prediction)

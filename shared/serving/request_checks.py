@@ -1,11 +1,15 @@
 """Input checks of predict request bodies: every fault a ``BadRequest`` (4xx), never a crash.
 
-A body is ``{"instances": [{feature: value, ...}, ...]}``, UTF-8 JSON. What is refused, and the
-``code`` of the error body (docs/design.md section 5):
+A body is ``{"instances": [{feature: value, ...}, ...], "ids": ["...", ...]}`` (``ids``
+optional), UTF-8 JSON. What is refused, and the ``code`` of the error body (docs/design.md
+section 5):
 
 - ``invalid_json``: not UTF-8, not JSON, NaN / Infinity / numbers that overflow to infinity
   (Python's json accepts them; JSON does not), nesting too deep to parse;
-- ``invalid_body``: not an object, or with fields other than ``instances``;
+- ``invalid_body``: not an object, or with fields other than ``instances`` and ``ids``;
+- ``invalid_ids``: ``ids`` not a list of one string per instance, an id empty, over
+  ``MAX_ID_CHARS`` characters, holding a control character (or a lone surrogate), or the same as
+  an earlier one of the request (the message names the index);
 - ``missing_instances``, ``empty_instances``, ``too_many_instances`` (over ``MAX_INSTANCES``);
 - ``instance_not_object``; ``unknown_feature``; ``missing_feature``;
 - ``wrong_type``: a category must be a string (or an integer, compared as its text); an integer
@@ -26,7 +30,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared.errors import BadRequest, SchemaError
@@ -34,6 +40,24 @@ from shared.schema import Feature, Scalar, Schema
 
 Require = Literal["all", "key"]
 _Check = Callable[[Any, int], Scalar]
+
+INSTANCES_FIELD = "instances"
+IDS_FIELD = "ids"
+BODY_FIELDS = (INSTANCES_FIELD, IDS_FIELD)
+MAX_ID_CHARS = 128
+INVALID_IDS = "invalid_ids"
+# Control characters (Unicode category Cc: U+0000-001F, U+007F-009F) would reach log files and
+# terminals; a lone surrogate (Cs: U+D800-DFFF, which JSON's \ud800 escape can produce) cannot
+# be encoded as UTF-8 by any later reader of the log. Neither is an id anyone means to send.
+_REFUSED_ID_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class CheckedRequest:
+    """A checked body: its normalized instances and the client's ids (None: none were sent)."""
+
+    instances: list[dict[str, Scalar]]
+    ids: list[str] | None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -155,6 +179,36 @@ def _number_check(feature: Feature) -> _Check:
     return check_number
 
 
+def _bad_id(message: str, index: int | None = None) -> BadRequest:
+    return BadRequest(message, code=INVALID_IDS, field=IDS_FIELD, index=index)
+
+
+def check_ids(ids: Any, count: int) -> list[str]:
+    """The request's ``ids``, checked: one string per instance, each 1..``MAX_ID_CHARS``
+    characters without control characters, none repeated; ``BadRequest`` (invalid_ids) naming
+    the index of the first bad one."""
+    if not isinstance(ids, list):
+        raise _bad_id(f"'ids' must be a list of strings, got {_type_name(ids)}")
+    if len(ids) != count:
+        raise _bad_id(f"'ids' holds {len(ids)} ids for {count} instances; send one id per instance")
+    seen: dict[str, int] = {}
+    for index, value in enumerate(ids):
+        if not isinstance(value, str):
+            raise _bad_id(f"id {index} must be a string, got {_type_name(value)} {_describe(value)}", index)
+        if not 1 <= len(value) <= MAX_ID_CHARS:
+            message = f"id {index} must be 1 to {MAX_ID_CHARS} characters long, got {len(value)}"
+            raise _bad_id(message, index)
+        bad = _REFUSED_ID_CHARACTER.search(value)
+        if bad is not None:
+            character = f"U+{ord(bad.group()):04X}"
+            raise _bad_id(f"id {index} holds {character}, a control character or lone surrogate", index)
+        if value in seen:
+            message = f"id {index} repeats id {seen[value]} ({_describe(value)}); ids must be unique"
+            raise _bad_id(message, index)
+        seen[value] = index
+    return ids
+
+
 class InstanceChecker:
     """Checks request bodies against one schema; built once per served schema."""
 
@@ -178,16 +232,20 @@ class InstanceChecker:
         ``require="all"``: every feature, defaults filled in. ``require="key"``: the key
         features (other given features are checked, then dropped).
         """
+        return self.check(body, require).instances
+
+    def check(self, body: bytes, require: Require) -> CheckedRequest:
+        """The checked instances of a body (as ``parse``) and its checked ``ids``, if any."""
         raw = parse_json(body)
         if not isinstance(raw, dict):
             raise BadRequest(
                 f'body must be a JSON object {{"instances": [...]}}, got {_type_name(raw)}',
                 code="invalid_body",
             )
-        extra = sorted(k for k in raw if k != "instances")
+        extra = sorted(k for k in raw if k not in BODY_FIELDS)
         if extra:
             raise BadRequest(
-                f"body has unknown fields {extra[:5]}; only 'instances' is allowed",
+                f"body has unknown fields {extra[:5]}; only 'instances' and 'ids' are allowed",
                 code="invalid_body",
                 field=extra[0],
             )
@@ -208,8 +266,10 @@ class InstanceChecker:
                 code="too_many_instances",
                 field="instances",
             )
+        ids = check_ids(raw[IDS_FIELD], len(instances)) if IDS_FIELD in raw else None
         wanted = self._names if require == "all" else self._key
-        return [self._instance(i, instance, wanted) for i, instance in enumerate(instances)]
+        checked = [self._instance(i, instance, wanted) for i, instance in enumerate(instances)]
+        return CheckedRequest(checked, ids)
 
     def _instance(self, index: int, instance: Any, wanted: list[str]) -> dict[str, Scalar]:
         if not isinstance(instance, dict):

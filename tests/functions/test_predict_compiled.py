@@ -16,7 +16,7 @@ import pytest
 import requests
 from conftest import fit_serving_bundle, publish_compiled, serving_env, write_serving_table
 
-from shared.contracts import COMPILED_MODEL_FILE, CURRENT_MODEL, VERSIONS_PREFIX
+from shared.contracts import COMPILED_MODEL_FILE, CURRENT_MODEL, PREDICTIONS_PREFIX, VERSIONS_PREFIX
 from shared.local.functions import load_declaration
 from shared.local.processes import FunctionProcess, free_port
 from shared.storage.local import LocalBucket
@@ -82,11 +82,15 @@ def test_each_mode_serves_the_compiled_model_without_importing_sklearn_pandas_or
             response = post(fn.url, instances)
             assert response.status_code == 200, (mode, response.text)
             answers[mode] = response.json()["predictions"]
-            model = health(fn)["model"]
+            state = health(fn)
+            model = state["model"]
             assert (model["version"], model["form"]) == ("v1", "onnx"), model
+            assert state["prediction_log"]["logged"] == 2, mode  # the log is on: its imports count
     finally:
         for fn in processes.values():
             fn.stop()
+    written = LocalBucket(buckets_root, "prodml-predictions").list(PREDICTIONS_PREFIX)
+    assert len(list(written)) == 3  # each process's stop wrote its log: the writer's imports too
     for mode, log in logs.items():
         modules = imported(log)
         assert "onnxruntime" in modules and "functions_framework" in modules, mode  # the trace works

@@ -140,7 +140,8 @@ def test_static_answers_from_the_table_only_and_names_its_model(artifacts, v1, v
     assert answer["model_version"] == "v1"  # the table's scores are v1's
     hit, miss = answer["predictions"]
     assert hit["source"] == "table" and hit["score"] == pytest.approx(expected(v1, INSTANCES[1:2])[0])
-    assert miss == {"score": None, "source": "miss", "label": None}
+    assert miss == {"id": miss["id"], "score": None, "source": "miss", "label": None}
+    assert len(miss["id"]) == 32 and miss["id"] != hit["id"]  # made by predict: uuid4 hex
     assert predictor.health()["counters"]["misses"] == 1
 
 

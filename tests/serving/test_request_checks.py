@@ -76,3 +76,36 @@ def test_messages_name_the_bad_value():
         parse({"instances": [{**GOOD, "country": "fr"}]})
     with pytest.raises(BadRequest, match=r"must lie in \[0, 23\], got 40"):
         parse({"instances": [{**GOOD, "hour": 40}]})
+
+
+def test_ids_are_returned_as_sent_and_absent_ids_are_none():
+    checked = CHECKER.check(
+        json.dumps({"instances": [GOOD, GOOD], "ids": ["imp-1", "é" * 128]}).encode(), "all"
+    )
+    assert checked.ids == ["imp-1", "é" * 128] and checked.instances == [GOOD, GOOD]
+    assert CHECKER.check(json.dumps({"instances": [GOOD]}).encode(), "all").ids is None
+
+
+@pytest.mark.parametrize(
+    ("ids", "index", "message"),
+    [
+        ("imp-1", None, "'ids' must be a list of strings, got string"),
+        (["a"], None, "'ids' holds 1 ids for 2 instances"),
+        (["a", "b", "c"], None, "'ids' holds 3 ids for 2 instances"),
+        (["a", 7], 1, "id 1 must be a string, got integer 7"),
+        (["a", None], 1, "id 1 must be a string, got null"),
+        (["", "b"], 0, "id 0 must be 1 to 128 characters long, got 0"),
+        (["a", "x" * 129], 1, "id 1 must be 1 to 128 characters long, got 129"),
+        (["a\nb", "c"], 0, "id 0 holds U\\+000A, a control character"),
+        (["a", "b\x85"], 1, "id 1 holds U\\+0085, a control character"),
+        (["a", "\ud800"], 1, "id 1 holds U\\+D800, a control character or lone surrogate"),
+        (["same", "same"], 1, 'id 1 repeats id 0 \\("same"\\); ids must be unique'),
+    ],
+)
+def test_each_bad_ids_is_invalid_ids_naming_the_index(ids, index, message):
+    raw = json.dumps({"instances": [GOOD, GOOD], "ids": ids}).encode()
+    with pytest.raises(BadRequest, match=message) as caught:
+        CHECKER.check(raw, "all")
+    error = caught.value.to_dict()["error"]
+    assert (error["code"], error["field"], error["index"]) == ("invalid_ids", "ids", index)
+    assert caught.value.http_status == 400
