@@ -108,6 +108,23 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(raw: str) -> float:
+    """Seconds from ``"604800"`` or a number with a unit: ``"90s"``, ``"30m"``, ``"12h"``, ``"7d"``."""
+    value = raw.strip().lower()
+    unit = _DURATION_UNITS.get(value[-1:])
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        raise ValueError('expected seconds, or a number with s, m, h or d ("7d")') from None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")) or seconds < 0:
+        raise ValueError("expected a finite, non-negative duration")
+    return seconds
+
+
 def _names(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -243,6 +260,25 @@ class Settings:
         _bool,
         "compile every new model version to ONNX and serve that form where it agrees with "
         "scikit-learn (false: versions are served by scikit-learn)",
+    )
+    # the feedback loop (docs/feedback.md)
+    label_window: float = _env(
+        "7d",
+        _duration,
+        "how long a prediction may wait for its label (seconds, or 90s, 30m, 12h, 7d); past it an "
+        "unlabelled prediction counts as LABEL_DEFAULT",
+    )
+    label_default: str = _env(
+        "",
+        _text,
+        "the label an unlabelled prediction counts as once older than LABEL_WINDOW (one of the schema's "
+        "classes, or a number for regression); empty: unlabelled predictions stay pending",
+    )
+    join_max_rows: int = _env(
+        "1000000",
+        _int(1),
+        "most prediction log rows plus label rows the join reads in a function or `prodml live`; "
+        "beyond it the join is refused (run it as a Beam pipeline)",
     )
     # serving
     serving_mode: str = _env(

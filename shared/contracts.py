@@ -34,6 +34,9 @@ LABELS_PREFIX = "labels/"
 """Labels that arrive after their predictions (``id``, the label column, optional event time);
 each "object finalized" event fires the train function, which validates and stores them."""
 
+MAX_PREDICTION_ID_CHARS = 128
+"""The longest prediction id a labels file may name (ids are text of 1 to this many characters)."""
+
 # --- blobs of the PREDICTIONS bucket (no trigger: predict writes here often) -----------------
 
 PREDICTIONS_PREFIX = "predictions/"
@@ -73,6 +76,11 @@ TRAFFIC_PREFIX = "traffic/"
 """Requested keys counted by predict instances (the advisor and top-K builds read them)."""
 VALIDATION_REPORT_PREFIX = "pipelines/validate/"
 """Reports of the bulk validation pipeline."""
+STORED_LABELS_PREFIX = "feedback/labels/"
+"""``feedback/labels/<bucket>/<name>@<generation>.npz``: one accepted labels file, normalized
+(``shared.feedback.labels``), written once; the join reads every one of them."""
+LIVE_REPORT_BLOB = "feedback/live.json"
+"""The live quality report (what ``prodml live --json`` prints), written after each labels file."""
 
 
 # --- words of the data ----------------------------------------------------------------------
@@ -231,6 +239,7 @@ class EventOutcome(StrEnum):
     MODEL_ERROR = "model_error"  # the current model cannot be loaded; left for replay
     ERROR = "error"  # a non-transient error, recorded; left for replay
     TRAINED_BY_CLI = "trained_by_cli"  # no event: the done marker `prodml train` writes
+    LABELS_STORED = "labels_stored"  # a labels file, accepted and stored for the join
 
 
 class MonitoringDecision(StrEnum):
@@ -261,3 +270,31 @@ class ReplayStatus(StrEnum):
     NOT_PROCESSED = MonitoringDecision.NOT_PROCESSED.value  # delivered and answered, not finished
     REFUSED = "refused"  # a file no object name reaches: it can never fire
     FAILED = "failed"  # the in-process run raised
+
+
+class LabelsRule(StrEnum):
+    """Why a labels file (``labels/``) is quarantined, beside the reading rules it shares with data
+    files (``too_large``, ``unknown_format``, ``unreadable``, ``empty``, ``too_many_rows``,
+    ``duplicate_columns``, ``too_many_columns``)."""
+
+    MISSING_ID = "missing_id"  # no ``id`` column
+    INVALID_ID = "invalid_id"  # an id missing, empty, or over 128 characters
+    MISSING_LABEL = "missing_label"  # no column named as the schema's label
+    INVALID_LABEL = "invalid_label"  # a label missing, not a class, not a finite number
+    INVALID_EVENT_TIME = "invalid_event_time"  # an event_time neither ISO 8601 nor epoch seconds
+
+
+class PredictionSource(StrEnum):
+    """What answered one prediction (the log's ``source`` column)."""
+
+    TABLE = "table"
+    MODEL = "model"
+    MISS = "miss"  # static mode, a key not in the table: no score was served
+
+
+class LabelState(StrEnum):
+    """Where one logged prediction stands with its label (docs/feedback.md, maturity)."""
+
+    LABELLED = "labelled"  # its label arrived
+    DEFAULTED = "defaulted"  # no label, older than LABEL_WINDOW: counts as LABEL_DEFAULT
+    PENDING = "pending"  # no label yet, and none assumed

@@ -188,6 +188,28 @@ class PredictionLogError(ProdMLError):
     code = "invalid_prediction_log"
 
 
+class StoredLabelsError(ProdMLError):
+    """A stored labels object (``feedback/labels/``) that cannot be read: written over by hand,
+    cut short. Content, not a fault: the join skips it and counts it."""
+
+    http_status = 422
+    code = "invalid_stored_labels"
+
+
+class JoinTooLarge(ProdMLError):
+    """The prediction log and the labels hold more rows than JOIN_MAX_ROWS: more than the join in
+    a function (or ``prodml live``) may hold in memory. Not transient: the data only grows."""
+
+    http_status = 413
+    code = "join_too_large"
+
+
+class LabelDefaultError(ConfigError):
+    """LABEL_DEFAULT is not a label value of the schema."""
+
+    code = "invalid_label_default"
+
+
 # --- models and training -------------------------------------------------------------------
 
 

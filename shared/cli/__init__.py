@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "advise_cmd",
     "schema_cmd",
     "monitor_cmd",
+    "live_cmd",
     "train_cmd",
     "pipeline_cmd",
     "up_cmd",

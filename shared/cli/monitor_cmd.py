@@ -10,6 +10,8 @@ from shared.config import get_settings
 from shared.contracts import MonitoringDecision
 from shared.display import printable, render_table
 
+LIVE_HINT = "quality on served traffic (labels joined to the prediction log), per version: `prodml live`"
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``prodml monitor``."""
@@ -20,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "List, oldest first, every incoming file the train function looked at: the live model's "
             "quality on it before training (test-then-train), the largest input drift (population "
             "stability index) and the drifted features, and the outcome; quarantined files with "
-            "their rule; then every file in incoming/ with no outcome yet, and why."
+            "their rule; then every file in incoming/ with no outcome yet, and why. The quality on "
+            "the traffic each version actually served (labels joined to the prediction log) is "
+            "`prodml live`'s."
         ),
     )
     parser.add_argument("--limit", type=int, default=0, help="show only the last N files (default all)")
@@ -67,8 +71,9 @@ def run_monitor(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         print("no files monitored yet (records appear as the train function sees incoming files)")
-        return 0
-    print(render(rows))
+    else:
+        print(render(rows))
+    print(LIVE_HINT)
     return 0
 
 

@@ -111,9 +111,19 @@ def _refuse_rows_wider_than_header(header: list[str], first_row: list[str] | Non
 
 
 def csv_chunks(
-    path: Path, object_name: str, max_rows: int, header: ColumnHeader, wanted: frozenset[str] | None
+    path: Path,
+    object_name: str,
+    max_rows: int,
+    header: ColumnHeader,
+    wanted: frozenset[str] | None,
+    *,
+    text_columns: frozenset[str] = frozenset(),
 ) -> Iterator[pd.DataFrame]:
-    """A CSV file in chunks, its header checked first (as written, before pandas renames)."""
+    """A CSV file in chunks, its header checked first (as written, before pandas renames).
+
+    ``text_columns`` are read as written, never as numbers: pandas infers a CSV column's type,
+    and an identifier such as ``00123`` would come back as the number 123 (a labels file's ids).
+    """
     names, first_row = _csv_head(path)
     header.add(names, "in its header")
     _refuse_rows_wider_than_header(names, first_row, object_name)
@@ -126,6 +136,7 @@ def csv_chunks(
         skipinitialspace=True,
         encoding="utf-8-sig",
         usecols=(lambda name: name in wanted) if wanted is not None else None,
+        dtype=dict.fromkeys(text_columns, str) or None,
     ) as reader:
         try:
             yield from reader

@@ -23,7 +23,8 @@ means (a category's string, a number, text in a number column) is ``shared.data.
 from __future__ import annotations
 
 import csv
-from collections.abc import Collection
+import functools
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,8 +80,11 @@ def read_table(
     *,
     max_columns: int | None = None,
     wanted: Collection[str] | None = None,
+    text_columns: Collection[str] = (),
 ) -> FileTable:
     """``read_frame``, plus ``too_many_columns`` over ``max_columns``, and only ``wanted`` columns.
+
+    ``text_columns``: columns a CSV file's reader keeps as text, never inferring numbers (ids).
 
     With ``wanted``, the other columns are not parsed at all (a re-read of an accepted file).
     For CSV that also means pandas does not check that a row has no more fields than the header
@@ -93,7 +97,7 @@ def read_table(
     if fmt != "parquet":
         _refuse_binary(path, object_name)
     header = ColumnHeader(object_name, max_columns)
-    chunks = _read_chunks(path, object_name, fmt, max_rows, header, wanted)
+    chunks = _read_chunks(path, object_name, fmt, max_rows, header, wanted, frozenset(text_columns))
     frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else (chunks[0] if chunks else None)
     columns = header.names or ([] if frame is None else [str(c) for c in frame.columns])
     if frame is None or len(frame) == 0:
@@ -115,13 +119,14 @@ def _read_chunks(
     max_rows: int,
     header: ColumnHeader,
     wanted: Collection[str] | None,
+    text_columns: frozenset[str] = frozenset(),
 ) -> list[pd.DataFrame]:
     """The file's chunks, by its format's reader; ``too_many_rows`` as soon as ``max_rows`` is
     passed, and any parser's complaint as ``unreadable``."""
     wanted_set = frozenset(wanted) if wanted is not None else None
     # Looked up on the module at each read, so that a test can spy on one reader.
-    readers = {
-        "csv": file_readers.csv_chunks,
+    readers: dict[str, Callable[..., Iterator[pd.DataFrame]]] = {
+        "csv": functools.partial(file_readers.csv_chunks, text_columns=text_columns),
         "jsonl": file_readers.jsonl_chunks,
         "parquet": file_readers.parquet_chunks,
     }

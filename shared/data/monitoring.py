@@ -203,16 +203,26 @@ def evaluate(
         scores = model_scores(bundle, frame)
     elif len(scores) != len(frame):
         raise ValueError(f"{len(scores)} scores given for {len(frame)} rows")
-    out: dict[str, float | None] = {"rows": float(len(frame))}
     if bundle.task == "regression":
-        truth = y.to_numpy(dtype="float64")
+        return quality_of_scores(schema, y.to_numpy(dtype="float64"), scores, None)
+    return quality_of_scores(schema, y.to_numpy(), scores, np.asarray(bundle.labels(scores), dtype=object))
+
+
+def quality_of_scores(
+    schema: Schema, truth: np.ndarray, scores: np.ndarray, predicted: np.ndarray | None
+) -> dict[str, float | None]:
+    """``evaluate``'s metrics from scores already served: ``truth`` typed as the schema's classes
+    (float64 for regression), ``predicted`` the labels answered (None for regression). The live
+    report (``shared.feedback.live``) measures served predictions with it."""
+    out: dict[str, float | None] = {"rows": float(len(truth))}
+    task = schema.label.task
+    if task == "regression":
         out["mae"] = float(metrics.mean_absolute_error(truth, scores))
         out["rmse"] = float(math.sqrt(metrics.mean_squared_error(truth, scores)))
         return out
     classes = list(schema.label.classes)
-    truth = y.to_numpy()
     present = [c for c in classes if bool((truth == c).any())]
-    if bundle.task == "binary":
+    if task == "binary":
         p = np.clip(scores, 0.0, 1.0)
         out["log_loss"] = float(metrics.log_loss(truth, p, labels=classes))
         positive = schema.label.positive_class
@@ -221,8 +231,8 @@ def evaluate(
         proba = _normalized(scores)
         out["log_loss"] = float(metrics.log_loss(truth, proba, labels=classes))
         out["roc_auc"] = _multiclass_auc(truth, proba, classes, present)
-    predicted = np.asarray(bundle.labels(scores), dtype=object)
-    out["accuracy"] = float(np.mean(predicted == truth.astype(object)))
+    if predicted is not None:
+        out["accuracy"] = float(np.mean(np.asarray(predicted, dtype=object) == truth.astype(object)))
     return out
 
 

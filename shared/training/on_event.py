@@ -2,7 +2,9 @@
 
 ``handle_event`` runs these steps; each is safe to run again after a crash at any point:
 
-1. ignore objects outside ``incoming/`` of the data bucket (writes to ``quarantine/`` fire too);
+1. ignore objects outside ``incoming/`` and ``labels/`` of the data bucket (writes to
+   ``quarantine/`` fire too); a labels file follows steps 2-3, then ``shared.feedback.labels_event``
+   validates and stores it for the join (it trains nothing);
 2. skip a data file version already done (``registry/processed/...``, the "done" marker);
 3. no ``schema.json`` (or a broken one): log a clear error and leave the file where it is, no
    marker, so ``prodml replay`` can run it again after the schema is fixed;
@@ -52,7 +54,7 @@ import signal
 import time
 
 from shared.config import Settings, get_settings
-from shared.contracts import INCOMING_PREFIX, CardStatus, EventOutcome, MonitoringDecision
+from shared.contracts import INCOMING_PREFIX, LABELS_PREFIX, CardStatus, EventOutcome, MonitoringDecision
 from shared.data import monitoring
 from shared.errors import (
     ClaimLost,
@@ -63,6 +65,7 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.events import StorageObjectEvent
+from shared.feedback.labels_event import handle_labels
 from shared.logs import get_logger
 from shared.schema import Schema, load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
@@ -94,7 +97,8 @@ def handle_event(
     ``status``: ``ignored`` (not ours), ``duplicate`` (done before), ``no_schema``, ``claimed``
     (another delivery of it is at work: this one does nothing), ``gone`` (that generation is not
     in the bucket), ``quarantined``, ``promoted``, ``rejected``, ``already_trained`` (the current
-    model holds it), ``model_error`` (the current model cannot be loaded; left for replay).
+    model holds it), ``model_error`` (the current model cannot be loaded; left for replay);
+    ``labels_stored`` (a labels file, accepted and stored for the join).
     ``Outcome.seconds`` holds the time of each phase. Raises only for transient faults, among them
     ``RetryLater`` when a delivery of this very event holds a live claim (see the module doc).
     """
@@ -104,10 +108,10 @@ def handle_event(
     )
     if (
         event.bucket != job.data.name
-        or not event.name.startswith(INCOMING_PREFIX)
+        or not event.name.startswith((INCOMING_PREFIX, LABELS_PREFIX))
         or event.name.endswith("/")
     ):
-        where = f"{job.data.name}/{INCOMING_PREFIX}"
+        where = f"{job.data.name}/{INCOMING_PREFIX} or {LABELS_PREFIX}"
         return job.done(Outcome("ignored", f"{event.bucket}/{event.name} is not under {where}"))
     if ledger.is_processed(job.artifacts, event.bucket, event.name, event.generation):
         return job.done(Outcome("duplicate", f"{job.key} was processed already"))
@@ -128,6 +132,8 @@ def handle_event(
         return _held_elsewhere(job, claim)
     job.claim = claim
     try:
+        if event.name.startswith(LABELS_PREFIX):
+            return handle_labels(job, schema)  # labels for the feedback loop, not training data
         return _claimed_work(job, schema)
     except ClaimLost as lost:  # this delivery outlived its claim: the taker finishes the work
         return job.done(Outcome(EventOutcome.CLAIMED, f"{job.key}: {lost}; that delivery finishes the work"))

@@ -23,6 +23,7 @@ DOCUMENTED_COMMANDS = {
     "models",
     "rollback",
     "monitor",
+    "live",
     "replay",
     "table",
     "advise",

@@ -1,0 +1,53 @@
+"""What the train function does with a labels file (``labels/`` of the data bucket).
+
+``shared.training.on_event.handle_event`` takes it like a data file up to the claim (the "done"
+marker, the schema, the claim on the file version: a labels file delivered twice, or twice at
+once, is stored once), then hands it here: validate it (``shared.feedback.labels``), quarantine
+a bad one with its reason exactly as a bad data file, or store it for the join; refresh the live
+report (``feedback/live.json``) so a dashboard reads it without recomputing; mark the file done.
+"""
+
+from __future__ import annotations
+
+from shared.contracts import EventOutcome
+from shared.errors import ProdMLError, ValidationFailed, is_transient
+from shared.feedback import labels, report
+from shared.logs import get_logger
+from shared.schema import Schema
+from shared.training import ledger
+from shared.training.event_checks import quarantine
+from shared.training.event_job import EventJob, Outcome
+
+log = get_logger(__name__)
+
+
+def handle_labels(job: EventJob, schema: Schema) -> Outcome:
+    """Validate and store one labels file version, holding its claim; return what happened."""
+    event = job.event
+    if ledger.is_processed(job.artifacts, event.bucket, event.name, event.generation):
+        return job.done(Outcome(EventOutcome.DUPLICATE, f"{job.key} was processed already"))
+    try:
+        with job.clock.phase("read"):
+            rows = labels.read_labels_object(job.data, event.name, event.generation, schema, job.settings)
+    except ValidationFailed as failure:
+        return quarantine(job, failure, None)
+    if rows is None:
+        message = f"{job.key} is not in the bucket (deleted, replaced or never written)"
+        return job.done(Outcome(EventOutcome.GONE, message))
+    with job.clock.phase("write"):
+        stored, _ = labels.store_labels(job.artifacts, rows, schema.label.name, schema.label.task)
+    with job.clock.phase("evaluate"):
+        _refresh_report(job)
+    message = f"{len(rows)} labels of {job.key} stored as {stored}"
+    return job.finish(Outcome(EventOutcome.LABELS_STORED, message))
+
+
+def _refresh_report(job: EventJob) -> None:
+    """Write the live report; a fault a retry cannot fix is logged, not raised: the labels are
+    stored, and `prodml live` says the same thing when asked."""
+    try:
+        report.write_report(job.artifacts, report.build_report(job.settings, artifacts=job.artifacts))
+    except ProdMLError as exc:
+        if is_transient(exc):
+            raise  # redelivered: storing again writes nothing, the report is tried again
+        log.error(f"the live report was not refreshed after {job.key}: {exc}", extra={"fields": job.fields})

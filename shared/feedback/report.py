@@ -1,0 +1,107 @@
+"""The live report: the join, label maturity, live quality and serving skew per model version, as
+one JSON document (what ``prodml live --json`` prints; its fields are docs/feedback.md's).
+
+The train function writes it to ``feedback/live.json`` after each labels file, so a dashboard reads
+it without recomputing; ``prodml live`` computes it afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.config import Settings, get_settings
+from shared.contracts import LIVE_REPORT_BLOB
+from shared.errors import NotFound, RegistryError
+from shared.feedback import join, live, maturity, skew
+from shared.schema import Schema, load_schema
+from shared.storage import Bucket, artifacts_bucket, predictions_bucket
+from shared.training import registry
+
+REPORT_FORMAT = "prodml-live/1"
+
+
+def build_report(
+    settings: Settings | None = None,
+    *,
+    artifacts: Bucket | None = None,
+    predictions: Bucket | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Join the log and the labels now and report on every version that served (module doc).
+
+    ``JoinTooLarge`` past JOIN_MAX_ROWS; ``SchemaError`` without a schema; ``LabelDefaultError``
+    when LABEL_DEFAULT is not a label of the schema.
+    """
+    settings = settings or get_settings()
+    artifacts = artifacts or artifacts_bucket(settings)
+    predictions = predictions or predictions_bucket(settings)
+    schema = load_schema(artifacts)
+    default = maturity.label_default(schema, settings)
+    moment = time.time() if now is None else now
+    joined = join.load_and_join(predictions, artifacts, settings)
+    rows = maturity.mature(joined.rows, moment, settings.label_window, default)
+    versions = [
+        _version(str(version), group, schema, artifacts, settings)
+        for version, group in rows.groupby("model_version", sort=True)
+    ]
+    c = joined.counts
+    return {
+        "format": REPORT_FORMAT,
+        "generated_at": datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z"),
+        "task": schema.label.task,
+        "label_window_seconds": settings.label_window,
+        "label_default": default,
+        "log": {
+            "objects": c.log_objects,
+            "unreadable": c.unreadable_logs,
+            "rows": c.logged,
+            "duplicate_ids": c.duplicate_predictions,
+        },
+        "labels": {
+            "objects": c.label_objects,
+            "unreadable": c.unreadable_labels,
+            "rows": c.label_rows,
+            "duplicates": c.duplicate_labels,
+            "matched": c.matched_labels,
+            "unmatched": c.unmatched_labels,
+            "unmatched_ids": list(joined.unmatched_ids),
+        },
+        "unreadable_objects": list(joined.unreadable),
+        "totals": live.counts(rows),
+        "versions": versions,
+    }
+
+
+def _version(
+    version: str, rows: Any, schema: Schema, artifacts: Bucket, settings: Settings
+) -> dict[str, Any]:
+    """One version's live quality and serving skew against its card's reference."""
+    try:
+        reference = registry.read_card(artifacts, version).reference
+        card_note = None
+    except (NotFound, RegistryError) as exc:
+        reference, card_note = None, f"no readable card for version {version!r}: {exc}"
+    return {
+        "version": version,
+        **live.version_quality(rows, schema),
+        "skew": {**skew.serving_skew(rows, schema, reference, settings), "note": card_note},
+    }
+
+
+def write_report(artifacts: Bucket, report: dict[str, Any]) -> str:
+    """Write ``report`` as ``feedback/live.json`` (replaced each time); return the blob name."""
+    body = json.dumps(report, indent=2, allow_nan=False, default=str) + "\n"
+    artifacts.write(LIVE_REPORT_BLOB, body.encode(), content_type="application/json")
+    return LIVE_REPORT_BLOB
+
+
+def read_report(artifacts: Bucket) -> dict[str, Any] | None:
+    """The last written report, or None."""
+    try:
+        body = json.loads(artifacts.read(LIVE_REPORT_BLOB))
+    except (NotFound, ValueError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
