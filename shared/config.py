@@ -23,6 +23,7 @@ from shared.contracts import (
     RUNNER_AUTO,
     BuildPath,
     DriftPolicy,
+    LeakagePolicy,
     LogFormat,
     ServingMode,
     StorageBackend,
@@ -207,6 +208,28 @@ class Settings:
     )
     drift_policy: str = _env(
         DriftPolicy.WARN, _choice(*DriftPolicy), "what drift over the threshold does to a file"
+    )
+    leakage_auc: float = _env(
+        "0.99",
+        _float(0.5, 1.0),
+        "a feature whose univariate ROC AUC against the label (either direction; absolute Spearman for "
+        "regression) reaches this alone predicts the label: a label leak",
+    )
+    leakage_policy: str = _env(
+        LeakagePolicy.WARN, _choice(*LeakagePolicy), "what a leaking feature does to a file"
+    )
+    leakage_sample_rows: int = _env(
+        "100000", _int(100), "the leakage check measures at most this many rows of a file (a seeded sample)"
+    )
+    feedback_share_warning: float = _env(
+        "0.5",
+        _float(0.0, 1.0),
+        "a data file whose share of rows with an id this system served is above this is warned about",
+    )
+    feedback_log_objects: int = _env(
+        "200",
+        _int(1),
+        "the served share looks ids up in at most this many most recent prediction log objects",
     )
     training_strategy: str = _env(
         TrainingStrategy.FULL,

@@ -123,6 +123,17 @@ class DriftPolicy(StrEnum):
     QUARANTINE = UnseenCategoryPolicy.QUARANTINE.value
 
 
+class LeakagePolicy(StrEnum):
+    """What a feature that alone predicts the label does to a file (``LEAKAGE_POLICY``)."""
+
+    WARN = DriftPolicy.WARN.value
+    QUARANTINE = UnseenCategoryPolicy.QUARANTINE.value
+
+
+LEAKAGE_RULE = "leakage"
+"""The quarantine rule of a file with a leaking feature (``LEAKAGE_POLICY=quarantine``)."""
+
+
 class ServingMode(StrEnum):
     """How predict answers (``SERVING_MODE``); also what the advisor recommends."""
 
@@ -246,7 +257,7 @@ class MonitoringDecision(StrEnum):
     """The decision a file's monitoring record carries (what `prodml monitor` shows)."""
 
     ACCEPTED = "accepted"
-    WARNING = "warning"  # drift over the threshold under DRIFT_POLICY=warn
+    WARNING = "warning"  # drift, leakage or a served share over its threshold, under a warn policy
     QUARANTINED = EventOutcome.QUARANTINED.value
     ERROR = EventOutcome.ERROR.value
     MODEL_ERROR = EventOutcome.MODEL_ERROR.value

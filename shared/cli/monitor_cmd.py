@@ -22,9 +22,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "List, oldest first, every incoming file the train function looked at: the live model's "
             "quality on it before training (test-then-train), the largest input drift (population "
             "stability index) and the drifted features, and the outcome; quarantined files with "
-            "their rule; then every file in incoming/ with no outcome yet, and why. The quality on "
-            "the traffic each version actually served (labels joined to the prediction log) is "
-            "`prodml live`'s."
+            "their rule; the warnings of label leakage (a feature that alone predicts the label) "
+            "and of the feedback-loop share (rows whose id this system served); then every file "
+            "in incoming/ with no outcome yet, and why. The quality on the traffic each version "
+            "actually served (labels joined to the prediction log) is `prodml live`'s."
         ),
     )
     parser.add_argument("--limit", type=int, default=0, help="show only the last N files (default all)")
@@ -85,6 +86,10 @@ def _quarantine_message(row: dict[str, Any]) -> Any:
     return (row.get("quarantine") or {}).get("message") or row.get("message")
 
 
+def _file(row: dict[str, Any]) -> str:
+    return str(row["object"]) if row.get("generation") is None else f"{row['object']}@{row['generation']}"
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     """One line per file, then the quarantine reasons; control characters of names and messages
     escaped (``shared.display``)."""
@@ -116,7 +121,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         table.append(
             (
                 str(row.get("time") or "-")[:19].replace("T", " "),
-                row["object"] if row["generation"] is None else f"{row['object']}@{row['generation']}",
+                _file(row),
                 str(row.get("model_version") or "-"),
                 f"{primary}={_fmt(metrics.get(primary))}" if primary else "-",
                 quality,
@@ -133,6 +138,11 @@ def render(rows: list[dict[str, Any]]) -> str:
     ]
     if reasons:
         lines += ["", "quarantined:", *reasons]
+    warned = [
+        f"  {printable(_file(r))}: {printable(warning)}" for r in rows for warning in r.get("warnings") or []
+    ]
+    if warned:
+        lines += ["", "warnings (label leakage, feedback-loop share):", *warned]
     waiting = [f"  {printable(r['object'])}: {printable(r['reason'])}" for r in rows if r.get("reason")]
     if waiting:
         lines += ["", "no outcome yet (`prodml replay` runs them again once the cause is fixed):", *waiting]

@@ -57,6 +57,8 @@ RECORD_KEY_FIELDS = (
     "rows",
     "quarantined_as",
     "time",
+    "served_share",
+    "warnings",
 )
 
 # The metric the champion/challenger gate compares, and whether higher is better.

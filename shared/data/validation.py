@@ -34,6 +34,9 @@ Decisions:
   ``ValidatedData.extra_columns``; they are not part of the frame. MAX_COLUMNS bounds them (it
   may not be below the schema's own columns: ``ConfigError``). A re-read of an accepted file (the
   training window) parses only the schema's columns: ``validate_file(schema_columns_only=True)``.
+  One extra column is kept: an ``id`` column (the prediction log's id) becomes
+  ``ValidatedData.ids``, one value per row of the frame, for the served share
+  (``shared.feedback.served_share``).
 - Sample values and column names in a message or ``details`` are cut to
   ``caps.MAX_VALUE_CHARS`` characters (marked as cut): one huge cell makes no huge reason.
 - Missing feature values: a column whose missing share is at most MAX_NULL_SHARE passes, and
@@ -71,6 +74,7 @@ from shared.data.validation_rules import (
 )
 from shared.data.values import category_strings, numeric_values
 from shared.errors import ConfigError, ValidationFailed
+from shared.feedback.log_format import ID_COLUMN
 from shared.model import to_frame
 from shared.schema import Schema
 
@@ -91,6 +95,7 @@ class ValidatedData:
     format: str
     extra_columns: list[str] = field(default_factory=list)
     dropped_rows: int = 0
+    ids: pd.Series | None = None  # the file's ``id`` column, one per row of ``frame``; None without one
 
 
 def check_size(size: int, settings: Settings) -> None:
@@ -162,7 +167,8 @@ def validate_frame(
     _check_columns(raw, object_name, schema, all_columns)
     parsed = _parse_features(raw, schema)
     label_values, unseen = _check_values(raw, object_name, schema, settings, parsed)
-    frame, dropped = _complete_rows(object_name, schema, parsed, label_values)
+    frame, dropped, keep = _complete_rows(object_name, schema, parsed, label_values)
+    ids = raw[ID_COLUMN][keep].reset_index(drop=True) if ID_COLUMN in raw.columns else None
     known = set(schema.feature_names) | {schema.label.name}
     return ValidatedData(
         frame=frame,
@@ -172,6 +178,7 @@ def validate_frame(
         format=fmt,
         extra_columns=[c for c in all_columns if c not in known],
         dropped_rows=dropped,
+        ids=ids,
     )
 
 
@@ -260,8 +267,9 @@ def _check_values(
 
 def _complete_rows(
     object_name: str, schema: Schema, parsed: _ParsedFeatures, label_values: pd.Series
-) -> tuple[pd.DataFrame, int]:
-    """The frame of the complete rows (index 0..len-1) and how many rows were dropped."""
+) -> tuple[pd.DataFrame, int, pd.Series]:
+    """The frame of the complete rows (index 0..len-1), how many rows were dropped, and the mask
+    of the rows kept."""
     keep = ~pd.concat(list(parsed.null_masks.values()), axis=1).any(axis=1)
     dropped = int((~keep).sum())
     if not keep.any():
@@ -278,4 +286,4 @@ def _complete_rows(
     )
     frame = to_frame(schema, clean)
     frame[schema.label.name] = label_values[keep]
-    return frame.reset_index(drop=True), dropped
+    return frame.reset_index(drop=True), dropped, keep

@@ -68,6 +68,9 @@ class ModelCard:
     training_seconds: float = 0.0
     decision: Decision | None = None
     compiled: CompiledForm | None = None  # its ONNX form: served or not, and why (None: not tried)
+    # Label leakage and served share of the file it was trained for (shared.feedback.pitfalls);
+    # None when trained without an event (static training) or before the checks existed.
+    data_checks: dict[str, Any] | None = None
     format: str = CARD_FORMAT
     extra: dict[str, Any] = field(default_factory=dict)  # keys of other writers, kept as they are
 
@@ -128,5 +131,6 @@ class ModelCard:
             "training_seconds": self.training_seconds,
             "decision": self.decision.to_dict() if self.decision is not None else None,
             "compiled": self.compiled.to_dict() if self.compiled is not None else None,
+            "data_checks": self.data_checks,
         }
         return {**body, **self.extra}

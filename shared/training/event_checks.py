@@ -12,15 +12,17 @@ import tempfile
 from pathlib import Path
 
 from shared.config import Settings
-from shared.contracts import DriftPolicy, EventOutcome, MonitoringDecision
+from shared.contracts import LEAKAGE_RULE, DriftPolicy, EventOutcome, LeakagePolicy, MonitoringDecision
 from shared.data import monitoring
 from shared.data.quarantine import quarantine_object
 from shared.data.validation import check_size, validate_file
 from shared.errors import NotFound, ValidationFailed
 from shared.events import StorageObjectEvent
+from shared.feedback.leakage import leakage_failure
+from shared.feedback.pitfalls import PitfallReport, check_pitfalls
 from shared.logs import get_logger
 from shared.schema import Schema
-from shared.storage import Bucket
+from shared.storage import Bucket, predictions_bucket
 from shared.training.event_job import EventJob, Outcome, current_version
 from shared.training.registry import Current
 from shared.training.window import DataFile, make_data_file
@@ -53,7 +55,9 @@ def read_and_validate(
         if info.generation != event.generation:
             return None  # replaced since the stat: the newer generation has its own event
         validated = validate_file(path, event.name, schema, settings)
-    return make_data_file(event.bucket, event.name, event.generation, validated.frame, settings)
+    return make_data_file(
+        event.bucket, event.name, event.generation, validated.frame, settings, ids=validated.ids
+    )
 
 
 def quarantine(job: EventJob, failure: ValidationFailed, current: Current | None) -> Outcome:
@@ -62,6 +66,7 @@ def quarantine(job: EventJob, failure: ValidationFailed, current: Current | None
     target = quarantine_object(job.data, event.name, event.generation, failure)
     psi = failure.details.get("psi")
     columns = failure.details.get("columns")
+    leakage = failure.details.get("leakage")
     monitoring.write_record(
         job.artifacts,
         monitoring.make_record(
@@ -75,6 +80,7 @@ def quarantine(job: EventJob, failure: ValidationFailed, current: Current | None
             rule=failure.rule,
             message=failure.message,
             quarantined_as=target,
+            **({"leakage": leakage} if failure.rule == LEAKAGE_RULE else {}),
         ),
     )
     return job.finish(
@@ -83,10 +89,13 @@ def quarantine(job: EventJob, failure: ValidationFailed, current: Current | None
 
 
 def test_then_train(job: EventJob, new_file: DataFile, current: Current | None, schema: Schema) -> None:
-    """The current model's quality on the new file before any training, and its input drift.
+    """The current model's quality on the new file before any training, its input drift, and two
+    of Google's pitfalls (label leakage, the served share: ``shared.feedback.pitfalls``).
 
-    Writes the monitoring record; raises ``ValidationFailed("drift")`` when drift is over the
-    threshold and ``DRIFT_POLICY=quarantine``.
+    Writes the monitoring record and keeps the pitfalls' record in ``job.data_checks`` for the
+    card; raises ``ValidationFailed("drift")`` when drift is over the threshold and
+    ``DRIFT_POLICY=quarantine``, ``ValidationFailed("leakage")`` when a feature leaks and
+    ``LEAKAGE_POLICY=quarantine``.
     """
     event = job.event
     metrics = monitoring.evaluate(current.bundle, new_file.frame) if current is not None else None
@@ -103,6 +112,9 @@ def test_then_train(job: EventJob, new_file: DataFile, current: Current | None, 
         )
     if decision == MonitoringDecision.QUARANTINED:
         raise monitoring.drift_failure(drifted, psi)
+    pitfalls = _pitfalls(job, new_file, schema)
+    if pitfalls.warnings and decision == MonitoringDecision.ACCEPTED:
+        decision = MonitoringDecision.WARNING
     record = monitoring.make_record(
         event.name,
         event.generation,
@@ -112,5 +124,25 @@ def test_then_train(job: EventJob, new_file: DataFile, current: Current | None, 
         drifted,
         decision,
         rows=len(new_file.frame),
+        **pitfalls.to_record(),
     )
     monitoring.write_record(job.artifacts, record)
+
+
+def _pitfalls(job: EventJob, new_file: DataFile, schema: Schema) -> PitfallReport:
+    """Leakage and the served share of the new file, logged, kept for the card; raises the
+    leakage failure under ``LEAKAGE_POLICY=quarantine``."""
+    settings = job.settings
+    pitfalls = check_pitfalls(
+        new_file.frame, new_file.ids, schema, settings, lambda: predictions_bucket(settings)
+    )
+    for warning in pitfalls.warnings:
+        log.warning(f"{job.key}: {warning}", extra={"fields": job.fields})
+    if pitfalls.leakage.leaking and settings.leakage_policy == LeakagePolicy.QUARANTINE:
+        raise leakage_failure(pitfalls.leakage)
+    job.data_checks = {
+        "object": job.event.name,
+        "generation": job.event.generation,
+        **pitfalls.to_record(),
+    }
+    return pitfalls

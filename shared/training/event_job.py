@@ -81,6 +81,8 @@ class EventJob:
     artifacts: Bucket
     clock: PhaseClock
     claim: Claim | None = None  # held from before reading the file until the work ends
+    # The file's pitfall checks (test-then-train), for the card of the version trained on it.
+    data_checks: dict[str, Any] | None = None
 
     @property
     def key(self) -> str:

@@ -8,6 +8,7 @@ for the file before a crash (the claim names it) that is still valid against the
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from shared.contracts import CardStatus
@@ -94,6 +95,8 @@ def train_version(
             artifacts=job.artifacts,
         )
     )
+    # The file's label leakage and served share (test-then-train) travel with the version.
+    challenger.card = dataclasses.replace(challenger.card, data_checks=job.data_checks)
     for phase in ("read", "train", "evaluate"):
         job.clock.add(phase, challenger.card.seconds[phase])
     with job.clock.phase("write"):

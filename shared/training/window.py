@@ -44,6 +44,7 @@ class DataFile:
     generation: int
     frame: pd.DataFrame
     holdout: np.ndarray  # bool per row of frame: True = held out
+    ids: pd.Series | None = None  # its ``id`` column, one per row of frame (first read only)
 
     @property
     def key(self) -> str:
@@ -72,13 +73,18 @@ class DataFile:
 
 
 def make_data_file(
-    bucket: str, name: str, generation: int, frame: pd.DataFrame, settings: Settings
+    bucket: str,
+    name: str,
+    generation: int,
+    frame: pd.DataFrame,
+    settings: Settings,
+    ids: pd.Series | None = None,
 ) -> DataFile:
-    """A ``DataFile`` with its deterministic held-out rows."""
+    """A ``DataFile`` with its deterministic held-out rows (``ids``: its ``id`` column, if any)."""
     mask = fitting.holdout_mask(
         len(frame), f"{bucket}/{name}", settings.holdout_fraction, settings.random_seed
     )
-    return DataFile(bucket, name, generation, frame, mask)
+    return DataFile(bucket, name, generation, frame, mask, ids)
 
 
 def load_lineage_files(

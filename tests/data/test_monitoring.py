@@ -222,6 +222,7 @@ def test_prodml_monitor_shows_files_metrics_drift_and_quarantine(
         "incoming/d1.csv", 7, "v3", metrics_, {"x": 0.4, "country": 0.01}, ["x"], "warning"
     )
     record["training"] = {"outcome": "promoted", "version": "v4"}  # what the trainer adds afterwards
+    record["warnings"] = ["label leakage: 'x' (ROC AUC 0.9990) alone predicts the label (LEAKAGE_AUC=0.99)"]
     monitoring.write_record(artifacts, record)
     generation = data.write("incoming/bad.csv", b"")
     quarantine_object(
@@ -243,6 +244,8 @@ def test_prodml_monitor_shows_files_metrics_drift_and_quarantine(
     for text in ("v3", "log_loss=0.351", "0.850/0.910", "0.400", " x ", "warning, promoted v4"):
         assert text in line
     assert "quarantined (empty)" in table and "'incoming/bad.csv' is empty" in table
+    warnings = table.split("warnings (label leakage, feedback-loop share):\n", 1)[1].splitlines()
+    assert warnings[0] == f"  incoming/d1.csv@7: {record['warnings'][0]}"
     assert [(r["object"], r["decision"]) for r in rows] == [
         ("incoming/d1.csv", "warning"),
         ("incoming/bad.csv", "quarantined"),

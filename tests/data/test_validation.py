@@ -90,6 +90,23 @@ def test_a_good_file_gives_the_model_frame(tmp_path: Path, ext: str) -> None:
     assert data.unseen_categories == {}
 
 
+@pytest.mark.parametrize("ext", [".csv", ".jsonl", ".parquet"])
+def test_an_id_column_is_kept_beside_the_frame_row_for_row(tmp_path: Path, ext: str) -> None:
+    rows = good_rows(40)
+    for i, row in enumerate(rows):
+        row["id"] = f"imp-{i}"
+    rows[4]["bid"] = None  # an incomplete row is dropped: its id goes with it
+    data = validate_file(write_rows(tmp_path, rows, ext), f"incoming/day{ext}", SCHEMA, SETTINGS)
+    assert data.ids is not None and data.dropped_rows == 1
+    assert data.ids.tolist() == [f"imp-{i}" for i in range(40) if i != 4]
+    assert data.frame["bid"].tolist() == [r["bid"] for r in rows if r["bid"] is not None]
+    assert "id" not in data.frame.columns and data.extra_columns == ["id"]
+    assert (
+        validate_file(write_rows(tmp_path, good_rows(), ext), "incoming/x" + ext, SCHEMA, SETTINGS).ids
+        is None
+    )
+
+
 def test_missing_label_column(tmp_path: Path) -> None:
     failure = refused(write_csv(tmp_path, "country,hour,bid\nde,1,2.0\n"))
     assert failure.rule == "missing_label"
