@@ -188,6 +188,14 @@ def buckets_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def artifacts(buckets_root: Path) -> LocalBucket:
+    """The (empty) local artifacts bucket "prodml-artifacts" under ``buckets_root``."""
+    from shared.storage.local import LocalBucket
+
+    return LocalBucket(buckets_root, "prodml-artifacts")
+
+
+@pytest.fixture
 def local_bucket(buckets_root: Path) -> LocalBucket:
     """An empty local bucket named "test-bucket" under ``buckets_root``."""
     from shared.storage.local import LocalBucket
@@ -437,6 +445,70 @@ def publish_compiled(artifacts, bundle, expected_generation: int | None = None):
         form=ModelForm.ONNX,
     )
     return generation, CompiledModel.from_bytes(compilation.onnx, 10**8, bundle.version)
+
+
+def wait_for(read, done, hang_guard_seconds: float = 60):  # -> the value that was done
+    """Poll ``read()`` until ``done(value)``; the bound only stops a hung test, it asserts no timing."""
+    deadline = time.monotonic() + hang_guard_seconds
+    while not done(value := read()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"still {value!r} after {hang_guard_seconds} s")
+        time.sleep(0.05)
+    return value
+
+
+class KeyTraffic:
+    """Clients sending single-instance requests for random ``keys`` (country, hour) to a predict
+    URL until stopped: every answer as (model version, key, score, source), every failure as text.
+
+    A context manager: the clients start on entry and are stopped and joined on exit.
+    """
+
+    def __init__(self, url: str, keys: list[tuple[str, int]], clients: int = 4) -> None:
+        import threading
+
+        self.url = url
+        self.keys = keys
+        self.answers: list[tuple[str, tuple[str, int], float, str]] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
+
+    def _client(self, seed: int) -> None:
+        import random
+
+        import requests
+
+        rng = random.Random(seed)
+        session = requests.Session()
+        while not self._stop.is_set():
+            key = rng.choice(self.keys)
+            try:
+                r = session.post(
+                    self.url, json={"instances": [{"country": key[0], "hour": key[1]}]}, timeout=30
+                )
+                if r.status_code != 200:
+                    self.failures.append(f"{r.status_code}: {r.text[:200]}")
+                    continue
+                body = r.json()
+                p = body["predictions"][0]
+                self.answers.append((body["model_version"], key, p["score"], p["source"]))
+            except Exception as exc:
+                self.failures.append(repr(exc))
+
+    def count(self, version: str, source: str | None = None) -> int:
+        """Answers so far from ``version`` (and ``source``, if given)."""
+        return sum(a[0] == version and (source is None or a[3] == source) for a in list(self.answers))
+
+    def __enter__(self) -> KeyTraffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
 
 
 def serving_env(buckets_root: Path, **overrides: str) -> dict[str, str]:

@@ -4,17 +4,21 @@ own log, every module it imported."""
 
 from __future__ import annotations
 
-import random
 import re
-import threading
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-from conftest import fit_serving_bundle, publish_compiled, serving_env, write_serving_table
+from conftest import (
+    KeyTraffic,
+    fit_serving_bundle,
+    publish_compiled,
+    serving_env,
+    wait_for,
+    write_serving_table,
+)
 
 from shared.contracts import COMPILED_MODEL_FILE, CURRENT_MODEL, PREDICTIONS_PREFIX, VERSIONS_PREFIX
 from shared.local.functions import load_declaration
@@ -27,16 +31,6 @@ COUNTRIES = ["br", "de", "kr", "us"]
 KEYS = [(c, h) for c in COUNTRIES for h in range(24)]
 HEAVY = ("sklearn", "pandas", "skops", "matplotlib")
 IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)\s*$", re.MULTILINE)
-
-
-@pytest.fixture
-def buckets_root(tmp_path: Path) -> Path:
-    return tmp_path / "buckets"
-
-
-@pytest.fixture
-def artifacts(buckets_root: Path) -> LocalBucket:
-    return LocalBucket(buckets_root, "prodml-artifacts")
 
 
 @pytest.fixture(scope="module")
@@ -141,44 +135,20 @@ def test_a_compiled_model_promoted_under_load_has_zero_failed_requests_and_one_v
 ):
     generation, first = publish_compiled(artifacts, bundles["v1"])
     expected = {"v1": {key: score_of(first, *key) for key in KEYS}}
-    answers: list[tuple[str, tuple[str, int], float]] = []
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def client(seed: int) -> None:
-        rng = random.Random(seed)
-        session = requests.Session()
-        while not stop.is_set():
-            key = rng.choice(KEYS)
-            try:
-                r = post(fn.url, [{"country": key[0], "hour": key[1]}], session)
-                if r.status_code != 200:
-                    failures.append(f"{r.status_code}: {r.text[:200]}")
-                    continue
-                body = r.json()
-                answers.append((body["model_version"], key, body["predictions"][0]["score"]))
-            except Exception as exc:
-                failures.append(repr(exc))
 
     with start(buckets_root, tmp_path / "predict.log", SERVING_MODE="dynamic", RELOAD_SECONDS="0.2") as fn:
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 60
-        while not any(a[0] == "v1" for a in answers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        new_generation, second = publish_compiled(artifacts, bundles["v2"], expected_generation=generation)
-        expected["v2"] = {key: score_of(second, *key) for key in KEYS}
-        while sum(a[0] == "v2" for a in answers) < 50 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stop.set()
-        for t in threads:
-            t.join()
+        with KeyTraffic(fn.url, KEYS) as traffic:
+            wait_for(lambda: traffic.count("v1"), lambda n: n > 0)
+            new_generation, second = publish_compiled(
+                artifacts, bundles["v2"], expected_generation=generation
+            )
+            expected["v2"] = {key: score_of(second, *key) for key in KEYS}
+            wait_for(lambda: traffic.count("v2"), lambda n: n >= 50)
         model = health(fn)["model"]
-    assert failures == []
+    assert traffic.failures == []
     assert (model["version"], model["generation"], model["form"]) == ("v2", new_generation, "onnx")
-    versions = Counter(a[0] for a in answers)
+    versions = Counter(a[0] for a in traffic.answers)
     assert versions["v1"] > 0 and versions["v2"] >= 50, versions
-    for version, key, score in answers:
+    for version, key, score, _ in traffic.answers:
         assert score == expected[version][key], (version, key)
     assert not np.isclose(expected["v1"][("us", 20)], expected["v2"][("us", 20)])  # versions differ

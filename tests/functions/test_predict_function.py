@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections import Counter
@@ -11,14 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-from conftest import fit_serving_bundle, serving_env, write_serving_table
+from conftest import KeyTraffic, fit_serving_bundle, serving_env, wait_for, write_serving_table
 
 from shared.contracts import CURRENT_MODEL, TABLE_POINTER
 from shared.local.functions import load_declaration
 from shared.local.processes import FunctionProcess, free_port
 from shared.model import to_frame
 from shared.serving.traffic import read_traffic
-from shared.storage.local import LocalBucket
 
 pytestmark = pytest.mark.slow
 
@@ -42,16 +40,6 @@ def expected(bundles):
     return out
 
 
-@pytest.fixture
-def buckets_root(tmp_path):
-    return tmp_path / "buckets"
-
-
-@pytest.fixture
-def artifacts(buckets_root):
-    return LocalBucket(buckets_root, "prodml-artifacts")
-
-
 def start(buckets_root, tmp_path, **env) -> FunctionProcess:
     spec = load_declaration().functions["predict"]
     process = FunctionProcess(spec, free_port(), serving_env(buckets_root, **env), tmp_path / "predict.log")
@@ -71,16 +59,6 @@ def post(url, instances, session=requests):
 
 def health(fn):
     return requests.get(f"{fn.url}/health", timeout=10).json()
-
-
-def wait_for(read, done, hang_guard_seconds=60):
-    """Poll ``read()`` until ``done(value)``; the bound only stops a hung test, it asserts no timing."""
-    deadline = time.monotonic() + hang_guard_seconds
-    while not done(value := read()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"still {value!r} after {hang_guard_seconds} s")
-        time.sleep(0.05)
-    return value
 
 
 def test_each_mode_answers_correctly(artifacts, buckets_root, tmp_path, bundles, expected):
@@ -172,31 +150,11 @@ def test_a_model_promoted_under_load_is_picked_up_with_every_answer_consistent(
     artifacts, buckets_root, tmp_path, bundles, expected
 ):
     publish(artifacts, bundles["v1"])
-    answers: list[tuple[str, tuple[str, int], float, str]] = []
-    failures: list[str] = []
-    stop = threading.Event()
-
-    def client(seed):
-        rng = random.Random(seed)
-        session = requests.Session()
-        while not stop.is_set():
-            key = rng.choice(KEYS)
-            try:
-                r = post(fn.url, [{"country": key[0], "hour": key[1]}], session)
-                if r.status_code != 200:
-                    failures.append(f"{r.status_code}: {r.text[:200]}")
-                    continue
-                body = r.json()
-                p = body["predictions"][0]
-                answers.append((body["model_version"], key, p["score"], p["source"]))
-            except Exception as exc:
-                failures.append(repr(exc))
-
-    with start(buckets_root, tmp_path, SERVING_MODE="hybrid", RELOAD_SECONDS="0.3") as fn:
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        time.sleep(1.0)
+    with (
+        start(buckets_root, tmp_path, SERVING_MODE="hybrid", RELOAD_SECONDS="0.3") as fn,
+        KeyTraffic(fn.url, KEYS) as traffic,
+    ):
+        wait_for(lambda: traffic.count("v1"), lambda n: n > 0)
         model_bytes = bundles["v2"].to_bytes()
         generation = artifacts.write(CURRENT_MODEL, model_bytes)
         # Reload checks started so far: the next one starts after this read, so after the promotion.
@@ -204,16 +162,14 @@ def test_a_model_promoted_under_load_is_picked_up_with_every_answer_consistent(
         # its table a moment later, as the builder does; until then v2 answers from the model
         write_serving_table(artifacts, bundles["v2"], generation, keep=lambda codes: codes % 2 == 0)
         model = wait_for(lambda: health(fn)["model"], lambda m: m["generation"] == generation)
-        wait_for(lambda: sum(a[0] == "v2" and a[3] == "table" for a in answers), lambda n: n >= 20)
-        stop.set()
-        for t in threads:
-            t.join()
+        wait_for(lambda: traffic.count("v2", "table"), lambda n: n >= 20)
+    answers = traffic.answers
     # Picked up by the reload thread (requests never load), at its first look after the promotion
     # (or the one already under way): bounded in reload checks, i.e. within one RELOAD_SECONDS
     # interval plus one check, without asserting wall-clock time.
     assert model["loaded_by"] == "reload thread"
     assert model["loaded_at_check"] <= checks_at_promotion + 1
-    assert failures == []
+    assert traffic.failures == []
     versions = Counter(a[0] for a in answers)
     assert versions["v1"] > 0 and versions["v2"] > 0
     for version, key, score, _ in answers:

@@ -31,11 +31,6 @@ def bundle():
 
 
 @pytest.fixture
-def buckets_root(tmp_path: Path) -> Path:
-    return tmp_path / "buckets"
-
-
-@pytest.fixture
 def predictions(buckets_root: Path) -> LocalBucket:
     return LocalBucket(buckets_root, "prodml-predictions")
 

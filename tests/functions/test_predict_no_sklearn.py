@@ -28,16 +28,6 @@ pytestmark = pytest.mark.slow
 HIDDEN = ("sklearn", "skops", "pandas")
 
 
-@pytest.fixture
-def buckets_root(tmp_path: Path) -> Path:
-    return tmp_path / "buckets"
-
-
-@pytest.fixture
-def artifacts(buckets_root: Path) -> LocalBucket:
-    return LocalBucket(buckets_root, "prodml-artifacts")
-
-
 def hiding_folder(root: Path) -> Path:
     """A PYTHONPATH folder whose sklearn, skops and pandas packages refuse to import."""
     for name in HIDDEN:
