@@ -120,10 +120,10 @@ def test_the_template_declares_every_parameter_of_the_entry_point() -> None:
     assert set(declared) == {p["name"] for p in TEMPLATE_PARAMETERS}
     assert not declared["pipeline"]["isOptional"] and declared["strategy"]["isOptional"]
     # every declared parameter is an argument of shared.pipelines.run (none falls through to Beam)
-    sample = {"pipeline": "validate", "strategy": "top_k", "k": "5", "force": "true"}
+    sample = {"pipeline": "validate", "strategy": "top_k", "k": "5", "force": "true", "shards": "3"}
     argv = [f"--{n}={sample.get(n, 'x')}" for n in declared]
     args, rest = parse_args(argv)
-    assert rest == [] and args.objects == "x" and args.k == 5
+    assert rest == [] and args.objects == "x" and args.k == 5 and args.shards == 3
     with pytest.raises(ConfigError, match="image"):
         template_spec("not an image")
 
