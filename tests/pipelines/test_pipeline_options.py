@@ -229,6 +229,13 @@ def test_the_dataflow_module_grants_little_and_gives_build_table_what_a_launch_n
     project_roles = sorted(body["role"] for body in resources["google_project_iam_member"].values())
     assert project_roles == ["roles/dataflow.developer", "roles/dataflow.worker"]
     assert resources["google_storage_bucket_object"]["template"]["name"].endswith(".json")
+    grants = resources["google_storage_bucket_iam_member"]
+    # The join pipeline reads the prediction log and rewrites the live report, and no more of feedback/.
+    assert grants["worker_read_predictions"]["role"] == "roles/storage.objectViewer"
+    assert grants["worker_read_predictions"]["bucket"] == "${var.predictions_bucket}"
+    expression = grants["worker_write_tables"]["condition"][0]["expression"]
+    assert 'resource.name == "${local.artifacts_objects}feedback/live.json"' in expression
+    assert "feedback/" not in expression.replace("feedback/live.json", "")
     dockerfile = (repo / "infra" / "dataflow" / "Dockerfile").read_text()
     entry = dockerfile.split("FLEX_TEMPLATE_PYTHON_PY_FILE=/template/", 1)[1].split()[0]
     assert (repo / entry).is_file() and entry == "shared/pipelines/run.py"
