@@ -4,8 +4,9 @@
 # With enable_dataflow = true, the module in infra/dataflow/ adds a worker service account, a
 # temp/staging bucket, an Artifact Registry repository for the pipelines' image, the Flex
 # Template spec (rendered by `prodml pipeline template`, one source with the entry point) and the
-# grants: the worker may read the artifacts and write tables/ and pipelines/, read and
-# quarantine data files; build_table may launch jobs as that worker and nothing more.
+# grants: the worker may read the artifacts and the prediction log, write tables/, pipelines/
+# and feedback/live.json, read and quarantine data files; build_table may launch jobs as that
+# worker and nothing more.
 # Dataflow has no resource-level IAM: roles/dataflow.worker and roles/dataflow.developer are
 # project-level grants, which is why they live in the opt-in module.
 #
@@ -45,6 +46,7 @@ module "dataflow" {
   name_prefix        = var.name_prefix
   data_bucket        = google_storage_bucket.data.name
   artifacts_bucket   = google_storage_bucket.artifacts.name
+  predictions_bucket = google_storage_bucket.predictions.name
   launcher_email     = google_service_account.function["build_table"].email
   image_tag          = var.dataflow_image_tag
   template_spec_path = abspath("${path.root}/${var.dataflow_template_spec}")

@@ -76,6 +76,9 @@ TRAFFIC_PREFIX = "traffic/"
 """Requested keys counted by predict instances (the advisor and top-K builds read them)."""
 VALIDATION_REPORT_PREFIX = "pipelines/validate/"
 """Reports of the bulk validation pipeline."""
+JOIN_REPORT_PREFIX = "pipelines/join/"
+"""The Beam join's runs: ``pipelines/join/<run id>.json``, its live report, and
+``pipelines/join/<run id>/rows-<shard>.parquet``, the joined rows (``shared.pipelines.join_pipeline``)."""
 STORED_LABELS_PREFIX = "feedback/labels/"
 """``feedback/labels/<bucket>/<name>@<generation>.npz``: one accepted labels file, normalized
 (``shared.feedback.labels``), written once; the join reads every one of them."""
@@ -213,6 +216,7 @@ class Pipeline(StrEnum):
 
     TABLE = "table"
     VALIDATE = "validate"
+    JOIN = "join"
 
 
 STATIC_STRATEGY = "static"

@@ -3,8 +3,9 @@
 #
 # - the worker account runs the jobs (and the Flex Template launcher VM): roles/dataflow.worker
 #   (project level: Dataflow has no narrower grant), its own temp bucket, read of the pipelines'
-#   image, read of the artifacts bucket, writes under tables/ and pipelines/ only, and on the
-#   data bucket what the train function has (read, quarantine: copy and delete);
+#   image, read of the artifacts bucket and of the prediction log, writes under tables/ and
+#   pipelines/ only (and feedback/live.json, the join's report), and on the data bucket what the
+#   train function has (read, quarantine: copy and delete);
 # - the launcher (build_table's runtime account) may create jobs (roles/dataflow.developer,
 #   project level), act as the worker account (on that account only) and read the template.
 
@@ -37,7 +38,12 @@ variable "data_bucket" {
 }
 
 variable "artifacts_bucket" {
-  description = "The ARTIFACTS bucket (models and schema read, tables/ and pipelines/ written)."
+  description = "The ARTIFACTS bucket (models, schema and stored labels read; tables/, pipelines/ and feedback/live.json written)."
+  type        = string
+}
+
+variable "predictions_bucket" {
+  description = "The PREDICTIONS bucket (the join pipeline reads the prediction log)."
   type        = string
 }
 
@@ -191,7 +197,8 @@ resource "google_storage_bucket_iam_member" "worker_read_artifacts" {
 }
 
 # Tables are overwritten on a forced rebuild and the pointer on every build: objectUser, but
-# only under tables/ and pipelines/ (the validation reports).
+# only under tables/ and pipelines/ (the validation and join reports, the joined rows), and the
+# one live report the join pipeline rewrites (feedback/live.json; stored labels stay read-only).
 resource "google_storage_bucket_iam_member" "worker_write_tables" {
   bucket = var.artifacts_bucket
   role   = "roles/storage.objectUser"
@@ -199,9 +206,16 @@ resource "google_storage_bucket_iam_member" "worker_write_tables" {
 
   condition {
     title       = "tables_and_pipelines"
-    description = "Only objects under tables/ and pipelines/"
-    expression  = "resource.name.startsWith(\"${local.artifacts_objects}tables/\") || resource.name.startsWith(\"${local.artifacts_objects}pipelines/\")"
+    description = "Only objects under tables/ and pipelines/, and feedback/live.json"
+    expression  = "resource.name.startsWith(\"${local.artifacts_objects}tables/\") || resource.name.startsWith(\"${local.artifacts_objects}pipelines/\") || resource.name == \"${local.artifacts_objects}feedback/live.json\""
   }
+}
+
+# The join pipeline reads every object of predict's prediction log.
+resource "google_storage_bucket_iam_member" "worker_read_predictions" {
+  bucket = var.predictions_bucket
+  role   = "roles/storage.objectViewer"
+  member = "serviceAccount:${google_service_account.worker.email}"
 }
 
 # Validation reads data files and quarantines bad ones (copy, then delete): as train does.

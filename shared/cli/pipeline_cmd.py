@@ -4,6 +4,8 @@
   ``--runner`` says): in this process, a DirectRunner pipeline, or a Dataflow job;
 - ``prodml pipeline validate OBJECT...``: validate data files in bulk (names or prefixes ending in
   ``/`` of the data bucket), quarantining the bad ones as the train function would;
+- ``prodml pipeline join``: the prediction log joined with the labels, and the live report, past
+  JOIN_MAX_ROWS;
 - ``prodml pipeline decide``: which path a table build of the current model would take, and why;
 - ``prodml pipeline template --image IMAGE``: the Flex Template spec for ``DATAFLOW_TEMPLATE``.
 
@@ -83,8 +85,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``prodml pipeline`` and its subcommands."""
     group = subparsers.add_parser(
         "pipeline",
-        help="scale-out: table build and bulk validation as Beam pipelines",
-        description="Run the table build and bulk validation as Apache Beam pipelines (docs/scale-out.md).",
+        help="scale-out: table build, bulk validation and the feedback join as Beam pipelines",
+        description=(
+            "Run the table build, bulk validation and the feedback join as Apache Beam pipelines "
+            "(docs/scale-out.md)."
+        ),
     )
     commands = group.add_subparsers(dest="pipeline_command", metavar="COMMAND", required=True)
 
@@ -110,6 +115,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     table.set_defaults(func=run_table)
 
     register_validate(commands)
+
+    join = commands.add_parser(
+        "join",
+        help="join the prediction log with the labels as a pipeline (past JOIN_MAX_ROWS)",
+        description=(
+            "Join every prediction log object with every stored labels file in a Beam pipeline, with the "
+            "in-function join's rules, and compute the live report of `prodml live` from all of it (no "
+            "JOIN_MAX_ROWS). Writes the report to pipelines/join/<run id>.json and feedback/live.json, "
+            "and the joined rows to pipelines/join/<run id>/rows-<shard>.parquet (docs/feedback.md)."
+        ),
+    )
+    add_runner_argument(join, allow_function=False)
+    join.add_argument(
+        "--shards", type=int, default=None, help="shards the ids are spread over (default: by stored size)"
+    )
+    join.add_argument("--json", action="store_true", help="print the report as JSON")
+    join.set_defaults(func=run_join)
 
     decide = commands.add_parser(
         "decide",
@@ -193,6 +215,27 @@ def run_validate(args: argparse.Namespace) -> int:
         ", ".join(f"{report.get(status, 0)} {status}" for status in ValidationStatus)
         + f"; report {report.get('report')}"
     )
+    return 0
+
+
+def run_join(args: argparse.Namespace) -> int:
+    """Run the join pipeline; print its live report (as ``prodml live`` does) and where it went."""
+    from shared.cli.live_cmd import render
+    from shared.pipelines.launch import start
+
+    settings = get_settings()
+    runner = args.runner or (
+        Runner.DATAFLOW if settings.storage_backend == StorageBackend.GCS else Runner.DIRECT
+    )
+    parameters = {} if args.shards is None else {"shards": str(args.shards)}
+    report = start(settings, runner, Pipeline.JOIN, parameters, dry_run=args.dry_run)
+    if args.json or report.get("status") in tuple(LaunchStatus):
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    rows = report["joined_rows"]
+    print(render(report))
+    print(f"\nreport {report['report']}; joined rows {rows['prefix']} ", end="")
+    print(f"({rows['rows']} rows, {rows['parts']} parts)")
     return 0
 
 

@@ -102,15 +102,26 @@ def load_predictions(predictions: Bucket, settings: Settings, budget: _Budget | 
     infos = [i for i in predictions.list(PREDICTIONS_PREFIX) if i.name.endswith(".npz")]
     for info in infos:
         try:
-            logged = read_log(predictions, info.name, settings.max_table_bytes)
+            frame = read_log_frame(predictions, info.name, settings)
         except (PredictionLogError, NotFound) as exc:
             log.warning(f"skipping prediction log {info.name!r}: {exc}")
             unreadable.append(info.name)
             continue
-        budget.take(len(logged), info.name)
-        frames.append(_log_frame(logged))
+        budget.take(len(frame), info.name)
+        frames.append(frame)
+    return log_rows(frames, len(infos), unreadable)
+
+
+def read_log_frame(predictions: Bucket, name: str, settings: Settings) -> pd.DataFrame:
+    """One log object as the join's frame (``load_predictions``' columns); ``PredictionLogError``
+    or ``NotFound`` when it cannot be read. The Beam join reads each object with it too."""
+    return _log_frame(read_log(predictions, name, settings.max_table_bytes))
+
+
+def log_rows(frames: Sequence[pd.DataFrame], objects: int = 0, unreadable: Sequence[str] = ()) -> Loaded:
+    """Frames of ``read_log_frame`` as one ``Loaded`` (with the log's columns when there are none)."""
     frame = pd.concat(frames, ignore_index=True) if frames else _log_frame(None)
-    return Loaded(frame, len(infos), tuple(unreadable))
+    return Loaded(frame, objects, tuple(unreadable))
 
 
 def _log_frame(logged: LogFile | None) -> pd.DataFrame:
@@ -137,16 +148,27 @@ def load_labels(artifacts: Bucket, settings: Settings, budget: _Budget | None = 
     infos = [i for i in artifacts.list(STORED_LABELS_PREFIX) if i.name.endswith(".npz")]
     for info in infos:
         try:
-            rows = read_stored_labels(artifacts, info.name)
+            frame = read_labels_frame(artifacts, info.name)
         except (StoredLabelsError, NotFound) as exc:
             log.warning(f"skipping stored labels {info.name!r}: {exc}")
             unreadable.append(info.name)
             continue
-        budget.take(len(rows), info.name)
-        frames.append(_labels_frame(rows))
+        budget.take(len(frame), info.name)
+        frames.append(frame)
+    return label_rows(frames, len(infos), unreadable)
+
+
+def read_labels_frame(artifacts: Bucket, name: str) -> pd.DataFrame:
+    """One stored labels object as the join's frame (``load_labels``' columns);
+    ``StoredLabelsError`` or ``NotFound`` when it cannot be read."""
+    return _labels_frame(read_stored_labels(artifacts, name))
+
+
+def label_rows(frames: Sequence[pd.DataFrame], objects: int = 0, unreadable: Sequence[str] = ()) -> Loaded:
+    """Frames of ``read_labels_frame`` as one ``Loaded`` (with the labels' columns when none)."""
     empty = pd.DataFrame({c: [] for c in ("id", TRUTH, LABEL_TIME, "generation", "object", "row")})
     frame = pd.concat(frames, ignore_index=True) if frames else empty
-    return Loaded(frame, len(infos), tuple(unreadable))
+    return Loaded(frame, objects, tuple(unreadable))
 
 
 def _labels_frame(rows: LabelRows) -> pd.DataFrame:
@@ -170,7 +192,12 @@ def load_and_join(predictions: Bucket, artifacts: Bucket, settings: Settings) ->
 
 
 def join(logged: Loaded, labels: Loaded) -> Joined:
-    """The predictions, one row per id, each with its winning label (module doc)."""
+    """The predictions, one row per id, each with its winning label (module doc).
+
+    What an id ends up with depends only on that id's own rows (every order is by the rows' own
+    fields), so the Beam join (``shared.pipelines.join_pipeline``) calls this very function on each
+    shard of ids and sums the counts.
+    """
     preds = _ordered(logged.frame, ("time", "object", "row"))
     unique = preds.drop_duplicates("id", keep="first")
     ordered = _ordered(labels.frame, (LABEL_TIME, "generation", "object", "row"))

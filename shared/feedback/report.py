@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,16 +45,41 @@ def build_report(
     joined = join.load_and_join(predictions, artifacts, settings)
     rows = maturity.mature(joined.rows, moment, settings.label_window, default)
     versions = [
-        _version(str(version), group, schema, artifacts, settings)
+        version_report(str(version), group, schema, artifacts, settings)
         for version, group in rows.groupby("model_version", sort=True)
     ]
-    c = joined.counts
+    summary = JoinSummary(joined.counts, joined.unmatched_ids, joined.unreadable)
+    return assemble(schema, settings, moment, summary, live.counts(rows), versions)
+
+
+@dataclass(frozen=True)
+class JoinSummary:
+    """What the report says about the join itself: its counts, the first unmatched label ids and
+    the first skipped objects (``join.Joined`` without its rows; the Beam join sums its shards')."""
+
+    counts: join.JoinCounts
+    unmatched_ids: tuple[str, ...]
+    unreadable: tuple[str, ...]
+
+
+def assemble(
+    schema: Schema,
+    settings: Settings,
+    moment: float,
+    summary: JoinSummary,
+    totals: dict[str, int],
+    versions: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The report document from its parts: the join's summary, the counts over every version
+    (``live.counts``) and each version's ``version_report``, in version order. ``build_report``
+    and the Beam join (``shared.pipelines.join_pipeline``) both end here."""
+    c = summary.counts
     return {
         "format": REPORT_FORMAT,
         "generated_at": datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z"),
         "task": schema.label.task,
         "label_window_seconds": settings.label_window,
-        "label_default": default,
+        "label_default": maturity.label_default(schema, settings),
         "log": {
             "objects": c.log_objects,
             "unreadable": c.unreadable_logs,
@@ -67,18 +93,19 @@ def build_report(
             "duplicates": c.duplicate_labels,
             "matched": c.matched_labels,
             "unmatched": c.unmatched_labels,
-            "unmatched_ids": list(joined.unmatched_ids),
+            "unmatched_ids": list(summary.unmatched_ids),
         },
-        "unreadable_objects": list(joined.unreadable),
-        "totals": live.counts(rows),
+        "unreadable_objects": list(summary.unreadable),
+        "totals": totals,
         "versions": versions,
     }
 
 
-def _version(
+def version_report(
     version: str, rows: Any, schema: Schema, artifacts: Bucket, settings: Settings
 ) -> dict[str, Any]:
-    """One version's live quality and serving skew against its card's reference."""
+    """One version's live quality and serving skew against its card's reference (``rows``: all the
+    matured join rows of that version, in the join's order)."""
     try:
         reference = registry.read_card(artifacts, version).reference
         card_note = None

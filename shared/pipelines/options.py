@@ -39,13 +39,14 @@ _SERVICE_ACCOUNT = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]@[-a-z0-9.]+\.iam\.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The repository (or the unpacked function source) holding ``shared/``."""
 
-# The parameters of the Flex Template: what ``shared.pipelines.run`` accepts, for both pipelines.
+# The parameters of the Flex Template: what ``shared.pipelines.run`` accepts, for every pipeline.
 TEMPLATE_PARAMETERS: tuple[dict[str, Any], ...] = (
     {
         "name": "pipeline",
         "label": "Pipeline",
-        "helpText": "table (build the static prediction table) or validate (bulk validation)",
-        "regexes": ["^(table|validate)$"],
+        "helpText": "table (build the static prediction table), validate (bulk validation) or join "
+        "(the prediction log joined with the labels)",
+        "regexes": ["^(table|validate|join)$"],
     },
     {
         "name": "settings_json",
@@ -72,6 +73,13 @@ TEMPLATE_PARAMETERS: tuple[dict[str, Any], ...] = (
         "label": "Data objects",
         "helpText": "validate: comma-separated object names or prefixes (ending in /) of the data bucket",
         "isOptional": True,
+    },
+    {
+        "name": "shards",
+        "label": "Id shards",
+        "helpText": "join: shards the prediction ids are spread over (default: by the stored size)",
+        "isOptional": True,
+        "regexes": ["^[1-9][0-9]{0,3}$"],
     },
     {"name": "run_id", "label": "Run id", "helpText": "names the run's temporary files", "isOptional": True},
 )
@@ -215,7 +223,8 @@ def template_spec(image: str, *, description: str = "") -> dict[str, Any]:
         "metadata": {
             "name": "prodml pipelines",
             "description": description
-            or "prodml-functions scale-out: the static table build and bulk data validation (Apache Beam)",
+            or "prodml-functions scale-out: the static table build, bulk data validation and the feedback "
+            "join (Apache Beam)",
             "parameters": [dict(p, isOptional=p.get("isOptional", False)) for p in TEMPLATE_PARAMETERS],
         },
         "defaultEnvironment": {},

@@ -1,4 +1,4 @@
-"""Entry point of both pipelines, in the Beam environment: ``python -m shared.pipelines.run``.
+"""Entry point of every pipeline, in the Beam environment: ``python -m shared.pipelines.run``.
 
 The same file is the Flex Template's ``FLEX_TEMPLATE_PYTHON_PY_FILE`` (infra/dataflow/Dockerfile)
 and the DirectRunner subprocess that ``shared.pipelines.launch`` starts. Its own arguments are
@@ -39,6 +39,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--objects", default="", help="comma-separated object names or prefixes (ending in /)"
     )
+    parser.add_argument("--shards", type=int, default=None, help="join: shards of ids (default: by size)")
     return parser.parse_known_args(list(argv))
 
 
@@ -83,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             request = BuildRequest(strategy=args.strategy, k=args.k, force=args.force == "true")
             result = table_pipeline.run(settings, request, beam_argv, run_id=run_id, temp_dir=temp)
+        elif args.pipeline == Pipeline.JOIN:
+            from shared.pipelines import join_pipeline
+
+            result = join_pipeline.run(settings, beam_argv, run_id=run_id, temp_dir=temp, shards=args.shards)
         else:
             from shared.pipelines import validate_pipeline
 

@@ -120,10 +120,10 @@ def test_the_template_declares_every_parameter_of_the_entry_point() -> None:
     assert set(declared) == {p["name"] for p in TEMPLATE_PARAMETERS}
     assert not declared["pipeline"]["isOptional"] and declared["strategy"]["isOptional"]
     # every declared parameter is an argument of shared.pipelines.run (none falls through to Beam)
-    sample = {"pipeline": "validate", "strategy": "top_k", "k": "5", "force": "true"}
+    sample = {"pipeline": "validate", "strategy": "top_k", "k": "5", "force": "true", "shards": "3"}
     argv = [f"--{n}={sample.get(n, 'x')}" for n in declared]
     args, rest = parse_args(argv)
-    assert rest == [] and args.objects == "x" and args.k == 5
+    assert rest == [] and args.objects == "x" and args.k == 5 and args.shards == 3
     with pytest.raises(ConfigError, match="image"):
         template_spec("not an image")
 
@@ -229,6 +229,13 @@ def test_the_dataflow_module_grants_little_and_gives_build_table_what_a_launch_n
     project_roles = sorted(body["role"] for body in resources["google_project_iam_member"].values())
     assert project_roles == ["roles/dataflow.developer", "roles/dataflow.worker"]
     assert resources["google_storage_bucket_object"]["template"]["name"].endswith(".json")
+    grants = resources["google_storage_bucket_iam_member"]
+    # The join pipeline reads the prediction log and rewrites the live report, and no more of feedback/.
+    assert grants["worker_read_predictions"]["role"] == "roles/storage.objectViewer"
+    assert grants["worker_read_predictions"]["bucket"] == "${var.predictions_bucket}"
+    expression = grants["worker_write_tables"]["condition"][0]["expression"]
+    assert 'resource.name == "${local.artifacts_objects}feedback/live.json"' in expression
+    assert "feedback/" not in expression.replace("feedback/live.json", "")
     dockerfile = (repo / "infra" / "dataflow" / "Dockerfile").read_text()
     entry = dockerfile.split("FLEX_TEMPLATE_PYTHON_PY_FILE=/template/", 1)[1].split()[0]
     assert (repo / entry).is_file() and entry == "shared/pipelines/run.py"
