@@ -132,6 +132,12 @@ def test_matured_rows_train_a_version_whose_lineage_names_the_loop_and_are_never
     assert entry["emission"] == f"{EMITTED_PREFIX}00000001.npz"
     assert entry["window"] == {"first": emission._iso(started), "last": emission._iso(started + 119)}
     assert card.lineage[0].get("source") is None  # an ordinary file says nothing of the kind
+    checks = card.data_checks or {}
+    assert (checks["served_share"], checks["row_skew"]["rows"], checks["row_skew"]["mismatched"]) == (
+        1.0,
+        120,
+        [],
+    )  # every row was served, with exactly these features
 
     again = loop.deliver(loop.data.stat("labels/batch-1.csv"))  # the same delivery twice
     assert again.status == EventOutcome.DUPLICATE
