@@ -155,14 +155,16 @@ locals {
       package  = "train", bucket = "data", role = "roles/storage.objectUser",
       prefixes = ["incoming/", "quarantine/"]
     }
-    # train reads the schema and the champion, and writes models, cards, idempotency markers
-    # and monitoring records.
+    # train reads the schema and the champion, and writes models, cards, idempotency markers,
+    # monitoring records, and the feedback loop's stored labels, live report and emissions
+    # (feedback/labels/, feedback/live.json, feedback/emitted/; an emission's data file goes to
+    # incoming/feedback/ of the data bucket, within train_write_data).
     train_read_artifacts = {
       package = "train", bucket = "artifacts", role = "roles/storage.objectViewer", prefixes = []
     }
     train_write_artifacts = {
       package  = "train", bucket = "artifacts", role = "roles/storage.objectUser",
-      prefixes = ["models/", "registry/", "monitoring/"]
+      prefixes = ["models/", "registry/", "monitoring/", "feedback/"]
     }
     # build_table reads schema, model and traffic, and writes tables/ (and tables/current.json).
     build_table_read_artifacts = {

@@ -303,6 +303,17 @@ class Settings:
         "most prediction log rows plus label rows the join reads in a function or `prodml live`; "
         "beyond it the join is refused (run it as a Beam pipeline)",
     )
+    feedback_training: bool = _env(
+        "false",
+        _bool,
+        "write matured joined rows (features as served + label) back as data files into "
+        "incoming/feedback/ after each labels file, so the model learns from live traffic",
+    )
+    feedback_min_rows: int = _env(
+        "100",
+        _int(1),
+        "an emission of matured joined rows waits until at least this many rows not emitted before",
+    )
     # serving
     serving_mode: str = _env(
         ServingMode.DYNAMIC,

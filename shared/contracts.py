@@ -30,6 +30,10 @@ QUARANTINE_PREFIX = "quarantine/"
 REASON_SUFFIX = ".reason.json"
 """Beside each quarantined file: why (``quarantine/<name>.reason.json``)."""
 
+FEEDBACK_INCOMING_PREFIX = "incoming/feedback/"
+"""``incoming/feedback/<seq>-<ids hash>.parquet``: matured joined rows written back as an ordinary
+data file (``FEEDBACK_TRAINING``; ``shared.feedback.emission``); it trains like any other."""
+
 LABELS_PREFIX = "labels/"
 """Labels that arrive after their predictions (``id``, the label column, optional event time);
 each "object finalized" event fires the train function, which validates and stores them."""
@@ -82,6 +86,12 @@ JOIN_REPORT_PREFIX = "pipelines/join/"
 STORED_LABELS_PREFIX = "feedback/labels/"
 """``feedback/labels/<bucket>/<name>@<generation>.npz``: one accepted labels file, normalized
 (``shared.feedback.labels``), written once; the join reads every one of them."""
+EMITTED_PREFIX = "feedback/emitted/"
+"""``feedback/emitted/<seq>.npz`` (the rows of one emission, written first: its reservation) and
+``feedback/emitted/<seq>.json`` (the emission record, written once its data file is): which
+matured joined rows went back into training, so none goes twice (``shared.feedback.emission``)."""
+FEEDBACK_SOURCE = "feedback"
+"""A lineage entry's ``source`` when its data file was written by the loop from served rows."""
 LIVE_REPORT_BLOB = "feedback/live.json"
 """The live quality report (what ``prodml live --json`` prints), written after each labels file."""
 

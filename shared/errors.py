@@ -204,6 +204,15 @@ class JoinTooLarge(ProdMLError):
     code = "join_too_large"
 
 
+class EmissionError(ProdMLError):
+    """A stored emission of the feedback loop (``feedback/emitted/<seq>.npz``) that cannot be read:
+    which rows it emitted is unknown, so nothing more is emitted (rows could go twice) until it is
+    repaired or removed by hand. Content, not a fault."""
+
+    http_status = 422
+    code = "invalid_emission"
+
+
 class LabelDefaultError(ConfigError):
     """LABEL_DEFAULT is not a label value of the schema."""
 

@@ -255,6 +255,11 @@ def test_storage_grants_are_bucket_level_per_package(tf: dict[str, dict[str, Any
     assert {tuple(g["prefixes"]) for g in train_data_writes if g["role"] == "roles/storage.objectUser"} == {
         ("incoming/", "quarantine/")
     }
+    # The loop's stored labels, live report and emissions (shared/feedback/) are train's writes too.
+    train_artifact_writes = [
+        g for g in grants.values() if g["package"] == "train" and g["bucket"] == "artifacts"
+    ]
+    assert any("feedback/" in g["prefixes"] for g in train_artifact_writes)
 
 
 # --- evaluated by real Terraform ----------------------------------------------------------------

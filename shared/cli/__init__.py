@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "schema_cmd",
     "monitor_cmd",
     "live_cmd",
+    "feedback_cmd",
     "train_cmd",
     "pipeline_cmd",
     "up_cmd",

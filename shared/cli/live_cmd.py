@@ -83,6 +83,7 @@ def render(report: dict[str, Any]) -> str:
         table += [_quality_row(f"day {d['day']}", d) for d in version["by_day"]]
         lines += ["", f"version {printable(version['version'])}", render_table(table)]
         lines += _skew_lines(version["skew"])
+        lines += _row_skew_lines(version.get("row_skew"))
     lines += ["", "per data file (test-then-train): `prodml monitor`"]
     return "\n".join(lines)
 
@@ -98,3 +99,15 @@ def _skew_lines(skew: dict[str, Any]) -> list[str]:
         f"serving skew (PSI against the training data, threshold {skew['threshold']:g}):",
         render_table(table),
     ]
+
+
+def _row_skew_lines(row_skew: dict[str, Any] | None) -> list[str]:
+    """The row-by-row skew of the file the version was trained for, when it had one."""
+    if not row_skew:
+        return []
+    mismatched = row_skew.get("mismatched") or []
+    shown = ", ".join(
+        f"{printable(name)} {row_skew['features'][name]['mismatches']}/{row_skew['rows']}"
+        for name in mismatched
+    )
+    return [f"feature skew row by row (its training file, {row_skew['rows']} served rows): {shown or 'none'}"]

@@ -4,16 +4,19 @@
 marker, the schema, the claim on the file version: a labels file delivered twice, or twice at
 once, is stored once), then hands it here: validate it (``shared.feedback.labels``), quarantine
 a bad one with its reason exactly as a bad data file, or store it for the join; refresh the live
-report (``feedback/live.json``) so a dashboard reads it without recomputing; mark the file done.
+report (``feedback/live.json``) so a dashboard reads it without recomputing; with
+``FEEDBACK_TRAINING``, emit the matured joined rows never emitted before as a data file
+(``shared.feedback.emission``); mark the file done.
 """
 
 from __future__ import annotations
 
 from shared.contracts import EventOutcome
 from shared.errors import ProdMLError, ValidationFailed, is_transient
-from shared.feedback import labels, report
+from shared.feedback import emission, labels, report
 from shared.logs import get_logger
 from shared.schema import Schema
+from shared.storage import predictions_bucket
 from shared.training import ledger
 from shared.training.event_checks import quarantine
 from shared.training.event_job import EventJob, Outcome
@@ -39,7 +42,32 @@ def handle_labels(job: EventJob, schema: Schema) -> Outcome:
     with job.clock.phase("evaluate"):
         _refresh_report(job)
     message = f"{len(rows)} labels of {job.key} stored as {stored}"
+    if job.settings.feedback_training:
+        with job.clock.phase("write"):
+            message += f"; {_emit(job)}"
     return job.finish(Outcome(EventOutcome.LABELS_STORED, message))
+
+
+def _emit(job: EventJob) -> str:
+    """Emit the matured joined rows not emitted before (FEEDBACK_TRAINING); what happened.
+
+    A transient fault raises (redelivered: the labels are stored, the emission is tried again and
+    finishes an unfinished one first); any other fault is logged: the rows wait for the next
+    labels file or `prodml feedback emit`."""
+    try:
+        result = emission.emit(
+            job.settings,
+            data=job.data,
+            artifacts=job.artifacts,
+            predictions=predictions_bucket(job.settings),
+            by=f"train {job.key}",
+        )
+    except ProdMLError as exc:
+        if is_transient(exc):
+            raise
+        log.error(f"no feedback rows emitted after {job.key}: {exc}", extra={"fields": job.fields})
+        return f"no feedback rows emitted: {exc}"
+    return result.note
 
 
 def _refresh_report(job: EventJob) -> None:

@@ -107,14 +107,16 @@ def version_report(
     """One version's live quality and serving skew against its card's reference (``rows``: all the
     matured join rows of that version, in the join's order)."""
     try:
-        reference = registry.read_card(artifacts, version).reference
-        card_note = None
+        card = registry.read_card(artifacts, version)
+        reference, checks, card_note = card.reference, card.data_checks or {}, None
     except (NotFound, RegistryError) as exc:
-        reference, card_note = None, f"no readable card for version {version!r}: {exc}"
+        reference, checks, card_note = None, {}, f"no readable card for version {version!r}: {exc}"
     return {
         "version": version,
         **live.version_quality(rows, schema),
         "skew": {**skew.serving_skew(rows, schema, reference, settings), "note": card_note},
+        # The row-by-row skew of the file it was trained for, as its card keeps it (no log read).
+        "row_skew": checks.get("row_skew"),
     }
 
 

@@ -65,6 +65,7 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.events import StorageObjectEvent
+from shared.feedback import emission
 from shared.feedback.labels_event import handle_labels
 from shared.logs import get_logger
 from shared.schema import Schema, load_schema
@@ -179,6 +180,7 @@ def _claimed_work(job: EventJob, schema: Schema) -> Outcome:
     if new_file is None:
         message = f"{job.key} is not in the bucket (deleted, replaced or never written)"
         return job.done(Outcome(EventOutcome.GONE, message))
+    new_file = emission.attach_origin(job.artifacts, new_file, settings)  # the loop's rows: say so
 
     for attempt in range(1, settings.cas_max_attempts + 1):
         started = time.perf_counter()

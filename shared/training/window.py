@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ class DataFile:
     frame: pd.DataFrame
     holdout: np.ndarray  # bool per row of frame: True = held out
     ids: pd.Series | None = None  # its ``id`` column, one per row of frame (first read only)
+    origin: Mapping[str, Any] | None = None  # lineage fields of a file the loop wrote (source, window)
 
     @property
     def key(self) -> str:
@@ -69,6 +71,7 @@ class DataFile:
             "generation": self.generation,
             "rows": len(self.frame),
             "holdout_rows": int(self.holdout.sum()),
+            **(self.origin or {}),
         }
 
 

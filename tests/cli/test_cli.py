@@ -24,6 +24,7 @@ DOCUMENTED_COMMANDS = {
     "rollback",
     "monitor",
     "live",
+    "feedback",
     "replay",
     "table",
     "advise",

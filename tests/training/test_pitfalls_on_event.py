@@ -13,11 +13,13 @@ import numpy as np
 import pandas as pd
 from conftest import drop_file, training_rows, training_schema
 
+from shared.cli.live_cmd import render
 from shared.config import Settings, load_settings
 from shared.contracts import LEAKAGE_RULE, MonitoringDecision
 from shared.data import monitoring
 from shared.events import parse_storage_event, to_cloudevent
 from shared.feedback.log_format import LogBatch, write_log
+from shared.feedback.report import build_report
 from shared.feedback.served_share import NO_ID_COLUMN
 from shared.schema import save_schema
 from shared.storage import predictions_bucket
@@ -99,26 +101,37 @@ def test_a_file_without_leakage_or_ids_has_no_warning(tmp_path: Path) -> None:
     assert _card(artifacts, outcome)["data_checks"]["served_share"] is None
 
 
-def _log_ids(settings: Settings, ids: list[str]) -> None:
+def _log_ids(
+    settings: Settings, ids: list[str], served: pd.DataFrame | None = None, version: str = "v0"
+) -> None:
+    """Log ``ids`` as served, with the features of ``served`` (its rows by ``id``) or constants."""
     n = len(ids)
+    if served is not None:
+        by_id = served.set_index("id")
+        features = {
+            name: [by_id.loc[i, name] if i in by_id.index else by_id[name].iloc[0] for i in ids]
+            for name in ("country", "hour", "bid")
+        }
+    else:
+        features = {"country": ["de"] * n, "hour": [1.0] * n, "bid": [2.0] * n}
     batch = LogBatch(
         ids=ids,
         times=[time.time()] * n,
         scores=[0.5] * n,
         labels=["1"] * n,
         sources=["model"] * n,
-        model_versions=["v0"] * n,
+        model_versions=[version] * n,
         table_builds=[""] * n,
-        features={"country": ["de"] * n, "hour": [1.0] * n, "bid": [2.0] * n},
+        features=features,
     )
-    write_log(predictions_bucket(settings), batch, SCHEMA, "predict-1", 0)
+    write_log(predictions_bucket(settings), batch, SCHEMA, "predict-1", int(time.time() * 1e6) % 10**6)
 
 
 def test_a_file_whose_ids_are_half_served_records_a_served_share_of_one_half(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     rows = training_rows(600, 2)
     rows["id"] = [f"imp-{i}" for i in range(len(rows))]
-    _log_ids(settings, [f"imp-{i}" for i in range(0, 600, 2)] + ["never-in-a-file"])
+    _log_ids(settings, [f"imp-{i}" for i in range(0, 600, 2)] + ["never-in-a-file"], rows)
     outcome, data, artifacts = _send(settings, "incoming/joined.csv", rows)
     assert outcome.status == "promoted"
     record = _record(artifacts, "incoming/joined.csv", data)
@@ -132,10 +145,64 @@ def test_a_served_share_over_the_warning_is_a_warning(tmp_path: Path) -> None:
     settings = _settings(tmp_path, FEEDBACK_SHARE_WARNING="0.4")
     rows = training_rows(600, 2)
     rows["id"] = [f"imp-{i}" for i in range(len(rows))]
-    _log_ids(settings, [f"imp-{i}" for i in range(0, 600, 2)])
+    _log_ids(settings, [f"imp-{i}" for i in range(0, 600, 2)], rows)
     outcome, data, artifacts = _send(settings, "incoming/joined.csv", rows)
     record = _record(artifacts, "incoming/joined.csv", data)
     assert record["decision"] == MonitoringDecision.WARNING
     assert record["warnings"] == [
         "feedback loop: 50% of the rows carry an id this system served (over FEEDBACK_SHARE_WARNING=0.4)"
     ]
+
+
+def test_a_file_whose_served_rows_have_one_feature_changed_reports_that_feature_only(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path, FEEDBACK_SHARE_WARNING="0.9")  # the skew's warning alone
+    rows = training_rows(600, 2)
+    rows["id"] = [f"imp-{i}" for i in range(len(rows))]
+    long_id = "x" * 500  # an id longer than a record's sample value
+    rows.loc[4, "id"] = long_id
+    served = rows.copy()
+    changed = [0, 2, 4, 6]  # served with another bid than the file trains on
+    served.loc[changed, "bid"] = served.loc[changed, "bid"] + 1.0
+    _log_ids(settings, [str(i) for i in served["id"].iloc[:400]], served)
+    outcome, data, artifacts = _send(settings, "incoming/joined.csv", rows)
+    assert outcome.status == "promoted"
+
+    skew = _record(artifacts, "incoming/joined.csv", data)["row_skew"]
+    assert skew["rows"] == 400 and skew["mismatched"] == ["bid"]
+    assert {name: f["mismatches"] for name, f in skew["features"].items()} == {
+        "country": 0,
+        "hour": 0,
+        "bid": 4,
+    }
+    assert skew["features"]["bid"]["share"] == 0.01
+    first = skew["features"]["bid"]["examples"][0]
+    assert first == {"id": "imp-0", "served": rows.loc[0, "bid"] + 1.0, "trained": rows.loc[0, "bid"]}
+    assert len(skew["features"]["bid"]["examples"]) == 3
+    cut = skew["features"]["bid"]["examples"][2]["id"]
+    assert cut.startswith("x" * 200) and cut.endswith("…[cut from 500 chars]")
+    record = _record(artifacts, "incoming/joined.csv", data)
+    assert record["decision"] == MonitoringDecision.WARNING
+    assert record["warnings"] == [
+        "feature skew: 'bid' (4 of 400 rows) differ from the features as served for the same ids"
+    ]
+    assert _card(artifacts, outcome)["data_checks"]["row_skew"] == skew
+
+    # `prodml live --json` shows it per version, from the card (the version served ids too).
+    _log_ids(settings, ["later-1"], version=outcome.version or "")
+    report = build_report(settings, artifacts=artifacts, predictions=predictions_bucket(settings))
+    (entry,) = [v for v in report["versions"] if v["version"] == outcome.version]
+    assert entry["row_skew"] == skew
+    assert "feature skew row by row (its training file, 400 served rows): bid 4/400" in render(report)
+
+
+def test_a_file_whose_served_rows_agree_reports_no_feature_skew(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    rows = training_rows(600, 2)
+    rows["id"] = [f"imp-{i}" for i in range(len(rows))]
+    _log_ids(settings, [f"imp-{i}" for i in range(100)], rows)
+    outcome, data, artifacts = _send(settings, "incoming/joined.csv", rows)
+    record = _record(artifacts, "incoming/joined.csv", data)
+    assert (record["row_skew"]["rows"], record["row_skew"]["mismatched"]) == (100, [])
+    assert record["warnings"] == [] and record["decision"] == MonitoringDecision.ACCEPTED
