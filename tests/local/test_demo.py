@@ -35,7 +35,8 @@ def test_short_demo_tells_the_story_and_leaves_nothing_running(tmp_path: Path) -
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     steps = [line for line in lines if line.startswith("[")]
-    assert len(steps) == 12 and steps[-1].startswith("[12/12] serving modes")
+    assert len(steps) == 15 and steps[11].startswith("[12/15] serving modes")
+    assert steps[-1].startswith("[15/15] skewed stream")
 
     summary = json.loads((state / "demo" / "summary.json").read_text())
     report = (state / "demo" / "report.html").read_text()
@@ -51,6 +52,14 @@ def test_short_demo_tells_the_story_and_leaves_nothing_running(tmp_path: Path) -
     assert serving["static"]["miss_rate"] > 0
     assert serving["dynamic"]["hit_rate"] == 0
     assert all(row["total_seconds"] is not None for row in summary["freshness"])
+    # the loop: impressions with ids, 70% of their outcomes in a labels file with two ids never
+    # served, measured by `prodml live`; then the stream with bids shifted flags bid, only bid
+    live = facts["live"]
+    assert live["version"] == summary["models"]["current"]
+    assert live["counts"]["labelled"] == 210 and live["counts"]["pending"] == live["counts"]["served"] - 210
+    assert live["unmatched_labels"] == 2 and live["metrics"]["rows"] == 210
+    assert set(live["by_source"]) == {"model"}  # flat impressions miss the top-K table
+    assert facts["skew"]["before"] == [] and facts["skew"]["skewed"] == ["bid"]
     # the buckets stay to look at; no process is left
     assert (state / "buckets" / "prodml-data" / "quarantine" / "corrupt.csv").exists()
     pids = json.loads((state / "demo" / "processes.json").read_text())

@@ -35,6 +35,7 @@ def summary_rows(demo: Demo, models: dict[str, Any]) -> list[tuple[str, str]]:
     if drift:
         shown = ", ".join(f"{f} {v:.2f}" for f, v in sorted(drift["psi"].items(), key=lambda kv: -kv[1]))
         rows.append(("drift (PSI)", f"{drift.get('decision')}: {shown}"))
+    rows += _loop_rows(demo.facts)
     advice = demo.facts.get("advice")
     if advice:
         rows.append(("advisor", f"{advice.get('recommendation')} (K={advice.get('k')})"))
@@ -69,6 +70,27 @@ def summary_rows(demo: Demo, models: dict[str, Any]) -> list[tuple[str, str]]:
     deadletters = Path(demo.env["LOCAL_DEADLETTER_DIR"])
     count = len(list(deadletters.glob("*.json"))) if deadletters.exists() else 0
     rows.append(("dead-lettered events", f"{count}" + (f" (see {deadletters}/)" if count else "")))
+    return rows
+
+
+def _loop_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """The feedback loop's lines: live quality of the impressions' version, and its skew."""
+    rows: list[tuple[str, str]] = []
+    live = facts.get("live")
+    if live:
+        c, m = live["counts"], live.get("metrics") or {}
+        measured = f"; log loss {m['log_loss']:.3f}, accuracy {m['accuracy']:.3f}" if m else ""
+        rows.append(
+            (
+                "live quality",
+                f"{live['version']}: served {c['served']}, labelled {c['labelled']}, pending "
+                f"{c['pending']}{measured}; {live.get('unmatched_labels', 0)} labels unmatched",
+            )
+        )
+    skew = facts.get("skew")
+    if skew:
+        flagged = ", ".join(f"{f} {skew['psi'][f]:.2f}" for f in skew["skewed"]) or "none"
+        rows.append(("serving skew (PSI)", f"{skew['feature']} shifted -> flagged: {flagged}"))
     return rows
 
 
