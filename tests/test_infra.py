@@ -371,7 +371,8 @@ def test_write_grants_are_limited_by_object_prefix_conditions(evaluated: dict[st
     assert conditions["predict_write_predictions"] == f'resource.name.startsWith("{log}")'
     assert conditions["build_table_write_tables"] == f'resource.name.startsWith("{bucket}/tables/")'
     assert conditions["train_write_artifacts"].split(" || ") == [
-        f'resource.name.startsWith("{bucket}/{prefix}/")' for prefix in ("models", "registry", "monitoring")
+        f'resource.name.startsWith("{bucket}/{prefix}/")'
+        for prefix in ("models", "registry", "monitoring", "feedback")
     ]
 
 
