@@ -50,8 +50,13 @@ def named_version(info: ObjectInfo) -> tuple[str | None, ModelForm]:
     return version or None, ModelForm.SKLEARN
 
 
-def load_current(artifacts: Bucket, settings: Settings, info: ObjectInfo | None = None) -> LoadedCurrent:
+def load_current(
+    artifacts: Bucket, settings: Settings, info: ObjectInfo | None = None, *, eager: bool = True
+) -> LoadedCurrent:
     """Load the current model's serving form (``info``: its blob's stat, if already made).
+
+    ``eager=False`` (static serving, which never scores) reads a compiled model's schema without
+    starting ONNX Runtime (``CompiledModel.from_bytes``).
 
     ``NotFound`` when there is no current model; ``ModelNotReady`` when it cannot be loaded in
     any form; storage faults propagate (the caller retries).
@@ -61,7 +66,9 @@ def load_current(artifacts: Bucket, settings: Settings, info: ObjectInfo | None 
     if form == ModelForm.ONNX and version is not None:
         try:
             data = artifacts.read(compiled_name(version))
-            compiled = CompiledModel.from_bytes(data, settings.max_model_bytes, expected_version=version)
+            compiled = CompiledModel.from_bytes(
+                data, settings.max_model_bytes, expected_version=version, eager=eager
+            )
             return LoadedCurrent(compiled, info, "compiled (ONNX Runtime)")
         except (NotFound, ModelNotReady, RegistryError) as exc:
             if is_transient(exc):
@@ -71,12 +78,12 @@ def load_current(artifacts: Bucket, settings: Settings, info: ObjectInfo | None 
                 extra={"fields": {"version": version, "error": str(exc)}},
             )
             fallback = f"scikit-learn (the compiled form will not load: {exc})"
-            return _load_skops(artifacts, settings, fallback, compiled_error=str(exc))
-    return _load_skops(artifacts, settings, "scikit-learn")
+            return _load_skops(artifacts, settings, fallback, eager, compiled_error=str(exc))
+    return _load_skops(artifacts, settings, "scikit-learn", eager)
 
 
 def _load_skops(
-    artifacts: Bucket, settings: Settings, note: str, compiled_error: str | None = None
+    artifacts: Bucket, settings: Settings, note: str, eager: bool, compiled_error: str | None = None
 ) -> LoadedCurrent:
     """The skops form of the current blob, of the generation read (it may be newer than a stat);
     ``compiled_error``: why its compiled form did not load, if it has one."""
@@ -84,7 +91,7 @@ def _load_skops(
     version, form = named_version(info)
     if form == ModelForm.ONNX and compiled_error is None:
         # Swapped since the stat, to a compiled version: serve that one in its compiled form.
-        return load_current(artifacts, settings, info)
+        return load_current(artifacts, settings, info, eager=eager)
     try:
         bundle = ModelBundle.from_bytes(
             data, settings.model_trusted_types, max_bytes=settings.max_model_bytes

@@ -22,9 +22,13 @@ STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 """The operator sets ONNX Runtime implements itself; anything else is a custom operator."""
 
 # ModelProto
+_MODEL_METADATA_PROPS = 14
 _MODEL_OPSET_IMPORT = 8
 _MODEL_GRAPH = 7
 _MODEL_FUNCTIONS = 25
+# StringStringEntryProto
+_ENTRY_KEY = 1
+_ENTRY_VALUE = 2
 # OperatorSetIdProto
 _OPSET_DOMAIN = 1
 # GraphProto
@@ -170,3 +174,14 @@ def check_onnx_model(data: bytes, max_bytes: int) -> None:
             _check_graph(value, 0)
     if graphs != 1:
         raise _malformed(f"{graphs} graphs, not 1")
+
+
+def metadata_props(data: bytes) -> dict[str, str]:
+    """The model's ``metadata_props`` (key -> value), read from the wire like the checks above, so
+    that a process that never scores (static serving) learns a compiled model's schema without
+    importing ONNX Runtime. Call ``check_onnx_model`` first; a malformed file raises
+    ``ModelNotReady``."""
+    props: dict[str, str] = {}
+    for entry in _submessages(memoryview(data), _MODEL_METADATA_PROPS):
+        props[_text(entry, _ENTRY_KEY) or ""] = _text(entry, _ENTRY_VALUE) or ""
+    return props

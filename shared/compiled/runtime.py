@@ -7,6 +7,11 @@ holds which of the schema's classes. Inputs are one tensor per schema feature, s
 strings for categories, numbers as the graph declares them (float32, or float64 for a graph
 converted in double precision).
 
+ONNX Runtime is imported, and the session made, when the model first scores, or at load when
+``eager`` (predict in dynamic and hybrid mode, the table build, the parity check: a graph the
+runtime refuses is then refused at load, never on a request). Static serving answers from the
+table alone: it reads the schema from the file's metadata and never imports the runtime.
+
 Sessions: one per loaded model, reused by every request. ``InferenceSession.run`` is thread-safe
 and releases the GIL while it computes, so request threads run in parallel. Each session computes
 on one thread (``intra_op_num_threads=1``): a request's few rows gain nothing from more, threads
@@ -18,14 +23,14 @@ in the last bit between a batch of one and a batch of 20,000).
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from shared.compiled.onnx_checks import check_onnx_model
+from shared.compiled.onnx_checks import check_onnx_model, metadata_props
 from shared.contracts import ModelForm
 from shared.errors import ModelNotReady, SchemaError
 from shared.schema import Schema
@@ -43,9 +48,12 @@ COLUMNS_KEY = "prodml.columns"  # JSON: the output column of each schema class (
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(int64)": np.int64}
 
 
-def session_options() -> ort.SessionOptions:
-    """The options of every session, in predict, the table build and the parity check alike (so
-    they all run the same kernels in the same order: see the module docstring)."""
+def session_options() -> Any:
+    """The options of every session (an ``onnxruntime.SessionOptions``), in predict, the table
+    build and the parity check alike (so they all run the same kernels in the same order: see the
+    module docstring)."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -66,17 +74,40 @@ class CompiledModel:
 
     form = ModelForm.ONNX
 
-    def __init__(
-        self, session: ort.InferenceSession, version: str, schema: Schema, output: str, columns: list[int]
-    ) -> None:
-        self._session = session
+    def __init__(self, data: bytes, version: str, schema: Schema, output: str, columns: list[int]) -> None:
+        self._data = data
         self._version = version
         self._schema = schema
         self._output = output
         self._columns = columns
-        declared = {i.name: i.type for i in session.get_inputs()}
-        self._inputs = [_input(f.name, f.type == "category", declared) for f in schema.features]
         self._output_names = [output]
+        self._session: Any = None  # an onnxruntime.InferenceSession, made by _ready()
+        self._inputs: list[_Input] = []
+        self._lock = threading.Lock()
+
+    def _ready(self) -> tuple[Any, list[_Input]]:
+        """The session and how to feed it, made once (``ModelNotReady`` if the runtime refuses)."""
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._inputs, self._session = self._load_session()
+        return self._session, self._inputs
+
+    def _load_session(self) -> tuple[list[_Input], Any]:
+        import onnxruntime as ort
+
+        try:
+            session = ort.InferenceSession(self._data, session_options(), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph/... for bad content
+            raise ModelNotReady(f"compiled model cannot be loaded: {type(exc).__name__}: {exc}") from None
+        declared = {i.name: i.type for i in session.get_inputs()}
+        try:
+            inputs = [_input(f.name, f.type == "category", declared) for f in self._schema.features]
+        except (KeyError, TypeError) as exc:
+            raise ModelNotReady(f"compiled model's inputs do not fit its schema: {exc}") from None
+        if self._output not in {o.name for o in session.get_outputs()}:
+            raise ModelNotReady(f"compiled model has no output {self._output!r}")
+        return inputs, session
 
     @property
     def version(self) -> str:
@@ -89,16 +120,14 @@ class CompiledModel:
         return self._schema
 
     @classmethod
-    def from_bytes(cls, data: bytes, max_bytes: int, expected_version: str | None = None) -> CompiledModel:
+    def from_bytes(
+        cls, data: bytes, max_bytes: int, expected_version: str | None = None, *, eager: bool = True
+    ) -> CompiledModel:
         """Load an ONNX file written by ``shared.compiled.compile``; ``ModelNotReady`` for any file
-        that is refused (``check_onnx_model``), will not load, or is not a prodml compiled model
-        (of ``expected_version``, when given)."""
+        that is refused (``check_onnx_model``), is not a prodml compiled model (of
+        ``expected_version``, when given) or, when ``eager``, will not load in ONNX Runtime."""
         check_onnx_model(data, max_bytes)
-        try:
-            session = ort.InferenceSession(data, session_options(), providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ONNX Runtime raises its own Fail/InvalidGraph/... for bad content
-            raise ModelNotReady(f"compiled model cannot be loaded: {type(exc).__name__}: {exc}") from None
-        meta = dict(session.get_modelmeta().custom_metadata_map)
+        meta = metadata_props(data)
         if meta.get(FORMAT_KEY) != COMPILED_FORMAT:
             raise ModelNotReady(f"compiled model is not a {COMPILED_FORMAT} file")
         version = meta.get(VERSION_KEY, "")
@@ -107,11 +136,11 @@ class CompiledModel:
         try:
             schema = Schema.from_json(meta.get(SCHEMA_KEY, ""))
             columns = [int(c) for c in json.loads(meta.get(COLUMNS_KEY, "[]"))]
-            model = cls(session, version, schema, meta.get(OUTPUT_KEY, ""), columns)
-        except (SchemaError, ValueError, TypeError, KeyError) as exc:
+        except (SchemaError, ValueError, TypeError) as exc:
             raise ModelNotReady(f"compiled model's metadata is invalid: {exc}") from None
-        if model._output not in {o.name for o in session.get_outputs()}:
-            raise ModelNotReady(f"compiled model has no output {model._output!r}")
+        model = cls(data, version, schema, meta.get(OUTPUT_KEY, ""), columns)
+        if eager:
+            model._ready()
         return model
 
     def feeds(self, columns: Columns) -> dict[str, np.ndarray]:
@@ -124,7 +153,8 @@ class CompiledModel:
         equal the score of the same instance sent alone, bit for bit.
         """
         feeds: dict[str, np.ndarray] = {}
-        for spec in self._inputs:
+        _, inputs = self._ready()
+        for spec in inputs:
             values = columns[spec.name]
             if spec.category:
                 array = np.asarray([str(v) for v in values], dtype=object)
@@ -137,11 +167,12 @@ class CompiledModel:
 
     def score_columns(self, columns: Columns) -> np.ndarray:
         """Scores for rows given by column (see ``shared.scoring.Scorer.score_columns``)."""
-        n = len(columns[self._inputs[0].name]) if self._inputs else 0
+        session, inputs = self._ready()
+        n = len(columns[inputs[0].name]) if inputs else 0
         if n == 0:
             width = len(self._columns)
             return np.zeros((0, width) if self._schema.label.task == "multiclass" else 0)
-        raw = np.asarray(self._session.run(self._output_names, self.feeds(columns))[0], dtype=np.float64)[:n]
+        raw = np.asarray(session.run(self._output_names, self.feeds(columns))[0], dtype=np.float64)[:n]
         task = self._schema.label.task
         if task == "regression":
             return raw.reshape(n)

@@ -218,7 +218,8 @@ class StateLoader:
         ) == generation:
             return keep
         try:
-            loaded = load_current(self.artifacts, self.settings, info)
+            # Static serving never scores: it reads a compiled model's schema without ONNX Runtime.
+            loaded = load_current(self.artifacts, self.settings, info, eager=self.mode != ServingMode.STATIC)
         except NotFound:
             return keep
         except Exception as exc:  # neither a corrupt model nor a storage fault may take serving down
