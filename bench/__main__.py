@@ -61,12 +61,14 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=[], help="run only these areas (module suffixes)")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = parser.parse_args()
+    # An area is its module's suffix; one written as its rows name it ("prediction log") works too.
+    only = {name.replace(" ", "_") for name in args.only}
     rows: list[Row] = []
     for info in sorted(pkgutil.iter_modules(bench.__path__), key=lambda m: m.name):
         if not info.name.startswith("bench_"):
             continue
         area = info.name.removeprefix("bench_")
-        if args.only and area not in args.only:
+        if only and area not in only:
             continue
         print(f"running {area} ...", file=sys.stderr, flush=True)
         module = importlib.import_module(f"bench.{info.name}")
