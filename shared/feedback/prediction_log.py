@@ -14,8 +14,8 @@ A request also wakes it when the interval has passed: on Cloud Functions (Cloud 
 request-based billing) an instance has CPU only while it serves a request, so a timer alone
 could sleep through idle periods; a flush kicked by a request runs while requests are in
 flight. ``close`` (predict's exit hook, run by the gunicorn worker on SIGTERM) writes what is
-left. So a graceful stop loses no row, and a kill -9 loses at most the rows since the last
-flush: one interval's, or one batch.
+left. So a graceful stop loses no row, and a kill -9 loses the rows not yet in a written object:
+the flush in flight (one interval's, or one batch) plus those served while it was being written.
 
 A write that fails (a storage fault) keeps its batch, with the same object name, for the next
 flush: if the failed write had in fact landed, the retry finds the object there
