@@ -303,5 +303,7 @@ class InstanceChecker:
         if len(out) < len(instance):  # static mode: check the given non-key features too
             for name, value in instance.items():
                 if name not in out:
-                    checks[name](value, index)
+                    # Kept, though the table answers by key alone: the prediction log records the
+                    # features as the client sent them (a default would read as serving skew).
+                    out[name] = checks[name](value, index)
         return out

@@ -46,7 +46,7 @@ def published(buckets_root: Path, bundle):
 
 def start(buckets_root: Path, tmp_path: Path, **env: str) -> FunctionProcess:
     spec = load_declaration().functions["predict"]
-    environment = serving_env(buckets_root, SERVING_MODE="hybrid", **env)
+    environment = serving_env(buckets_root, **{"SERVING_MODE": "hybrid", **env})
     return FunctionProcess(spec, free_port(), environment, tmp_path / "predict.log").start()
 
 
@@ -191,3 +191,21 @@ def test_rate_zero_turns_the_log_off(buckets_root, tmp_path, published, predicti
         state = health(fn)["prediction_log"]
     assert state["enabled"] is False and state["logged"] == 0
     assert list(predictions.list(PREDICTIONS_PREFIX)) == []
+
+
+def test_static_mode_logs_the_features_the_client_sent_not_the_tables_defaults(
+    buckets_root, tmp_path, published, predictions
+):
+    sent = [
+        {"country": "us", "hour": 20, "bid": 9.75},  # bid given: the table answers by key alone
+        {"country": "br", "hour": 4},  # bid left out: its schema default (1.5) is what was served
+    ]
+    with start(buckets_root, tmp_path, **{**QUIET, "SERVING_MODE": "static"}) as fn:
+        response = post(fn, {"instances": sent, "ids": ["given", "left-out"]})
+        assert response.status_code == 200, response.text
+        assert [p["source"] for p in response.json()["predictions"]] == ["table", "table"]
+    rows = {row["id"]: row["features"] for row in logged(predictions)}
+    assert rows == {
+        "given": {"country": "us", "hour": 20, "bid": 9.75},
+        "left-out": {"country": "br", "hour": 4, "bid": 1.5},
+    }
