@@ -160,7 +160,7 @@ def test_env_vars_are_declared_settings(tf: dict[str, dict[str, Any]]) -> None:
     assert not deployable & LOCAL_ONLY, sorted(deployable & LOCAL_ONLY)
     # Every other setting can be deployed: a new one left out would make `terraform apply` refuse
     # it in extra_env (variables.tf validates the names against this list).
-    assert SETTING_NAMES - LOCAL_ONLY <= deployable, sorted(SETTING_NAMES - LOCAL_ONLY - deployable)
+    assert deployable >= SETTING_NAMES - LOCAL_ONLY, sorted(SETTING_NAMES - LOCAL_ONLY - deployable)
     assert set(local["common_env"]) <= deployable
     assert set(local["package_env"]) == {Path(s["source"]).name for s in DECLARATION["functions"].values()}
     for env in local["package_env"].values():
