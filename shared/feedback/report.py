@@ -13,12 +13,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.compiled.current import named_version
 from shared.config import Settings, get_settings
-from shared.contracts import LIVE_REPORT_BLOB
+from shared.contracts import CURRENT_MODEL, LIVE_REPORT_BLOB
 from shared.errors import NotFound, RegistryError
 from shared.feedback import join, live, maturity, skew
 from shared.schema import Schema, load_schema
+from shared.serving.health import TableFacts, ages_and_warnings
 from shared.storage import Bucket, artifacts_bucket, predictions_bucket
+from shared.tables.format import read_pointer
 from shared.training import registry
 
 REPORT_FORMAT = "prodml-live/1"
@@ -49,7 +52,41 @@ def build_report(
         for version, group in rows.groupby("model_version", sort=True)
     ]
     summary = JoinSummary(joined.counts, joined.unmatched_ids, joined.unreadable)
-    return assemble(schema, settings, moment, summary, live.counts(rows), versions)
+    ages = serving_ages(artifacts, settings, moment)
+    return assemble(schema, settings, moment, summary, live.counts(rows), versions, ages)
+
+
+def serving_ages(artifacts: Bucket, settings: Settings, moment: float) -> dict[str, Any]:
+    """The current model's and the table's ages at ``moment``, and the warnings ``/health`` would
+    show about them (``shared.serving.health``): the model from its blob (when it was swapped in,
+    the version its metadata names), the table from its pointer (no table read)."""
+    now = datetime.fromtimestamp(moment, UTC)
+    try:
+        info = artifacts.stat(CURRENT_MODEL)
+    except NotFound:
+        return {"model": None, "table": None, "warnings": []}
+    version = named_version(info)[0] or ""
+    model_age = round((now - info.updated).total_seconds(), 3)
+    pointer, _ = read_pointer(artifacts)
+    facts = (
+        TableFacts(str(pointer.get("blob")), str(pointer.get("model_version")), pointer.get("built_at"))
+        if pointer is not None
+        else None
+    )
+    table_age, warnings = ages_and_warnings(settings, version, model_age, facts, now)
+    table = None
+    if facts is not None:
+        table = {
+            "blob": facts.blob,
+            "model_version": facts.model_version,
+            "matches_model": facts.model_version == version,
+            "age_seconds": table_age,
+        }
+    return {
+        "model": {"version": version or None, "generation": info.generation, "age_seconds": model_age},
+        "table": table,
+        "warnings": warnings,
+    }
 
 
 @dataclass(frozen=True)
@@ -69,6 +106,7 @@ def assemble(
     summary: JoinSummary,
     totals: dict[str, int],
     versions: list[dict[str, Any]],
+    ages: dict[str, Any],
 ) -> dict[str, Any]:
     """The report document from its parts: the join's summary, the counts over every version
     (``live.counts``) and each version's ``version_report``, in version order. ``build_report``
@@ -98,6 +136,7 @@ def assemble(
         "unreadable_objects": list(summary.unreadable),
         "totals": totals,
         "versions": versions,
+        "ages": ages,  # the serving model's and the table's, as /health gives them
     }
 
 

@@ -244,7 +244,8 @@ class Report(beam.DoFn):
         for s in summaries:
             totals = {k: totals[k] + s.totals[k] for k in totals}
         ordered = sorted(versions, key=lambda v: str(v["version"]))
-        document = report.assemble(schema, self.settings, job.now, summary, totals, ordered)
+        ages = report.serving_ages(artifacts, self.settings, job.now)
+        document = report.assemble(schema, self.settings, job.now, summary, totals, ordered, ages)
         parts = sorted(s.part for s in summaries if s.part)
         document.update(
             run_id=job.run_id,

@@ -9,7 +9,9 @@ and ``TABLE_AGE_WARNING_SECONDS``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from shared.config import Settings
 from shared.contracts import HealthWarning
@@ -18,9 +20,23 @@ from shared.tables.format import Table, build_id_of
 _BUILD_ID_STAMP = "%Y%m%dT%H%M%S%fZ"
 
 
-def table_built_at(table: Table) -> datetime | None:
-    """When ``table`` was built: its meta's ``built_at``, else the time in its build id."""
-    built_at = table.meta.get("built_at")
+@dataclass(frozen=True)
+class TableFacts:
+    """What the ages need of a table: from a loaded table (predict) or the pointer (the live report)."""
+
+    blob: str
+    model_version: str
+    built_at: Any  # the build's ``built_at`` as written (ISO text), or None
+
+    @classmethod
+    def of(cls, table: Table) -> TableFacts:
+        """The facts of a loaded table."""
+        return cls(table.blob, table.model_version, table.meta.get("built_at"))
+
+
+def table_built_at(table: TableFacts) -> datetime | None:
+    """When ``table`` was built: its ``built_at``, else the time in its build id."""
+    built_at = table.built_at
     if isinstance(built_at, str):
         try:
             moment = datetime.fromisoformat(built_at)
@@ -41,7 +57,7 @@ def _warning(code: HealthWarning, message: str) -> dict[str, str]:
 
 
 def ages_and_warnings(
-    settings: Settings, model_version: str, model_age: float, table: Table | None, now: datetime
+    settings: Settings, model_version: str, model_age: float, table: TableFacts | None, now: datetime
 ) -> tuple[float | None, list[dict[str, str]]]:
     """The table's age in seconds (None: no table, or no build time) and the warnings to show."""
     warnings = []

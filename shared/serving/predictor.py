@@ -45,7 +45,7 @@ from shared.feedback.prediction_log import PredictionLog, ServedRows
 from shared.logs import get_logger
 from shared.schema import Scalar
 from shared.scoring import Scorer, predicted_labels, rows_to_columns
-from shared.serving.health import ages_and_warnings
+from shared.serving.health import TableFacts, ages_and_warnings
 from shared.serving.request_checks import Require
 from shared.serving.state import ServingState, StateLoader
 from shared.serving.traffic import HeavyHitters, flush_counts
@@ -312,7 +312,11 @@ class Predictor:
         now = datetime.now(UTC)
         model_age = (now - state.model_updated).total_seconds()
         table_age, out["warnings"] = ages_and_warnings(
-            self.settings, state.model.version, model_age, state.table, now
+            self.settings,
+            state.model.version,
+            model_age,
+            TableFacts.of(state.table) if state.table is not None else None,
+            now,
         )
         out["model"] = {
             "version": state.model.version,
