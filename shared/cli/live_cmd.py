@@ -74,6 +74,7 @@ def render(report: dict[str, Any]) -> str:
     ]
     if labels["unmatched_ids"]:
         lines.append("unmatched ids (first): " + ", ".join(printable(i) for i in labels["unmatched_ids"]))
+    lines += _ages_lines(report.get("ages"))
     if not report["versions"]:
         lines += ["", "no predictions logged yet"]
     header = ("", "served", "labelled", "defaulted", "pending", "metric", "metric", "accuracy", "pred/obs")
@@ -86,6 +87,19 @@ def render(report: dict[str, Any]) -> str:
         lines += _row_skew_lines(version.get("row_skew"))
     lines += ["", "per data file (test-then-train): `prodml monitor`"]
     return "\n".join(lines)
+
+
+def _ages_lines(ages: dict[str, Any] | None) -> list[str]:
+    """The serving model's and the table's ages, and any warning about them."""
+    if not ages or ages.get("model") is None:
+        return ["serving model: none yet"]
+    model, table = ages["model"], ages.get("table")
+    line = f"serving model {printable(model['version'] or '?')}, {model['age_seconds']:.0f} s old"
+    if table is not None:
+        age = "" if table["age_seconds"] is None else f", {table['age_seconds']:.0f} s old"
+        built = "this model" if table["matches_model"] else f"model {printable(table['model_version'])}"
+        line += f"; table built from {built}{age}"
+    return [line] + [f"warning: {printable(w['message'])}" for w in ages.get("warnings", [])]
 
 
 def _skew_lines(skew: dict[str, Any]) -> list[str]:
