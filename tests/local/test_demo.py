@@ -58,7 +58,12 @@ def test_short_demo_tells_the_story_and_leaves_nothing_running(tmp_path: Path) -
     assert live["version"] == summary["models"]["current"]
     assert live["counts"]["labelled"] == 210 and live["counts"]["pending"] == live["counts"]["served"] - 210
     assert live["unmatched_labels"] == 2 and live["metrics"]["rows"] == 210
-    assert set(live["by_source"]) == {"model"}  # flat impressions miss the top-K table
+    # Flat impressions nearly all miss the top-K table (a few of 1,500 may hit it): the model's.
+    sources = live["by_source"]
+    assert (
+        set(sources) <= {"model", "table"}
+        and sources["model"]["counts"]["served"] > 0.9 * live["counts"]["served"]
+    )
     assert facts["skew"]["before"] == [] and facts["skew"]["skewed"] == ["bid"]
     # the buckets stay to look at; no process is left
     assert (state / "buckets" / "prodml-data" / "quarantine" / "corrupt.csv").exists()
