@@ -35,8 +35,8 @@ def test_short_demo_tells_the_story_and_leaves_nothing_running(tmp_path: Path) -
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     steps = [line for line in lines if line.startswith("[")]
-    assert len(steps) == 15 and steps[11].startswith("[12/15] serving modes")
-    assert steps[-1].startswith("[15/15] skewed stream")
+    assert len(steps) == 16 and steps[11].startswith("[12/16] serving modes")
+    assert steps[-1].startswith("[16/16] back into training")
 
     summary = json.loads((state / "demo" / "summary.json").read_text())
     report = (state / "demo" / "report.html").read_text()
@@ -52,10 +52,9 @@ def test_short_demo_tells_the_story_and_leaves_nothing_running(tmp_path: Path) -
     assert serving["static"]["miss_rate"] > 0
     assert serving["dynamic"]["hit_rate"] == 0
     assert all(row["total_seconds"] is not None for row in summary["freshness"])
-    # the loop: impressions with ids, 70% of their outcomes in a labels file with two ids never
-    # served, measured by `prodml live`; then the stream with bids shifted flags bid, only bid
+    # the loop: impressions with ids; a stream with bids shifted flags bid, only bid; then 70% of
+    # the impressions' outcomes in a labels file with two ids never served, measured by `prodml live`
     live = facts["live"]
-    assert live["version"] == summary["models"]["current"]
     assert live["counts"]["labelled"] == 210 and live["counts"]["pending"] == live["counts"]["served"] - 210
     assert live["unmatched_labels"] == 2 and live["metrics"]["rows"] == 210
     # Flat impressions nearly all miss the top-K table (a few of 1,500 may hit it): the model's.
@@ -65,6 +64,34 @@ def test_short_demo_tells_the_story_and_leaves_nothing_running(tmp_path: Path) -
         and sources["model"]["counts"]["served"] > 0.9 * live["counts"]["served"]
     )
     assert facts["skew"]["before"] == [] and facts["skew"]["skewed"] == ["bid"]
+    # back into training (FEEDBACK_TRAINING): the labels file made the train function emit the
+    # 210 labelled rows (the shifted stream's are pending) as one data file under
+    # incoming/feedback/, trained into a new version whose lineage names the loop and its
+    # prediction window; a second emission finds nothing new
+    feedback = facts["feedback"]
+    emitted = feedback["emission"]
+    assert emitted["file"].startswith("incoming/feedback/") and emitted["rows"] == 210
+    assert (emitted["labelled"], emitted["defaulted"]) == (210, 0)
+    newest = versions[-1]
+    assert feedback["version"] == newest["version"] and newest["parent"] == live["version"]
+    assert feedback["outcome"] == newest["decision"] in ("promoted", "rejected")
+    assert summary["models"]["current"] == (
+        newest["version"] if feedback["outcome"] == "promoted" else live["version"]
+    )
+    assert feedback["gate"]["challenger"] == newest["challenger"] and feedback["gate"]["reason"]
+    lineage = feedback["lineage"]
+    assert (lineage["name"], lineage["source"], lineage["rows"]) == (emitted["file"], "feedback", 210)
+    assert lineage["emitted_rows"] == 210 and lineage["window"] == emitted["window"]
+    assert lineage["window"]["first"] < lineage["window"]["last"]
+    again = feedback["again"]
+    assert again["emitted"] is None and again["finished"] == []
+    assert (again["emitted_before"], again["new_rows"]) == (210, 0)
+    artifacts = state / "buckets" / "prodml-artifacts"
+    assert [p.name for p in (artifacts / "feedback" / "emitted").glob("*.json")] == [
+        Path(emitted["record"]).name
+    ]
+    assert (state / "buckets" / "prodml-data" / emitted["file"]).exists()
+    assert f"<th>back into training</th><td>{emitted['rows']} joined rows" in report
     # the buckets stay to look at; no process is left
     assert (state / "buckets" / "prodml-data" / "quarantine" / "corrupt.csv").exists()
     pids = json.loads((state / "demo" / "processes.json").read_text())

@@ -1,5 +1,6 @@
-"""The demo's feedback-loop chapter (docs/feedback.md): impressions served with ids, their
-outcomes arriving later as a labels file, and a stream with one feature shifted.
+"""The demo's feedback-loop chapter (docs/feedback.md): impressions served with ids, a stream
+with one feature shifted, their outcomes arriving later as a labels file, and (FEEDBACK_TRAINING)
+the matured joined rows trained into a new version.
 
 The impressions are rows of a synthetic day (``shared.local.synth.day_frame``) that no model was
 trained on: predict sees their features, and their ``converted`` column is the outcome that a
@@ -8,6 +9,7 @@ labels file reports later, as an ad server's conversion feed would.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +18,13 @@ from typing import Any
 import numpy as np
 import requests
 
+from shared.contracts import EMITTED_PREFIX
 from shared.errors import DemoError
 from shared.local.demo.probe import wait_for
 from shared.local.synth import LABEL, day_frame
 from shared.schema import Schema
+from shared.storage import Bucket
+from shared.training.card import ModelCard
 
 BATCH = 50  # instances per request
 SHIFTED_FEATURE = "bid"  # the skewed stream's one shifted feature: bids 2.5 times higher
@@ -166,3 +171,46 @@ def skew_line(facts: dict[str, Any], threshold: float) -> str:
     calm = [name for name in psi if name not in facts["skewed"]]
     rest = f"; largest of the others {max(psi[n] for n in calm):.3f}" if calm else ""
     return f"skewed (PSI > {threshold:g}): {flagged}{rest}"
+
+
+def emission_record(artifacts: Bucket) -> dict[str, Any] | None:
+    """The newest emission record (``feedback/emitted/<seq>.json``: which rows the loop wrote back
+    as which data file), or None when the loop emitted nothing."""
+    records = sorted(i.name for i in artifacts.list(EMITTED_PREFIX) if i.name.endswith(".json"))
+    return dict(json.loads(artifacts.read(records[-1]))) if records else None
+
+
+def trained_facts(card: ModelCard, file: str) -> dict[str, Any]:
+    """What the card of the version trained for the emitted ``file`` says: its lineage entry of
+    that file, and the gate's numbers and verdict."""
+    entry = next((e for e in card.lineage if e.get("name") == file), None)
+    if entry is None:
+        raise DemoError(f"the card of {card.version} has no lineage entry for {file}")
+    metrics = card.metrics
+    primary = metrics.get("primary")
+    gate = {
+        "primary": primary,
+        "challenger": (metrics.get("challenger") or {}).get(primary),
+        "champion": (metrics.get("champion") or {}).get(primary),
+        "rows": (metrics.get("gate") or {}).get("rows"),
+        "reason": card.decision.reason if card.decision is not None else None,
+    }
+    return {"version": card.version, "lineage": entry, "gate": gate}
+
+
+def lineage_line(entry: dict[str, Any]) -> str:
+    """A lineage entry of an emitted file, as the card holds it, on one line."""
+    window = entry.get("window") or {}
+    return (
+        f"lineage: {entry['name']}: source {entry.get('source')}, {entry.get('emission')}, "
+        f"served {window.get('first')} to {window.get('last')}, {entry.get('emitted_rows')} rows emitted, "
+        f"{entry.get('rows')} trained on"
+    )
+
+
+def again_line(again: dict[str, Any]) -> str:
+    """What a second ``prodml feedback emit`` did, on one line."""
+    return (
+        f"prodml feedback emit again: {again['note']} ({again['matured']:,} matured, "
+        f"{again['emitted_before']:,} emitted before, {again['new_rows']:,} new)"
+    )

@@ -111,12 +111,23 @@ def drop_and_follow(stack: LocalStack, source: Path, name: str, timeout: float =
     to finish with it, and, when it promoted a model, for predict to serve that model."""
     settings = stack.settings
     data = LocalBucket(settings.local_buckets_root, settings.data_bucket)
-    artifacts = LocalBucket(settings.local_buckets_root, settings.artifacts_bucket)
     target = data.folder / name
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)  # written in place, as cp does: the router waits until it settles
     copied_at = time.time()
     generation = wait_for(lambda: _generation(data, name), f"{name} to be seen by the store", 30)
+    return follow(stack, name, generation, copied_at, timeout)
+
+
+def follow(
+    stack: LocalStack, name: str, generation: int, copied_at: float, timeout: float = 180.0
+) -> Landing:
+    """Follow version ``generation`` of ``name`` in the data bucket, written at ``copied_at`` (by
+    ``drop_and_follow``, or by a function: the feedback loop's emitted file) through the train
+    function and, when it promoted a model, until predict serves that model."""
+    settings = stack.settings
+    data = LocalBucket(settings.local_buckets_root, settings.data_bucket)
+    artifacts = LocalBucket(settings.local_buckets_root, settings.artifacts_bucket)
     marker = wait_for(
         lambda: read_processed(artifacts, data.name, name, generation),
         f"the train function to finish {name}",

@@ -74,7 +74,8 @@ def summary_rows(demo: Demo, models: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _loop_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
-    """The feedback loop's lines: live quality of the impressions' version, and its skew."""
+    """The feedback loop's lines: live quality of the impressions' version, its skew, and the
+    version trained from the joined rows."""
     rows: list[tuple[str, str]] = []
     live = facts.get("live")
     if live:
@@ -91,6 +92,17 @@ def _loop_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
     if skew:
         flagged = ", ".join(f"{f} {skew['psi'][f]:.2f}" for f in skew["skewed"]) or "none"
         rows.append(("serving skew (PSI)", f"{skew['feature']} shifted -> flagged: {flagged}"))
+    feedback = facts.get("feedback")
+    if feedback:
+        emitted, window = feedback["emission"], feedback["lineage"].get("window") or {}
+        rows.append(
+            (
+                "back into training",
+                f"{emitted['rows']} joined rows served {window.get('first')} to {window.get('last')} -> "
+                f"{feedback['outcome']} {feedback['version']} (lineage: source "
+                f"{feedback['lineage'].get('source')}); emitted again: {feedback['again']['new_rows']} rows",
+            )
+        )
     return rows
 
 

@@ -46,6 +46,7 @@ from shared.local.demo.probe import (
     Landing,
     ModeRun,
     drop_and_follow,
+    follow,
     send_traffic,
     wait_for,
     wait_served,
@@ -57,6 +58,7 @@ from shared.local.synth_keys import KEY
 from shared.logs import setup_logging
 from shared.schema import Schema
 from shared.storage.local import LocalBucket
+from shared.training import registry
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,9 @@ DEMO_SETTINGS = {
     "SCHEDULE_SECONDS": "600",
     "TABLE_MAX_ROWS": "100000",
     "LOG_FORMAT": LogFormat.JSON,
+    # the loop's last step: a labels file makes the train function write the matured joined rows
+    # back into incoming/feedback/, and that file trains a version (docs/feedback.md)
+    "FEEDBACK_TRAINING": "true",
 }
 
 
@@ -129,8 +134,8 @@ class Demo:
         self.pids_file = self.out / "processes.json"
         self._log_file: TextIO | None = None
         # synth, schema, static training, stack, the days between the first and the drifted last,
-        # corrupt, rollback, drift, traffic, advisor, table, serving modes, the feedback loop (3)
-        self.total_steps = 14 + self.options.days - 2
+        # corrupt, rollback, drift, traffic, advisor, table, serving modes, the feedback loop (4)
+        self.total_steps = 15 + self.options.days - 2
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -228,12 +233,11 @@ class Demo:
             # distributed like the training days (every key feature would show as skewed), and
             # its flat impressions, counted in traffic/, would blur the advisor's evidence.
             self.traffic_with_ids(synth)
-            self.labels_arrive()
+            # The skewed stream before the labels: with FEEDBACK_TRAINING the labels file leads
+            # to a new version, which would otherwise serve the stream meant for this one.
             self.skewed_stream()
-            # HOOK (issue 15 item 6, FEEDBACK_TRAINING): not on main when this chapter was written.
-            # Once it is, a step here turns it on, lets the train function write the matured
-            # joined rows into incoming/, and shows the version trained from them (its card's
-            # lineage naming the loop and the prediction window) and that a second run emits none.
+            self.labels_arrive()
+            self.back_into_training()
         finally:
             self.stop()
 
@@ -392,6 +396,7 @@ class Demo:
             landing = drop_and_follow(self.stack, path, f"{LABELS_PREFIX}{path.name}")
             if landing.marker.get("outcome") != EventOutcome.LABELS_STORED:
                 raise DemoError(f"{path.name} was not stored for the join: {landing.marker}")
+            self.labels_landing = landing
             report = self.cli("live")
             self.facts["live"] = loop.version_facts(report, self.loop_version)
             self.facts["live"]["unmatched_labels"] = report["labels"]["unmatched"]
@@ -405,10 +410,10 @@ class Demo:
             url = self.stack.urls["predict"]
             schema = Schema.from_dict(json.loads(self.artifacts.read(SCHEMA_BLOB)))
             stream = loop.impressions(self.options.seed, 101, self.options.impressions, "imp-shifted")
+            before = loop.version_facts(self.cli("live"), self.loop_version)
             loop.serve_with_ids(url, loop.shifted(stream, schema))
             loop.wait_log_flushed(url)
             after = loop.version_facts(self.cli("live"), self.loop_version)
-            before = self.facts["live"]
             self.facts["skew"] = {"feature": loop.SHIFTED_FEATURE, "before": before["skewed"], **after}
             threshold = get_settings().drift_psi_threshold
             s["detail"] = (
@@ -416,6 +421,47 @@ class Demo:
                 f"-> {self.loop_version} {loop.skew_line(after, threshold)}"
             )
             s["more"] = [f"before this stream: {loop.skew_line(before, threshold)}"]
+
+    def back_into_training(self) -> None:
+        """Step (FEEDBACK_TRAINING): the train function wrote the labels file's matured joined rows
+        into incoming/feedback/; follow that file to the version trained on it, show its lineage
+        entry, and emit again: nothing new."""
+        assert self.stack is not None
+        with self.step("back into training") as s:
+            record = loop.emission_record(self.artifacts)
+            if record is None:
+                why = self.labels_landing.marker.get("message")
+                raise DemoError(f"the labels file led to no emission (FEEDBACK_TRAINING): {why}")
+            file = str(record["file"])
+            info = self.data.stat(file)  # still there: a trained file stays in incoming/
+            landing = follow(self.stack, file, info.generation, info.updated.timestamp())
+            outcome, version = landing.marker.get("outcome"), landing.marker.get("version")
+            if outcome not in (EventOutcome.PROMOTED, EventOutcome.REJECTED) or not version:
+                raise DemoError(f"{file} trained no version: {landing.marker}")
+            trained = loop.trained_facts(registry.read_card(self.artifacts, str(version)), file)
+            again = self.cli("feedback", "emit")
+            if again["emitted"] is not None:
+                raise DemoError(f"a second emission wrote rows again: {again['emitted']['file']}")
+            self.facts["feedback"] = {"emission": record, "outcome": outcome, **trained, "again": again}
+            window = record["window"]
+            s["detail"] = (
+                f"{record['by']}: {record['rows']:,} joined rows ({record['labelled']:,} labelled, "
+                f"{record['defaulted']:,} defaulted) served {window['first']} to {window['last']} "
+                f"-> {file}; the train function: {outcome} {version}"
+            )
+            if landing.total_seconds is not None:
+                s["detail"] += f", served {landing.total_seconds:.1f} s after the file was written"
+            s["more"] = [
+                loop.lineage_line(trained["lineage"]),
+                f"gate: {trained['gate']['reason']}",
+                *self._warnings(file),
+                loop.again_line(again),
+            ]
+
+    def _warnings(self, name: str) -> list[str]:
+        """The test-then-train warnings of data file ``name`` (`prodml monitor`)."""
+        record = next((r for r in reversed(self.cli("monitor")) if r.get("object") == name), None)
+        return [f"warning: {w}" for w in (record or {}).get("warnings") or []]
 
     def drift(self, synth: SynthResult) -> None:
         """Step: the drifted day: monitoring flags the features whose distribution moved."""
