@@ -40,8 +40,10 @@ def handle_labels(job: EventJob, schema: Schema) -> Outcome:
     with job.clock.phase("write"):
         stored, _ = labels.store_labels(job.artifacts, rows, schema.label.name, schema.label.task)
     with job.clock.phase("evaluate"):
-        _refresh_report(job)
+        refreshed = _refresh_report(job)
     message = f"{len(rows)} labels of {job.key} stored as {stored}"
+    if refreshed is not None:
+        message += f"; {refreshed}"
     if job.settings.feedback_training:
         with job.clock.phase("write"):
             message += f"; {_emit(job)}"
@@ -70,12 +72,17 @@ def _emit(job: EventJob) -> str:
     return result.note
 
 
-def _refresh_report(job: EventJob) -> None:
-    """Write the live report; a fault a retry cannot fix is logged, not raised: the labels are
-    stored, and `prodml live` says the same thing when asked."""
+def _refresh_report(job: EventJob) -> str | None:
+    """Write the live report; None when written, else why not (for the outcome's message).
+
+    A fault a retry cannot fix (the join over ``JOIN_MAX_ROWS``, ...) is logged and said in the
+    outcome, not raised: the labels are stored, and `prodml live` (or `prodml pipeline join`, past
+    the function's bound) says the same thing when asked."""
     try:
         report.write_report(job.artifacts, report.build_report(job.settings, artifacts=job.artifacts))
     except ProdMLError as exc:
         if is_transient(exc):
             raise  # redelivered: storing again writes nothing, the report is tried again
         log.error(f"the live report was not refreshed after {job.key}: {exc}", extra={"fields": job.fields})
+        return f"the live report (feedback/live.json) was not refreshed: {exc}"
+    return None

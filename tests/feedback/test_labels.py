@@ -133,3 +133,18 @@ def test_a_data_file_still_goes_to_training_and_other_prefixes_are_ignored(tmp_p
     world = World(tmp_path)
     assert world.send(world.drop("elsewhere/x.csv", b"id,converted\na,1\n")) == EventOutcome.IGNORED
     assert world.stored() == []
+
+
+def test_labels_past_the_join_bound_are_stored_and_the_outcome_says_the_report_was_not_refreshed(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path, JOIN_MAX_ROWS="2")
+    event = world.drop("labels/day1.csv", b"id,converted\na,1\nb,0\nc,1\n")
+
+    outcome = handle_event(event, world.settings, data=world.data, artifacts=world.artifacts)
+
+    assert outcome.status == EventOutcome.LABELS_STORED and len(world.stored()) == 1
+    assert "the live report (feedback/live.json) was not refreshed" in outcome.message
+    assert "JOIN_MAX_ROWS=2" in outcome.message and "prodml pipeline join" in outcome.message
+    marker = ledger.read_processed(world.artifacts, "prodml-data", "labels/day1.csv", event.generation)
+    assert marker is not None and "not refreshed" in marker["message"]
