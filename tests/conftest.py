@@ -415,26 +415,25 @@ def write_serving_table(artifacts, bundle, model_generation: int, version: str |
     return switch_pointer(artifacts, pointer, if_generation_match=generation)
 
 
-def publish_compiled(artifacts, bundle, expected_generation: int | None = None):
-    """Compile ``bundle`` and make it the current model as a promotion does: its version folder
-    (model.skops, model.onnx, card) first, then ``models/current.skops`` with the metadata that
-    names the compiled form. Returns (the current blob's generation, the CompiledModel)."""
+def promote_version(artifacts, bundle, compiled=None, expected_generation: int | None = None) -> int:
+    """Make ``bundle`` the current model as a promotion does: its version folder (model.skops,
+    its compiled form if ``compiled`` (a Compilation) holds one, the card with ``compiled``'s
+    record) first, then ``models/current.skops`` with the metadata naming the form. Returns the
+    current blob's generation."""
     import dataclasses
 
-    from shared.compiled.compile import compile_version
-    from shared.compiled.runtime import CompiledModel
-    from shared.contracts import ModelForm
     from shared.training import registry
     from shared.training.card import ModelCard
 
-    compilation = compile_version(bundle, None, registry.compiled_name(bundle.version))
-    assert compilation.onnx is not None, compilation.form.reason
     model_bytes = bundle.to_bytes()
-    card = dataclasses.replace(ModelCard(version=bundle.version), compiled=compilation.form)
-    registry.write_version(artifacts, bundle.version, model_bytes, card, compiled=compilation.onnx)
+    card = ModelCard(version=bundle.version)
+    if compiled is not None:
+        card = dataclasses.replace(card, compiled=compiled.form)
+    onnx_bytes = compiled.onnx if compiled is not None else None
+    registry.write_version(artifacts, bundle.version, model_bytes, card, compiled=onnx_bytes)
     if expected_generation is None:
         expected_generation = registry.current_generation(artifacts)
-    generation = registry.swap_current(
+    return registry.swap_current(
         artifacts,
         bundle.version,
         model_bytes,
@@ -442,8 +441,20 @@ def publish_compiled(artifacts, bundle, expected_generation: int | None = None):
         kind="promote",
         previous=None,
         by="test",
-        form=ModelForm.ONNX,
+        form=registry.served_form(card),
     )
+
+
+def publish_compiled(artifacts, bundle, expected_generation: int | None = None):
+    """Compile ``bundle`` and promote it (``promote_version``) in its compiled form. Returns
+    (the current blob's generation, the CompiledModel)."""
+    from shared.compiled.compile import compile_version
+    from shared.compiled.runtime import CompiledModel
+    from shared.training import registry
+
+    compilation = compile_version(bundle, None, registry.compiled_name(bundle.version))
+    assert compilation.onnx is not None, compilation.form.reason
+    generation = promote_version(artifacts, bundle, compilation, expected_generation)
     return generation, CompiledModel.from_bytes(compilation.onnx, 10**8, bundle.version)
 
 

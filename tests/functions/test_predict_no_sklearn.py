@@ -7,21 +7,20 @@ never installed them (tests/test_packaging.py checks the real package in a venv 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import fit_serving_bundle, publish_compiled, serving_env
+from conftest import fit_serving_bundle, promote_version, publish_compiled, serving_env
 
+from shared.compiled.compile import Compilation
 from shared.compiled.form import CompiledForm
-from shared.contracts import CURRENT_MODEL, CompileStatus, ModelForm
+from shared.contracts import CURRENT_MODEL, CompileStatus
 from shared.local.functions import load_declaration
 from shared.local.processes import FunctionProcess, free_port
 from shared.storage.local import LocalBucket
 from shared.training import registry
-from shared.training.card import ModelCard
 
 pytestmark = pytest.mark.slow
 
@@ -53,21 +52,8 @@ def start_without_sklearn(buckets_root: Path, tmp_path: Path) -> FunctionProcess
 
 def promote_uncompiled(artifacts: LocalBucket, bundle, reason: str) -> int:
     """Make ``bundle`` current as a promotion of a version that did not compile does."""
-    card = dataclasses.replace(
-        ModelCard(version=bundle.version), compiled=CompiledForm(CompileStatus.UNCONVERTIBLE, reason)
-    )
-    model_bytes = bundle.to_bytes()
-    registry.write_version(artifacts, bundle.version, model_bytes, card)
-    return registry.swap_current(
-        artifacts,
-        bundle.version,
-        model_bytes,
-        registry.current_generation(artifacts),
-        kind="promote",
-        previous=None,
-        by="test",
-        form=ModelForm.SKLEARN,
-    )
+    failed = Compilation(None, CompiledForm(CompileStatus.UNCONVERTIBLE, reason))
+    return promote_version(artifacts, bundle, failed)
 
 
 def health(fn: FunctionProcess) -> dict:
