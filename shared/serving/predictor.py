@@ -18,7 +18,7 @@ Table hits answer by key alone: non-key features are those the table build used 
 defaults), as static serving means. Requested keys are counted in a ``HeavyHitters`` sketch and
 flushed to ``traffic/`` every ``TRAFFIC_FLUSH_SECONDS`` by a second thread (and at exit).
 
-The module stays whole at about 340 lines: it is one class, ``Predictor``, whose modes, threads
+The module stays whole at about 390 lines: it is one class, ``Predictor``, whose modes, threads
 and counters share one state reference; splitting it would scatter the one place a request reads.
 """
 
