@@ -160,10 +160,13 @@ def decode_log(name: str, data: bytes, max_bytes: int) -> LogFile:
 def write_log(bucket: Bucket, batch: LogBatch, schema: Schema, instance: str, seq: int) -> str:
     """Write ``batch`` as its own new object; return its name (``PreconditionFailed`` if it exists)."""
     name = log_object_name(instance, batch.times[0], seq)
-    bucket.write(
-        name, encode_batch(batch, schema, instance), content_type="application/x-npz", if_generation_match=0
-    )
+    write_encoded(bucket, name, encode_batch(batch, schema, instance))
     return name
+
+
+def write_encoded(bucket: Bucket, name: str, data: bytes) -> None:
+    """Write an encoded batch as the new object ``name`` (``PreconditionFailed`` if it exists)."""
+    bucket.write(name, data, content_type="application/x-npz", if_generation_match=0)
 
 
 def read_log(bucket: Bucket, name: str, max_bytes: int) -> LogFile:

@@ -26,7 +26,6 @@ row is never written twice. Rows waiting for a retry still count against the max
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import socket
 import threading
@@ -39,10 +38,11 @@ from typing import Any
 
 from shared.config import Settings
 from shared.errors import PreconditionFailed
-from shared.feedback.log_format import LogBatch, write_log
+from shared.feedback.log_format import LogBatch, encode_batch, log_object_name, write_encoded
 from shared.logs import get_logger
 from shared.schema import Feature, Scalar, Schema
 from shared.storage import Bucket
+from shared.tables.keys import default_value
 
 log = get_logger(__name__)
 
@@ -98,6 +98,7 @@ class LogCounters:
     logged: int = 0  # rows taken into the buffer
     sampled_out: int = 0
     dropped: int = 0  # rows refused because the buffer was full
+    unencodable: int = 0  # rows of a batch that could not be encoded (a bug), dropped and logged
     flushed_rows: int = 0
     flushed_objects: int = 0
     flush_failures: int = 0
@@ -201,7 +202,16 @@ class PredictionLog:
         while self._unwritten:
             item = self._unwritten[0]
             try:
-                name = write_log(self.bucket, item.batch, item.schema, self.instance, item.seq)
+                data = encode_batch(item.batch, item.schema, self.instance)
+            except (ValueError, TypeError, OverflowError) as exc:
+                # A bug, not storage: no retry can encode it, and kept first in line it would
+                # stop every later batch. Dropped, counted and said, so the log goes on.
+                self._unwritten.pop(0)
+                self._drop_unencodable(item, exc)
+                continue
+            name = log_object_name(self.instance, item.batch.times[0], item.seq)
+            try:
+                write_encoded(self.bucket, name, data)
             except PreconditionFailed:
                 # Only this instance writes names with its id: an earlier attempt that reported
                 # a failure had landed. Its rows are there; writing them again would double them.
@@ -225,6 +235,18 @@ class PredictionLog:
                 self.counters.last_flush = datetime.now(UTC).isoformat()
                 self.counters.last_flush_object = name
         return written
+
+    def _drop_unencodable(self, item: _Unwritten, exc: Exception) -> None:
+        n = len(item.batch)
+        with self._lock:
+            self._held -= n
+            self.counters.unencodable += n
+            error = f"batch {item.seq} cannot be encoded: {type(exc).__name__}: {exc}"
+            self.counters.last_flush_error = error[:500]
+        log.error(
+            "a prediction log batch cannot be encoded; its rows are dropped",
+            extra={"fields": {"rows": n, "seq": item.seq, "error": repr(exc)}},
+        )
 
     def close(self) -> None:
         """Stop the flusher and write what is left (predict's exit hook, run on SIGTERM)."""
@@ -304,10 +326,10 @@ def _empty_batch(schema: Schema) -> LogBatch:
 
 
 def _missing_value(feature: Feature) -> Scalar:
-    """What a log row holds for a feature the request left out: its default, else empty."""
-    if feature.default is not None:
-        return feature.default
-    return "" if feature.type == "category" else math.nan
+    """What a log row holds for a feature the request left out: the value it was served with,
+    the one the table was built with (``default_value``: the schema's default, else the first
+    category or the middle of the range), never an empty or NaN that no data file could hold."""
+    return default_value(feature)
 
 
 def _append_row(batch: LogBatch, rows: ServedRows, i: int) -> None:

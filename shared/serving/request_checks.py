@@ -169,6 +169,11 @@ def _number_check(feature: Feature) -> _Check:
                 index,
             )
         if is_integer:
+            # Beyond int64 an integer is no feature value a model or a log column can hold
+            # (ONNX Runtime's and numpy's number types stop there): refused, not passed on.
+            if not -(2**63) <= value < 2**63:
+                message = f"feature {name!r} is too large: {_describe(value)}"
+                raise _bad(name, "out_of_range", message, index)
             return int(value)
         try:
             return float(value)

@@ -185,3 +185,52 @@ def test_close_writes_what_waits_and_a_missing_feature_holds_its_default(bucket)
     file = read_log(bucket, next(iter(bucket.list(PREDICTIONS_PREFIX))).name, 10**8)
     assert float(file.feature("bid")[0]) == 1.5 and str(file.feature("country")[0]) == "de"
     assert not math.isnan(float(file.columns["score"][0]))
+
+
+def test_a_left_out_feature_without_a_schema_default_holds_the_value_the_table_was_built_with(
+    bucket,
+):
+    from shared.schema import Schema
+    from shared.tables.keys import non_key_defaults
+
+    schema = Schema.from_dict(
+        {
+            "features": [
+                {"name": "country", "type": "category", "domain": ["br", "us"]},
+                {"name": "slot", "type": "integer", "min": 2, "max": 9},  # no default
+                {"name": "device", "type": "category", "domain": ["ios", "web"]},  # no default
+            ],
+            "label": {"name": "converted", "type": "category", "classes": [0, 1]},
+            "key": ["country"],
+        }
+    )
+    log = make(bucket)
+    prediction = {"id": "k", "score": 0.5, "source": "table", "label": 1}
+    log.record(ServedRows(schema, 1767225600.0, ["k"], [{"country": "us"}], [prediction], "v1", TABLE))
+    log.close()
+    file = read_log(bucket, next(iter(bucket.list(PREDICTIONS_PREFIX))).name, 10**8)
+    table_defaults = non_key_defaults(schema)  # what the key-only answer was computed with
+    assert int(file.feature("slot")[0]) == table_defaults["slot"] == 5
+    assert str(file.feature("device")[0]) == table_defaults["device"] == "ios"
+
+
+def test_a_batch_that_cannot_be_encoded_is_dropped_and_counted_and_the_log_goes_on(bucket):
+    log = make(bucket)
+    bad = served(["bad"])
+    bad = ServedRows(
+        SCHEMA,
+        bad.time,
+        ["bad"],
+        [{"country": "us", "hour": 10**400, "bid": 1.0}],
+        bad.predictions,
+        "v1",
+        TABLE,
+    )  # what no float64 column can hold
+    log.record(bad)
+    log.flush()
+    log.record(served(["good-1", "good-2"]))
+    log.flush()
+    health = log.snapshot()
+    assert health["unencodable"] == 1 and health["flushed_rows"] == 2 and health["waiting"] == 0
+    assert "cannot be encoded" in health["last_flush_error"]
+    assert [row[0] for row in logged_rows(bucket)] == ["good-1", "good-2"]

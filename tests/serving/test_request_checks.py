@@ -109,3 +109,23 @@ def test_each_bad_ids_is_invalid_ids_naming_the_index(ids, index, message):
     error = caught.value.to_dict()["error"]
     assert (error["code"], error["field"], error["index"]) == ("invalid_ids", "ids", index)
     assert caught.value.http_status == 400
+
+
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 10**400])
+def test_an_integer_beyond_int64_is_out_of_range_even_without_a_max(value):
+    from shared.schema import Schema
+
+    schema = Schema.from_dict(
+        {
+            "features": [{"name": "slot", "type": "integer"}],
+            "label": {"name": "y", "type": "category", "classes": [0, 1]},
+            "key": [],
+        }
+    )
+    checker = InstanceChecker(schema, max_instances=3)
+    assert checker.parse(json.dumps({"instances": [{"slot": 2**63 - 1}]}).encode(), "all") == [
+        {"slot": 2**63 - 1}
+    ]
+    with pytest.raises(BadRequest) as caught:
+        checker.parse(json.dumps({"instances": [{"slot": value}]}).encode(), "all")
+    assert caught.value.code == "out_of_range" and caught.value.field == "slot"
