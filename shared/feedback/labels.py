@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -150,6 +151,9 @@ def _check_ids(object_name: str, frame: pd.DataFrame) -> np.ndarray:
     return np.asarray(strings.to_list(), dtype=str)
 
 
+FUTURE_SLACK_SECONDS = 86_400.0  # clocks differ; a day ahead is the most an event time may be
+
+
 def _event_times(object_name: str, frame: pd.DataFrame) -> np.ndarray:
     """``event_time`` as seconds since the epoch (NaN where empty, or without the column)."""
     if EVENT_TIME_COLUMN not in frame.columns:
@@ -161,15 +165,22 @@ def _event_times(object_name: str, frame: pd.DataFrame) -> np.ndarray:
         parsed = pd.to_datetime(raw[text].astype(str), utc=True, format="ISO8601", errors="coerce")
         epoch = parsed.map(lambda t: t.timestamp() if not pd.isna(t) else np.nan).to_numpy(dtype=np.float64)
         seconds[text.to_numpy()] = epoch
-    bad = (text & pd.Series(np.isnan(seconds), index=raw.index)) | pd.Series(
-        np.isinf(seconds), index=raw.index
+    # A time more than a day ahead is no event that happened: most often milliseconds read as
+    # seconds (1700000000000 is the year 55,800), which the join's "latest event time wins"
+    # would let override every later correction of that id, forever.
+    with np.errstate(invalid="ignore"):
+        future = seconds > time.time() + FUTURE_SLACK_SECONDS
+    bad = (
+        (text & pd.Series(np.isnan(seconds), index=raw.index))
+        | pd.Series(np.isinf(seconds), index=raw.index)
+        | pd.Series(future, index=raw.index)
     )
     check_masks(
         object_name,
         LabelsRule.INVALID_EVENT_TIME,
         {EVENT_TIME_COLUMN: bad},
         frame,
-        "must hold ISO 8601 times or seconds since the epoch, found",
+        "must hold ISO 8601 times or seconds since the epoch, not after tomorrow, found",
     )
     return seconds
 

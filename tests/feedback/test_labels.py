@@ -75,6 +75,12 @@ def test_a_good_labels_file_is_stored_normalized_ids_kept_as_written(tmp_path: P
         (b"id,label\na,1\n", LabelsRule.MISSING_LABEL, "'converted'"),
         (b"id,converted\na,1\nb,2\n", LabelsRule.INVALID_LABEL, "classes [0, 1]"),
         (b"id,converted,event_time\na,1,yesterday\n", LabelsRule.INVALID_EVENT_TIME, "'yesterday'"),
+        # milliseconds read as seconds: the year 55,800, which would outrank every correction
+        (
+            b"id,converted,event_time\na,1,1700000000000\n",
+            LabelsRule.INVALID_EVENT_TIME,
+            "not after tomorrow",
+        ),
         (b"id,converted\n", "empty", "no data rows"),
         (b"\x00\x01binary", "unreadable", "binary"),
     ],
