@@ -150,6 +150,7 @@ def emit(
         )
         matured = rows[rows[maturity.STATE] != LabelState.PENDING.value]
         fresh = matured[~matured[ID_COLUMN].isin(emitted_ids)] if emitted_ids else matured
+        fresh = _trainable(fresh, schema)
         counts = (len(matured), len(matured) - len(fresh), len(fresh))
         if len(fresh) < settings.feedback_min_rows or dry_run:
             why = "a dry run: nothing written" if dry_run else _waiting(len(fresh), settings)
@@ -166,6 +167,32 @@ def emit(
         f"other emitters took the next emission number {settings.cas_max_attempts} times "
         "(CAS_MAX_ATTEMPTS); emit again"
     )
+
+
+def _trainable(rows: pd.DataFrame, schema: Schema) -> pd.DataFrame:
+    """The rows the current schema can train on: every feature served (a row logged under an
+    earlier schema may lack one, or hold another type) and a label of its classes. The others are
+    left out of every emission and said in the log, never written as a file validation would
+    quarantine whole."""
+    keep = pd.Series(True, index=rows.index)
+    for feature in schema.features:
+        column = FEATURE_PREFIX + feature.name
+        if column not in rows.columns:
+            keep &= False
+        elif feature.type == "category":
+            text = rows[column].astype(str)
+            keep &= rows[column].notna() & ~text.isin(["", "nan"])
+        else:
+            keep &= np.isfinite(pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=np.float64))
+    if schema.label.task != "regression":
+        keep &= rows[maturity.OUTCOME].astype(str).isin([str(c) for c in schema.label.classes])
+    left_out = int((~keep).sum())
+    if left_out:
+        log.warning(
+            f"{left_out} matured rows were served under another schema (a feature missing, or a "
+            "label outside its classes): they are left out of feedback training"
+        )
+    return rows[keep]
 
 
 def _waiting(fresh: int, settings: Settings) -> str:
@@ -328,7 +355,12 @@ def parquet_bytes(columns: dict[str, np.ndarray], schema: Schema) -> bytes:
     schema types them) and its label column (a schema class, or a number)."""
     frame: dict[str, Any] = {ID_COLUMN: pd.Series(columns[ID_COLUMN].tolist(), dtype=object)}
     for feature in schema.features:
-        served = columns[FEATURE_PREFIX + feature.name]
+        served = columns.get(FEATURE_PREFIX + feature.name)
+        if served is None:
+            raise EmissionError(
+                f"an emission holds no feature {feature.name!r}: it was reserved under another "
+                "schema; remove it (feedback/emitted/) to emit again"
+            )
         if feature.type == "category":
             frame[feature.name] = pd.Series(served.tolist(), dtype=object)
         elif feature.type == "integer":
@@ -340,6 +372,12 @@ def parquet_bytes(columns: dict[str, np.ndarray], schema: Schema) -> bytes:
         frame[schema.label.name] = labels.astype(np.float64)
     else:
         by_text = {str(c): c for c in schema.label.classes}
+        unknown = sorted({str(v) for v in labels.tolist()} - set(by_text))
+        if unknown:
+            raise EmissionError(
+                f"an emission holds labels {unknown[:5]} outside the schema's classes: it was reserved "
+                "under another schema; remove it (feedback/emitted/) to emit again"
+            )
         frame[schema.label.name] = pd.Series([by_text[str(v)] for v in labels.tolist()])
     buffer = io.BytesIO()
     pd.DataFrame(frame).to_parquet(buffer, index=False)

@@ -22,7 +22,7 @@ from shared.errors import EmissionError
 from shared.events import parse_storage_event, to_cloudevent
 from shared.feedback import emission
 from shared.feedback.log_format import LogBatch, write_log
-from shared.schema import save_schema
+from shared.schema import Schema, save_schema
 from shared.storage.local import LocalBucket
 from shared.training import registry
 from shared.training.on_event import Outcome, handle_event
@@ -306,3 +306,18 @@ def test_prodml_feedback_emit_dry_run_then_emit(
         get_settings.cache_clear()
     (name,) = loop.emitted_files()
     assert "emitted 70 rows (70 labelled, 0 defaulted)" in out and name in out
+
+
+def test_rows_served_under_an_earlier_schema_are_left_out_and_the_labels_still_stored(loop: Loop) -> None:
+    served = _served()
+    loop.serve(served.iloc[:100], time.time() - 1000)  # served under the schema of day-1
+    grown = Schema.from_dict(
+        {**SCHEMA.to_dict(), "features": [*SCHEMA.to_dict()["features"], {"name": "extra", "type": "float"}]}
+    )
+    save_schema(loop.artifacts, grown)  # `prodml schema infer --upload` added a feature since
+
+    outcome = loop.send("labels/batch-1.csv", _labels(served, 0, 100))
+
+    assert outcome.status == EventOutcome.LABELS_STORED, outcome.message
+    assert "no matured row that was not emitted before" in outcome.message  # none the schema can train
+    assert loop.emitted_files() == []
