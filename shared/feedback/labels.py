@@ -128,6 +128,17 @@ def validate_labels_file(
     return LabelRows(ids, labels, times, bucket, object_name, int(generation))
 
 
+def _text_of_bytes(value: object) -> object:
+    """A Parquet BINARY id (bytes) as the UTF-8 text it holds (None, an invalid id, if it holds
+    none): ``str(b"a")`` would be ``"b'a'"``, which no prediction id ever is."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value
+
+
 def _check_ids(object_name: str, frame: pd.DataFrame) -> np.ndarray:
     """The ids as text; ``missing_id`` without the column, ``invalid_id`` for a missing, empty or
     too long one."""
@@ -138,7 +149,7 @@ def _check_ids(object_name: str, frame: pd.DataFrame) -> np.ndarray:
             "belongs to (the id predict answered with)",
             details(columns=[ID_COLUMN], samples=[str(c) for c in frame.columns[:5]]),
         )
-    strings = category_strings(frame[ID_COLUMN])
+    strings = category_strings(frame[ID_COLUMN].map(_text_of_bytes))
     lengths = strings.map(lambda s: len(s) if isinstance(s, str) else 0)
     bad = strings.isna() | (lengths == 0) | (lengths > MAX_PREDICTION_ID_CHARS)
     check_masks(

@@ -154,3 +154,20 @@ def test_labels_past_the_join_bound_are_stored_and_the_outcome_says_the_report_w
     assert "JOIN_MAX_ROWS=2" in outcome.message and "prodml pipeline join" in outcome.message
     marker = ledger.read_processed(world.artifacts, "prodml-data", "labels/day1.csv", event.generation)
     assert marker is not None and "not refreshed" in marker["message"]
+
+
+def test_a_parquet_file_whose_ids_are_binary_is_read_as_their_text(tmp_path: Path) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    world = World(tmp_path)
+    table = pa.table({"id": pa.array([b"imp-1", "imp-\u00e9".encode()], pa.binary()), "converted": [1, 0]})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    event = world.drop("labels/binary.parquet", buffer.getvalue())
+
+    assert world.send(event) == EventOutcome.LABELS_STORED
+    [name] = world.stored()
+    assert labels.read_stored_labels(world.artifacts, name).ids.tolist() == ["imp-1", "imp-\u00e9"]
