@@ -14,14 +14,21 @@ anything is read, in bounded memory:
 
 Stored members need no such pass: ``zipfile`` reads at most their compressed size, which is part
 of the file already in memory.
+
+``read_npz`` is the one reader of the system's own npz records (tables, the prediction log,
+stored labels, feedback emissions): the bound first, then numpy without pickle.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zipfile
 import zlib
+from typing import Any
+
+import numpy as np
 
 from shared.errors import ZipTooLarge
 
@@ -94,3 +101,21 @@ def _data_offset(data: bytes, member: zipfile.ZipInfo) -> int | None:
     lengths: tuple[int, int] = struct.unpack_from("<HH", data, at + _NAME_LENGTHS_AT)
     name_length, extra_length = lengths
     return at + _LOCAL_HEADER_SIZE + name_length + extra_length
+
+
+NPZ_READ_ERRORS = (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError)
+"""What reading a corrupt npz raises, besides ``ZipTooLarge`` (numpy and ``zipfile`` raise these
+for a bad member, a bad CRC, a missing ``meta``, an object array that would need pickle)."""
+
+
+def read_npz(data: bytes, limit: int, setting: str) -> tuple[dict[str, np.ndarray], Any]:
+    """Every array of an npz record but ``meta``, and ``meta`` parsed as JSON.
+
+    ``ZipTooLarge`` (naming ``setting``) before anything is read if it could decompress past
+    ``limit``; one of ``NPZ_READ_ERRORS`` when it is not a readable, pickle-free npz with a meta.
+    """
+    check_zip(data, limit, setting)
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        columns = {key: npz[key] for key in npz.files if key != "meta"}
+        meta = json.loads(str(npz["meta"]))
+    return columns, meta

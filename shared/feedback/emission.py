@@ -34,7 +34,6 @@ import hashlib
 import io
 import json
 import time
-import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,7 +52,7 @@ from shared.logs import get_logger
 from shared.schema import Schema, load_schema
 from shared.storage import Bucket
 from shared.training.window import DataFile
-from shared.zip_limits import check_zip
+from shared.zip_limits import NPZ_READ_ERRORS, read_npz
 
 log = get_logger(__name__)
 
@@ -227,11 +226,8 @@ def read_reservation(
     name = reservation_name(seq)
     data = artifacts.read(name)
     try:
-        check_zip(data, settings.max_table_bytes, "MAX_TABLE_BYTES")
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            columns = {key: npz[key] for key in npz.files if key != "meta"}
-            meta: Any = json.loads(str(npz["meta"]))
-    except (ZipTooLarge, OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        columns, meta = read_npz(data, settings.max_table_bytes, "MAX_TABLE_BYTES")
+    except (ZipTooLarge, *NPZ_READ_ERRORS) as exc:
         raise EmissionError(
             f"emission {name!r} cannot be read ({type(exc).__name__}: {exc}): which rows it emitted is "
             "unknown, so nothing more is emitted until it is repaired or removed"

@@ -25,11 +25,9 @@ import io
 import json
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,7 +43,7 @@ from shared.errors import NotFound, PreconditionFailed, StoredLabelsError, Valid
 from shared.schema import Schema
 from shared.storage import Bucket
 from shared.storage.names import derived_name
-from shared.zip_limits import check_zip
+from shared.zip_limits import NPZ_READ_ERRORS, read_npz
 
 LABELS_FORMAT = "prodml-labels/1"
 ID_COLUMN = "id"
@@ -232,13 +230,11 @@ def read_stored_labels(artifacts: Bucket, name: str) -> LabelRows:
     """One stored labels object; ``StoredLabelsError`` when it is not one (``NotFound`` if gone)."""
     data = artifacts.read(name)
     try:
-        check_zip(data, MAX_STORED_LABELS_BYTES, "the stored labels bound")
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            meta: Any = json.loads(str(npz["meta"]))
-            ids, labels, times = npz["id"], npz["label"], npz["event_time"]
+        columns, meta = read_npz(data, MAX_STORED_LABELS_BYTES, "the stored labels bound")
+        ids, labels, times = columns["id"], columns["label"], columns["event_time"]
     except ZipTooLarge as exc:
         raise StoredLabelsError(f"stored labels {name!r} refused unread: {exc}") from None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+    except NPZ_READ_ERRORS as exc:
         raise StoredLabelsError(
             f"stored labels {name!r} cannot be read: {type(exc).__name__}: {exc}"
         ) from None

@@ -30,7 +30,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,7 +41,7 @@ from shared.contracts import PREDICTIONS_PREFIX
 from shared.errors import PredictionLogError, ZipTooLarge
 from shared.schema import Schema
 from shared.storage import Bucket
-from shared.zip_limits import check_zip
+from shared.zip_limits import NPZ_READ_ERRORS, read_npz
 
 LOG_FORMAT = "prodml-predictions/1"
 ID_COLUMN = "id"
@@ -138,13 +137,10 @@ def decode_log(name: str, data: bytes, max_bytes: int) -> LogFile:
     """Read a log object's bytes; ``PredictionLogError`` when they are not a log file or could
     decompress past ``max_bytes``."""
     try:
-        check_zip(data, max_bytes, "MAX_TABLE_BYTES")
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            columns = {key: npz[key] for key in npz.files if key != "meta"}
-            meta = json.loads(str(npz["meta"]))
+        columns, meta = read_npz(data, max_bytes, "MAX_TABLE_BYTES")
     except ZipTooLarge as exc:
         raise PredictionLogError(f"prediction log {name!r} refused unread: {exc}") from None
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+    except NPZ_READ_ERRORS as exc:
         raise PredictionLogError(
             f"prediction log {name!r} cannot be read: {type(exc).__name__}: {exc}"
         ) from None

@@ -29,7 +29,6 @@ one place so a reader and a writer cannot disagree.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -49,7 +48,7 @@ from shared.contracts import TABLE_POINTER, TABLE_PREFIX
 from shared.errors import NotFound, TableError, ZipTooLarge
 from shared.logs import get_logger
 from shared.storage import Bucket
-from shared.zip_limits import check_zip
+from shared.zip_limits import read_npz
 
 log = get_logger(__name__)
 
@@ -245,13 +244,10 @@ def read_table(artifacts: Bucket, name: str, max_bytes: int | None = None) -> Ta
     data = artifacts.read(name)
     limit = get_settings().max_table_bytes if max_bytes is None else max_bytes
     try:
-        check_zip(data, limit, "MAX_TABLE_BYTES")
+        columns, meta = read_npz(data, limit, "MAX_TABLE_BYTES")
+        codes, scores = columns["codes"], columns["scores"]
     except ZipTooLarge as exc:
         raise TableError(f"{name} is refused unread: {exc}") from None
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            codes, scores = npz["codes"], npz["scores"]
-            meta = json.loads(str(npz["meta"]))
     except Exception as exc:  # BadZipFile, KeyError, ValueError...: a corrupt blob is bad data, not a crash
         raise TableError(f"{name} is not a table npz: {exc!r}") from None
     _check_arrays(codes, scores, name)
