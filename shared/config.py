@@ -25,6 +25,7 @@ from shared.contracts import (
     DriftPolicy,
     LeakagePolicy,
     LogFormat,
+    PromotionPolicy,
     ServingMode,
     StorageBackend,
     TrainingStrategy,
@@ -247,6 +248,28 @@ class Settings:
     )
     promotion_tolerance: float = _env(
         "0.01", _float(0.0), "a challenger may be this much worse than the champion and still be promoted"
+    )
+    promotion_policy: str = _env(
+        "offline",
+        _choice(*PromotionPolicy),
+        "offline: a challenger that passes the gate is promoted at once; shadow: it runs in shadow "
+        "beside the champion and is promoted on matured live labels (docs/feedback.md)",
+    )
+    shadow_rate: float = _env(
+        "1.0",
+        _float(0.0, 1.0),
+        "share of logged predictions the shadow model also scores (by a hash of the id); 0 turns "
+        "shadow scoring off",
+    )
+    shadow_min_labels: int = _env(
+        "200",
+        _int(2),
+        "matured live rows scored by both the shadow and the champion before the shadow is judged",
+    )
+    shadow_max_age: float = _env(
+        "14d",
+        _duration,
+        "a shadow still undecided this long after it started is stopped (seconds, or 90s, 30m, 12h, 7d)",
     )
     holdout_fraction: float = _env(
         "0.2", _float(0.01, 0.9), "share of each file held out to compare challenger and champion"

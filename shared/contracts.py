@@ -66,6 +66,11 @@ CURRENT_FORM_METADATA = "prodml-form"
 (a ``ModelForm``)."""
 EVENTS_PREFIX = "registry/events/"
 """``registry/events/<generation>.json``: one record per swap of the current model."""
+SHADOW_POINTER = "models/shadow.json"
+"""Which version runs in shadow beside the current model (none: ``"version": null``), swapped by
+compare-and-swap like the model blob (``shared.training.shadow``)."""
+SHADOW_HISTORY_PREFIX = "registry/shadow/"
+"""``registry/shadow/<generation>.json``: one record per change of the shadow pointer."""
 PROCESSED_PREFIX = "registry/processed/"
 """``registry/processed/<bucket>/<name>@<generation>.json``: a data file version is done."""
 CLAIMS_PREFIX = "registry/claims/"
@@ -247,6 +252,7 @@ class CardStatus(StrEnum):
     PROMOTED = "promoted"
     REJECTED = "rejected"
     SUPERSEDED = "superseded"  # another model was promoted first; the work was redone on top of it
+    SHADOW = "shadow"  # passed the offline gate; scored in shadow on live traffic, not yet promoted
 
 
 class EventOutcome(StrEnum):
@@ -265,6 +271,25 @@ class EventOutcome(StrEnum):
     ERROR = "error"  # a non-transient error, recorded; left for replay
     TRAINED_BY_CLI = "trained_by_cli"  # no event: the done marker `prodml train` writes
     LABELS_STORED = "labels_stored"  # a labels file, accepted and stored for the join
+    SHADOW = CardStatus.SHADOW.value  # passed the gate; runs in shadow (PROMOTION_POLICY=shadow)
+
+
+class PromotionPolicy(StrEnum):
+    """What a challenger that passes the offline gate becomes (``PROMOTION_POLICY``)."""
+
+    OFFLINE = "offline"  # the serving model at once
+    SHADOW = "shadow"  # the shadow; promoted on matured live labels (shared.training.shadow_policy)
+
+
+class ShadowChange(StrEnum):
+    """What one change of the shadow pointer did (its history record's ``change``)."""
+
+    STARTED = "started"  # a version began to run in shadow
+    REPLACED = "replaced"  # a newer challenger took the place of the running shadow
+    PROMOTED = "promoted"  # the shadow became the serving model
+    REJECTED = "rejected"  # worse than the champion on matured live labels: stopped
+    EXPIRED = "expired"  # older than SHADOW_MAX_AGE without a decision: stopped
+    STOPPED = "stopped"  # stopped by hand (`prodml shadow stop`) or the champion changed under it
 
 
 class MonitoringDecision(StrEnum):

@@ -254,6 +254,13 @@ class RegistryError(ProdMLError):
     code = "registry_refused"
 
 
+class ShadowError(RegistryError):
+    """A shadow request cannot be done as asked (no such version, nothing in shadow, a malformed
+    ``models/shadow.json``)."""
+
+    code = "shadow_refused"
+
+
 class ClaimLost(ProdMLError):
     """This delivery's claim was taken over (it had expired): the taker does the work now."""
 

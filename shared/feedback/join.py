@@ -30,7 +30,14 @@ from shared.config import Settings
 from shared.contracts import PREDICTIONS_PREFIX, STORED_LABELS_PREFIX
 from shared.errors import JoinTooLarge, NotFound, PredictionLogError, StoredLabelsError
 from shared.feedback.labels import LabelRows, read_stored_labels
-from shared.feedback.log_format import BASE_COLUMNS, FEATURE_PREFIX, LogFile, read_log
+from shared.feedback.log_format import (
+    BASE_COLUMNS,
+    FEATURE_PREFIX,
+    SHADOW_SCORE,
+    SHADOW_VERSION,
+    LogFile,
+    read_log,
+)
 from shared.logs import get_logger
 from shared.storage import Bucket
 
@@ -96,8 +103,8 @@ class Joined:
 
 def load_predictions(predictions: Bucket, settings: Settings, budget: _Budget | None = None) -> Loaded:
     """Every readable log object as one frame: ``id``, ``time``, ``score`` (``score.<i>`` per class
-    for multiclass), ``label``, ``source``, ``model_version``, ``table_build``, ``f.<feature>``,
-    ``object``, ``row``."""
+    for multiclass), ``label``, ``source``, ``model_version``, ``table_build``, ``shadow_score``
+    (``shadow_score.<i>``), ``shadow_version``, ``f.<feature>``, ``object``, ``row``."""
     budget = budget or _Budget(settings.join_max_rows)
     frames: list[pd.DataFrame] = []
     unreadable: list[str] = []
@@ -128,12 +135,15 @@ def log_rows(frames: Sequence[pd.DataFrame], objects: int = 0, unreadable: Seque
 
 def _log_frame(logged: LogFile | None) -> pd.DataFrame:
     if logged is None:
-        return pd.DataFrame({c: [] for c in (*BASE_COLUMNS, "object", "row")})
-    columns = logged.columns
+        return pd.DataFrame({c: [] for c in (*BASE_COLUMNS, SHADOW_SCORE, SHADOW_VERSION, "object", "row")})
+    columns = dict(logged.columns)
+    if SHADOW_VERSION not in columns:  # written before shadows existed: no shadow scored it
+        columns[SHADOW_SCORE] = np.full(columns["score"].shape, np.nan)
+        columns[SHADOW_VERSION] = np.full(len(logged), "", dtype="<U1")
     out: dict[str, np.ndarray] = {}
     for name, values in columns.items():
-        if name == "score" and values.ndim == 2:
-            out.update({f"score.{i}": values[:, i] for i in range(values.shape[1])})
+        if name in ("score", SHADOW_SCORE) and values.ndim == 2:
+            out.update({f"{name}.{i}": values[:, i] for i in range(values.shape[1])})
         else:
             out[name] = values.astype(object) if values.dtype.kind == "U" else values
     out["object"] = np.full(len(logged), logged.name, dtype=object)

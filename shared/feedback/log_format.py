@@ -18,6 +18,11 @@ reads it. Columns, one row per served instance:
 - ``source`` (``<U``): ``table``, ``model`` or ``miss``;
 - ``model_version`` (``<U``): the version that answered;
 - ``table_build`` (``<U``): the table object that answered ("" when the model did);
+- ``shadow_score`` (float64, the shape of ``score``): the shadow model's score of the same instance
+  (issue 16, ``shared.training.shadow``), NaN where no shadow scored it (none running, not sampled
+  by ``SHADOW_RATE``, or it failed); files written before shadows existed lack the column, and
+  read as NaN;
+- ``shadow_version`` (``<U``): the version that scored ``shadow_score`` ("" where none did);
 - ``f.<feature>``: each schema feature as served (categories ``<U``, numbers float64; a feature
   left out of the request, as a key-only static request may, holds its schema default).
 
@@ -47,6 +52,9 @@ LOG_FORMAT = "prodml-predictions/1"
 ID_COLUMN = "id"
 FEATURE_PREFIX = "f."
 BASE_COLUMNS = ("id", "time", "score", "label", "source", "model_version", "table_build")
+SHADOW_SCORE = "shadow_score"
+SHADOW_VERSION = "shadow_version"
+SHADOW_COLUMNS = (SHADOW_SCORE, SHADOW_VERSION)  # optional: absent from files written before them
 
 
 @dataclass
@@ -61,6 +69,10 @@ class LogBatch:
     model_versions: list[str] = field(default_factory=list)
     table_builds: list[str] = field(default_factory=list)
     features: dict[str, list[Any]] = field(default_factory=dict)
+    # The shadow's score of each row (None where no shadow scored it) and its version (""): filled
+    # in by the flusher, off the request path, one entry per row like the lists above.
+    shadow_scores: list[Any] = field(default_factory=list)
+    shadow_versions: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -77,22 +89,17 @@ def encode_batch(batch: LogBatch, schema: Schema, instance: str) -> bytes:
     """The npz bytes of ``batch`` (compressed; no object arrays)."""
     n = len(batch)
     multiclass = schema.label.task == "multiclass"
-    width = len(schema.label.classes)
-    if multiclass:
-        scores = np.full((n, width), math.nan)
-        for i, score in enumerate(batch.scores):
-            if score is not None:
-                scores[i] = score
-    else:
-        scores = np.array([math.nan if s is None else float(s) for s in batch.scores], dtype=np.float64)
+    shadow_scores = batch.shadow_scores or [None] * n
     columns: dict[str, np.ndarray] = {
         "id": _text(batch.ids),
         "time": np.asarray(batch.times, dtype=np.float64),
-        "score": scores,
+        "score": _score_column(batch.scores, schema),
         "label": _text(batch.labels),
         "source": _text(batch.sources),
         "model_version": _text(batch.model_versions),
         "table_build": _text(batch.table_builds),
+        SHADOW_SCORE: _score_column(shadow_scores, schema),
+        SHADOW_VERSION: _text(batch.shadow_versions or [""] * n),
     }
     for feature in schema.features:
         values = batch.features.get(feature.name, [])
@@ -110,6 +117,17 @@ def encode_batch(batch: LogBatch, schema: Schema, instance: str) -> bytes:
     arrays: dict[str, Any] = {"meta": np.asarray(json.dumps(meta)), **columns}
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
+
+
+def _score_column(scores: Sequence[Any], schema: Schema) -> np.ndarray:
+    """Scores as float64, ``(n,)`` or ``(n, k)`` for multiclass; NaN where a score is None."""
+    if schema.label.task == "multiclass":
+        column = np.full((len(scores), len(schema.label.classes)), math.nan)
+        for i, score in enumerate(scores):
+            if score is not None:
+                column[i] = score
+        return column
+    return np.array([math.nan if s is None else float(s) for s in scores], dtype=np.float64)
 
 
 def _text(values: Sequence[Any]) -> np.ndarray:
