@@ -48,7 +48,7 @@ from shared.scoring import Scorer, predicted_labels, rows_to_columns
 from shared.serving.health import TableFacts, ages_and_warnings
 from shared.serving.request_checks import Require
 from shared.serving.shadow import shadow_health
-from shared.serving.state import ServingState, StateLoader
+from shared.serving.state import FIRST_REQUEST, ServingState, StateLoader
 from shared.serving.traffic import HeavyHitters, flush_counts
 from shared.storage import Bucket
 from shared.tables.codec import key_string
@@ -143,7 +143,7 @@ class Predictor:
         for attempt in range(FIRST_LOAD_ATTEMPTS):
             if attempt:
                 time.sleep(FIRST_LOAD_BACKOFF[attempt - 1])
-            self.loader.reload(by="first request")
+            self.loader.reload(by=FIRST_REQUEST)
             if not self.loader.retry_pending:
                 return
         log.warning(
