@@ -261,6 +261,13 @@ class ShadowError(RegistryError):
     code = "shadow_refused"
 
 
+class ShadowScoreError(ProdMLError):
+    """A shadow model answered with scores the prediction log cannot hold (a bad shape, a
+    non-finite score): its rows keep no shadow score, and ``/health`` counts them."""
+
+    code = "shadow_score_refused"
+
+
 class ClaimLost(ProdMLError):
     """This delivery's claim was taken over (it had expired): the taker does the work now."""
 

@@ -117,3 +117,51 @@ def lying_bomb(data: bytes, member: str, size: int, declared: int) -> bytes:
     new_entries = entries + central + name
     struct.pack_into("<HHLL", eocd, 8, count, count, len(new_entries), len(body))
     return body + new_entries + bytes(eocd)
+
+
+def onnx_failing_at_run_time(schema, version: str) -> bytes:  # (Schema, str) -> ONNX bytes
+    """A compiled-model file that passes every load check and loads in ONNX Runtime, but fails on
+    every call: its graph reshapes the first number input, ``(n, 1)``, to 1,000,003 elements, so a
+    run raises unless a batch holds exactly that many rows. Shape inference at load cannot see it
+    (``n`` is symbolic), so the fault shows only on a run, as a model broken in use would."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from shared.compiled.runtime import (
+        COLUMNS_KEY,
+        COMPILED_FORMAT,
+        FORMAT_KEY,
+        OUTPUT_KEY,
+        SCHEMA_KEY,
+        VERSION_KEY,
+    )
+
+    inputs = [
+        helper.make_tensor_value_info(
+            f.name, TensorProto.STRING if f.type == "category" else TensorProto.FLOAT, ["n", 1]
+        )
+        for f in schema.features
+    ]
+    number = next(f.name for f in schema.features if f.type != "category")
+    shape = helper.make_tensor("impossible", TensorProto.INT64, [1], [1_000_003])
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", [number, "impossible"], ["probabilities"])],
+        "fails-at-run-time",
+        inputs,
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["m"])],
+        initializer=[shape],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {
+        FORMAT_KEY: COMPILED_FORMAT,
+        VERSION_KEY: version,
+        SCHEMA_KEY: schema.to_json(),
+        OUTPUT_KEY: "probabilities",
+        COLUMNS_KEY: json.dumps(list(range(len(schema.label.classes)))),
+    }
+    helper.set_model_props(model, meta)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()

@@ -13,6 +13,9 @@ are written before it can become current and never change, so the form loaded is
 the version of the generation it was read at. A compiled file that will not load (deleted,
 corrupt) is logged and the version is served from its skops file instead: slower, same answers
 within the recorded tolerance, never down.
+
+``load_version`` loads any stored version in one named form, with the same checks (predict's
+shadow, ``shared.serving.shadow``): there, a form that will not load is not replaced by the other.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from shared.logs import get_logger
 from shared.model import ModelBundle
 from shared.scoring import Scorer
 from shared.storage import Bucket, ObjectInfo
-from shared.training.registry import card_name, compiled_name
+from shared.training.registry import card_name, compiled_name, model_name
 
 log = get_logger(__name__)
 
@@ -65,10 +68,7 @@ def load_current(
     version, form = named_version(info)
     if form == ModelForm.ONNX and version is not None:
         try:
-            data = artifacts.read(compiled_name(version))
-            compiled = CompiledModel.from_bytes(
-                data, settings.max_model_bytes, expected_version=version, eager=eager
-            )
+            compiled = load_compiled(artifacts, settings, version, eager=eager)
             return LoadedCurrent(compiled, info, "compiled (ONNX Runtime)")
         except (NotFound, ModelNotReady, RegistryError) as exc:
             if is_transient(exc):
@@ -93,16 +93,45 @@ def _load_skops(
         # Swapped since the stat, to a compiled version: serve that one in its compiled form.
         return load_current(artifacts, settings, info, eager=eager)
     try:
-        bundle = ModelBundle.from_bytes(
-            data, settings.model_trusted_types, max_bytes=settings.max_model_bytes
-        )
+        bundle = _bundle(data, settings, CURRENT_MODEL, version, "its metadata says")
     except ScikitLearnMissing as exc:
         raise ScikitLearnMissing(_no_fallback_message(version, compiled_error, exc)) from None
-    if version is not None and bundle.version != version:
-        raise ModelNotReady(
-            f"{CURRENT_MODEL} holds version {bundle.version!r}, its metadata says {version!r}"
-        )
     return LoadedCurrent(bundle, info, note)
+
+
+def load_compiled(
+    artifacts: Bucket, settings: Settings, version: str, *, eager: bool = True
+) -> CompiledModel:
+    """``models/versions/<version>/model.onnx``, checked (``onnx_checks``) and of that very version.
+
+    ``NotFound`` when the version has no compiled file; ``ModelNotReady`` when it is refused or
+    will not load (``eager``: ONNX Runtime's session is made now); storage faults propagate.
+    """
+    data = artifacts.read(compiled_name(version))
+    return CompiledModel.from_bytes(data, settings.max_model_bytes, expected_version=version, eager=eager)
+
+
+def load_version(artifacts: Bucket, settings: Settings, version: str, form: ModelForm) -> Scorer:
+    """One stored version in ``form`` and in that form only (the shadow predict scores beside the
+    current model): its compiled file with an eager session, or its skops file (scikit-learn
+    imported then; ``ScikitLearnMissing`` where it cannot be). No fallback from one form to the
+    other: a shadow must cost what its form costs, or not run.
+
+    ``NotFound`` when the file is missing; ``ModelNotReady`` (or ``RegistryError`` for a version
+    id that names no folder) when it cannot be loaded; storage faults propagate.
+    """
+    if form == ModelForm.ONNX:
+        return load_compiled(artifacts, settings, version)
+    blob = model_name(version)
+    return _bundle(artifacts.read(blob), settings, blob, version, "it should hold")
+
+
+def _bundle(data: bytes, settings: Settings, blob: str, version: str | None, says: str) -> ModelBundle:
+    """A skops model file's bundle, checked to hold ``version`` (when known)."""
+    bundle = ModelBundle.from_bytes(data, settings.model_trusted_types, max_bytes=settings.max_model_bytes)
+    if version is not None and bundle.version != version:
+        raise ModelNotReady(f"{blob} holds version {bundle.version!r}, {says} {version!r}")
+    return bundle
 
 
 def _no_fallback_message(version: str | None, compiled_error: str | None, cause: Exception) -> str:

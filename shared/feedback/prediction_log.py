@@ -21,6 +21,10 @@ A write that fails (a storage fault) keeps its batch, with the same object name,
 flush: if the failed write had in fact landed, the retry finds the object there
 (``PreconditionFailed``: written with ``if_generation_match=0``) and counts it as written, so a
 row is never written twice. Rows waiting for a retry still count against the maximum.
+
+The flusher also scores the shadow (issue 16, ``shared.feedback.shadow_scoring``): each request's
+rows carry the shadow its serving state held, and before a flush turns them into batches it
+scores the sampled rows of each shadow in one call, filling ``shadow_score``/``shadow_version``.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ from typing import Any
 from shared.config import Settings
 from shared.errors import PreconditionFailed
 from shared.feedback.log_format import LogBatch, encode_batch, log_object_name, write_encoded
+from shared.feedback.shadow_scoring import ShadowScoring
 from shared.logs import get_logger
 from shared.schema import Feature, Scalar, Schema
+from shared.scoring import Scorer
 from shared.storage import Bucket
 from shared.tables.keys import default_value
 
@@ -77,6 +83,7 @@ class ServedRows:
     predictions: Sequence[Mapping[str, Any]]  # the answer's: "score", "source", "label"
     model_version: str
     table_build: str  # the table object of the rows whose source is "table"
+    shadow: Scorer | None = None  # the shadow the request's state held: the flusher scores it
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -118,6 +125,7 @@ class PredictionLog:
         self.flush_seconds = settings.prediction_log_flush_seconds
         self.instance = instance or new_instance_name()
         self.counters = LogCounters()
+        self.shadow = ShadowScoring(settings.shadow_rate, _logged_value)
         self._lock = threading.Lock()  # the request path's one lock: the buffer and counters
         self._flush_lock = threading.Lock()  # one flush at a time
         self._pending: list[ServedRows] = []
@@ -191,7 +199,8 @@ class PredictionLog:
             self._last_flush_started = time.monotonic()
             with self._lock:
                 taken, self._pending, self._pending_rows = self._pending, [], 0
-            for schema, batch in _batches(taken, self.batch_rows):
+            shadow_scores = self.shadow.score(taken)
+            for schema, batch in _batches(taken, shadow_scores, self.batch_rows):
                 self._seq += 1
                 self._unwritten.append(_Unwritten(self._seq, schema, batch))
             return self._write_unwritten()
@@ -276,6 +285,10 @@ class PredictionLog:
                 **vars(self.counters),
             }
 
+    def shadow_snapshot(self) -> dict[str, Any]:
+        """What ``/health``'s ``shadow`` shows of the flusher's scoring: the rate and counters."""
+        return self.shadow.snapshot()
+
 
 def _sample(rows: ServedRows, rate: float) -> tuple[ServedRows, int]:
     """The rows whose ids are sampled in at ``rate``, and how many were left out."""
@@ -290,6 +303,7 @@ def _sample(rows: ServedRows, rate: float) -> tuple[ServedRows, int]:
         [rows.predictions[i] for i in keep],
         rows.model_version,
         rows.table_build,
+        rows.shadow,
     )
     return kept, len(rows) - len(keep)
 
@@ -304,20 +318,24 @@ def _head(rows: ServedRows, n: int) -> ServedRows:
         rows.predictions[:n],
         rows.model_version,
         rows.table_build,
+        rows.shadow,
     )
 
 
-def _batches(taken: Sequence[ServedRows], batch_rows: int) -> list[tuple[Schema, LogBatch]]:
-    """The requests' rows as column batches of at most ``batch_rows`` rows, one schema each (a
-    new model may bring a new schema between two requests)."""
+def _batches(
+    taken: Sequence[ServedRows], shadow_scores: Sequence[Sequence[Any]], batch_rows: int
+) -> list[tuple[Schema, LogBatch]]:
+    """The requests' rows (with their shadow scores, one list per request) as column batches of
+    at most ``batch_rows`` rows, one schema each (a new model may bring a new schema between two
+    requests)."""
     out: list[tuple[Schema, LogBatch]] = []
-    for rows in taken:
+    for rows, shadowed in zip(taken, shadow_scores, strict=True):
         if not out or out[-1][0] != rows.schema:
             out.append((rows.schema, _empty_batch(rows.schema)))
         for i in range(len(rows)):
             if len(out[-1][1]) >= batch_rows:
                 out.append((rows.schema, _empty_batch(rows.schema)))
-            _append_row(out[-1][1], rows, i)
+            _append_row(out[-1][1], rows, i, shadowed[i])
     return out
 
 
@@ -332,8 +350,14 @@ def _missing_value(feature: Feature) -> Scalar:
     return default_value(feature)
 
 
-def _append_row(batch: LogBatch, rows: ServedRows, i: int) -> None:
-    """Append row ``i`` of ``rows`` to ``batch``, column by column."""
+def _logged_value(feature: Feature, instance: Mapping[str, Scalar]) -> Scalar:
+    """The value a log row holds for ``feature`` of ``instance`` (and the shadow scores)."""
+    value = instance.get(feature.name)
+    return _missing_value(feature) if value is None else value
+
+
+def _append_row(batch: LogBatch, rows: ServedRows, i: int, shadow_score: Any) -> None:
+    """Append row ``i`` of ``rows`` (and its shadow score: None when none) to ``batch``."""
     prediction = rows.predictions[i]
     source = str(prediction["source"])
     label = prediction.get("label")
@@ -344,7 +368,8 @@ def _append_row(batch: LogBatch, rows: ServedRows, i: int) -> None:
     batch.sources.append(source)
     batch.model_versions.append(rows.model_version)
     batch.table_builds.append(rows.table_build if source == "table" else "")
+    batch.shadow_scores.append(shadow_score)
+    batch.shadow_versions.append(rows.shadow.version if shadow_score is not None and rows.shadow else "")
     instance = rows.instances[i]
     for feature in rows.schema.features:
-        value = instance.get(feature.name)
-        batch.features[feature.name].append(_missing_value(feature) if value is None else value)
+        batch.features[feature.name].append(_logged_value(feature, instance))

@@ -18,7 +18,7 @@ Table hits answer by key alone: non-key features are those the table build used 
 defaults), as static serving means. Requested keys are counted in a ``HeavyHitters`` sketch and
 flushed to ``traffic/`` every ``TRAFFIC_FLUSH_SECONDS`` by a second thread (and at exit).
 
-The module stays whole at about 390 lines: it is one class, ``Predictor``, whose modes, threads
+The module stays whole at about 420 lines: it is one class, ``Predictor``, whose modes, threads
 and counters share one state reference; splitting it would scatter the one place a request reads.
 """
 
@@ -47,7 +47,8 @@ from shared.schema import Scalar
 from shared.scoring import Scorer, predicted_labels, rows_to_columns
 from shared.serving.health import TableFacts, ages_and_warnings
 from shared.serving.request_checks import Require
-from shared.serving.state import ServingState, StateLoader
+from shared.serving.shadow import shadow_health
+from shared.serving.state import FIRST_REQUEST, ServingState, StateLoader
 from shared.serving.traffic import HeavyHitters, flush_counts
 from shared.storage import Bucket
 from shared.tables.codec import key_string
@@ -105,13 +106,13 @@ class Predictor:
         self.counters = Counters()
         self.traffic = HeavyHitters(settings.traffic_sketch_size)
         self._traffic_since = datetime.now(UTC)
-        self.loader = StateLoader(artifacts, settings)
+        self.prediction_log = PredictionLog(predictions, settings) if predictions is not None else None
+        self.loader = StateLoader(artifacts, settings, shadow_off=_shadow_off(settings, self.prediction_log))
         self._tried_first_load = False
         self._first_load_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.prediction_log = PredictionLog(predictions, settings) if predictions is not None else None
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -142,7 +143,7 @@ class Predictor:
         for attempt in range(FIRST_LOAD_ATTEMPTS):
             if attempt:
                 time.sleep(FIRST_LOAD_BACKOFF[attempt - 1])
-            self.loader.reload(by="first request")
+            self.loader.reload(by=FIRST_REQUEST)
             if not self.loader.retry_pending:
                 return
         log.warning(
@@ -279,11 +280,29 @@ class Predictor:
         answer = _answer(model, version, scores, sources, ids)
         if self.prediction_log is not None:
             table_build = state.table.blob if hits and state.table is not None else ""
+            # The shadow of this very state: the flusher scores it later, off the request path.
             served = ServedRows(
-                model.schema, time.time(), ids, instances, answer["predictions"], version, table_build
+                model.schema,
+                time.time(),
+                ids,
+                instances,
+                answer["predictions"],
+                version,
+                table_build,
+                state.shadow,
             )
             self.prediction_log.record(served)
         return answer
+
+    def _shadow_health(self, state: ServingState | None) -> dict[str, Any]:
+        """``/health``'s ``shadow``: what the pointer names, whether it is scored and why, counts."""
+        counters = self.prediction_log.shadow_snapshot() if self.prediction_log is not None else None
+        if state is None:
+            return shadow_health(None, None, "no model is served yet", counters)
+        note = state.shadow_note
+        if self.loader.shadow_retry is not None:
+            note = f"{note}; retrying after {self.loader.shadow_retry}"
+        return shadow_health(state.shadow_slot, state.shadow, note, counters)
 
     def health(self) -> dict[str, Any]:
         """What ``GET /health`` reports: mode, model, table, counters."""
@@ -306,6 +325,7 @@ class Predictor:
             "table": None,
             "warnings": [],
             "prediction_log": self.prediction_log.snapshot() if self.prediction_log else None,
+            "shadow": self._shadow_health(state),
         }
         if state is None:
             return out
@@ -346,6 +366,18 @@ class Predictor:
         if self.mode == ServingMode.STATIC and not state.table_usable:
             out["status"] = "no_table"
         return out
+
+
+def _shadow_off(settings: Settings, prediction_log: PredictionLog | None) -> str | None:
+    """Why this instance scores no shadow (None: it does): shadow scores go into the prediction
+    log, so without one there is nothing to score for."""
+    if prediction_log is None:
+        return "this instance has no prediction log (PREDICTIONS_BUCKET), where shadow scores go"
+    if not prediction_log.enabled:
+        return "the prediction log is off (PREDICTION_LOG_RATE=0), and shadow scores go there"
+    if settings.shadow_rate <= 0.0:
+        return "SHADOW_RATE=0"
+    return None
 
 
 def _plain(value: Any) -> Any:

@@ -14,6 +14,12 @@ skipped until its generation changes: the instance keeps serving what it had. A 
 (a timeout, a 5xx from the bucket) says nothing about the content, so that generation is not
 skipped: ``retry_pending`` is set and the next reload tries again. Which is which is the
 project's one policy, ``shared.errors.is_transient``.
+
+The same check stats ``models/shadow.json`` (issue 16, ``shared.serving.shadow``): a new pointer
+generation loads the shadow it names, and the one state swap carries champion and shadow, so a
+request captures both from one reference. A shadow that cannot be loaded is shown in ``/health``
+and never holds back the champion, its table or the first request (which loads no shadow: the
+reload thread does, right after).
 """
 
 from __future__ import annotations
@@ -24,16 +30,19 @@ from datetime import UTC, datetime
 
 from shared.compiled.current import load_current
 from shared.config import Settings
-from shared.contracts import CURRENT_MODEL, TABLE_POINTER, ServingMode
+from shared.contracts import CURRENT_MODEL, SHADOW_POINTER, TABLE_POINTER, ServingMode
 from shared.errors import NotFound, is_transient
 from shared.logs import get_logger
 from shared.scoring import Scorer
 from shared.serving.request_checks import InstanceChecker
+from shared.serving.shadow import UNREAD, WAITING, ShadowSlot, read_slot, scored_shadow
 from shared.storage import Bucket, ObjectInfo
 from shared.tables.codec import KeyCodec
 from shared.tables.format import Table, read_pointed_table, read_valid_pointer
 
 log = get_logger(__name__)
+
+FIRST_REQUEST = "first request"  # the ``by`` of the load a first request makes (loads no shadow)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -55,6 +64,14 @@ class ServingState:
     checker: InstanceChecker
     codec: KeyCodec
     loaded_at: datetime
+    shadow: Scorer | None = None  # what the prediction log scores beside the model (None: nothing)
+    shadow_note: str = ""  # why the shadow is (not) scored, for /health
+    shadow_slot: ShadowSlot = ShadowSlot()  # what models/shadow.json named when last read
+
+    @property
+    def shadow_generation(self) -> int:
+        """The generation of ``models/shadow.json`` this state read (0: none)."""
+        return self.shadow_slot.generation
 
 
 def table_fits(table: Table, model: Scorer, mode: str) -> tuple[bool, str]:
@@ -78,7 +95,8 @@ def table_fits(table: Table, model: Scorer, mode: str) -> tuple[bool, str]:
 class StateLoader:
     """Loads the serving state and reloads what changed; one reload at a time."""
 
-    def __init__(self, artifacts: Bucket, settings: Settings) -> None:
+    def __init__(self, artifacts: Bucket, settings: Settings, shadow_off: str | None = None) -> None:
+        """``shadow_off``: why this instance scores no shadow (None: it does)."""
         self.artifacts = artifacts
         self.settings = settings
         self.mode = settings.serving_mode
@@ -90,6 +108,8 @@ class StateLoader:
         self._lock = threading.Lock()
         self._skip: dict[str, int] = {}  # blob -> generation whose content failed to load (not retried)
         self.retry_pending = False  # the last reload met a storage fault: the next one should retry
+        self.shadow_off = shadow_off
+        self.shadow_retry: str | None = None  # the storage fault the shadow's next load retries
 
     def reload(self, by: str = "reload()") -> bool:
         """Load whatever changed since the last look; True when a new state was swapped in.
@@ -110,7 +130,11 @@ class StateLoader:
     def _reload(self, by: str) -> bool:
         self.retry_pending = False
         current = self.state
-        seen = (current.model_generation, current.table_generation) if current else None
+        seen = (
+            (current.model_generation, current.table_generation, current.shadow_generation)
+            if current
+            else None
+        )
         try:
             model_info = self._stat(CURRENT_MODEL)
             pointer_info = self._stat(TABLE_POINTER)
@@ -121,15 +145,18 @@ class StateLoader:
             return False
         model_gen = model_info.generation if model_info else 0
         pointer_gen = pointer_info.generation if pointer_info else 0
-        if (model_gen, pointer_gen) == seen:
+        shadow_gen = self._shadow_generation(current)
+        if (model_gen, pointer_gen, shadow_gen) == seen:
             return False
         model, model_note, model_gen, model_updated = self._load_model(current, model_info)
         if model is None:
             return False
         table, table_gen = self._load_table(current, pointer_gen)
-        if (model_gen, table_gen) == seen:
+        slot = self._load_shadow(current, shadow_gen, first=by == FIRST_REQUEST)
+        if (model_gen, table_gen, slot.generation) == seen:
             return False  # what changed could not be loaded: keep the current state
         usable, note = self._table_use(table, model)
+        shadow, shadow_note = scored_shadow(slot, model)
         reuse = current is not None and current.model.schema == model.schema
         same_model = current is not None and current.model is model
         loaded_by, loaded_check = (
@@ -153,6 +180,9 @@ class StateLoader:
             else InstanceChecker(model.schema, self.settings.max_instances),
             codec=current.codec if reuse and current else KeyCodec(model.schema),
             loaded_at=datetime.now(UTC),
+            shadow=shadow,
+            shadow_note=shadow_note,
+            shadow_slot=slot,
         )
         self.state = state  # one reference assignment: requests see the old or the new state
         self.reloads += 1
@@ -182,6 +212,9 @@ class StateLoader:
                     "table_rows": len(table) if table else 0,
                     "table_used": state.table_usable,
                     "table_note": state.table_note,
+                    "shadow_version": state.shadow_slot.version,
+                    "shadow_scored": state.shadow is not None,
+                    "shadow_note": state.shadow_note,
                 }
             },
         )
@@ -226,6 +259,45 @@ class StateLoader:
             self._failed(CURRENT_MODEL, generation, exc)
             return keep
         return loaded.scorer, loaded.note, loaded.info.generation, loaded.info.updated
+
+    def _shadow_generation(self, current: ServingState | None) -> int:
+        """The generation of ``models/shadow.json`` now (the state's when it cannot be read)."""
+        try:
+            info = self._stat(SHADOW_POINTER)
+        except Exception as exc:  # whatever it is, the champion's reload goes on without it
+            self._shadow_retry_after(exc)
+            return current.shadow_generation if current else 0
+        return info.generation if info else 0
+
+    def _load_shadow(self, current: ServingState | None, generation: int, first: bool) -> ShadowSlot:
+        """The shadow of pointer ``generation``: kept while it is the state's, else read again.
+
+        The first request loads none (its latency is the champion's alone): its state says so,
+        and the reload thread's first check loads it."""
+        kept = current.shadow_slot if current else ShadowSlot()
+        if generation == kept.generation:
+            return kept
+        if generation == 0:
+            return ShadowSlot()
+        if first:
+            return ShadowSlot(UNREAD, note=WAITING)
+        try:
+            slot = read_slot(self.artifacts, self.settings, generation, self.shadow_off)
+        except Exception as exc:  # a storage fault (content faults are a slot): retried next check
+            self._shadow_retry_after(exc)
+            return kept
+        self.shadow_retry = None
+        if slot.version is not None and slot.scorer is None and self.shadow_off is None:
+            log.error(
+                "the shadow model cannot be loaded; it is skipped until models/shadow.json changes",
+                extra={"fields": {"version": slot.version, "generation": slot.generation, "note": slot.note}},
+            )
+        return slot
+
+    def _shadow_retry_after(self, exc: BaseException) -> None:
+        """A fault reading the shadow: said in /health, tried again at the next check."""
+        self.shadow_retry = f"{SHADOW_POINTER}: {type(exc).__name__}: {exc}"[:500]
+        log.warning("could not read the shadow; will retry", extra={"fields": {"error": repr(exc)}})
 
     def _load_table(self, current: ServingState | None, generation: int) -> tuple[Table | None, int]:
         keep = (current.table, current.table_generation) if current else (None, 0)

@@ -234,3 +234,140 @@ def test_a_batch_that_cannot_be_encoded_is_dropped_and_counted_and_the_log_goes_
     assert health["unencodable"] == 1 and health["flushed_rows"] == 2 and health["waiting"] == 0
     assert "cannot be encoded" in health["last_flush_error"]
     assert [row[0] for row in logged_rows(bucket)] == ["good-1", "good-2"]
+
+
+# --- the shadow's scores, computed by the flusher (issue 16) ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def shadow_models():
+    from conftest import fit_serving_bundle
+
+    return {"v2": fit_serving_bundle("v2", flip=True), "v3": fit_serving_bundle("v3", seed=3)}
+
+
+class Counting:
+    """A real shadow model, counting its scoring calls and the rows of each."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+        self.version, self.schema, self.form = inner.version, inner.schema, inner.form
+
+    def score_columns(self, columns):
+        self.calls.append(len(next(iter(columns.values()))))
+        return self.inner.score_columns(columns)
+
+
+class Faulty(Counting):
+    """A shadow that fails on every call: it raises, or answers ``answer(n)`` instead of scores."""
+
+    def __init__(self, inner, answer=None):
+        super().__init__(inner)
+        self.answer = answer
+
+    def score_columns(self, columns):
+        n = len(next(iter(columns.values())))
+        self.calls.append(n)
+        if self.answer is None:
+            raise RuntimeError("injected: the shadow cannot run")
+        return self.answer(n)
+
+
+def shadowed(ids, shadow, instances=None):
+    rows = served(ids)
+    instances = instances or [{"country": "us", "hour": 7 + n, "bid": 2.5} for n in range(len(ids))]
+    return ServedRows(SCHEMA, rows.time, rows.ids, instances, rows.predictions, "v1", TABLE, shadow)
+
+
+def shadow_columns(bucket):
+    """Per logged id: (the score answered, the shadow's score or None, the shadow's version)."""
+    out = {}
+    for info in bucket.list(PREDICTIONS_PREFIX):
+        c = read_log(bucket, info.name, 10**8).columns
+        for k, prediction_id in enumerate(c["id"]):
+            shadow = float(c["shadow_score"][k])
+            out[str(prediction_id)] = (
+                float(c["score"][k]),
+                None if math.isnan(shadow) else shadow,
+                str(c["shadow_version"][k]),
+            )
+    return out
+
+
+def test_the_flusher_scores_each_shadow_once_on_the_rows_as_logged(bucket, shadow_models):
+    v2, v3 = Counting(shadow_models["v2"]), Counting(shadow_models["v3"])
+    log = make(bucket)
+    key_only = [{"country": "de", "hour": 3}, {"country": "br", "hour": 4}]  # bid: its default 1.5
+    log.record(shadowed(["a", "b"], v2))
+    log.record(shadowed(["c"], None))  # served before the shadow was loaded
+    log.record(shadowed(["d", "e"], v2, key_only))
+    log.record(shadowed(["f"], v3))  # the pointer changed between two requests
+    assert log.flush() == 6
+    assert (v2.calls, v3.calls) == ([4], [1])  # one vectorized call per shadow
+    logged = shadow_columns(bucket)
+    features = {
+        "a": ("us", 7, 2.5),
+        "b": ("us", 8, 2.5),
+        "d": ("de", 3, 1.5),
+        "e": ("br", 4, 1.5),
+        "f": ("us", 7, 2.5),
+    }
+    for prediction_id, (country, hour, bid) in features.items():
+        model = v3.inner if prediction_id == "f" else v2.inner
+        own = model.score_columns({"country": [country], "hour": [hour], "bid": [bid]})[0]
+        assert logged[prediction_id][1:] == pytest.approx((float(own), model.version), abs=1e-12)
+    assert logged["c"][1:] == (None, "")
+    assert logged["a"][0] == 0.25  # the answer is the champion's, untouched
+    health = log.shadow_snapshot()
+    assert (health["rate"], health["scored_rows"], health["failures"], health["last_error"]) == (
+        1.0,
+        5,
+        0,
+        None,
+    )
+    assert health["seconds"] > 0
+
+
+def test_shadow_rate_scores_the_same_ids_every_run_apart_from_the_logs_sample(tmp_path, shadow_models):
+    from shared.feedback.shadow_scoring import shadow_sampled_in
+
+    ids = [f"imp-{n}" for n in range(400)]
+    runs = []
+    for run in range(2):
+        log = PredictionLog(
+            LocalBucket(tmp_path / f"run{run}", "prodml-predictions"),
+            load_settings({"SHADOW_RATE": "0.5"}),
+            instance="t",
+        )
+        for start in range(0, 400, 10):
+            log.record(shadowed(ids[start : start + 10], shadow_models["v2"]))
+        log.flush()
+        logged = shadow_columns(log.bucket)
+        assert len(logged) == 400  # every row is logged; only the shadow samples
+        runs.append({i for i, (_, shadow, _) in logged.items() if shadow is not None})
+        assert log.shadow_snapshot()["sampled_out"] == 400 - len(runs[-1])
+    assert runs[0] == runs[1] == {i for i in ids if shadow_sampled_in(i, 0.5)}
+    assert 150 < len(runs[0]) < 250  # about half
+    assert runs[0] != {i for i in ids if sampled_in(i, 0.5)}  # not the log's own sample
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [None, lambda n: [0.5] * (n + 1), lambda n: [[0.5, 0.5]] * n, lambda n: [float("nan")] * n],
+    ids=["raises", "too many rows", "two columns", "non-finite"],
+)
+def test_a_failing_shadow_leaves_its_rows_unscored_and_counted_and_loses_no_row(
+    bucket, shadow_models, answer
+):
+    faulty = Faulty(shadow_models["v2"], answer)
+    log = make(bucket)
+    log.record(shadowed(["a", "b"], faulty))
+    log.record(shadowed(["c"], shadow_models["v3"]))  # another shadow in the same flush still scores
+    assert log.flush() == 3
+    logged = shadow_columns(bucket)
+    assert [logged[i][1:] for i in ("a", "b")] == [(None, ""), (None, "")]
+    assert logged["c"][1] is not None and logged["c"][2] == "v3"
+    health = log.shadow_snapshot()
+    assert (health["scored_rows"], health["failures"]) == (1, 2)
+    assert health["last_error"].startswith("shadow 'v2': ")
+    assert log.snapshot()["flush_failures"] == 0 and log.snapshot()["unencodable"] == 0
