@@ -36,12 +36,13 @@ def counts(rows: pd.DataFrame) -> dict[str, int]:
     }
 
 
-def score_matrix(rows: pd.DataFrame, schema: Schema) -> np.ndarray:
-    """The served scores: ``(n,)``, or ``(n, k)`` for multiclass (the log's ``score.<i>``)."""
+def score_matrix(rows: pd.DataFrame, schema: Schema, column: str = "score") -> np.ndarray:
+    """The served scores (``column``: the log's ``score``, or ``shadow_score``): ``(n,)``, or
+    ``(n, k)`` for multiclass (the join's ``<column>.<i>``)."""
     if schema.label.task == "multiclass":
         width = len(schema.label.classes)
-        return rows[[f"score.{i}" for i in range(width)]].to_numpy(dtype=np.float64)
-    return rows["score"].to_numpy(dtype=np.float64)
+        return rows[[f"{column}.{i}" for i in range(width)]].to_numpy(dtype=np.float64)
+    return rows[column].to_numpy(dtype=np.float64)
 
 
 def quality(rows: pd.DataFrame, schema: Schema) -> dict[str, Any]:

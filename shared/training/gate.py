@@ -22,6 +22,7 @@ import pandas as pd
 
 from shared.data import monitoring
 from shared.model import ModelBundle
+from shared.schema import Schema
 from shared.training import fitting
 
 Z_ONE_SIDED_95 = 1.645  # the gate rejects only what is worse with 95 % confidence
@@ -38,10 +39,17 @@ def row_losses(bundle: ModelBundle, frame: pd.DataFrame, scores: np.ndarray | No
         scores = bundle.scores(fitting.features(frame, schema))
     elif len(scores) != len(frame):
         raise ValueError(f"{len(scores)} scores given for {len(frame)} rows")
-    truth = fitting.labels(frame, schema)
-    if bundle.task == "regression":
-        return np.asarray((scores - truth) ** 2, dtype="float64")
-    if bundle.task == "binary":
+    return losses_of_scores(schema, scores, np.asarray(fitting.labels(frame, schema)))
+
+
+def losses_of_scores(schema: Schema, scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Each row's share of the primary metric from its ``scores`` and true label (``truth``: class
+    values of the schema, or numbers for regression): the gate's loss, also the shadow's live one
+    (``shared.feedback.shadow_compare``)."""
+    task = schema.label.task
+    if task == "regression":
+        return np.asarray((scores - truth.astype(np.float64)) ** 2, dtype="float64")
+    if task == "binary":
         positive = truth == schema.label.positive_class
         p_true = np.where(positive, scores, 1.0 - scores)
     else:
@@ -54,7 +62,12 @@ def row_losses(bundle: ModelBundle, frame: pd.DataFrame, scores: np.ndarray | No
 
 
 def judge(
-    task: str, challenger: np.ndarray, champion: np.ndarray | None, tolerance: float
+    task: str,
+    challenger: np.ndarray,
+    champion: np.ndarray | None,
+    tolerance: float,
+    *,
+    rows_are: str = "held-out rows",
 ) -> tuple[bool, str, dict[str, float]]:
     """Promote or not, why, and the numbers: a paired comparison over the same held-out rows.
 
@@ -63,6 +76,7 @@ def judge(
     even at the low end of a one-sided 95 % confidence interval of the paired difference: a few
     dozen held-out rows differ by a hundredth of log loss between two equally good models, and the
     gate must not reject on that noise; a file of shuffled labels costs clearly more.
+    ``rows_are`` names the rows in the verdict (a shadow is judged on matured live rows).
     """
     name, _ = monitoring.PRIMARY_METRIC[task]
     if champion is None:
@@ -88,7 +102,7 @@ def judge(
     }
     verdict = (
         f"{unit} worse by {mean:+.4f} (95% lower bound {bound:+.4f}) than the champion "
-        f"on {rows} held-out rows; tolerance {allowed:.4f}"
+        f"on {rows} {rows_are}; tolerance {allowed:.4f}"
     )
     if bound <= allowed:
         return True, "promoted: " + verdict, numbers
