@@ -120,7 +120,7 @@ def promote(
     ``PreconditionFailed`` when the current model or the pointer changed meanwhile (nothing more
     was written than what a re-run finishes)."""
     version = _running(pointer)
-    current_version, generation = _current(artifacts)
+    current_version, generation = current_model(artifacts)
     if current_version != version:
         card = registry.read_card(artifacts, version)
         model_bytes = artifacts.read(registry.model_name(version))
@@ -150,13 +150,13 @@ def reconcile(artifacts: Bucket, pointer: ShadowPointer | None) -> None:
     if pointer.previous is None:
         return
     if change == ShadowChange.PROMOTED:
-        if _current(artifacts)[0] == pointer.previous:
+        if current_model(artifacts)[0] == pointer.previous:
             _set_if(artifacts, pointer.previous, (CardStatus.SHADOW,), CardStatus.PROMOTED, pointer.reason)
     elif change in (ShadowChange.REJECTED, ShadowChange.EXPIRED):
         reason = f"{change} in shadow: {pointer.reason}{_numbers_text(pointer.numbers)}"
         _set_if(artifacts, pointer.previous, (CardStatus.SHADOW,), CardStatus.REJECTED, reason)
     elif change == ShadowChange.STOPPED:
-        if pointer.champion is not None and _current(artifacts)[0] != pointer.champion:
+        if pointer.champion is not None and current_model(artifacts)[0] != pointer.champion:
             status, reason = CardStatus.SUPERSEDED, f"shadow stopped: {pointer.reason}"
         else:
             status = CardStatus.PENDING
@@ -188,7 +188,7 @@ def _evaluate_once(settings: Settings, artifacts: Bucket, predictions: Bucket, b
     if pointer is None or pointer.version is None:
         return ShadowDecision(NOTHING, None, "no version runs in shadow")
     version = pointer.version
-    current_version, _ = _current(artifacts)
+    current_version, _ = current_model(artifacts)
     if current_version == version:  # promoted before a crash kept the pointer from saying so
         reason = "promoted (the pointer ended after a restart)"
         promote(artifacts, pointer, by=by, reason=reason, numbers=pointer.numbers)
@@ -236,7 +236,7 @@ def _running(pointer: ShadowPointer) -> str:
     return pointer.version
 
 
-def _current(artifacts: Bucket) -> tuple[str | None, int]:
+def current_model(artifacts: Bucket) -> tuple[str | None, int]:
     """The current model's version (None: none) and its blob's generation, from one stat.
 
     A blob without the version's metadata (written before compiled serving) is read whole."""

@@ -220,7 +220,7 @@ def test_a_promotion_that_loses_the_model_swap_writes_nothing(
     generation = registry.current_generation(artifacts)
     card = write_challenger(artifacts, "v3")
     # Another trainer swaps in between our read of the current model and our swap.
-    real_current = shadow_policy._current
+    real_current = shadow_policy.current_model
 
     def racing(bucket: LocalBucket) -> tuple[str | None, int]:
         seen = real_current(bucket)
@@ -228,7 +228,7 @@ def test_a_promotion_that_loses_the_model_swap_writes_nothing(
                           reason="other", by="other")  # fmt: skip
         return seen
 
-    monkeypatch.setattr(shadow_policy, "_current", racing)  # the fault: a race, injected
+    monkeypatch.setattr(shadow_policy, "current_model", racing)  # the fault: a race, injected
     with pytest.raises(PreconditionFailed):
         shadow_policy.promote(artifacts, pointer, by="me", reason="by hand")
 
