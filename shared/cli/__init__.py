@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "monitor_cmd",
     "live_cmd",
     "feedback_cmd",
+    "shadow_cmd",
     "train_cmd",
     "pipeline_cmd",
     "up_cmd",

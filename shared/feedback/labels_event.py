@@ -4,7 +4,8 @@
 marker, the schema, the claim on the file version: a labels file delivered twice, or twice at
 once, is stored once), then hands it here: validate it (``shared.feedback.labels``), quarantine
 a bad one with its reason exactly as a bad data file, or store it for the join; refresh the live
-report (``feedback/live.json``) so a dashboard reads it without recomputing; with
+report (``feedback/live.json``) so a dashboard reads it without recomputing; under
+``PROMOTION_POLICY=shadow``, judge the running shadow on the labels (``event_shadow``); with
 ``FEEDBACK_TRAINING``, emit the matured joined rows never emitted before as a data file
 (``shared.feedback.emission``); mark the file done.
 """
@@ -17,7 +18,7 @@ from shared.feedback import emission, labels, report
 from shared.logs import get_logger
 from shared.schema import Schema
 from shared.storage import predictions_bucket
-from shared.training import ledger
+from shared.training import event_shadow, ledger
 from shared.training.event_checks import quarantine
 from shared.training.event_job import EventJob, Outcome
 
@@ -44,6 +45,10 @@ def handle_labels(job: EventJob, schema: Schema) -> Outcome:
     message = f"{len(rows)} labels of {job.key} stored as {stored}"
     if refreshed is not None:
         message += f"; {refreshed}"
+    with job.clock.phase("evaluate"):
+        judged = event_shadow.evaluate_note(job)  # new labels may decide the shadow
+    if judged is not None:
+        message += f"; {judged}"
     if job.settings.feedback_training:
         with job.clock.phase("write"):
             message += f"; {_emit(job)}"

@@ -46,6 +46,10 @@ class ChallengerRequest:
 
     ``accumulate_lineage=False`` (a static retrain by hand) trains on ``new_files`` alone and
     starts a fresh lineage. ``force_promote`` records the gate's verdict but promotes anyway.
+    ``carried_lineage``: files the challenger must hold beside the champion's lineage (those of
+    the running shadow it replaces that the champion lacks, ``PROMOTION_POLICY=shadow``): they
+    join its lineage after the champion's, a full retrain reads them as the most recent earlier
+    files, and an incremental one fits them with the new files.
     ``data`` (the data bucket) holds the champion's earlier files, ``artifacts`` its stored
     held-out rows; either may be None (then the window does without them).
     """
@@ -62,6 +66,7 @@ class ChallengerRequest:
     artifacts: Bucket | None = None
     accumulate_lineage: bool = True
     force_promote: bool = False
+    carried_lineage: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -94,17 +99,21 @@ def fit_challenger(
     window: list[DataFile],
     champion: Current | None,
     strategy: str,
+    carried: list[DataFile] | None = None,
 ) -> Fit:
     """Fit the challenger's estimator.
 
     ``full``: a fresh estimator on the training rows of ``window`` + ``new_files``.
-    ``incremental``: a copy of the champion's estimator, ``partial_fit`` on ``new_files``; when that
+    ``incremental``: a copy of the champion's estimator, ``partial_fit`` on ``carried`` (files of
+    a replaced shadow the champion never learned) + ``new_files``; when that
     cannot be done (no champion, no ``partial_fit``, a class never seen) it falls back to full and
     says why in ``fallback_reason``. A ``ValueError`` of the estimator (one class only, ...)
     becomes ``ValidationFailed("untrainable")``.
     """
     started = time.perf_counter()
     fallback: str | None = None
+    new_keys = {f.key for f in new_files}
+    learned = [f for f in (carried or []) if f.key not in new_keys] + new_files
     try:
         if strategy == TrainingStrategy.INCREMENTAL:
             if champion is None:
@@ -114,12 +123,13 @@ def fit_challenger(
             else:
                 estimator = copy.deepcopy(champion.bundle.estimator)
                 try:
-                    fitting.fit_incremental(estimator, concat([f.train_rows for f in new_files]), schema)
+                    fitting.fit_incremental(estimator, concat([f.train_rows for f in learned]), schema)
                     seconds = time.perf_counter() - started
-                    return Fit(estimator, TrainingStrategy.INCREMENTAL, None, new_files, seconds)
+                    return Fit(estimator, TrainingStrategy.INCREMENTAL, None, learned, seconds)
                 except IncrementalUnsupported as exc:
                     fallback = str(exc)
-        trained_on = window + new_files
+        window_keys = {f.key for f in window}
+        trained_on = window + [f for f in learned if f.key not in window_keys]
         rows = concat([f.train_rows for f in trained_on])
         estimator = fitting.fit_full(fitting.new_estimator(schema, settings), rows, schema)
     except ValueError as exc:
@@ -140,6 +150,7 @@ class _Window:
     prior: list[dict[str, Any]]  # the champion's lineage, without the new files
     train: list[DataFile]  # earlier files a full retrain learns from
     gate: list[DataFile]  # earlier files whose held-out rows decide
+    carried: list[DataFile]  # of ``train``, the carried files (an incremental fit learns them too)
     skipped: list[str]
     seconds: float
 
@@ -170,7 +181,9 @@ def build_challenger(request: ChallengerRequest) -> Challenger:
     # Incremental reads only the gate's rows; a fallback to full (no partial_fit, a new class)
     # trains on the new file plus what was read, not on the whole TRAINING_WINDOW_FILES.
     training_window = window.train[-r.settings.training_window_files :] if r.accumulate_lineage else []
-    fit = fit_challenger(r.schema, r.settings, r.new_files, training_window, r.champion, r.strategy)
+    fit = fit_challenger(
+        r.schema, r.settings, r.new_files, training_window, r.champion, r.strategy, window.carried
+    )
     bundle = ModelBundle(r.version, fit.estimator, r.schema)
     verdict = _evaluate_and_judge(r, bundle, window.gate, fit)
     holdout_count = r.settings.holdout_window_files
@@ -194,7 +207,10 @@ def _read_window(r: ChallengerRequest) -> _Window:
     settings, champion = r.settings, r.champion
     prior = champion.lineage if (champion is not None and r.accumulate_lineage) else []
     new_keys = {f.key for f in r.new_files}
-    prior = [ref for ref in prior if ref_key(ref) not in new_keys]
+    held = {ref_key(ref) for ref in prior}
+    carried_refs = [ref for ref in r.carried_lineage if ref_key(ref) not in held | new_keys]
+    carried_refs = carried_refs if r.accumulate_lineage else []
+    prior = [ref for ref in prior if ref_key(ref) not in new_keys] + carried_refs
     holdout_count = settings.holdout_window_files
     if r.accumulate_lineage:
         gate_refs = prior[-holdout_count:]
@@ -213,7 +229,12 @@ def _read_window(r: ChallengerRequest) -> _Window:
         else {}
     )
     uncached = [ref for ref in outside if ref_key(ref) not in cached]
-    to_read = train_refs + ([] if full else uncached)
+    carried_keys = [ref_key(ref) for ref in carried_refs]
+    # An incremental fit learns the carried files whole (their stored held-out rows are not enough).
+    uncached_keys = {ref_key(ref) for ref in uncached}
+    whole = [ref for ref in carried_refs if ref_key(ref) not in uncached_keys]
+    extra_reads = [] if full else uncached + whole
+    to_read = train_refs + extra_reads
     loaded, skipped = (
         load_lineage_files(r.data, to_read, r.schema, settings) if (to_read and r.data) else ([], [])
     )
@@ -231,7 +252,8 @@ def _read_window(r: ChallengerRequest) -> _Window:
     by_key = {**cached, **{f.key: f for f in loaded}}
     gate = [by_key[ref_key(ref)] for ref in gate_refs if ref_key(ref) in by_key]
     train = [by_key[key] for key in train_keys if key in by_key] if full else gate
-    return _Window(prior, train, gate, skipped, time.perf_counter() - started)
+    carried = [by_key[key] for key in carried_keys if key in by_key]
+    return _Window(prior, train, gate, carried, skipped, time.perf_counter() - started)
 
 
 def _evaluate_and_judge(
@@ -273,15 +295,13 @@ def _evaluate_and_judge(
         )
     if r.force_promote and not promote:
         promote, reason = True, f"promoted by hand despite the gate ({reason})"
-    learned_from = fit.trained_on if fit.strategy != TrainingStrategy.INCREMENTAL else new_files
-    train_frame = concat([f.train_rows for f in learned_from])
+    train_frame = concat([f.train_rows for f in fit.trained_on])  # incremental: what this step learned
     reference = monitoring.reference_stats(train_frame, schema)
     return _Verdict(metrics, promote, reason, reference, int(len(train_frame)), time.perf_counter() - started)
 
 
 def _card(r: ChallengerRequest, window: _Window, fit: Fit, verdict: _Verdict) -> ModelCard:
     """The challenger's card, its decision ``pending`` (to be swapped in) or ``rejected``."""
-    incremental = fit.strategy == TrainingStrategy.INCREMENTAL
     status = CardStatus.PENDING if verdict.promote else CardStatus.REJECTED
     return ModelCard(
         version=r.version,
@@ -294,7 +314,7 @@ def _card(r: ChallengerRequest, window: _Window, fit: Fit, verdict: _Verdict) ->
         estimator=r.settings.estimator or "default (shared.training.fitting.default_pipeline)",
         event=r.event,
         lineage=window.prior + [dict(f.ref(), added_by=r.version) for f in r.new_files],
-        trained_on=[f.key for f in (r.new_files if incremental else fit.trained_on)],
+        trained_on=[f.key for f in fit.trained_on],
         training_rows=verdict.training_rows,
         skipped_files=window.skipped,
         metrics=verdict.metrics,

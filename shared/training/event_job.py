@@ -83,6 +83,8 @@ class EventJob:
     claim: Claim | None = None  # held from before reading the file until the work ends
     # The file's pitfall checks (test-then-train), for the card of the version trained on it.
     data_checks: dict[str, Any] | None = None
+    # What else happened during the work (the shadow's evaluation), added to the outcome's message.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -96,8 +98,8 @@ class EventJob:
         return {"bucket": e.bucket, "object": e.name, "generation": e.generation, "event_id": e.event_id}
 
     def done(self, outcome: Outcome) -> Outcome:
-        """Log the outcome (with the phase times) and return it."""
-        outcome = dataclasses.replace(outcome, seconds=self.clock.result())
+        """Log the outcome (with the phase times and the notes) and return it."""
+        outcome = dataclasses.replace(self._noted(outcome), seconds=self.clock.result())
         log.info(
             f"{outcome.status}: {outcome.message}",
             extra={
@@ -114,6 +116,7 @@ class EventJob:
 
     def finish(self, outcome: Outcome) -> Outcome:
         """Write the "done" record (marker only if absent; the claim is dropped), then ``done``."""
+        outcome = self._noted(outcome)
         e = self.event
         record = {"event_id": e.event_id, "outcome": outcome.status, "version": outcome.version}
         record.update({"message": outcome.message, **({"rule": outcome.rule} if outcome.rule else {})})
@@ -122,6 +125,14 @@ class EventJob:
             self.claim = None
             add_training_to_record(self.artifacts, e, outcome)
         return self.done(outcome)
+
+    def _noted(self, outcome: Outcome) -> Outcome:
+        """``outcome`` with the notes added to its message (each note once)."""
+        if not self.notes:
+            return outcome
+        message = "; ".join([outcome.message, *self.notes])
+        self.notes = []
+        return dataclasses.replace(outcome, message=message)
 
     def release(self) -> None:
         """Give the claim up if still held (the work ended without a "done" marker)."""

@@ -15,7 +15,7 @@ from shared.contracts import CardStatus
 from shared.errors import ModelNotReady, ProdMLError
 from shared.logs import get_logger
 from shared.schema import Schema
-from shared.training import ledger, registry
+from shared.training import event_shadow, ledger, registry
 from shared.training.card import ModelCard
 from shared.training.challenger import ChallengerRequest, build_challenger
 from shared.training.event_job import EventJob, current_version
@@ -59,14 +59,16 @@ def resume(job: EventJob, current: Current | None) -> tuple[str, bytes, ModelCar
         model_bytes = artifacts.read(registry.model_name(version))
     except ProdMLError:  # NotFound, or a card that is not JSON
         return None
-    pending = card.status == CardStatus.PENDING
+    # A version put in shadow before a crash kept the file from being marked done is resumed too:
+    # starting it again in shadow changes nothing.
+    pending = card.status in (CardStatus.PENDING, CardStatus.SHADOW)
     if claim.parent != current_version(current) or not pending:
         if pending:
             registry.set_decision(
                 artifacts, card, CardStatus.SUPERSEDED, "the current model changed before it was promoted"
             )
         return None
-    log.info(f"resuming {job.key}: promoting version {version}, written before an interruption")
+    log.info(f"resuming {job.key}: version {version}, written before an interruption")
     return version, model_bytes, card
 
 
@@ -93,6 +95,7 @@ def train_version(
             },
             by="train function",
             artifacts=job.artifacts,
+            carried_lineage=event_shadow.carried_lineage(job.settings, job.artifacts, current),
         )
     )
     # The file's label leakage and served share (test-then-train) travel with the version.

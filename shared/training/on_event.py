@@ -19,6 +19,9 @@
    the version (kept even when rejected), then compare-and-swap ``models/current.skops``.
    When another trainer promoted in between, redo 5-6 against the new current model, at most
    ``CAS_MAX_ATTEMPTS`` times; then give up with ``RetryLater`` (a 5xx: the platform redelivers).
+   With ``PROMOTION_POLICY=shadow`` a challenger that passes the gate, when there is a champion,
+   becomes the shadow instead (``event_shadow``); the running shadow is evaluated on live labels
+   before the challenger is trained.
 
 Exactly once, with at-least-once delivery (Eventarc may deliver one event several times at the
 same moment, under one ce-id or several): the work on one file version runs in one delivery at a
@@ -70,7 +73,7 @@ from shared.feedback.labels_event import handle_labels
 from shared.logs import get_logger
 from shared.schema import Schema, load_schema
 from shared.storage import Bucket, artifacts_bucket, data_bucket
-from shared.training import ledger, promotion, registry
+from shared.training import event_shadow, ledger, promotion, registry
 from shared.training.event_checks import quarantine, read_and_validate, test_then_train
 from shared.training.event_job import EventJob, Outcome, PhaseClock, current_version
 from shared.training.event_version import (
@@ -97,8 +100,9 @@ def handle_event(
 
     ``status``: ``ignored`` (not ours), ``duplicate`` (done before), ``no_schema``, ``claimed``
     (another delivery of it is at work: this one does nothing), ``gone`` (that generation is not
-    in the bucket), ``quarantined``, ``promoted``, ``rejected``, ``already_trained`` (the current
-    model holds it), ``model_error`` (the current model cannot be loaded; left for replay);
+    in the bucket), ``quarantined``, ``promoted``, ``rejected``, ``shadow`` (passed the gate and
+    runs in shadow, ``PROMOTION_POLICY=shadow``), ``already_trained`` (the current model holds
+    it), ``model_error`` (the current model cannot be loaded; left for replay);
     ``labels_stored`` (a labels file, accepted and stored for the join).
     ``Outcome.seconds`` holds the time of each phase. Raises only for transient faults, among them
     ``RetryLater`` when a delivery of this very event holds a live claim (see the module doc).
@@ -181,6 +185,11 @@ def _claimed_work(job: EventJob, schema: Schema) -> Outcome:
         message = f"{job.key} is not in the bucket (deleted, replaced or never written)"
         return job.done(Outcome(EventOutcome.GONE, message))
     new_file = emission.attach_origin(job.artifacts, new_file, settings)  # the loop's rows: say so
+    # The shadow first (PROMOTION_POLICY=shadow): promoted on live labels, or stopped, before a
+    # challenger is trained against the champion it may have replaced.
+    note = event_shadow.evaluate_note(job)
+    if note is not None:
+        job.notes.append(note)
 
     for attempt in range(1, settings.cas_max_attempts + 1):
         started = time.perf_counter()
@@ -250,6 +259,8 @@ def _attempt(job: EventJob, schema: Schema, new_file: DataFile, attempt: int) ->
         if card.status == CardStatus.REJECTED:
             return job.finish(Outcome(EventOutcome.REJECTED, decision_reason(card), version))
         _maybe_crash(job.settings)
+    if current is not None and event_shadow.goes_to_shadow(job.settings, current):
+        return event_shadow.start_shadow(job, card, current, decision_reason(card))
     try:
         with job.clock.phase("write"):
             promotion.swap_in(

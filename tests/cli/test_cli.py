@@ -25,6 +25,7 @@ DOCUMENTED_COMMANDS = {
     "monitor",
     "live",
     "feedback",
+    "shadow",
     "replay",
     "table",
     "advise",
