@@ -1,6 +1,6 @@
 """The train function's handler in-process under PROMOTION_POLICY=shadow: what a replacing
 challenger is trained on (incremental too), and an evaluation fault said in the outcome, not
-raised (the real-process paths are in tests/functions/test_shadow_policy.py)."""
+raised (the real-process paths are in tests/functions/test_train_shadow.py)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 evaluation's paths, each also after a crash between its two writes (pointer, then cards).
 
 The comparison on live labels (``shared.feedback.shadow_compare``) is exercised through real
-prediction log files in tests/functions/test_shadow_policy.py; here are the paths that decide
+prediction log files in tests/functions/test_train_shadow.py; here are the paths that decide
 before it is asked."""
 
 from __future__ import annotations
