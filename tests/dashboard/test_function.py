@@ -53,3 +53,13 @@ def test_the_function_serves_every_page_with_its_headers(
         assert css.status_code == 200 and css.headers["Content-Type"] == "text/css; charset=utf-8"
     finally:
         process.stop()
+
+
+def test_prodml_up_and_the_demo_name_the_dashboards_url(tmp_path: Path) -> None:
+    from shared.local.demo import dashboard_hint
+    from shared.local.stack import LocalStack, stack_environment
+
+    env = {k: v for k, v in stack_environment(tmp_path).items() if k != "DASHBOARD_PORT"}
+    stack = LocalStack(state_dir=tmp_path, env=env)  # not started: its URLs are what `prodml up` prints
+    assert stack.urls["dashboard"] == "http://127.0.0.1:8084"
+    assert dashboard_hint(tmp_path) == f"`prodml up --state {tmp_path}`, then open http://127.0.0.1:8084"
