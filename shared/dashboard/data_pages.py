@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shared.contracts import MonitoringDecision
@@ -72,7 +72,7 @@ def monitor_row(row: Mapping[str, Any]) -> list[Child]:
     ]
 
 
-def _charts(rows: list[Mapping[str, Any]]) -> list[Child]:
+def _charts(rows: Sequence[Mapping[str, Any]]) -> list[Child]:
     scored = [r for r in rows if r.get("metrics") or r.get("psi")]
     if not scored:
         return [empty("no file was scored yet: quality appears once a model exists and a new file lands")]

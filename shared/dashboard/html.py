@@ -60,7 +60,7 @@ def _attributes(attrs: Mapping[str, object] | None) -> str:
 
 
 def _children(children: Iterable[Child]) -> str:
-    out = []
+    out: list[str] = []
     for child in children:
         if child is None:
             continue

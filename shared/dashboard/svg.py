@@ -124,12 +124,11 @@ def line_chart(
         )
     for n, line in enumerate(series):
         colour = PALETTE[n % len(PALETTE)]
+        drawn = [(i, line.values[i]) for i in _thin(count) if i < len(line.values)]
         points = [
-            f"{_x(i, count):.1f},{_y(float(line.values[i]), low, high):.1f}"
-            for i in _thin(count)
-            if i < len(line.values)
-            and line.values[i] is not None
-            and math.isfinite(float(line.values[i] or 0))
+            f"{_x(i, count):.1f},{_y(float(v), low, high):.1f}"
+            for i, v in drawn
+            if v is not None and math.isfinite(v)
         ]
         if len(points) == 1:
             x, y = points[0].split(",")
