@@ -365,6 +365,7 @@ def soak_environment(state: Path, base: Mapping[str, str] | None = None) -> dict
             "TRAIN_PORT": str(free_port()),
             "BUILD_TABLE_PORT": str(free_port()),
             "BUILD_TABLE_EVENT_PORT": str(free_port()),
+            "DASHBOARD_PORT": str(free_port()),
             "SERVING_MODE": ServingMode.HYBRID,
             "RELOAD_SECONDS": "0.5",
             "ROUTER_QUIET_SECONDS": "0.3",

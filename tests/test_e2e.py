@@ -62,6 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "TRAIN_PORT": str(free_port()),
         "BUILD_TABLE_PORT": str(free_port()),
         "BUILD_TABLE_EVENT_PORT": str(free_port()),
+        "DASHBOARD_PORT": str(free_port()),
         "SERVING_MODE": "dynamic",
         "RELOAD_SECONDS": "0.5",
         "ROUTER_QUIET_SECONDS": "0.3",

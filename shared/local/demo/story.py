@@ -141,7 +141,13 @@ class Demo:
 
     def _environment(self) -> dict[str, str]:
         env = {**os.environ, **DEMO_SETTINGS}
-        for setting in ("PREDICT_PORT", "TRAIN_PORT", "BUILD_TABLE_PORT", "BUILD_TABLE_EVENT_PORT"):
+        for setting in (
+            "PREDICT_PORT",
+            "TRAIN_PORT",
+            "BUILD_TABLE_PORT",
+            "BUILD_TABLE_EVENT_PORT",
+            "DASHBOARD_PORT",
+        ):
             env[setting] = str(free_port())  # never collide with a `prodml up` already running
         return stack_environment(self.state, env)
 
