@@ -118,23 +118,25 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def status(settings: Settings) -> dict[str, Any]:
-    """What ``prodml shadow status --json`` prints (docs/feedback.md)."""
-    from shared.errors import ProdMLError
-    from shared.feedback.shadow_compare import compare
-    from shared.storage import artifacts_bucket, predictions_bucket
+def status(
+    settings: Settings,
+    artifacts: Bucket | None = None,
+    known: tuple[dict[str, Any] | None, str | None] | None = None,
+) -> dict[str, Any]:
+    """What ``prodml shadow status --json`` prints (docs/feedback.md).
+
+    ``known``: the comparison and why there is none, when already computed (the dashboard takes
+    them from the live report, which holds no predictions bucket's rows); else computed now."""
+    from shared.storage import artifacts_bucket
     from shared.training import shadow
 
-    artifacts = artifacts_bucket(settings)
+    artifacts = artifacts if artifacts is not None else artifacts_bucket(settings)
     pointer = shadow.read_pointer(artifacts)
     comparison, problem = None, None
     if pointer is not None and pointer.running:
-        try:
-            comparison = compare(
-                settings, pointer, artifacts=artifacts, predictions=predictions_bucket(settings)
-            ).to_dict()
-        except ProdMLError as exc:  # the join over JOIN_MAX_ROWS, no schema: said, not fatal
-            problem = str(exc)
+        comparison, problem = known if known is not None else _compare_now(settings, artifacts, pointer)
+        if comparison is not None and comparison.get("version") != pointer.version:
+            comparison, problem = None, "the live report was written before this shadow started"
     return {
         "pointer": None if pointer is None else pointer.to_dict() | {"generation": pointer.generation},
         "running": pointer.version if pointer is not None else None,
@@ -151,6 +153,21 @@ def status(settings: Settings) -> dict[str, Any]:
         "comparison_error": problem,
         "history": shadow.list_history(artifacts),
     }
+
+
+def _compare_now(
+    settings: Settings, artifacts: Bucket, pointer: Any
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The running shadow's comparison from the log and the labels now; or None and why not."""
+    from shared.errors import ProdMLError
+    from shared.feedback.shadow_compare import compare
+    from shared.storage import predictions_bucket
+
+    try:
+        found = compare(settings, pointer, artifacts=artifacts, predictions=predictions_bucket(settings))
+    except ProdMLError as exc:  # the join over JOIN_MAX_ROWS, no schema: said, not fatal
+        return None, str(exc)
+    return found.to_dict(), None
 
 
 def run_promote(args: argparse.Namespace) -> int:

@@ -14,11 +14,12 @@ T = TypeVar("T")
 PAGE_SIZE = 50
 """Rows a paged list shows at a time (versions, monitoring records, quarantined files)."""
 
-OVERVIEW, VERSIONS, MONITORING, LIVE, QUARANTINE, TABLE, STYLE = (
+OVERVIEW, VERSIONS, MONITORING, LIVE, SHADOW, QUARANTINE, TABLE, STYLE = (
     "/",
     "/versions",
     "/monitoring",
     "/live",
+    "/shadow",
     "/quarantine",
     "/table",
     "/style.css",
@@ -28,6 +29,7 @@ NAV = (
     (VERSIONS, "versions"),
     (MONITORING, "monitoring"),
     (LIVE, "live"),
+    (SHADOW, "shadow"),
     (QUARANTINE, "quarantine"),
     (TABLE, "table and traffic"),
 )

@@ -11,6 +11,7 @@ from shared.dashboard.common import code, empty, section
 from shared.dashboard.formatting import number, seconds
 from shared.dashboard.html import Child, Markup, definition_list, document, element, link, table
 from shared.dashboard.sources import Sources, read_at
+from shared.errors import ShadowError
 
 NO_MODEL = "no model yet: train one with `prodml train FILE`"
 
@@ -101,7 +102,7 @@ def _live_headline(live: Mapping[str, Any] | None, current: str | None) -> list[
 
 
 def overview_warnings(sources: Sources, ages: Mapping[str, Any], live: Mapping[str, Any] | None) -> list[str]:
-    """The ages' warnings (as ``/health``), the last file's drift and the serving skew."""
+    """The ages' warnings (as ``/health``), the last file's drift, the serving skew, the shadow."""
     messages = [str(w.get("message")) for w in ages.get("warnings", [])]
     records = [r for r in sources.monitoring() if r.get("metrics") is not None or r.get("psi")]
     if records and records[-1].get("drifted"):
@@ -117,6 +118,12 @@ def overview_warnings(sources: Sources, ages: Mapping[str, Any], live: Mapping[s
         ]
         if skewed:
             messages.append(f"serving skew: version {current} serves skewed {', '.join(skewed)}")
+    try:
+        running = shadow_warning(sources.shadow())
+    except ShadowError as exc:
+        running = f"shadow: {exc}"
+    if running is not None:
+        messages.append(running)
     return messages
 
 
@@ -275,3 +282,12 @@ def _checks(checks: Mapping[str, Any] | None) -> Markup:
         common.warnings_list(warnings),
         element("pre", None, json.dumps(checks.get("leakage"), indent=1, default=str)[:4000]),
     )
+
+
+def shadow_warning(status: Mapping[str, Any]) -> str | None:
+    """The overview's line about a running shadow: what runs beside what, and where it stands."""
+    if not status.get("running"):
+        return None
+    live = (status.get("comparison") or {}).get("live") or {}
+    stands = str(live.get("reason") or "no live comparison yet")
+    return f"shadow: {status['running']} runs beside {status.get('current')} ({stands})"

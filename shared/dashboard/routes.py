@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from shared.dashboard import common, data_pages, registry_pages, serving_pages
+from shared.dashboard import common, data_pages, registry_pages, serving_pages, shadow_page
 from shared.dashboard.common import empty
 from shared.dashboard.html import Markup, document, element, link
 from shared.dashboard.sources import Sources
@@ -60,6 +60,7 @@ PAGED: dict[str, Callable[[Sources, int], Markup]] = {
 WHOLE: dict[str, Callable[[Sources], Markup]] = {
     common.OVERVIEW: registry_pages.overview,
     common.LIVE: serving_pages.live,
+    common.SHADOW: shadow_page.shadow_page,
     common.TABLE: serving_pages.table_page,
 }
 VERSION_PREFIX = common.VERSIONS + "/"

@@ -10,6 +10,7 @@ never disagree:
 | one version | ``shared.training.registry.read_card`` | the card, ``models/versions/<v>/card.json`` |
 | monitoring | ``shared.cli.monitor_cmd.collect`` | ``prodml monitor --json`` |
 | live | ``shared.feedback.report.read_report`` (``feedback/live.json``) | ``prodml live --json`` |
+| shadow | ``shared.cli.shadow_cmd.status`` (comparison: live report) | ``prodml shadow status --json`` |
 | quarantine | ``shared.data.quarantine.list_quarantine`` | the reasons of ``prodml monitor --json`` |
 | table | ``shared.tables.advisor.advise(measure=False)`` | ``prodml advise --json`` (no model timing) |
 | overview | ``shared.feedback.report.serving_ages`` | ``/health``'s ages and warnings |
@@ -106,6 +107,21 @@ class Sources:
         from shared.feedback.report import read_report
 
         return self.memo("live", lambda: read_report(self.artifacts))
+
+    def shadow(self) -> dict[str, Any]:
+        """``prodml shadow status --json``, its comparison taken from the live report (no join)."""
+        from shared.cli.shadow_cmd import status
+
+        def compute() -> dict[str, Any]:
+            report = self.live()
+            known = (
+                ((report or {}).get("shadow"), None)
+                if report is not None
+                else (None, "no live report yet: it is written after each labels file")
+            )
+            return status(self.settings, self.artifacts, known=known)
+
+        return self.memo("shadow", compute)
 
     def ages(self) -> dict[str, Any]:
         """The serving model's and the table's ages and warnings, as ``/health`` gives them."""

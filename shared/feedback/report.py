@@ -2,7 +2,9 @@
 one JSON document (what ``prodml live --json`` prints; its fields are docs/feedback.md's).
 
 The train function writes it to ``feedback/live.json`` after each labels file, so a dashboard reads
-it without recomputing; ``prodml live`` computes it afresh.
+it without recomputing; ``prodml live`` computes it afresh. Its ``shadow`` is the running shadow's
+comparison (``prodml shadow status --json``'s ``comparison``) on the same rows, or null; the Beam
+join's report has none (``prodml shadow status`` computes it).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from typing import Any
 from shared.compiled.current import named_version
 from shared.config import Settings, get_settings
 from shared.contracts import CURRENT_MODEL, LIVE_REPORT_BLOB
-from shared.errors import NotFound, RegistryError
+from shared.errors import NotFound, RegistryError, ShadowError
 from shared.feedback import join, live, maturity, skew
+from shared.feedback.shadow_compare import compare_rows
 from shared.schema import Schema, load_schema
 from shared.serving.health import TableFacts, ages_and_warnings
 from shared.storage import Bucket, artifacts_bucket, predictions_bucket
 from shared.tables.format import read_pointer
-from shared.training import registry
+from shared.training import registry, shadow
 
 REPORT_FORMAT = "prodml-live/1"
 
@@ -53,7 +56,24 @@ def build_report(
     ]
     summary = JoinSummary(joined.counts, joined.unmatched_ids, joined.unreadable)
     ages = serving_ages(artifacts, settings, moment)
-    return assemble(schema, settings, moment, summary, live.counts(rows), versions, ages)
+    report = assemble(schema, settings, moment, summary, live.counts(rows), versions, ages)
+    report["shadow"] = shadow_comparison(artifacts, rows, schema, settings)
+    return report
+
+
+def shadow_comparison(
+    artifacts: Bucket, rows: Any, schema: Schema, settings: Settings
+) -> dict[str, Any] | None:
+    """The running shadow's comparison with its champion on the report's matured rows
+    (``shared.feedback.shadow_compare``), so the dashboard reads it without a join; None when no
+    shadow runs (or its pointer cannot be read: ``prodml shadow status`` says why)."""
+    try:
+        pointer = shadow.read_pointer(artifacts)
+    except ShadowError:
+        return None
+    if pointer is None or pointer.version is None:
+        return None
+    return compare_rows(rows, schema, settings, pointer.version, pointer.champion).to_dict()
 
 
 def serving_ages(artifacts: Bucket, settings: Settings, moment: float) -> dict[str, Any]:
