@@ -380,6 +380,11 @@ class Settings:
         _float(0.0),
         "/health warns when the served table is older than this (or built from another model)",
     )
+    dashboard_cache_seconds: float = _env(
+        "5",
+        _float(0.0),
+        "how long the dashboard reuses a bucket listing and what it computed from it (0: never)",
+    )
     # batch table
     table_max_rows: int = _env("2000000", _int(1), "largest key space a full table build enumerates")
     table_chunk_rows: int = _env("100000", _int(1), "rows scored per vectorized chunk in a table build")
@@ -421,6 +426,7 @@ class Settings:
     build_table_event_port: int = _env(
         "8083", _int(1, 65535), "local port of build_table's event entry point"
     )
+    dashboard_port: int = _env("8084", _int(1, 65535), "local port of the dashboard function")
     local_deadletter_dir: Path = _env(
         ".local/deadletter", _path, "where the local router records events it gave up on"
     )

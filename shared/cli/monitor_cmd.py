@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared.config import get_settings
+from shared.config import Settings, get_settings
 from shared.contracts import MonitoringDecision
 from shared.display import printable, render_table
+
+if TYPE_CHECKING:
+    from shared.storage import Bucket
 
 LIVE_HINT = "quality on served traffic (labels joined to the prediction log), per version: `prodml live`"
 
@@ -33,15 +36,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run_monitor)
 
 
-def collect() -> list[dict[str, Any]]:
+def collect(
+    settings: Settings | None = None, *, data: Bucket | None = None, artifacts: Bucket | None = None
+) -> list[dict[str, Any]]:
     """Monitoring records and quarantine records, merged per file generation, oldest first, then
-    the files waiting in ``incoming/`` with no outcome, and why (``unprocessed_files``)."""
+    the files waiting in ``incoming/`` with no outcome, and why (``unprocessed_files``).
+
+    ``data`` and ``artifacts`` default to the settings' buckets; the dashboard passes its cached
+    views, so its monitoring page and ``prodml monitor --json`` are one computation."""
     from shared.data.monitoring import list_records, unprocessed_files
     from shared.data.quarantine import list_quarantine
     from shared.storage import artifacts_bucket, data_bucket
 
-    settings = get_settings()
-    data, artifacts = data_bucket(settings), artifacts_bucket(settings)
+    settings = settings or get_settings()
+    data = data if data is not None else data_bucket(settings)
+    artifacts = artifacts if artifacts is not None else artifacts_bucket(settings)
     rows: dict[tuple[str, int | None], dict[str, Any]] = {}
     for record in list_records(artifacts):
         rows[(str(record.get("object")), int(record.get("generation", 0)))] = dict(record)

@@ -13,7 +13,7 @@ from typing import Any
 
 from shared.config import Settings, get_settings
 from shared.errors import ModelNotReady, NotFound, PreconditionFailed, ProdMLError
-from shared.storage import artifacts_bucket
+from shared.storage import Bucket, artifacts_bucket
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -97,11 +97,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def list_models(settings: Settings) -> dict[str, Any]:
-    """Every version with what ``prodml models`` shows, and the current version."""
+def list_models(settings: Settings, artifacts: Bucket | None = None) -> dict[str, Any]:
+    """Every version with what ``prodml models`` shows, and the current version (``artifacts``:
+    the bucket to read, default the settings' artifacts bucket; the dashboard passes its cached
+    view, so its versions page and ``prodml models --json`` are one computation)."""
     from shared.training import registry
 
-    artifacts = artifacts_bucket(settings)
+    artifacts = artifacts if artifacts is not None else artifacts_bucket(settings)
     try:
         current = registry.read_current(artifacts, settings.model_trusted_types)
         current_version = current.version if current is not None else None

@@ -38,7 +38,6 @@ from shared.model import ModelBundle, to_frame
 from shared.record_caps import fit_record
 from shared.schema import Schema, load_schema
 from shared.storage import Bucket
-from shared.storage.local import LocalBucket
 from shared.storage.names import derived_name
 from shared.training.ledger import is_processed
 
@@ -356,8 +355,11 @@ def unprocessed_files(data: Bucket, artifacts: Bucket, prefix: str = INCOMING_PR
         else:
             reason = schema_problem or NOT_YET
         rows.append({"object": info.name, "generation": info.generation, "reason": reason})
-    if isinstance(data, LocalBucket):
-        for found in data.unreachable(prefix):
+    # The local backend's files no name reaches; asked by attribute, not by class, so a caching
+    # view of the bucket (shared.dashboard.cache) shows them too.
+    unreachable = getattr(data, "unreachable", None)
+    if callable(unreachable):
+        for found in unreachable(prefix):
             rows.append({"object": found.path, "generation": None, "reason": found.reason})
     return [
         {**row, "decision": MonitoringDecision.NOT_PROCESSED}

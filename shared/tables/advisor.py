@@ -334,15 +334,17 @@ def measure_model(bundle: Scorer, sample_rows: int = THROUGHPUT_SAMPLE_ROWS, see
     )
 
 
-def advise(artifacts: Bucket, settings: Settings) -> Advice:
+def advise(artifacts: Bucket, settings: Settings, *, measure: bool = True) -> Advice:
     """Read the model (if any), the schema and the traffic; measure; recommend.
 
-    Without a model the schema comes from ``schema.json`` and the costs are left out.
+    Without a model the schema comes from ``schema.json`` and the costs are left out; so they are
+    with ``measure=False`` (the dashboard: no model is loaded or timed on a page request, and the
+    recommendation, which depends on the key space and the traffic only, is the same).
     """
     bundle: Scorer | None = None
     try:
         # The form predict serves (compiled, where verified): the cost the advice is about.
-        bundle = load_current(artifacts, settings).scorer
+        bundle = load_current(artifacts, settings).scorer if measure else None
     except (NotFound, ModelNotReady):
         bundle = None
     schema: Schema = bundle.schema if bundle else load_schema(artifacts)
