@@ -148,3 +148,15 @@ resource "google_cloud_run_service_iam_member" "predict_public" {
   role     = "roles/run.invoker"
   member   = "allUsers"
 }
+
+# Named viewers of the dashboard. It has no public option: its pages show object names, metrics
+# and sample rows of quarantined files, which are the deployment's own data.
+resource "google_cloud_run_service_iam_member" "dashboard_invoker" {
+  for_each = toset(var.dashboard_invokers)
+
+  project  = var.project_id
+  location = google_cloudfunctions2_function.fn["dashboard"].location
+  service  = google_cloudfunctions2_function.fn["dashboard"].name
+  role     = "roles/run.invoker"
+  member   = each.value
+}

@@ -47,7 +47,7 @@ locals {
     "DATAFLOW_SERVICE_ACCOUNT", "DATAFLOW_TEMPLATE", "DATAFLOW_MAX_WORKERS", "DATAFLOW_MACHINE_TYPE",
     "LABEL_WINDOW", "LABEL_DEFAULT", "JOIN_MAX_ROWS", "MAX_COLUMNS", "LEAKAGE_AUC", "LEAKAGE_POLICY",
     "LEAKAGE_SAMPLE_ROWS", "FEEDBACK_SHARE_WARNING", "FEEDBACK_LOG_OBJECTS", "FEEDBACK_TRAINING",
-    "FEEDBACK_MIN_ROWS",
+    "FEEDBACK_MIN_ROWS", "DASHBOARD_CACHE_SECONDS",
   ]
 
   # Env vars of every function: the GCS backend, the three buckets, JSON logs for Cloud Logging.
@@ -73,6 +73,8 @@ locals {
     # worker account, roles). To scale out, set PIPELINE_RUNNER and DATAFLOW_* in extra_env
     # and grant what docs/scale-out.md asks.
     build_table = { PIPELINE_RUNNER = "function" }
+    # The overview shows the deployment's serving mode: predict's, not the setting's default.
+    dashboard = { SERVING_MODE = var.serving_mode }
   }
   function_env = {
     for name, spec in local.functions : name => merge(
@@ -98,6 +100,9 @@ locals {
     train             = { memory = "2Gi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 3, concurrency = 1 }
     build_table       = { memory = "2Gi", cpu = "1", timeout_seconds = 1800, min_instances = 0, max_instances = 1, concurrency = 1 }
     build_table_event = { memory = "2Gi", cpu = "1", timeout_seconds = 540, min_instances = 0, max_instances = 1, concurrency = 1 }
+    # Pages for people: a few at a time; its caches (shared/dashboard/cache.py) hold the cards
+    # and records it read, tens of MB with 1,000 versions and 10,000 records.
+    dashboard = { memory = "1Gi", cpu = "1", timeout_seconds = 60, min_instances = 0, max_instances = 2, concurrency = 4 }
   }
   fallback_resources = { memory = "1Gi", cpu = "1", timeout_seconds = 300, min_instances = 0, max_instances = 1, concurrency = 1 }
   resources = {
@@ -106,10 +111,12 @@ locals {
     )
   }
 
-  # Only predict is reached from outside; event and scheduled functions are called by
-  # Eventarc and Cloud Scheduler, which Cloud Run counts as internal traffic of the project.
+  # Only predict and the dashboard are reached from outside (both need an identity token of a
+  # named invoker); event and scheduled functions are called by Eventarc and Cloud Scheduler,
+  # which Cloud Run counts as internal traffic of the project.
+  external = ["predict", "dashboard"]
   ingress = {
-    for name, spec in local.functions : name => name == "predict" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
+    for name, spec in local.functions : name => contains(local.external, name) ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
   }
 
   apis = [
@@ -174,6 +181,16 @@ locals {
     }
     build_table_write_tables = {
       package = "build_table", bucket = "artifacts", role = "roles/storage.objectUser", prefixes = ["tables/"]
+    }
+    # The dashboard only reads: the registry, monitoring, tables, traffic and the live report in
+    # artifacts, and quarantine/ and incoming/ in data (listing is bucket-level, so no prefix
+    # condition can narrow it). It never reads the prediction log itself: the live report is
+    # train's summary of it.
+    dashboard_read_artifacts = {
+      package = "dashboard", bucket = "artifacts", role = "roles/storage.objectViewer", prefixes = []
+    }
+    dashboard_read_data = {
+      package = "dashboard", bucket = "data", role = "roles/storage.objectViewer", prefixes = []
     }
   }
 

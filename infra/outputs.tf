@@ -46,3 +46,8 @@ output "region" {
   description = "Region of the functions, buckets and scheduler job (for gcloud --region / --location)."
   value       = var.region
 }
+
+output "dashboard_url" {
+  description = "URL of the dashboard function: open it with an identity token of one of var.dashboard_invokers (see docs/deploy.md)."
+  value       = google_cloudfunctions2_function.fn["dashboard"].url
+}

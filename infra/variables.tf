@@ -142,7 +142,7 @@ variable "log_level" {
 }
 
 variable "extra_env" {
-  description = "More settings per package (predict, train, build_table), e.g. { train = { PROMOTION_TOLERANCE = \"0.02\" } }. Names must be settings of shared/config.py that make sense in the cloud (see local.deployable_settings)."
+  description = "More settings per package (predict, train, build_table, dashboard), e.g. { train = { PROMOTION_TOLERANCE = \"0.02\" } }. Names must be settings of shared/config.py that make sense in the cloud (see local.deployable_settings)."
   type        = map(map(string))
   default     = {}
 
@@ -157,7 +157,7 @@ variable "extra_env" {
 }
 
 variable "function_resources" {
-  description = "Per deployed function (predict, train, build_table, build_table_event): memory, cpu, timeout and instance limits, replacing the defaults in local.default_resources for the functions named."
+  description = "Per deployed function (predict, train, build_table, build_table_event, dashboard): memory, cpu, timeout and instance limits, replacing the defaults in local.default_resources for the functions named."
   type = map(object({
     memory          = string
     cpu             = string
@@ -177,6 +177,12 @@ variable "public_predict" {
 
 variable "predict_invokers" {
   description = "Principals allowed to call predict when it is not public, e.g. [\"user:ana@example.com\", \"serviceAccount:app@p.iam.gserviceaccount.com\"]."
+  type        = list(string)
+  default     = []
+}
+
+variable "dashboard_invokers" {
+  description = "Principals allowed to open the dashboard (it is never public), e.g. [\"user:ana@example.com\", \"group:ml-ops@example.com\"]."
   type        = list(string)
   default     = []
 }

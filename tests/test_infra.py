@@ -218,6 +218,16 @@ def test_predict_is_private_unless_the_variable_opens_it(tf: dict[str, dict[str,
     assert mentions == ["functions.tf"], "allUsers may appear only in the opt-in predict grant"
 
 
+def test_the_dashboard_is_private_to_its_named_invokers(tf: dict[str, dict[str, Any]]) -> None:
+    grants = resources(tf, "google_cloud_run_service_iam_member")
+    dashboard = {name: body for name, body in grants.items() if "dashboard" in name}
+    assert list(dashboard) == ["dashboard_invoker"]
+    assert dashboard["dashboard_invoker"]["for_each"] == "${toset(var.dashboard_invokers)}"
+    assert dashboard["dashboard_invoker"]["member"] == "${each.value}"
+    assert named(tf, "variable")["dashboard_invokers"]["default"] == []
+    assert "dashboard_url" in named(tf, "output")
+
+
 def test_no_broad_roles_anywhere(tf: dict[str, dict[str, Any]]) -> None:
     project_grants = resources(tf, "google_project_iam_member")
     project_roles = {body["role"] for body in project_grants.values()}
@@ -253,6 +263,11 @@ def test_storage_grants_are_bucket_level_per_package(tf: dict[str, dict[str, Any
     }
     assert ("predictions", "roles/storage.objectViewer") in by_package["train"]
     assert {b for b, _ in by_package["build_table"]} == {"artifacts"}
+    # The dashboard only reads, and not the prediction log (the live report is in artifacts).
+    assert by_package["dashboard"] == {
+        ("artifacts", "roles/storage.objectViewer"),
+        ("data", "roles/storage.objectViewer"),
+    }
     assert ("data", "roles/storage.objectUser") in by_package["train"]
     train_data_writes = [g for g in grants.values() if g["package"] == "train" and g["bucket"] == "data"]
     assert {tuple(g["prefixes"]) for g in train_data_writes if g["role"] == "roles/storage.objectUser"} == {
@@ -334,8 +349,10 @@ def test_every_declared_function_is_deployed_with_its_entry_point(evaluated: dic
         assert functions[name]["package"] == Path(spec["source"]).name
         assert re.fullmatch(r"[a-z][a-z0-9-]{0,62}", functions[name]["resource_name"]), "a Cloud Run name"
     assert set(evaluated["resources"]) == set(DECLARATION["functions"])
-    assert evaluated["ingress"]["predict"] == "ALLOW_ALL"
-    assert {v for k, v in evaluated["ingress"].items() if k != "predict"} == {"ALLOW_INTERNAL_ONLY"}
+    # Reached from outside (each by its named invokers only): predict and the dashboard.
+    external = {"predict", "dashboard"}
+    assert {k for k, v in evaluated["ingress"].items() if v == "ALLOW_ALL"} == external
+    assert {v for k, v in evaluated["ingress"].items() if k not in external} == {"ALLOW_INTERNAL_ONLY"}
 
 
 @needs_terraform

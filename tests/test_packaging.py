@@ -75,7 +75,7 @@ def test_declaration_names_one_package_per_source_folder() -> None:
     declared = json.loads((REPO / "infra" / "functions.json").read_text())["functions"]
     folders = package.source_folders()
     assert set(folders) == {Path(spec["source"]).name for spec in declared.values()}
-    assert set(folders) == {"build_table", "predict", "train"}
+    assert set(folders) == {"build_table", "dashboard", "predict", "train"}
 
 
 @pytest.mark.skipif(not LANDED, reason="no function has landed yet")
@@ -313,7 +313,7 @@ def owners() -> dict[Path, str]:
     return _owners()
 
 
-@pytest.mark.parametrize("name", ["predict", "train", "build_table"])
+@pytest.mark.parametrize("name", ["predict", "train", "build_table", "dashboard"])
 def test_every_module_a_function_imports_is_installed_by_its_requirements(
     name: str, owners: dict[Path, str]
 ) -> None:

@@ -1,0 +1,64 @@
+"""The dashboard's caching bucket view: listings and stats reused for the ttl, bytes re-read
+only when the generation changed, writes refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.dashboard.cache import ReadCache, ReadOnly
+from shared.errors import NotFound
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Counting:
+    """A real bucket, its reads counted."""
+
+    def __init__(self, bucket) -> None:
+        self.bucket, self.reads, self.lists = bucket, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.bucket, name)
+
+    def read_with_info(self, name):
+        self.reads += 1
+        return self.bucket.read_with_info(name)
+
+    def list(self, prefix=""):
+        self.lists += 1
+        return self.bucket.list(prefix)
+
+
+def test_within_the_ttl_nothing_is_fetched_and_after_it_only_what_changed(local_bucket) -> None:
+    local_bucket.write("r/a.json", b"1")
+    local_bucket.write("r/b.json", b"2")
+    inner, clock = Counting(local_bucket), Clock()
+    view = ReadCache(inner, ttl=5, clock=clock)
+    assert [view.read(i.name) for i in view.list("r/")] == [b"1", b"2"]
+    assert (inner.lists, inner.reads) == (1, 2)
+    local_bucket.write("r/b.json", b"3")
+    assert [view.read(i.name) for i in view.list("r/")] == [b"1", b"2"]  # within the ttl
+    assert (inner.lists, inner.reads) == (1, 2)
+    clock.now = 6
+    assert [view.read(i.name) for i in view.list("r/")] == [b"1", b"3"]
+    assert (inner.lists, inner.reads) == (2, 3)  # a.json was not read again
+
+
+def test_a_missing_object_stays_missing_for_the_ttl_and_writes_are_refused(local_bucket) -> None:
+    clock = Clock()
+    view = ReadCache(local_bucket, ttl=5, clock=clock)
+    with pytest.raises(NotFound):
+        view.read("x")
+    local_bucket.write("x", b"now")
+    assert not view.exists("x")
+    clock.now = 5
+    assert view.read("x") == b"now"
+    with pytest.raises(ReadOnly):
+        view.write("y", b"no")
+    assert not local_bucket.exists("y")
