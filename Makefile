@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test lint typecheck bench soak demo up package deploy clean
-.PHONY: venv-beam
+.PHONY: venv-beam browser
 
 venv: $(STAMP)
 
@@ -45,6 +45,21 @@ up: venv
 # The whole story on synthetic data; DEMO_ARGS e.g. --short.
 demo: venv
 	$(BIN)/prodml demo $(DEMO_ARGS)
+
+# Headless Chromium for the dashboard's browser tests (tests/dashboard/test_browser.py), from
+# Debian's package: Playwright (requirements-dev.txt) drives /usr/bin/chromium, and no browser is
+# ever downloaded (`playwright install` is not used). Without it those tests skip, saying so.
+CHROMIUM := /usr/bin/chromium
+
+browser:
+	@if [ -x $(CHROMIUM) ]; then echo "make browser: $(CHROMIUM) is installed"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make browser: apt-get is not available: install Debian's chromium package (or a Chromium at $(CHROMIUM)) yourself" >&2; exit 1; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "make browser: installing chromium needs root: run 'sudo make browser' (or 'sudo apt-get install chromium')" >&2; exit 1; \
+	else \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	fi
 
 clean:
 	rm -rf $(VENV) $(VENV_BEAM) $(VENV_CHECKOV) .local dist .pytest_cache .ruff_cache .mypy_cache
