@@ -105,5 +105,10 @@ def read_note(moment: str, ttl: float) -> Markup:
     return element(
         "p",
         {"class": "note"},
-        join([f"read {moment}; facts are reused for up to {ttl:g} s (DASHBOARD_CACHE_SECONDS)"]),
+        join(
+            [
+                f"rendered {moment}; facts are refreshed in the background every {ttl:g} s "
+                "(DASHBOARD_CACHE_SECONDS), so they may be that much older, plus one refresh"
+            ]
+        ),
     )

@@ -73,6 +73,7 @@ PAGES = {
     "version": "/versions/{current}",
     "monitoring": "/monitoring",
     "live": "/live",
+    "shadow": "/shadow",
     "quarantine": "/quarantine",
     "table": "/table",
 }
