@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: venv test lint typecheck bench soak demo up package deploy clean
-.PHONY: venv-beam browser
+.PHONY: venv-beam browser screenshots
 
 venv: $(STAMP)
 
@@ -45,6 +45,11 @@ up: venv
 # The whole story on synthetic data; DEMO_ARGS e.g. --short.
 demo: venv
 	$(BIN)/prodml demo $(DEMO_ARGS)
+
+# The dashboard's pages after `make demo`, shot in headless Chromium for the README
+# (docs/screenshots/); `make browser` first.
+screenshots: venv
+	$(BIN)/python -m bench.screenshots .local/demo docs/screenshots
 
 # Headless Chromium for the dashboard's browser tests (tests/dashboard/test_browser.py), from
 # Debian's package: Playwright (requirements-dev.txt) drives /usr/bin/chromium, and no browser is

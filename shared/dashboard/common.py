@@ -109,6 +109,8 @@ def read_note(moment: str, ttl: float) -> Markup:
             [
                 f"rendered {moment}; facts are refreshed in the background every {ttl:g} s "
                 "(DASHBOARD_CACHE_SECONDS), so they may be that much older, plus one refresh"
+                if ttl > 0
+                else f"rendered {moment} from facts read for this request (DASHBOARD_CACHE_SECONDS=0)"
             ]
         ),
     )
