@@ -19,8 +19,9 @@ from pathlib import Path
 from shared.local.processes import free_port
 
 CHROMIUM = "/usr/bin/chromium"
-# The flags tests/dashboard/test_browser.py launches with: this machine's closed network refuses
-# Chromium's background connections.
+# Without the background-networking flags Chromium reaches out (updates, sync, safe browsing), and
+# this machine's closed network refuses it; QUIC likewise. A fresh temporary profile is
+# Playwright's own for each launch. tests/dashboard/test_browser.py launches with these too.
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

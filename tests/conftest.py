@@ -671,3 +671,27 @@ def post_unreadable(url: str) -> dict[str, int]:
 
 
 # === end of event function fixtures ===========================================================
+
+
+@pytest.fixture
+def cli_in_process(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[object]:
+    """A factory: ``cli_in_process(env)`` sets ``env`` for this test and returns ``run(*args)``,
+    which runs ``prodml ARGS`` in this process: (exit code, stdout, stderr)."""
+    from shared.cli import main
+    from shared.config import get_settings
+
+    def make(env: dict[str, str]):  # -> Callable[..., tuple[int, str, str]]
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+
+        def run(*args: object) -> tuple[int, str, str]:
+            capsys.readouterr()
+            code = main([str(a) for a in args])
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        return run
+
+    yield make
+    get_settings.cache_clear()

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import fit_serving_bundle, promote_version, train_env, training_schema
 
-from shared.cli import main
-from shared.config import get_settings
 from shared.contracts import CURRENT_MODEL, CURRENT_VERSION_METADATA, CardStatus
 from shared.schema import save_schema
 from shared.storage.local import LocalBucket
@@ -36,21 +34,8 @@ def artifacts(tmp_path: Path) -> LocalBucket:
 
 
 @pytest.fixture
-def prodml(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Run]:
-    for key, value in train_env(tmp_path / "buckets", LOG_LEVEL="warning", SHADOW_MIN_LABELS="30").items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    get_settings.cache_clear()
+def prodml(tmp_path: Path, cli_in_process: Callable[[dict[str, str]], Run]) -> Run:
+    return cli_in_process(train_env(tmp_path / "buckets", LOG_LEVEL="warning", SHADOW_MIN_LABELS="30"))
 
 
 def test_start_without_a_version_picks_the_most_recent_challenger_not_rejected(

@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import bad_model_files
 import pytest
 from conftest import drop_file, train_env, training_rows, training_schema
 
-from shared.cli import main
-from shared.config import get_settings
 from shared.contracts import CURRENT_MODEL
 from shared.schema import save_schema
 from shared.storage.local import LocalBucket
@@ -30,21 +28,8 @@ def buckets(tmp_path: Path) -> tuple[LocalBucket, LocalBucket]:
 
 
 @pytest.fixture
-def prodml(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Run]:
-    for key, value in train_env(tmp_path / "buckets", LOG_LEVEL="warning").items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    get_settings.cache_clear()
+def prodml(tmp_path: Path, cli_in_process: Callable[[dict[str, str]], Run]) -> Run:
+    return cli_in_process(train_env(tmp_path / "buckets", LOG_LEVEL="warning"))
 
 
 def _file(tmp_path: Path, name: str, seed: int, **kwargs: object) -> Path:

@@ -31,6 +31,8 @@ import pandas as pd
 import pytest
 import requests
 
+from bench.screenshots import CHROMIUM as SCREENSHOT_CHROMIUM
+from bench.screenshots import CHROMIUM_ARGS
 from shared.contracts import EventOutcome
 from shared.local.demo.loop import impressions, serve_with_ids, wait_log_flushed, write_labels
 from shared.local.processes import free_port
@@ -43,20 +45,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODML = str(Path(sys.executable).with_name("prodml"))
-CHROMIUM = Path("/usr/bin/chromium")
-# Without the background-networking flags Chromium reaches out (updates, sync, safe browsing),
-# and this machine's closed network refuses it; QUIC likewise. A fresh temporary profile is
-# Playwright's own for each launch.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM = Path(SCREENSHOT_CHROMIUM)
 SCREENSHOTS = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or ROOT / "docs" / "screenshots")
 WAIT = 180.0  # generous: the machine is shared; nothing here asserts a timing
 
@@ -381,8 +370,9 @@ def test_a_page_shows_the_same_text_without_javascript(
 
 
 def _without_ages(text: str) -> str:
-    """The page text without the lines that move by the second (ages, "read at" times)."""
-    return "\n".join(line for line in text.splitlines() if " s" not in line and "read at" not in line)
+    """The page text without the lines that move by the second (ages, the "rendered at" note)."""
+    moving = (" s", "read at", "rendered ")
+    return "\n".join(line for line in text.splitlines() if not any(m in line for m in moving))
 
 
 def test_every_link_of_every_page_resolves(deployment: Deployment, visits: dict[str, Visit]) -> None:

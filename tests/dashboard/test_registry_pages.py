@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import train_env, training_rows, training_schema
 from page_parser import parse, scripts_or_handlers
 
-from shared.cli import main
 from shared.config import get_settings
 from shared.dashboard.common import PAGE_SIZE
 from shared.dashboard.formatting import number
@@ -23,24 +22,10 @@ Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def prodml(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Run]:
-    for key, value in train_env(
-        tmp_path / "buckets", LOG_LEVEL="warning", DASHBOARD_CACHE_SECONDS="0"
-    ).items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
+def prodml(tmp_path: Path, cli_in_process: Callable[[dict[str, str]], Run]) -> Run:
+    run = cli_in_process(train_env(tmp_path / "buckets", LOG_LEVEL="warning", DASHBOARD_CACHE_SECONDS="0"))
     save_schema(LocalBucket(tmp_path / "buckets", "prodml-artifacts"), training_schema())
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    get_settings.cache_clear()
+    return run
 
 
 def train(tmp_path: Path, prodml: Run, name: str, seed: int) -> str:

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import fit_serving_bundle, promote_version, train_env, training_schema
 from page_parser import parse, scripts_or_handlers
 
-from shared.cli import main
 from shared.config import get_settings
 from shared.contracts import SHADOW_POINTER, CardStatus, EventOutcome
 from shared.dashboard.formatting import number
@@ -33,28 +32,17 @@ MIN_LABELS = 50
 
 
 @pytest.fixture
-def prodml(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Run]:
-    env = train_env(
-        tmp_path / "buckets",
-        LOG_LEVEL="warning",
-        DASHBOARD_CACHE_SECONDS="0",
-        SHADOW_MIN_LABELS=str(MIN_LABELS),
+def prodml(tmp_path: Path, cli_in_process: Callable[[dict[str, str]], Run]) -> Run:
+    run = cli_in_process(
+        train_env(
+            tmp_path / "buckets",
+            LOG_LEVEL="warning",
+            DASHBOARD_CACHE_SECONDS="0",
+            SHADOW_MIN_LABELS=str(MIN_LABELS),
+        )
     )
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
     save_schema(LocalBucket(tmp_path / "buckets", "prodml-artifacts"), training_schema())
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    get_settings.cache_clear()
+    return run
 
 
 def page(path: str) -> tuple[int, bytes]:
