@@ -133,6 +133,9 @@ class LocalStack:
         self.specs: list[FunctionSpec] = [self.declaration.functions[name] for name in names]
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
+        # Held by the supervisor's rounds and by ``reconfigure``: a function stopped on purpose to
+        # start again must not look like a crash to the supervisor, which would start it as well.
+        self._supervising = threading.Lock()
 
     # --- where things are ----------------------------------------------------------------------
 
@@ -202,10 +205,32 @@ class LocalStack:
     def _supervise(self) -> None:
         """Start again every function whose process ended, until the stack stops."""
         while not self._stopping.wait(SUPERVISE_SECONDS):
-            for name, process in self.processes.items():
-                status = process.exited()
-                if status is not None and not self._stopping.is_set():
-                    self._restart(name, process, status)
+            with self._supervising:
+                for name, process in self.processes.items():
+                    status = process.exited()
+                    if status is not None and not self._stopping.is_set():
+                        self._restart(name, process, status)
+
+    def reconfigure(self, name: str, settings: Mapping[str, str], timeout: float = 60.0) -> FunctionProcess:
+        """Start function ``name`` again with ``settings`` over its environment, as redeploying one
+        function with changed settings does; the others run on, untouched. ``up.json`` names the
+        new process. Call it while the function is idle: an event it is handling is cut short, and
+        only the router's retries deliver it again."""
+        process = self.processes.get(name)
+        if process is None:
+            raise ConfigError(f"function {name} does not run in this stack: {sorted(self.processes)}")
+        with self._supervising:
+            process.stop()
+            process.env.update(settings)
+            try:
+                process.start(timeout, spawned=lambda _: self._write_state())
+            except RuntimeError as exc:  # the supervisor's next round starts it again
+                raise ConfigError(
+                    f"function {name} did not start again with {dict(settings)}: {exc}"
+                ) from None
+        fields = {"function": name, "settings": dict(settings)}
+        log.info(f"function {name} started again with new settings", extra={"fields": fields})
+        return process
 
     def _restart(self, name: str, process: FunctionProcess, status: int) -> None:
         """Start ``name`` again. The restart is counted and ``up.json`` names the new process as

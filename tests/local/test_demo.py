@@ -35,8 +35,9 @@ def test_short_demo_tells_the_story_and_leaves_nothing_running(tmp_path: Path) -
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     steps = [line for line in lines if line.startswith("[")]
-    assert len(steps) == 16 and steps[11].startswith("[12/16] serving modes")
-    assert steps[-1].startswith("[16/16] back into training")
+    assert len(steps) == 19 and steps[11].startswith("[12/19] serving modes")
+    assert steps[15].startswith("[16/19] back into training")
+    assert steps[-1].startswith("[19/19] shadow judged on labels")
 
     summary = json.loads((state / "demo" / "summary.json").read_text())
     report = (state / "demo" / "report.html").read_text()
@@ -72,12 +73,10 @@ def test_short_demo_tells_the_story_and_leaves_nothing_running(tmp_path: Path) -
     emitted = feedback["emission"]
     assert emitted["file"].startswith("incoming/feedback/") and emitted["rows"] == 210
     assert (emitted["labelled"], emitted["defaulted"]) == (210, 0)
-    newest = versions[-1]
+    newest = versions[-2]  # the shadow chapter's version came after it
     assert feedback["version"] == newest["version"] and newest["parent"] == live["version"]
     assert feedback["outcome"] == newest["decision"] in ("promoted", "rejected")
-    assert summary["models"]["current"] == (
-        newest["version"] if feedback["outcome"] == "promoted" else live["version"]
-    )
+    champion = newest["version"] if feedback["outcome"] == "promoted" else live["version"]
     assert feedback["gate"]["challenger"] == newest["challenger"] and feedback["gate"]["reason"]
     lineage = feedback["lineage"]
     assert (lineage["name"], lineage["source"], lineage["rows"]) == (emitted["file"], "feedback", 210)
@@ -92,6 +91,29 @@ def test_short_demo_tells_the_story_and_leaves_nothing_running(tmp_path: Path) -
     ]
     assert (state / "buckets" / "prodml-data" / emitted["file"]).exists()
     assert f"<th>back into training</th><td>{emitted['rows']} joined rows" in report
+    # the shadow (PROMOTION_POLICY=shadow from here): a day of the moved market passes the gate and
+    # runs in shadow beside the champion; 300 impressions of that market are answered by the
+    # champion and scored by the shadow (agreement per source); their labels arrive and the shadow,
+    # better on them, is promoted on the live numbers; predict answers with it
+    run = facts["shadow"]
+    shadow_version = versions[-1]
+    assert run["version"] == shadow_version["version"] and run["champion"] == champion
+    assert shadow_version["parent"] == champion and shadow_version["decision"] == "promoted"
+    assert run["file"] == "day-05.csv" and run["form"] in ("onnx", "sklearn")
+    assert run["served"] == 300 and run["agreement"]["all"]["rows"] == 300
+    assert sum(a["rows"] for s, a in run["agreement"].items() if s != "all") == 300
+    assert set(run["agreement"]) - {"all"} <= {"model", "table"}
+    assert 0 < run["agreement"]["all"]["mean_abs_difference"] < 1
+    assert run["before_labels"]["decision"] == "waiting" and run["before_labels"]["rows"] == 0
+    assert run["labels"] == 300 and run["change"] == "promoted" and run["promoted"] is True
+    numbers = run["numbers"]
+    assert (numbers["rows"], numbers["min_rows"], numbers["metric"]) == (300, 200, "log_loss")
+    assert numbers["shadow_metric"] < numbers["champion_metric"]  # it won, not only "not worse"
+    assert run["history"] == ["started", "promoted"] and run["reason"].startswith("promoted on live labels")
+    assert run["current"] == run["served_after"] == run["version"] == summary["models"]["current"]
+    shown = f"<th>shadow challenger</th><td>{run['version']} beside {champion}: agreement on 300 rows"
+    assert shown in report
+    assert "the shadow is better by" in summary["summary"]["shadow challenger"]
     # the buckets stay to look at; no process is left
     assert (state / "buckets" / "prodml-data" / "quarantine" / "corrupt.csv").exists()
     pids = json.loads((state / "demo" / "processes.json").read_text())

@@ -41,7 +41,7 @@ def answer(request):
     body = request.get_json(silent=True)
     with open(os.environ["CALLS_FILE"], "a") as f:
         f.write(json.dumps({"body": body}) + "\\n")
-    return {"ok": True, "pid": os.getpid()}
+    return {"ok": True, "pid": os.getpid(), "greeting": os.environ.get("GREETING")}
 """
 
 EVENT_FUNCTION = """
@@ -305,4 +305,47 @@ def test_a_function_killed_with_sigkill_is_started_again(tmp_path: Path) -> None
     deadline = time.monotonic() + 30  # killed workers are reaped by init, a moment later
     while not (process_gone(killed.pid) and process_gone(restarted)):
         assert time.monotonic() < deadline, "a process of the killed or the restarted function is left"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_reconfigure_starts_one_function_again_with_new_settings_and_leaves_the_others(
+    tmp_path: Path,
+) -> None:
+    """As redeploying one function with a changed setting: the demo's shadow chapter runs the
+    train function under PROMOTION_POLICY=shadow this way, the other functions untouched."""
+    declaration = load_declaration(write_declaration(tmp_path))
+    env = {
+        **os.environ,
+        "PREDICT_PORT": str(free_port()),
+        "TRAIN_PORT": str(free_port()),
+        "CALLS_FILE": str(tmp_path / "calls.jsonl"),
+        "EVENTS_FILE": str(tmp_path / "events.jsonl"),
+    }
+    env.pop("GREETING", None)
+    state = tmp_path / "state"
+    stack = LocalStack(state_dir=state, env=stack_environment(state, env), declaration=declaration,
+                       scheduler=False)  # fmt: skip
+    with stack:
+        url = stack.urls["web"]
+        before = requests.post(url, json={}, timeout=10).json()
+        first, other = stack.processes["web"].process, stack.processes["ingest"].process
+        assert before["greeting"] is None and first is not None and other is not None
+
+        stack.reconfigure("web", {"GREETING": "hello"})
+
+        after = requests.post(url, json={}, timeout=10).json()  # it listens again when this returns
+        assert after["greeting"] == "hello" and after["pid"] != before["pid"]
+        started = stack.processes["web"].process
+        assert started is not None and started.pid != first.pid
+        named = json.loads(stack.state_file.read_text())["functions"]
+        assert named["web"]["pid"] == started.pid and named["ingest"]["pid"] == other.pid
+        assert stack.processes["ingest"].process is other and other.poll() is None  # left running
+        assert stack.restarts == {}  # a reconfiguration is no crash the supervisor answered
+        assert first.poll() is not None  # the old process was stopped, not left beside the new
+        with pytest.raises(ConfigError, match="function nope does not run in this stack"):
+            stack.reconfigure("nope", {})
+    deadline = time.monotonic() + 30  # workers are reaped by init, a moment after their master
+    while not all(process_gone(pid) for pid in (first.pid, before["pid"], started.pid, after["pid"])):
+        assert time.monotonic() < deadline, "a process of the reconfigured function is left"
         time.sleep(0.1)

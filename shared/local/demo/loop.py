@@ -41,9 +41,10 @@ class Impressions:
     outcomes: list[int]
 
 
-def impressions(seed: int, day: int, rows: int, prefix: str) -> Impressions:
-    """``rows`` rows of synthetic day ``day`` as request instances with ids ``<prefix>-<n>``."""
-    frame = day_frame(seed, day, rows)
+def impressions(seed: int, day: int, rows: int, prefix: str, drift: bool = False) -> Impressions:
+    """``rows`` rows of synthetic day ``day`` (``drift``: drawn from the drifted population) as
+    request instances with ids ``<prefix>-<n>``."""
+    frame = day_frame(seed, day, rows, drift)
     outcomes = [int(v) for v in frame.pop(LABEL)]
     instances = [
         {str(k): (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
@@ -52,10 +53,11 @@ def impressions(seed: int, day: int, rows: int, prefix: str) -> Impressions:
     return Impressions([f"{prefix}-{n}" for n in range(rows)], instances, outcomes)
 
 
-def write_day(folder: Path, seed: int, day: int, rows: int) -> Path:
-    """Write synthetic day ``day`` as ``day-<dd>.csv`` in ``folder`` (a day file like the others)."""
+def write_day(folder: Path, seed: int, day: int, rows: int, drift: bool = False) -> Path:
+    """Write synthetic day ``day`` as ``day-<dd>.csv`` in ``folder`` (a day file like the others;
+    ``drift``: drawn from the drifted population, as the drift day is)."""
     path = folder / f"day-{day:02d}.csv"
-    day_frame(seed, day, rows).to_csv(path, index=False)
+    day_frame(seed, day, rows, drift).to_csv(path, index=False)
     return path
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.contracts import CardStatus
+from shared.local.demo import shadow
 from shared.local.demo.story import Demo
 
 
@@ -36,6 +37,7 @@ def summary_rows(demo: Demo, models: dict[str, Any]) -> list[tuple[str, str]]:
         shown = ", ".join(f"{f} {v:.2f}" for f, v in sorted(drift["psi"].items(), key=lambda kv: -kv[1]))
         rows.append(("drift (PSI)", f"{drift.get('decision')}: {shown}"))
     rows += _loop_rows(demo.facts)
+    rows += _shadow_rows(demo.facts)
     advice = demo.facts.get("advice")
     if advice:
         rows.append(("advisor", f"{advice.get('recommendation')} (K={advice.get('k')})"))
@@ -104,6 +106,26 @@ def _loop_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def _shadow_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    """The shadow chapter's line: which version ran beside which, its agreement, the live
+    comparison's numbers and what the policy decided."""
+    run = facts.get("shadow")
+    if not run or "change" not in run:
+        return []
+    agreement = run["agreement"]["all"]
+    flipped = "-" if agreement["flipped_share"] is None else f"{agreement['flipped_share']:.1%}"
+    difference = agreement["mean_abs_difference"]
+    return [
+        (
+            "shadow challenger",
+            f"{run['version']} beside {run['champion']}: agreement on {agreement['rows']} rows, mean "
+            f"|difference| {'-' if difference is None else f'{difference:.4f}'}, flipped {flipped}; "
+            f"{shadow.live_line(run['numbers'])} -> {run['change']} "
+            f"({' -> '.join(run['history'])}); serving {run['current']}",
+        )
+    ]
 
 
 def render_table(rows: list[tuple[str, str]]) -> str:

@@ -7,7 +7,8 @@ processes (``shared.local.stack``) and data files reach them by being copied int
 folder, through the file-drop router.
 
 The module stays whole at about 500 lines: ``Demo`` is a linear story, one method a step in the
-order they run, and reads best as one script (the feedback loop's helpers are in ``loop.py``).
+order they run, and reads best as one script (the feedback loop's helpers are in ``loop.py``, the
+shadow chapter's in ``shadow.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from shared.contracts import (
     TableStrategy,
 )
 from shared.errors import DemoError
-from shared.local.demo import loop
+from shared.local.demo import loop, shadow
 from shared.local.demo.probe import (
     Landing,
     ModeRun,
@@ -111,6 +112,9 @@ DEMO_SETTINGS = {
     # the loop's last step: a labels file makes the train function write the matured joined rows
     # back into incoming/feedback/, and that file trains a version (docs/feedback.md)
     "FEEDBACK_TRAINING": "true",
+    # the shadow chapter (PROMOTION_POLICY=shadow from then on): its shadow is judged once this many
+    # of its impressions' labels matured, fewer than the short demo's impressions (300)
+    "SHADOW_MIN_LABELS": "200",
 }
 
 
@@ -134,8 +138,9 @@ class Demo:
         self.pids_file = self.out / "processes.json"
         self._log_file: TextIO | None = None
         # synth, schema, static training, stack, the days between the first and the drifted last,
-        # corrupt, rollback, drift, traffic, advisor, table, serving modes, the feedback loop (4)
-        self.total_steps = 15 + self.options.days - 2
+        # corrupt, rollback, drift, traffic, advisor, table, serving modes, the feedback loop (4),
+        # the shadow (3)
+        self.total_steps = 18 + self.options.days - 2
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -244,6 +249,11 @@ class Demo:
             self.skewed_stream()
             self.labels_arrive()
             self.back_into_training()
+            # The shadow last: from here the train function runs under PROMOTION_POLICY=shadow,
+            # so every chapter above told its story under the offline policy.
+            self.shadow_challenger()
+            self.shadow_traffic()
+            self.shadow_judged()
         finally:
             self.stop()
 
@@ -463,6 +473,102 @@ class Demo:
                 *self._warnings(file),
                 loop.again_line(again),
             ]
+
+    def _use_settings(self, settings: dict[str, str]) -> None:
+        """``settings`` for this process's commands from now on (``prodml shadow status`` says the
+        policy in force), as for the function started again with them."""
+        self.env.update(settings)
+        os.environ.update(settings)
+        get_settings.cache_clear()
+
+    def shadow_challenger(self) -> None:
+        """Step (PROMOTION_POLICY=shadow): the train function is started again under the shadow
+        policy; one more day passes the gate and runs in shadow beside the champion."""
+        assert self.stack is not None
+        with self.step("shadow challenger") as s:
+            self._settle()  # the train function is idle (the last promotion's table build too)
+            self.stack.reconfigure("train", shadow.SHADOW_SETTINGS)
+            self._use_settings(shadow.SHADOW_SETTINGS)
+            self._record_pids()
+            o = self.options
+            # The market has moved since the champion's days (the drift day's population): the
+            # newest day holds it, the champion's files do not. Honest evidence for the shadow.
+            day = loop.write_day(self.state / "synth", o.seed, o.days + 2, o.rows_per_day, drift=True)
+            landing = drop_and_follow(self.stack, day, f"{INCOMING_PREFIX}{day.name}")
+            marker = landing.marker
+            if marker.get("outcome") != EventOutcome.SHADOW or not marker.get("version"):
+                raise DemoError(f"{day.name} did not become the shadow: {marker}")
+            status = self.cli("shadow", "status")
+            version, champion = str(marker["version"]), str(status["current"])
+            if status["running"] != version:
+                raise DemoError(f"`prodml shadow status` shows {status['running']} in shadow, not {version}")
+            health = shadow.wait_scored(self.stack.urls["predict"], version)
+            self.shadow_run = {"version": version, "champion": champion, "file": day.name}
+            self.facts["shadow"] = {**self.shadow_run, "form": status["pointer"]["form"]}
+            s["detail"] = (
+                f"train function started again with PROMOTION_POLICY=shadow; {day.name} (the market "
+                f"moved, as on the drift day): shadow {version} beside the champion {champion}"
+            )
+            s["more"] = [
+                f"the train function: {marker.get('message')}",
+                f"prodml shadow status: running {status['running']} ({status['pointer']['form']}), "
+                f"serving {champion}; predict: {health['note']}",
+            ]
+
+    def shadow_traffic(self) -> None:
+        """Step: impressions with ids through predict; it answers with the champion and logs the
+        shadow's score of each beside it; ``prodml shadow status`` gives the agreement per source."""
+        assert self.stack is not None
+        with self.step("shadow on live traffic") as s:
+            url, run = self.stack.urls["predict"], self.shadow_run
+            self.shadow_impressions = loop.impressions(
+                self.options.seed,
+                shadow.IMPRESSION_DAY,
+                self.options.impressions,
+                shadow.IMPRESSION_PREFIX,
+                drift=True,  # today's market, as the shadow's newest day
+            )
+            answers = loop.serve_with_ids(url, self.shadow_impressions)
+            answered = sorted({str(a["model_version"]) for a in answers})
+            if answered != [run["champion"]]:
+                raise DemoError(f"predict answered with {answered}, not only the champion {run['champion']}")
+            loop.wait_log_flushed(url)
+            comparison = self.cli("shadow", "status")["comparison"]
+            agreement, live = comparison["agreement"], comparison["live"]
+            self.facts["shadow"] |= {"served": len(answers), "agreement": agreement, "before_labels": live}
+            s["detail"] = (
+                f"{len(answers):,} impressions ({shadow.IMPRESSION_PREFIX}-0...) answered by "
+                f"{run['champion']}, {agreement['all']['rows']:,} scored by the shadow too"
+            )
+            s["more"] = [*shadow.agreement_lines(agreement), f"live: {live['reason']}"]
+
+    def shadow_judged(self) -> None:
+        """Step: the impressions' labels arrive; the train function compares shadow and champion
+        on them and decides (promoted when not worse); predict then answers with the winner."""
+        assert self.stack is not None
+        with self.step("shadow judged on labels") as s:
+            run = self.shadow_run
+            path = self.state / "synth" / f"labels-{shadow.IMPRESSION_PREFIX}.csv"
+            rows = loop.write_labels(path, self.shadow_impressions, 1.0, ())
+            landing = drop_and_follow(self.stack, path, f"{LABELS_PREFIX}{path.name}")
+            if landing.marker.get("outcome") != EventOutcome.LABELS_STORED:
+                raise DemoError(f"{path.name} was not stored for the join: {landing.marker}")
+            decided = shadow.decision_facts(self.cli("shadow", "status"), run["version"])
+            served = None
+            if decided["promoted"]:
+                served = str(wait_served(self.stack.urls["predict"], run["version"])[0]["model_version"])
+            self.facts["shadow"] |= {**decided, "labels": rows, "served_after": served}
+            s["detail"] = (
+                f"{rows:,} labels in {LABELS_PREFIX}{path.name} -> {decided['change']}: "
+                f"{shadow.live_line(decided['numbers'])}"
+            )
+            s["more"] = [
+                f"why: {decided['reason']}",
+                f"history: {' -> '.join(decided['history'])}; serving {decided['current']}",
+            ]
+            if served is not None:
+                s["more"].append(f"predict answers with {served}")
+            self._settle()  # the promotion's table build, before the summary reads the registry
 
     def _warnings(self, name: str) -> list[str]:
         """The test-then-train warnings of data file ``name`` (`prodml monitor`)."""
