@@ -56,10 +56,19 @@ def test_the_function_serves_every_page_with_its_headers(
 
 
 def test_prodml_up_and_the_demo_name_the_dashboards_url(tmp_path: Path) -> None:
+    from shared.config import get_settings, load_settings
     from shared.local.demo import dashboard_hint
+    from shared.local.demo.story import Demo, DemoOptions
     from shared.local.stack import LocalStack, stack_environment
 
     env = {k: v for k, v in stack_environment(tmp_path).items() if k != "DASHBOARD_PORT"}
     stack = LocalStack(state_dir=tmp_path, env=env)  # not started: its URLs are what `prodml up` prints
     assert stack.urls["dashboard"] == "http://127.0.0.1:8084"
-    assert dashboard_hint(tmp_path) == f"`prodml up --state {tmp_path}`, then open http://127.0.0.1:8084"
+    port = load_settings(env).dashboard_port
+    assert (
+        dashboard_hint(tmp_path, port) == f"`prodml up --state {tmp_path}`, then open http://127.0.0.1:8084"
+    )
+    # The demo names the port of the user's environment, not the free one its own stack took.
+    get_settings.cache_clear()
+    demo = Demo(DemoOptions(state=tmp_path / "demo"))
+    assert demo.env["DASHBOARD_PORT"] != str(demo.user_dashboard_port) == "8084"

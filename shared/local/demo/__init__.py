@@ -39,14 +39,13 @@ def run_demo(options: DemoOptions) -> Demo:
     print(f"summary: {summary_path}")
     print(f"report:  {report_path}")
     print(f"buckets: {demo.state / 'buckets'}/  (the stack is stopped)")
-    print(f"dashboard: {dashboard_hint(demo.state)}")
+    print(f"dashboard: {dashboard_hint(demo.state, demo.user_dashboard_port)}")
     return demo
 
 
-def dashboard_hint(state: Path) -> str:
-    """How to look at the demo's buckets in the dashboard once the demo has stopped its stack."""
-    from shared.config import get_settings
+def dashboard_hint(state: Path, port: int) -> str:
+    """How to look at the demo's buckets in the dashboard once the demo has stopped its stack
+    (``port``: the DASHBOARD_PORT `prodml up` will take)."""
     from shared.local.processes import HOST
 
-    port = get_settings().dashboard_port
     return f"`prodml up --state {state}`, then open http://{HOST}:{port}"

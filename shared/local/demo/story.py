@@ -134,6 +134,9 @@ class Demo:
     def __post_init__(self) -> None:
         self.state = self.options.state.resolve()
         self.out = self.state / "demo"
+        # The port `prodml up` will use once the demo is over: the user's, not the free one the
+        # demo's own stack takes.
+        self.user_dashboard_port = get_settings().dashboard_port
         self.env = self._environment()
         self.pids_file = self.out / "processes.json"
         self._log_file: TextIO | None = None
