@@ -24,6 +24,7 @@ from shared.storage import Bucket, predictions_bucket
 from shared.training import registry, shadow, shadow_policy
 from shared.training.card import ModelCard
 from shared.training.event_job import EventJob, Outcome
+from shared.training.gate import PROMOTED_VERDICT
 from shared.training.registry import Current
 from shared.training.window import ref_key
 
@@ -42,6 +43,9 @@ def goes_to_shadow(settings: Settings, current: Current | None) -> bool:
 
 def start_shadow(job: EventJob, card: ModelCard, current: Current, reason: str) -> Outcome:
     """Put ``card``'s version in shadow beside ``current`` and mark the file done (``shadow``)."""
+    # The gate's verdict says "promoted: ..."; here the challenger only passed it.
+    if reason.startswith(PROMOTED_VERDICT):
+        reason = "passed the offline gate: " + reason[len(PROMOTED_VERDICT) :]
     with job.clock.phase("write"):
         pointer = shadow_policy.start(
             job.artifacts, card, champion=current.version, by=f"train {job.key}", reason=reason

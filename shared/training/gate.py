@@ -26,6 +26,8 @@ from shared.schema import Schema
 from shared.training import fitting
 
 Z_ONE_SIDED_95 = 1.645  # the gate rejects only what is worse with 95 % confidence
+PROMOTED_VERDICT = "promoted: "  # how the verdict on a challenger that passes begins
+REJECTED_VERDICT = "rejected: "
 
 
 def row_losses(bundle: ModelBundle, frame: pd.DataFrame, scores: np.ndarray | None = None) -> np.ndarray:
@@ -105,8 +107,8 @@ def judge(
         f"on {rows} {rows_are}; tolerance {allowed:.4f}"
     )
     if bound <= allowed:
-        return True, "promoted: " + verdict, numbers
-    return False, "rejected: " + verdict, numbers
+        return True, PROMOTED_VERDICT + verdict, numbers
+    return False, REJECTED_VERDICT + verdict, numbers
 
 
 def scores_by_model(models: dict[str, ModelBundle | None], rows: pd.DataFrame) -> dict[str, np.ndarray]:
