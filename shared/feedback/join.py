@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ log = get_logger(__name__)
 TRUTH = "truth"  # the joined label (text; float64 for regression), missing where none arrived
 LABEL_TIME = "label_event_time"
 LISTED = 20  # names of skipped objects, and unmatched ids, a report lists
+DAY_SECONDS = 86400
 
 
 @dataclass
@@ -101,14 +103,24 @@ class Joined:
     unmatched_ids: tuple[str, ...] = field(default=())
 
 
-def load_predictions(predictions: Bucket, settings: Settings, budget: _Budget | None = None) -> Loaded:
+def load_predictions(
+    predictions: Bucket, settings: Settings, budget: _Budget | None = None, since: float | None = None
+) -> Loaded:
     """Every readable log object as one frame: ``id``, ``time``, ``score`` (``score.<i>`` per class
     for multiclass), ``label``, ``source``, ``model_version``, ``table_build``, ``shadow_score``
-    (``shadow_score.<i>``), ``shadow_version``, ``f.<feature>``, ``object``, ``row``."""
+    (``shadow_score.<i>``), ``shadow_version``, ``f.<feature>``, ``object``, ``row``.
+
+    ``since`` (seconds since the epoch): only the objects of the days that may hold predictions
+    served from then on (``predictions/<date>/``, from the day before: a flush's object is named by
+    its first row's day), so a shadow's comparison reads its own run, not the whole log."""
     budget = budget or _Budget(settings.join_max_rows)
     frames: list[pd.DataFrame] = []
     unreadable: list[str] = []
-    infos = [i for i in predictions.list(PREDICTIONS_PREFIX) if i.name.endswith(".npz")]
+    infos = [
+        i
+        for i in predictions.list(PREDICTIONS_PREFIX)
+        if i.name.endswith(".npz") and (since is None or not _day_before(i.name, since))
+    ]
     for info in infos:
         try:
             frame = read_log_frame(predictions, info.name, settings)
@@ -119,6 +131,17 @@ def load_predictions(predictions: Bucket, settings: Settings, budget: _Budget | 
         budget.take(len(frame), info.name)
         frames.append(frame)
     return log_rows(frames, len(infos), unreadable)
+
+
+def _day_before(name: str, since: float) -> bool:
+    """Whether log object ``name`` is of a day that ended a full day before ``since`` (a name
+    whose day cannot be read is kept)."""
+    day = name[len(PREDICTIONS_PREFIX) :].split("/", 1)[0]
+    try:
+        start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return False
+    return start + 2 * DAY_SECONDS <= since
 
 
 def read_log_frame(predictions: Bucket, name: str, settings: Settings) -> pd.DataFrame:
@@ -197,10 +220,14 @@ def _labels_frame(rows: LabelRows) -> pd.DataFrame:
     )
 
 
-def load_and_join(predictions: Bucket, artifacts: Bucket, settings: Settings) -> Joined:
-    """Read both stores within JOIN_MAX_ROWS together and join them (``join``)."""
+def load_and_join(
+    predictions: Bucket, artifacts: Bucket, settings: Settings, since: float | None = None
+) -> Joined:
+    """Read both stores within JOIN_MAX_ROWS together and join them (``join``); ``since``: the
+    log's objects of those days only (``load_predictions``)."""
     budget = _Budget(settings.join_max_rows)
-    return join(load_predictions(predictions, settings, budget), load_labels(artifacts, settings, budget))
+    logged = load_predictions(predictions, settings, budget, since)
+    return join(logged, load_labels(artifacts, settings, budget))
 
 
 def join(logged: Loaded, labels: Loaded) -> Joined:

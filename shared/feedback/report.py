@@ -73,7 +73,8 @@ def shadow_comparison(
         return None
     if pointer is None or pointer.version is None:
         return None
-    return compare_rows(rows, schema, settings, pointer.version, pointer.champion).to_dict()
+    since = pointer.started_at()
+    return compare_rows(rows, schema, settings, pointer.version, pointer.champion, since).to_dict()
 
 
 def serving_ages(artifacts: Bucket, settings: Settings, moment: float) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 The rows are the join's (``shared.feedback.join``: one row per prediction id, the first served),
 matured (``shared.feedback.maturity``), restricted to the predictions the pointer's champion
 answered and the shadow scored: ``shadow_version`` is the pointer's version and neither score is
-missing (a static-mode miss served none; a shadow that failed left NaN).
+missing (a static-mode miss served none; a shadow that failed left NaN). Only the shadow's current
+run counts: predictions served from the pointer's ``started`` on (the log objects of those days
+are all that is read), so a version started again is not judged on an earlier run's rows.
 
 - **Agreement**, at once, per source (``table``, ``model``, ``miss``) and over ``all``: the mean
   absolute score difference (for multiclass, over every class's probability) and the share of
@@ -100,16 +102,26 @@ def compare(
         raise ValueError("no shadow is running: nothing to compare")
     schema = load_schema(artifacts)
     default = maturity.label_default(schema, settings)
-    joined = join.load_and_join(predictions, artifacts, settings)
+    since = pointer.started_at()
+    joined = join.load_and_join(predictions, artifacts, settings, since)
     moment = time.time() if now is None else now
     rows = maturity.mature(joined.rows, moment, settings.label_window, default)
-    return compare_rows(rows, schema, settings, pointer.version, pointer.champion)
+    return compare_rows(rows, schema, settings, pointer.version, pointer.champion, since)
 
 
 def compare_rows(
-    rows: pd.DataFrame, schema: Schema, settings: Settings, version: str, champion: str | None
+    rows: pd.DataFrame,
+    schema: Schema,
+    settings: Settings,
+    version: str,
+    champion: str | None,
+    since: float | None = None,
 ) -> ShadowComparison:
-    """``compare`` on rows already joined and matured (the live report's)."""
+    """``compare`` on rows already joined and matured (the live report's); ``since``: only the
+    predictions served from then on (this run of the shadow: a version started again is judged on
+    its new run, not on the rows of an earlier one)."""
+    if since is not None and len(rows):
+        rows = rows[rows["time"].to_numpy(dtype=np.float64) >= since]
     paired = _paired_rows(rows, schema, version, champion)
     agreement = {ALL_SOURCES: _agreement(paired, schema)}
     for source, group in paired.groupby("source", sort=True):

@@ -62,6 +62,15 @@ class ShadowPointer:
         """Whether a version is in shadow."""
         return self.version is not None
 
+    def started_at(self) -> float | None:
+        """When this shadow run started, in seconds since the epoch; None when unknown."""
+        if not self.started:
+            return None
+        try:
+            return datetime.fromisoformat(self.started.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+
     def to_dict(self) -> dict[str, Any]:
         """The pointer as stored (and as its history record)."""
         return {
@@ -238,10 +247,7 @@ def list_history(artifacts: Bucket) -> list[dict[str, Any]]:
 
 def age_seconds(pointer: ShadowPointer, now: datetime | None = None) -> float | None:
     """How long the running shadow has run, in seconds; None when none runs or no start is known."""
-    if pointer.version is None or not pointer.started:
+    began = pointer.started_at()
+    if pointer.version is None or began is None:
         return None
-    try:
-        began = datetime.fromisoformat(pointer.started.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return ((now or datetime.now(UTC)) - began).total_seconds()
+    return (now or datetime.now(UTC)).timestamp() - began

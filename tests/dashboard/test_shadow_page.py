@@ -67,7 +67,7 @@ def running(tmp_path: Path, prodml: Run) -> dict[str, str]:
     for i in range(80):
         champion, candidate = 0.2 + 0.6 * (i % 2), 0.3 + 0.5 * (i % 3 == 0)
         batch.ids.append(f"imp-{i}")
-        batch.times.append(time.time() - 30)
+        batch.times.append(time.time())  # served during the shadow run, which began above
         batch.scores.append(champion)
         batch.labels.append(str(int(champion >= 0.5)))
         batch.sources.append("table" if i % 4 == 0 else "model")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import math
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sklearn import metrics
 
 from shared.config import Settings, load_settings
 from shared.contracts import ModelForm, ShadowChange
+from shared.errors import JoinTooLarge
 from shared.feedback.labels import LabelRows, store_labels
 from shared.feedback.log_format import LogBatch, write_log
 from shared.feedback.shadow_compare import compare
@@ -71,9 +73,10 @@ class Stores:
         )
         store_labels(self.artifacts, rows, self.schema.label.name, self.schema.label.task)
 
-    def compare(self, champion: str | None = "champ") -> Any:
+    def compare(self, champion: str | None = "champ", started: float | None = None) -> Any:
+        began = None if started is None else datetime.fromtimestamp(started, UTC).isoformat()
         pointer = ShadowPointer(
-            "shad", ShadowChange.STARTED, "", "test", champion=champion, form=ModelForm.ONNX
+            "shad", ShadowChange.STARTED, "", "test", champion=champion, form=ModelForm.ONNX, started=began
         )
         return compare(
             self.settings, pointer, artifacts=self.artifacts, predictions=self.predictions, now=NOW
@@ -220,3 +223,30 @@ def test_logs_written_before_shadows_existed_compare_as_no_rows(stores: Stores) 
     result = stores.compare()
 
     assert result.agreement["all"].rows == 0 and result.live.rows == 0
+
+
+def test_a_version_started_again_is_judged_on_its_new_run_only(stores: Stores) -> None:
+    earlier = [{"id": f"old-{i}", "score": 0.9, "shadow": 0.1, "time": NOW - 3600} for i in range(60)]
+    now = [{"id": f"new-{i}", "score": 0.6, "shadow": 0.55, "time": NOW - 10} for i in range(5)]
+    stores.log(earlier + now)
+    stores.labels([(r["id"], 1) for r in earlier + now])
+
+    whole = stores.compare()
+    run = stores.compare(started=NOW - 60)
+
+    assert whole.live.rows == 65 and whole.live.decision == "worse"  # the earlier run's evidence
+    assert run.live.rows == 5 and run.live.decision == "waiting"
+    assert run.agreement["all"].rows == 5
+
+
+def test_the_log_of_days_before_the_run_is_not_read(tmp_path: Path) -> None:
+    stores = Stores(tmp_path, training_schema(), JOIN_MAX_ROWS="50", SHADOW_MIN_LABELS="2")
+    stores.log([{"id": f"old-{i}", "score": 0.5, "time": NOW - 5 * 86400} for i in range(100)])
+    stores.log([{"id": f"new-{i}", "score": 0.7, "shadow": 0.8} for i in range(3)])
+    stores.labels([(f"new-{i}", 1) for i in range(3)])
+
+    with pytest.raises(JoinTooLarge):
+        stores.compare()  # the whole log: more than the join may hold
+    result = stores.compare(started=NOW - 3600)  # the run's days only
+
+    assert result.live.rows == 3 and result.live.decision == "not_worse"

@@ -75,7 +75,7 @@ class Shadowed:
         served, shadowed = self.bundle(champion).scores(frame), self.bundle(shadow_version).scores(frame)
         batch = LogBatch(features={f.name: list(rows[f.name]) for f in schema.features})
         ids = [f"{prefix}-{i}" for i in range(n)]
-        batch.ids, batch.times = ids, [time.time() - 60] * n
+        batch.ids, batch.times = ids, [time.time()] * n  # served during the shadow run
         batch.scores, batch.labels = [float(s) for s in served], [str(int(s >= 0.5)) for s in served]
         batch.sources, batch.model_versions, batch.table_builds = ["model"] * n, [champion] * n, [""] * n
         batch.shadow_scores, batch.shadow_versions = [float(s) for s in shadowed], [shadow_version] * n
