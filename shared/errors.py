@@ -268,6 +268,12 @@ class ShadowScoreError(ProdMLError):
     code = "shadow_score_refused"
 
 
+class ReadOnly(ProdMLError):
+    """A write reached the dashboard's read-only view of a bucket: a bug, since it only reads."""
+
+    code = "read_only"
+
+
 class ClaimLost(ProdMLError):
     """This delivery's claim was taken over (it had expired): the taker does the work now."""
 

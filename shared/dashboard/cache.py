@@ -31,16 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.errors import NotFound, ProdMLError
+from shared.errors import NotFound, ReadOnly
 from shared.storage import Bucket, ObjectInfo
 
 MAX_CACHED_BYTES = 1024 * 1024
-
-
-class ReadOnly(ProdMLError):
-    """A write reached the dashboard's bucket view: a bug, since the dashboard only reads."""
-
-    code = "read_only"
 
 
 @dataclass

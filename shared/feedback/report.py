@@ -56,9 +56,8 @@ def build_report(
     ]
     summary = JoinSummary(joined.counts, joined.unmatched_ids, joined.unreadable)
     ages = serving_ages(artifacts, settings, moment)
-    report = assemble(schema, settings, moment, summary, live.counts(rows), versions, ages)
-    report["shadow"] = shadow_comparison(artifacts, rows, schema, settings)
-    return report
+    shadow_now = shadow_comparison(artifacts, rows, schema, settings)
+    return assemble(schema, settings, moment, summary, live.counts(rows), versions, ages, shadow_now)
 
 
 def shadow_comparison(
@@ -128,10 +127,12 @@ def assemble(
     totals: dict[str, int],
     versions: list[dict[str, Any]],
     ages: dict[str, Any],
+    shadow_now: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report document from its parts: the join's summary, the counts over every version
-    (``live.counts``) and each version's ``version_report``, in version order. ``build_report``
-    and the Beam join (``shared.pipelines.join_pipeline``) both end here."""
+    (``live.counts``) and each version's ``version_report``, in version order, and the running
+    shadow's comparison (``shadow_comparison``; the Beam join gives none). ``build_report`` and the
+    Beam join (``shared.pipelines.join_pipeline``) both end here."""
     c = summary.counts
     return {
         "format": REPORT_FORMAT,
@@ -158,6 +159,7 @@ def assemble(
         "totals": totals,
         "versions": versions,
         "ages": ages,  # the serving model's and the table's, as /health gives them
+        "shadow": shadow_now,  # the running shadow's comparison on these rows (None: none, or Beam's)
     }
 
 

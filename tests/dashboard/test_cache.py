@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.dashboard.cache import ReadCache, ReadOnly
-from shared.errors import NotFound
+from shared.dashboard.cache import ReadCache
+from shared.errors import NotFound, ReadOnly
 
 
 class Clock:
