@@ -8,13 +8,15 @@ page is requested through the framework's own test client, so what is timed is t
 handler: routing, reading the buckets through the dashboard's views, building the page, escaping.
 Per page: the first request (nothing read yet, but pages share what the ones before read), then
 the warm median of repeated requests against the 300 ms goal (the ratio is the time over 300 ms:
-goal <= 1); once with the default ``DASHBOARD_CACHE_SECONDS`` and once with 0 (every request
-lists and stats the buckets again, as a request after the cache's time does).
+goal <= 1), and the median of requests made just past the cache's ttl (0.5 s here), which are
+served the held facts while one refresh runs behind them; then once with no cache
+(``DASHBOARD_CACHE_SECONDS=0``: every request lists, stats and parses everything), without a goal.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -88,7 +90,11 @@ def _get(client: Any, path: str) -> None:
         )
 
 
-def _rows(seeded: SeededRegistry, repeat: int, cache: str) -> list[Row]:
+def _rows(seeded: SeededRegistry, repeat: int, cache: str, ttl: float | None) -> list[Row]:
+    """Each page's first request and warm median; ``ttl`` (the cache's seconds, None: no cache):
+    also the median of requests each made just past the ttl, when the held facts are served while
+    one refresh runs behind (the goal's case). Without a cache every request reads everything:
+    shown, without a goal."""
     client = _client(seeded)
     size = f"{len(seeded.versions):,} versions, {seeded.records:,} records, {cache}"
     goal = f"goal {GOAL_SECONDS * 1000:.0f} ms"
@@ -99,10 +105,36 @@ def _rows(seeded: SeededRegistry, repeat: int, cache: str) -> list[Row]:
         first = time.perf_counter() - start
         warm = median_seconds(partial(_get, client, path), repeat=repeat, warmup=1)
         rows.append(goal_row(AREA, f"{name}, first request ({size})", first, "s", goal, first / GOAL_SECONDS))
+        at_most = 1.0 if ttl is not None else None
         rows.append(
-            goal_row(AREA, f"{name}, warm ({size})", warm, "s", goal, warm / GOAL_SECONDS, at_most=1.0)
+            goal_row(AREA, f"{name}, warm ({size})", warm, "s", goal, warm / GOAL_SECONDS, at_most=at_most)
         )
+        if ttl is not None:
+            past = _past_ttl(client, path, ttl, repeat)
+            rows.append(
+                goal_row(
+                    AREA,
+                    f"{name}, just past the ttl ({size})",
+                    past,
+                    "s",
+                    goal,
+                    past / GOAL_SECONDS,
+                    at_most=1.0,
+                )
+            )
     return rows
+
+
+def _past_ttl(client: Any, path: str, ttl: float, repeat: int) -> float:
+    """The median time of a request made just after the cache's ttl has passed (the wait is not
+    timed; the refresh it starts runs behind it, as in a live instance)."""
+    times = []
+    for _ in range(repeat):
+        time.sleep(ttl * 1.1)
+        start = time.perf_counter()
+        _get(client, path)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def run(quick: bool) -> list[Row]:
@@ -112,9 +144,9 @@ def run(quick: bool) -> list[Row]:
         seeded = seed_registry(Path(tmp) / "buckets", versions=versions, records=records)
         environment = {"STORAGE_BACKEND": "local", "LOCAL_BUCKETS_ROOT": str(seeded.buckets_root)}
         rows: list[Row] = []
-        # The default cache, then none: every request lists and stats the buckets again (as
-        # after DASHBOARD_CACHE_SECONDS), reading again only objects of another generation.
-        for cache, seconds in (("default cache", ""), ("cache 0 s", "0")):
+        # A short cache, so requests just past it are measured (the held facts served while one
+        # refresh runs behind), then none: every request lists, stats and parses everything.
+        for cache, seconds, ttl in (("cache 0.5 s", "0.5", 0.5), ("no cache", "0", None)):
             with _environment({**environment, "DASHBOARD_CACHE_SECONDS": seconds}):
-                rows += _rows(seeded, 5 if quick else 15, cache)
+                rows += _rows(seeded, 5 if quick else 15, cache, ttl)
         return rows

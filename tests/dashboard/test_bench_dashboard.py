@@ -14,9 +14,13 @@ def test_the_bench_times_every_page_and_states_the_goal(tmp_path: Path) -> None:
     seeded = seed_registry(tmp_path / "buckets", versions=60, records=20)
     assert "/versions?page=2" in pages(seeded).values()  # 60 versions: two pages of 50
     environment = {"STORAGE_BACKEND": "local", "LOCAL_BUCKETS_ROOT": str(seeded.buckets_root)}
-    with _environment(environment):
-        rows = _rows(seeded, 1, "test")  # raises when a page answers anything but 200
-    assert len(rows) == 2 * len(pages(seeded))
+    with _environment({**environment, "DASHBOARD_CACHE_SECONDS": "0.05"}):
+        rows = _rows(seeded, 1, "test", 0.05)  # raises when a page answers anything but 200
+    assert len(rows) == 3 * len(pages(seeded))
     assert {row.area for row in rows} == {AREA}
-    warm = [row for row in rows if ", warm (" in row.what]
-    assert len(warm) == len(pages(seeded)) and all(row.goal == "<= 1" for row in warm)
+    for kind in (", warm (", ", just past the ttl ("):
+        timed = [row for row in rows if kind in row.what]
+        assert len(timed) == len(pages(seeded)) and all(row.goal == "<= 1" for row in timed)
+    with _environment({**environment, "DASHBOARD_CACHE_SECONDS": "0"}):
+        uncached = _rows(seeded, 1, "no cache", None)
+    assert len(uncached) == 2 * len(pages(seeded)) and not any(row.goal for row in uncached)
