@@ -62,7 +62,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     stop = actions.add_parser(
         "stop",
         help="end the shadow run; the version is neither promoted nor rejected",
-        description="End the shadow run by hand; its card goes back to pending, saying it was stopped.",
+        description=(
+            "End the shadow run by hand; its card goes back to pending, saying it was stopped. A "
+            "models/shadow.json that is not a pointer is replaced by an ended one saying so."
+        ),
     )
     stop.add_argument("--reason", default="stopped by hand", help="why, recorded in the history")
     stop.add_argument("--json", action="store_true", help="print the pointer as JSON")
@@ -183,12 +186,16 @@ def run_promote(args: argparse.Namespace) -> int:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    """Stop the running shadow by hand."""
+    """Stop the running shadow by hand; a malformed pointer is repaired (replaced by an ended one)."""
     from shared.storage import artifacts_bucket
     from shared.training import shadow, shadow_policy
 
     artifacts = artifacts_bucket(get_settings())
-    pointer = _running(shadow.read_pointer(artifacts))
+    state = shadow.read_state(artifacts)
+    if state.problem is not None:
+        ended = shadow_policy.end_malformed(artifacts, state, by="prodml shadow stop", reason=args.reason)
+        return _print_pointer(ended.to_dict() | {"generation": ended.generation}, args.json)
+    pointer = _running(state.pointer)
     ended = shadow_policy.stop(
         artifacts, pointer, ShadowChange.STOPPED, by="prodml shadow stop", reason=args.reason
     )
@@ -217,7 +224,8 @@ def _change_line(record: dict[str, Any]) -> str:
         champion = printable(record.get("champion") or "no model")
         return f"{printable(record['version'])} in shadow beside {champion}{replaced}"
     return (
-        f"{printable(record.get('previous') or '?')}: {printable(change)} ({printable(record.get('reason'))})"
+        f"{printable(record.get('previous') or 'no shadow')}: {printable(change)} "
+        f"({printable(record.get('reason'))})"
     )
 
 

@@ -71,6 +71,9 @@ class ModelCard:
     # Label leakage and served share of the file it was trained for (shared.feedback.pitfalls);
     # None when trained without an event (static training) or before the checks existed.
     data_checks: dict[str, Any] | None = None
+    # PROMOTION_POLICY=shadow: the generation of models/shadow.json its carried lineage was read at
+    # (0: none written); it is started in shadow only against that very pointer. None: not read.
+    shadow_pointer_generation: int | None = None
     format: str = CARD_FORMAT
     extra: dict[str, Any] = field(default_factory=dict)  # keys of other writers, kept as they are
 
@@ -107,7 +110,7 @@ class ModelCard:
         return cls(**values, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
-        """The card as stored: the keys of every card so far, plus ``fallback_reason``."""
+        """The card as stored: the keys of every card so far."""
         body: dict[str, Any] = {
             "format": self.format,
             "version": self.version,
@@ -132,5 +135,6 @@ class ModelCard:
             "decision": self.decision.to_dict() if self.decision is not None else None,
             "compiled": self.compiled.to_dict() if self.compiled is not None else None,
             "data_checks": self.data_checks,
+            "shadow_pointer_generation": self.shadow_pointer_generation,
         }
         return {**body, **self.extra}

@@ -48,8 +48,9 @@ class ChallengerRequest:
     starts a fresh lineage. ``force_promote`` records the gate's verdict but promotes anyway.
     ``carried_lineage``: files the challenger must hold beside the champion's lineage (those of
     the running shadow it replaces that the champion lacks, ``PROMOTION_POLICY=shadow``): they
-    join its lineage after the champion's, a full retrain reads them as the most recent earlier
-    files, and an incremental one fits them with the new files.
+    join its lineage after the champion's and a full retrain reads them as the most recent earlier
+    files (an incremental request that carries files is trained full, its ``fallback_reason``
+    saying why: ``_full_when_carrying``).
     ``data`` (the data bucket) holds the champion's earlier files, ``artifacts`` its stored
     held-out rows; either may be None (then the window does without them).
     """
@@ -176,7 +177,7 @@ def build_challenger(request: ChallengerRequest) -> Challenger:
     When the earlier files serve the gate only (incremental, or a retrain by hand), their
     held-out rows come from the champion's stored table in ``artifacts`` when it has them.
     """
-    r = request
+    r, carried_fallback = _full_when_carrying(request)
     window = _read_window(r)
     # Incremental reads only the gate's rows; a fallback to full (no partial_fit, a new class)
     # trains on the new file plus what was read, not on the whole TRAINING_WINDOW_FILES.
@@ -184,6 +185,8 @@ def build_challenger(request: ChallengerRequest) -> Challenger:
     fit = fit_challenger(
         r.schema, r.settings, r.new_files, training_window, r.champion, r.strategy, window.carried
     )
+    if carried_fallback is not None:
+        fit = dataclasses.replace(fit, fallback_reason=carried_fallback)
     bundle = ModelBundle(r.version, fit.estimator, r.schema)
     verdict = _evaluate_and_judge(r, bundle, window.gate, fit)
     holdout_count = r.settings.holdout_window_files
@@ -201,15 +204,38 @@ def build_challenger(request: ChallengerRequest) -> Challenger:
     )
 
 
+def _carried_refs(r: ChallengerRequest) -> list[dict[str, Any]]:
+    """The carried lineage entries neither the champion's lineage nor the new files hold."""
+    if not r.accumulate_lineage:
+        return []
+    prior = r.champion.lineage if r.champion is not None else []
+    held = {ref_key(ref) for ref in prior} | {f.key for f in r.new_files}
+    return [ref for ref in r.carried_lineage if ref_key(ref) not in held]
+
+
+def _full_when_carrying(r: ChallengerRequest) -> tuple[ChallengerRequest, str | None]:
+    """An incremental request that carries files, made full, and why (None: left as it is).
+
+    An incremental fit learns the carried files whole, outside TRAINING_WINDOW_ROWS, so a stream
+    of challengers replacing each other in shadow would read more at each file without bound; a
+    full retrain reads them within the window's row bound."""
+    carried = _carried_refs(r)
+    if r.strategy != TrainingStrategy.INCREMENTAL or not carried:
+        return r, None
+    reason = (
+        f"{len(carried)} files of the shadow it replaces are carried; a full retrain keeps them "
+        "within TRAINING_WINDOW_ROWS"
+    )
+    return dataclasses.replace(r, strategy=TrainingStrategy.FULL), reason
+
+
 def _read_window(r: ChallengerRequest) -> _Window:
     """Choose the earlier files to train and judge on, and read them (or their stored rows)."""
     started = time.perf_counter()
     settings, champion = r.settings, r.champion
     prior = champion.lineage if (champion is not None and r.accumulate_lineage) else []
     new_keys = {f.key for f in r.new_files}
-    held = {ref_key(ref) for ref in prior}
-    carried_refs = [ref for ref in r.carried_lineage if ref_key(ref) not in held | new_keys]
-    carried_refs = carried_refs if r.accumulate_lineage else []
+    carried_refs = _carried_refs(r)
     prior = [ref for ref in prior if ref_key(ref) not in new_keys] + carried_refs
     holdout_count = settings.holdout_window_files
     if r.accumulate_lineage:

@@ -2,11 +2,15 @@
 
 - ``goes_to_shadow``: a challenger that passed the offline gate becomes the shadow instead of
   the serving model, when there is a champion to shadow (the first model ever is promoted).
-- ``start_shadow``: start it (``shared.training.shadow_policy.start``) and mark the file done,
-  outcome ``shadow``; a redelivery after a crash before the start resumes the written version
-  from the claim (``event_version.resume``) and starts it.
-- ``carried_lineage``: the running shadow's files that the champion lacks, which a newer
-  challenger replacing that shadow must also be trained on, or their rows would be lost.
+- ``start_shadow``: start it (``shared.training.shadow_policy.start``) against the very pointer
+  generation its carried lineage was read at and the current model it was trained against, and
+  mark the file done, outcome ``shadow``; when either changed meanwhile its card is superseded
+  and the file is trained again on top of the new state. A redelivery after a crash before the
+  start resumes the written version from the claim (``event_version.resume``) and starts it
+  under the same check.
+- ``carried_lineage``: the files the shadow pointer keeps that the champion lacks (the running
+  shadow's, or an ended run's ``carry``), which the next challenger must also be trained on, or
+  their rows would be lost.
 - ``evaluate_note``: the live decision (``shadow_policy.evaluate``) after each labels file and
   at each data file: a transient fault raises (redelivery), any other is logged and said in the
   outcome's message, never a 5xx loop.
@@ -14,11 +18,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from shared.config import Settings
-from shared.contracts import EventOutcome, PromotionPolicy
-from shared.errors import ProdMLError, is_transient
+from shared.contracts import CardStatus, EventOutcome, PromotionPolicy
+from shared.errors import PreconditionFailed, ProdMLError, is_transient
 from shared.logs import get_logger
 from shared.storage import Bucket, predictions_bucket
 from shared.training import registry, shadow, shadow_policy
@@ -41,37 +46,68 @@ def goes_to_shadow(settings: Settings, current: Current | None) -> bool:
     return policy_is_shadow(settings) and current is not None
 
 
-def start_shadow(job: EventJob, card: ModelCard, current: Current, reason: str) -> Outcome:
-    """Put ``card``'s version in shadow beside ``current`` and mark the file done (``shadow``)."""
+def start_shadow(job: EventJob, card: ModelCard, current: Current, reason: str) -> Outcome | None:
+    """Put ``card``'s version in shadow beside ``current`` and mark the file done (``shadow``).
+
+    None when the shadow pointer or the current model changed since the challenger was trained
+    (another file's challenger started first, a promotion): its card is superseded and the
+    caller trains again on top of the new state, as after a lost model swap, so the file that
+    won is carried and none is lost."""
     # The gate's verdict says "promoted: ..."; here the challenger only passed it.
     if reason.startswith(PROMOTED_VERDICT):
         reason = "passed the offline gate: " + reason[len(PROMOTED_VERDICT) :]
-    with job.clock.phase("write"):
-        pointer = shadow_policy.start(
-            job.artifacts, card, champion=current.version, by=f"train {job.key}", reason=reason
-        )
+    try:
+        with job.clock.phase("write"):
+            pointer = shadow_policy.start(
+                job.artifacts,
+                card,
+                champion=current.version,
+                by=f"train {job.key}",
+                reason=reason,
+                pointer_generation=card.shadow_pointer_generation,
+                champion_generation=current.generation,
+            )
+    except PreconditionFailed as exc:
+        log.info(f"{job.key}: not started in shadow ({exc}); training again", extra={"fields": job.fields})
+        redo = f"the shadow or the serving model changed before it started in shadow ({exc}); redone on top"
+        registry.set_decision(job.artifacts, card, CardStatus.SUPERSEDED, redo)
+        return None
     replaced = f", replacing {pointer.previous}" if pointer.previous not in (None, card.version) else ""
     message = f"in shadow beside {current.version}{replaced} ({reason})"
     return job.finish(Outcome(EventOutcome.SHADOW, message, card.version))
 
 
-def carried_lineage(settings: Settings, artifacts: Bucket, current: Current | None) -> list[dict[str, Any]]:
-    """The lineage entries of the running shadow that ``current`` lacks (empty without a shadow,
-    under the offline policy, or when the shadow was started against another champion)."""
+@dataclass(frozen=True)
+class Carried:
+    """What a challenger carries from the shadow pointer: the files (lineage entries) and the
+    pointer generation they were read at (None: not read, under the offline policy)."""
+
+    refs: list[dict[str, Any]]
+    pointer_generation: int | None
+
+
+def carried_lineage(settings: Settings, artifacts: Bucket, current: Current | None) -> Carried:
+    """The lineage entries the shadow pointer keeps that ``current`` lacks: the running shadow's
+    (and its pointer's ``carry``), or an ended pointer's ``carry``, whatever champion the shadow
+    ran beside; with the pointer's generation. None read without a current model or under the
+    offline policy; a pointer object that is not a pointer carries nothing (its generation is kept,
+    so the start replaces exactly that object)."""
     if current is None or not policy_is_shadow(settings):
-        return []
+        return Carried([], None)
+    state = shadow.read_state(artifacts)  # a transient fault raises: the event is redelivered
+    if state.problem is not None:
+        log.warning(
+            f"the shadow pointer cannot be read ({state.problem}); training on the champion's lineage"
+        )
     try:
-        pointer = shadow.read_pointer(artifacts)
-        if pointer is None or pointer.version is None or pointer.champion != current.version:
-            return []
-        card = registry.read_card(artifacts, pointer.version)
+        refs = shadow_policy.pointer_lineage(artifacts, state.pointer)
     except ProdMLError as exc:
         if is_transient(exc):
             raise
-        log.warning(f"the running shadow's lineage cannot be read ({exc}); training on the champion's")
-        return []
+        log.warning(f"the shadow's lineage cannot be read ({exc}); training on the champion's")
+        refs = []
     held = {ref_key(ref) for ref in current.lineage}
-    return [ref for ref in card.lineage if ref_key(ref) not in held]
+    return Carried([ref for ref in refs if ref_key(ref) not in held], state.generation)
 
 
 def evaluate_note(job: EventJob) -> str | None:

@@ -78,6 +78,7 @@ def train_version(
     """Train, evaluate and judge a challenger; write its version; (version, model bytes, card)."""
     event = job.event
     version = registry.new_version_id()
+    carried = event_shadow.carried_lineage(job.settings, job.artifacts, current)
     challenger = build_challenger(
         ChallengerRequest(
             version=version,
@@ -95,11 +96,14 @@ def train_version(
             },
             by="train function",
             artifacts=job.artifacts,
-            carried_lineage=event_shadow.carried_lineage(job.settings, job.artifacts, current),
+            carried_lineage=carried.refs,
         )
     )
-    # The file's label leakage and served share (test-then-train) travel with the version.
-    challenger.card = dataclasses.replace(challenger.card, data_checks=job.data_checks)
+    # The file's label leakage and served share (test-then-train) travel with the version, and
+    # the shadow pointer generation its carried lineage was read at (its start is checked on it).
+    challenger.card = dataclasses.replace(
+        challenger.card, data_checks=job.data_checks, shadow_pointer_generation=carried.pointer_generation
+    )
     for phase in ("read", "train", "evaluate"):
         job.clock.add(phase, challenger.card.seconds[phase])
     with job.clock.phase("write"):

@@ -198,7 +198,8 @@ def _claimed_work(job: EventJob, schema: Schema) -> Outcome:
             return outcome
         pause = random.uniform(0, min(5.0, attempt * (time.perf_counter() - started)))
         log.info(
-            f"another trainer promoted first; redoing {job.key} (attempt {attempt}) after {pause:.2f} s",
+            f"another trainer promoted (or started a shadow) first; redoing {job.key} (attempt {attempt}) "
+            f"after {pause:.2f} s",
             extra={"fields": job.fields},
         )
         time.sleep(pause)  # jitter, so that trainers who collided do not collide again at once

@@ -8,7 +8,13 @@ compared-and-swapped against a reader's view on every backend). Each change is t
 ``registry/shadow/<generation>.json`` (``SHADOW_HISTORY_PREFIX``), named by the pointer's new
 generation, so the records sort as the changes happened. The pointer itself carries its change,
 so a record lost to a crash between the two writes is recovered from the pointer
-(``list_history``).
+(``list_history``) while it is current, and written by the next swap before it replaces that
+pointer (``swap_pointer``): no change loses its record.
+
+An ended pointer keeps ``carry``: the lineage entries of the ended shadow (and of the shadows it
+replaced) that the serving model lacked, so the next challenger still learns those files
+(``shared.training.event_shadow.carried_lineage``). An object that is not a pointer
+(``read_state``'s ``problem``) is replaced as "none running" by the next start or stop.
 
 What each change does to the versions' cards (``CardStatus.SHADOW``, ``REJECTED``, ...) and when a
 shadow is promoted is ``shared.training.shadow_policy``'s; predict reads the pointer
@@ -42,7 +48,10 @@ class ShadowPointer:
     ``champion`` is the serving version when the shadow started: the live comparison pairs the
     shadow's scores with that version's answers only. ``form`` is the form predict scores the
     shadow in (ONNX when its card says it was compiled and verified). ``numbers`` are those the
-    change was decided on (the live comparison's, for ``promoted`` or ``rejected``).
+    change was decided on (the live comparison's, for ``promoted`` or ``rejected``). ``carry``:
+    lineage entries (data files) the next challenger must be trained on beside the serving
+    model's lineage, or their rows would drop out of every later model: an ended run's files, or,
+    for a version started by hand, an earlier ended pointer's carry its own lineage lacks.
     """
 
     version: str | None
@@ -55,6 +64,7 @@ class ShadowPointer:
     started: str | None = None  # when ``version`` began in shadow (None when no shadow)
     previous: str | None = None  # the version that was in shadow before this change
     numbers: dict[str, Any] = field(default_factory=dict)
+    carry: list[dict[str, Any]] = field(default_factory=list)
     generation: int = 0  # of the pointer object read (0: none written yet); not stored
 
     @property
@@ -85,6 +95,7 @@ class ShadowPointer:
             "started": self.started,
             "previous": self.previous,
             "numbers": self.numbers,
+            "carry": self.carry,
         }
 
     @classmethod
@@ -99,6 +110,9 @@ class ShadowPointer:
             numbers = body.get("numbers") or {}
             if not isinstance(numbers, dict):
                 raise ValueError("numbers is not an object")
+            carry = body.get("carry") or []  # a pointer written before carry existed has none
+            if not (isinstance(carry, list) and all(isinstance(ref, dict) for ref in carry)):
+                raise ValueError("carry is not a list of lineage entries")
             return cls(
                 version=version,
                 change=ShadowChange(body["change"]),
@@ -110,6 +124,7 @@ class ShadowPointer:
                 started=_optional_text(body.get("started")),
                 previous=_optional_text(body.get("previous")),
                 numbers=numbers,
+                carry=carry,
                 generation=generation,
             )
         except (KeyError, ValueError, TypeError) as exc:
@@ -120,6 +135,31 @@ def _optional_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+@dataclass(frozen=True)
+class PointerState:
+    """``models/shadow.json`` as it is: the pointer (None: none written, or not a pointer), the
+    generation of the object (0: none), and why the object is not a pointer (None: it is one)."""
+
+    pointer: ShadowPointer | None
+    generation: int
+    problem: str | None = None
+
+
+def read_state(artifacts: Bucket) -> PointerState:
+    """The pointer object as it is, malformed or not, with its generation (one read).
+
+    A writer that must replace a malformed pointer swaps against this generation: a pointer
+    nobody can parse must not stall every start and stop."""
+    try:
+        data, info = artifacts.read_with_info(SHADOW_POINTER)
+    except NotFound:
+        return PointerState(None, 0)
+    try:
+        return PointerState(_parse(data, info.generation), info.generation)
+    except ShadowError as exc:
+        return PointerState(None, info.generation, str(exc))
+
+
 def read_pointer(artifacts: Bucket) -> ShadowPointer | None:
     """The shadow pointer (with its generation), or None when none was ever written.
 
@@ -128,11 +168,16 @@ def read_pointer(artifacts: Bucket) -> ShadowPointer | None:
         data, info = artifacts.read_with_info(SHADOW_POINTER)
     except NotFound:
         return None
+    return _parse(data, info.generation)
+
+
+def _parse(data: bytes, generation: int) -> ShadowPointer:
+    """The pointer in ``data``; ``ShadowError`` when it is not one."""
     try:
         body = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ShadowError(f"{SHADOW_POINTER} is not valid JSON: {exc}") from None
-    return ShadowPointer.from_dict(body, info.generation)
+    return ShadowPointer.from_dict(body, generation)
 
 
 def running_version(artifacts: Bucket) -> str | None:
@@ -141,11 +186,22 @@ def running_version(artifacts: Bucket) -> str | None:
     return pointer.version if pointer is not None else None
 
 
-def swap_pointer(artifacts: Bucket, new: ShadowPointer, expected_generation: int) -> ShadowPointer:
+def swap_pointer(
+    artifacts: Bucket,
+    new: ShadowPointer,
+    expected_generation: int,
+    *,
+    replacing: ShadowPointer | None = None,
+) -> ShadowPointer:
     """Compare-and-swap ``models/shadow.json`` to ``new`` against ``expected_generation`` (0: only
     if none was written); record the change; the pointer as written (with its generation).
 
-    ``PreconditionFailed`` when another writer changed it first: nothing was written."""
+    ``replacing``: the pointer the caller read at ``expected_generation``. Its record is written
+    first when missing (a crash between its swap and its record), as once it is replaced only its
+    record can say what it did. ``PreconditionFailed`` when another writer changed the pointer
+    first: nothing but that missing record was written."""
+    if replacing is not None and replacing.generation:
+        _record(artifacts, replacing)
     generation = artifacts.write(
         SHADOW_POINTER,
         json_bytes(new.to_dict()),
@@ -153,19 +209,24 @@ def swap_pointer(artifacts: Bucket, new: ShadowPointer, expected_generation: int
         if_generation_match=expected_generation,
     )
     written = dataclasses.replace(new, generation=generation)
-    # A generation is written once, so the record's name is free; if not, the record is there.
-    with contextlib.suppress(PreconditionFailed):
-        artifacts.write(
-            history_name(generation),
-            json_bytes({**written.to_dict(), "generation": generation}),
-            content_type="application/json",
-            if_generation_match=0,
-        )
+    _record(artifacts, written)
     log.info(
         f"shadow {new.change}: {new.version or 'none'} (was {new.previous or 'none'})",
         extra={"fields": {"change": str(new.change), "version": new.version, "generation": generation}},
     )
     return written
+
+
+def _record(artifacts: Bucket, pointer: ShadowPointer) -> None:
+    """Write ``pointer``'s history record, created only if absent (named by its generation)."""
+    # A generation is written once, so the record's name is free; if not, the record is there.
+    with contextlib.suppress(PreconditionFailed):
+        artifacts.write(
+            history_name(pointer.generation),
+            json_bytes({**pointer.to_dict(), "generation": pointer.generation}),
+            content_type="application/json",
+            if_generation_match=0,
+        )
 
 
 def history_name(generation: int) -> str:
@@ -181,8 +242,10 @@ def started(
     by: str,
     reason: str,
     previous: ShadowPointer | None,
+    carry: list[dict[str, Any]] | None = None,
 ) -> ShadowPointer:
-    """The pointer that puts ``version`` in shadow (``replaced`` when another was running)."""
+    """The pointer that puts ``version`` in shadow (``replaced`` when another was running);
+    ``carry``: files it must keep for the next challenger that its own lineage lacks."""
     moment = now_iso()
     before = previous.version if previous is not None else None
     return ShadowPointer(
@@ -195,6 +258,7 @@ def started(
         form=form,
         started=moment,
         previous=before,
+        carry=list(carry or []),
     )
 
 
@@ -205,8 +269,10 @@ def ended(
     by: str,
     reason: str,
     numbers: dict[str, Any] | None = None,
+    carry: list[dict[str, Any]] | None = None,
 ) -> ShadowPointer:
-    """The pointer that ends ``previous``'s shadow run with ``change`` (promoted, rejected, ...)."""
+    """The pointer that ends ``previous``'s shadow run with ``change`` (promoted, rejected, ...);
+    ``carry``: the files of that run the next challenger must still learn."""
     return ShadowPointer(
         version=None,
         change=change,
@@ -218,6 +284,7 @@ def ended(
         started=previous.started,
         previous=previous.version,
         numbers=dict(numbers or {}),
+        carry=list(carry or []),
     )
 
 

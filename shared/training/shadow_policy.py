@@ -4,15 +4,18 @@ Each decision changes two things, the pointer (``models/shadow.json``, by compar
 ``shared.training.shadow``) and the versions' cards, always the pointer first. The pointer then
 says what the cards must say, so a run after a crash between the two finishes the cards
 (``reconcile``) and every decision is idempotent: starting the version already running changes
-nothing, ending a pointer that ended already is a no-op.
+nothing, ending a pointer that ended already is a no-op. An ended pointer keeps the run's files
+the serving model lacks (``carry``, but for a rejected shadow's own file) for the next challenger.
 
 What each change does to the cards:
 
 - ``started`` / ``replaced``: the version's card says ``shadow``; a replaced shadow's card says
   ``superseded`` ("replaced by <v>").
-- ``promoted``: the shadow went through the one promotion path (``promotion.swap_in`` against
-  the current model's generation: its card says ``promoted``), then the pointer ended. A crash
-  between the two: the next evaluation finds the pointer's version current, and ends the pointer.
+- ``promoted``: the pointer ended first, so a stop that read the same pointer loses its
+  compare-and-swap; then the shadow goes through the one promotion path (``promotion.swap_in``
+  against the current model's generation, only while the current model is the pointer's
+  champion: its card says ``promoted``; else ``superseded``). A crash between the two: the next
+  ``reconcile`` (every evaluation and start runs one) swaps it in.
 - ``rejected`` / ``expired``: the card says ``rejected``, with the live comparison's numbers.
 - ``stopped``: by hand, the card goes back to ``pending`` (it passed the offline gate and was
   neither promoted nor rejected: `prodml shadow start` may run it again), its reason saying it
@@ -31,11 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.config import Settings
-from shared.contracts import CURRENT_MODEL, CURRENT_VERSION_METADATA, CardStatus, ShadowChange
+from shared.contracts import CURRENT_MODEL, CURRENT_VERSION_METADATA, SHADOW_POINTER, CardStatus, ShadowChange
 from shared.errors import ModelNotReady, NotFound, PreconditionFailed, RegistryError, ShadowError
 from shared.logs import get_logger
 from shared.storage import Bucket
-from shared.training import promotion, registry, shadow
+from shared.training import ledger, promotion, registry, shadow
 from shared.training.card import ModelCard
 from shared.training.shadow import ShadowPointer
 
@@ -46,6 +49,8 @@ WAITING = "waiting"  # a shadow runs and the live evidence is not yet enough
 # The statuses of a card that becomes the shadow: any but "shadow" and "promoted" (a version
 # started by hand may have been rejected or superseded before).
 _NOT_YET_SHADOW = (CardStatus.PENDING, CardStatus.REJECTED, CardStatus.SUPERSEDED, None)
+# Reads of the current model a promotion's swap may take when other writers swap meanwhile.
+_PROMOTION_READS = 3
 
 
 @dataclass(frozen=True)
@@ -62,17 +67,41 @@ class ShadowDecision:
         return dataclasses.asdict(self)
 
 
-def start(artifacts: Bucket, card: ModelCard, *, champion: str | None, by: str, reason: str) -> ShadowPointer:
+def start(
+    artifacts: Bucket,
+    card: ModelCard,
+    *,
+    champion: str | None,
+    by: str,
+    reason: str,
+    pointer_generation: int | None = None,
+    champion_generation: int | None = None,
+) -> ShadowPointer:
     """Put ``card``'s (written) version in shadow beside ``champion``; the pointer as it is now.
 
     A running older shadow is replaced (its card: superseded); the version already running is
-    left as it is (its cards finished if a crash interrupted its start). ``PreconditionFailed``
-    when another writer changed the pointer between our read and our swap.
+    left as it is (its cards finished if a crash interrupted its start). A pointer object that is
+    not a pointer is replaced as "none running" (logged). ``pointer_generation``: the pointer's
+    generation the challenger's carried lineage was read at (its card's
+    ``shadow_pointer_generation``); ``champion_generation``: the generation of
+    ``models/current.skops`` it was trained against. ``PreconditionFailed`` when either changed
+    since, or another writer changed the pointer between our read and our swap: nothing written.
     """
-    pointer = shadow.read_pointer(artifacts)
+    state = shadow.read_state(artifacts)
+    pointer = state.pointer
+    if pointer is not None and not pointer.running:
+        reconcile(artifacts, pointer)  # a promotion a crash cut is finished before it is replaced
     if pointer is not None and pointer.version == card.version:
         reconcile(artifacts, pointer)
         return pointer
+    if pointer_generation is not None and state.generation != pointer_generation:
+        raise PreconditionFailed(
+            f"{SHADOW_POINTER} changed (generation {state.generation}) since {card.version}'s carried "
+            f"lineage was read at generation {pointer_generation}"
+        )
+    if champion_generation is not None and current_generation(artifacts) != champion_generation:
+        raise PreconditionFailed(f"{CURRENT_MODEL} changed since {card.version} was trained against it")
+    _note_malformed(state, f"starting {card.version}")
     new = shadow.started(
         card.version,
         champion=champion,
@@ -80,8 +109,9 @@ def start(artifacts: Bucket, card: ModelCard, *, champion: str | None, by: str, 
         by=by,
         reason=reason,
         previous=pointer if pointer is not None and pointer.running else None,
+        carry=_minus(pointer_lineage(artifacts, pointer), card.lineage),
     )
-    written = shadow.swap_pointer(artifacts, new, pointer.generation if pointer is not None else 0)
+    written = shadow.swap_pointer(artifacts, new, state.generation, replacing=pointer)
     reconcile(artifacts, written)
     return written
 
@@ -97,13 +127,34 @@ def stop(
 ) -> ShadowPointer:
     """End ``pointer``'s shadow run with ``change`` (rejected, expired, stopped), then its card.
 
+    The ended pointer carries the run's files the serving model lacks (``carry``), but for a
+    rejected shadow's own file: worse on live evidence, it is not carried, as a file whose
+    challenger the offline gate rejects is in no later lineage.
     ``PreconditionFailed`` when the pointer changed since ``pointer`` was read."""
-    if not pointer.running:
-        raise ShadowError("no version runs in shadow")
-    ended = shadow.ended(pointer, change, by=by, reason=reason, numbers=numbers)
-    written = shadow.swap_pointer(artifacts, ended, pointer.generation)
+    version = _running(pointer)
+    carry = pointer_lineage(artifacts, pointer)
+    if change == ShadowChange.REJECTED:
+        carry = [ref for ref in carry if ref.get("added_by") != version]
+    ended = shadow.ended(pointer, change, by=by, reason=reason, numbers=numbers, carry=carry)
+    written = shadow.swap_pointer(artifacts, ended, pointer.generation, replacing=pointer)
     reconcile(artifacts, written)
     return written
+
+
+def end_malformed(artifacts: Bucket, state: shadow.PointerState, *, by: str, reason: str) -> ShadowPointer:
+    """Replace a pointer object that is not a pointer (``state.problem``) by an ended pointer
+    saying so, swapped against the object's generation as it is (``prodml shadow stop``)."""
+    if state.problem is None:
+        raise ShadowError(f"{SHADOW_POINTER} is not malformed: nothing to repair")
+    _note_malformed(state, "stopping")
+    repaired = ShadowPointer(
+        version=None,
+        change=ShadowChange.STOPPED,
+        time=registry.now_iso(),
+        by=by,
+        reason=f"replaced a malformed {SHADOW_POINTER} ({state.problem}): {reason}",
+    )
+    return shadow.swap_pointer(artifacts, repaired, state.generation)
 
 
 def promote(
@@ -114,23 +165,74 @@ def promote(
     reason: str,
     numbers: dict[str, Any] | None = None,
 ) -> ShadowPointer:
-    """Make the shadow the serving model (``promotion.swap_in`` against the current model's
-    generation), then end the pointer ``promoted`` with ``numbers``.
+    """End the pointer ``promoted`` with ``numbers``, then make the shadow the serving model
+    (``reconcile``: ``promotion.swap_in`` against the current model's generation).
 
-    ``PreconditionFailed`` when the current model or the pointer changed meanwhile (nothing more
-    was written than what a re-run finishes)."""
+    The pointer is decided first, so a stop that read the same pointer loses its compare-and-swap
+    and a later one finds nothing running: the history never says stopped while the version
+    serves. ``ShadowError`` when the serving model is no longer the shadow's champion (nothing
+    written); ``PreconditionFailed`` when the pointer changed since ``pointer`` was read."""
     version = _running(pointer)
-    current_version, generation = current_model(artifacts)
-    if current_version != version:
-        card = registry.read_card(artifacts, version)
-        model_bytes = artifacts.read(registry.model_name(version))
-        promotion.swap_in(
-            artifacts, card, model_bytes, generation, previous=current_version, reason=reason, by=by
+    current_version, _ = current_model(artifacts)
+    if current_version not in (version, pointer.champion):
+        raise ShadowError(
+            f"{version} was compared with {pointer.champion or 'no model'}, but the serving model is "
+            f"now {current_version or 'none'}: not promoted (`prodml shadow stop` ends the run)"
         )
-    ended = shadow.ended(pointer, ShadowChange.PROMOTED, by=by, reason=reason, numbers=numbers)
-    written = shadow.swap_pointer(artifacts, ended, pointer.generation)
+    carry = pointer_lineage(artifacts, pointer)  # empty against the lineage once it is current
+    ended = shadow.ended(pointer, ShadowChange.PROMOTED, by=by, reason=reason, numbers=numbers, carry=carry)
+    written = shadow.swap_pointer(artifacts, ended, pointer.generation, replacing=pointer)
     reconcile(artifacts, written)
     return written
+
+
+def pointer_lineage(artifacts: Bucket, pointer: ShadowPointer | None) -> list[dict[str, Any]]:
+    """The lineage entries a pointer keeps for the next challenger, less the serving model's: a
+    running shadow's card lineage and the pointer's ``carry``; an ended pointer's ``carry``.
+
+    A running shadow whose card cannot be read keeps its ``carry`` alone (logged)."""
+    if pointer is None:
+        return []
+    refs = list(pointer.carry)
+    if pointer.version is not None:
+        try:
+            refs = registry.read_card(artifacts, pointer.version).lineage + refs
+        except (NotFound, RegistryError) as exc:
+            log.warning(f"shadow: the lineage of {pointer.version} cannot be read ({exc}); not carried")
+    current_version, _ = current_model(artifacts)
+    held: list[dict[str, Any]] = []
+    if current_version is not None:
+        try:
+            held = registry.read_card(artifacts, current_version).lineage
+        except (NotFound, RegistryError) as exc:
+            log.warning(f"shadow: the lineage of the serving model {current_version} cannot be read ({exc})")
+    return _minus(refs, held)
+
+
+def _minus(refs: list[dict[str, Any]], held: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries of ``refs`` (each file once) whose file is not in ``held``."""
+    seen = {_ref_key(ref) for ref in held}
+    kept: list[dict[str, Any]] = []
+    for ref in refs:
+        if _ref_key(ref) not in seen:
+            seen.add(_ref_key(ref))
+            kept.append(ref)
+    return kept
+
+
+def _ref_key(ref: dict[str, Any]) -> str:
+    # The key shared.training.window.ref_key gives, without importing window (and pandas).
+    return ledger.file_key(ref["bucket"], ref["name"], ref["generation"])
+
+
+def _note_malformed(state: shadow.PointerState, doing: str) -> None:
+    """Log what a start or stop replaces when the pointer object is not a pointer."""
+    if state.problem is not None:
+        log.warning(
+            f"{doing}: replacing {SHADOW_POINTER} generation {state.generation}, which is not a pointer "
+            f"({state.problem}); read as no shadow running",
+            extra={"fields": {"generation": state.generation, "problem": state.problem}},
+        )
 
 
 def reconcile(artifacts: Bucket, pointer: ShadowPointer | None) -> None:
@@ -150,8 +252,7 @@ def reconcile(artifacts: Bucket, pointer: ShadowPointer | None) -> None:
     if pointer.previous is None:
         return
     if change == ShadowChange.PROMOTED:
-        if current_model(artifacts)[0] == pointer.previous:
-            _set_if(artifacts, pointer.previous, (CardStatus.SHADOW,), CardStatus.PROMOTED, pointer.reason)
+        _finish_promotion(artifacts, pointer, pointer.previous)
     elif change in (ShadowChange.REJECTED, ShadowChange.EXPIRED):
         reason = f"{change} in shadow: {pointer.reason}{_numbers_text(pointer.numbers)}"
         _set_if(artifacts, pointer.previous, (CardStatus.SHADOW,), CardStatus.REJECTED, reason)
@@ -165,6 +266,48 @@ def reconcile(artifacts: Bucket, pointer: ShadowPointer | None) -> None:
                 f"(`prodml shadow start {pointer.previous}` runs it again)"
             )
         _set_if(artifacts, pointer.previous, (CardStatus.SHADOW,), status, reason)
+
+
+def _finish_promotion(artifacts: Bucket, pointer: ShadowPointer, version: str) -> None:
+    """Make a ``promoted`` pointer's version the serving model if it is not yet (swapped in against
+    the current generation, only while the current model is the shadow's champion and its card
+    still says ``shadow``); its card says ``promoted``, or ``superseded`` when the champion changed
+    before the swap. Another writer's swap meanwhile is read again."""
+    for _ in range(_PROMOTION_READS):
+        current_version, generation = current_model(artifacts)
+        if current_version == version:
+            _set_if(artifacts, version, (CardStatus.SHADOW,), CardStatus.PROMOTED, pointer.reason)
+            return
+        if current_version != pointer.champion:
+            reason = (
+                f"promoted in shadow, but the serving model changed to {current_version or 'none'} "
+                f"before it was swapped in (the shadow was compared with {pointer.champion or 'no model'}): "
+                "not promoted"
+            )
+            _set_if(artifacts, version, (CardStatus.SHADOW,), CardStatus.SUPERSEDED, reason)
+            return
+        try:
+            card = registry.read_card(artifacts, version)
+            if card.status != CardStatus.SHADOW:  # decided since (superseded, or promoted and rolled back)
+                return
+            model_bytes = artifacts.read(registry.model_name(version))
+        except (NotFound, RegistryError) as exc:
+            log.error(f"shadow: {version} was promoted in shadow but cannot be swapped in: {exc}")
+            return
+        try:
+            promotion.swap_in(
+                artifacts,
+                card,
+                model_bytes,
+                generation,
+                previous=current_version,
+                reason=pointer.reason,
+                by=pointer.by,
+            )
+            return
+        except PreconditionFailed:
+            log.info(f"{CURRENT_MODEL} changed while {version} was being swapped in; reading it again")
+    raise PreconditionFailed(f"{CURRENT_MODEL} kept changing while {version} was being promoted")
 
 
 def evaluate(settings: Settings, artifacts: Bucket, predictions: Bucket, by: str) -> ShadowDecision:
@@ -234,6 +377,14 @@ def _running(pointer: ShadowPointer) -> str:
     if pointer.version is None:
         raise ShadowError("no version runs in shadow")
     return pointer.version
+
+
+def current_generation(artifacts: Bucket) -> int:
+    """The generation of ``models/current.skops`` (0: none), from one stat."""
+    try:
+        return artifacts.stat(CURRENT_MODEL).generation
+    except NotFound:
+        return 0
 
 
 def current_model(artifacts: Bucket) -> tuple[str | None, int]:

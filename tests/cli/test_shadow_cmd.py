@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import fit_serving_bundle, promote_version, train_env, training_schema
 
-from shared.contracts import CURRENT_MODEL, CURRENT_VERSION_METADATA, CardStatus
+from shared.contracts import CURRENT_MODEL, CURRENT_VERSION_METADATA, SHADOW_POINTER, CardStatus
 from shared.schema import save_schema
 from shared.storage.local import LocalBucket
 from shared.training import registry
@@ -109,3 +109,21 @@ def test_start_of_an_unknown_version_is_refused_with_its_name(prodml: Run, artif
     assert code == 1 and "no model version 'v9'" in err
     code, _, err = prodml("shadow", "start", "v1")
     assert code == 1 and "v1 is the current model" in err
+
+
+def test_stop_repairs_a_malformed_pointer_and_training_can_start_a_shadow_again(
+    prodml: Run, artifacts: LocalBucket
+) -> None:
+    artifacts.write(SHADOW_POINTER, b"{not json")
+
+    code, out, err = prodml("shadow", "stop", "--json")
+
+    assert code == 0, err
+    repaired = json.loads(out)
+    assert repaired["version"] is None and repaired["change"] == "stopped"
+    assert (
+        "replaced a malformed models/shadow.json (models/shadow.json is not valid JSON" in repaired["reason"]
+    )
+    body = json.loads(prodml("shadow", "status", "--json")[1])
+    assert body["running"] is None and body["history"][-1]["generation"] == repaired["generation"]
+    assert prodml("shadow", "start", "v2")[0] == 0

@@ -15,7 +15,7 @@ import pytest
 from conftest import fit_serving_bundle, promote_version
 
 from shared.config import Settings, load_settings
-from shared.contracts import EVENTS_PREFIX, CardStatus, ShadowChange
+from shared.contracts import EVENTS_PREFIX, SHADOW_HISTORY_PREFIX, SHADOW_POINTER, CardStatus, ShadowChange
 from shared.errors import PreconditionFailed, ShadowError
 from shared.storage.local import LocalBucket
 from shared.training import promotion, registry, shadow, shadow_policy
@@ -213,25 +213,159 @@ def test_of_two_deciders_on_one_pointer_the_second_writes_nothing_and_the_next_e
     assert changes(artifacts) == [("v2", "started"), ("v2", "promoted")]
 
 
-def test_a_promotion_that_loses_the_model_swap_writes_nothing(
+def test_a_promotion_whose_champion_is_replaced_before_its_model_swap_supersedes_the_card(
     artifacts: LocalBucket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pointer = start(artifacts, write_challenger(artifacts, "v2"))
     generation = registry.current_generation(artifacts)
     card = write_challenger(artifacts, "v3")
-    # Another trainer swaps in between our read of the current model and our swap.
-    real_current = shadow_policy.current_model
+    # Another writer swaps v3 in between the pointer's end and the shadow's model swap.
+    real_swap = shadow.swap_pointer
 
-    def racing(bucket: LocalBucket) -> tuple[str | None, int]:
-        seen = real_current(bucket)
-        promotion.swap_in(bucket, card, bucket.read(registry.model_name("v3")), generation, previous="v1",
-                          reason="other", by="other")  # fmt: skip
-        return seen
+    def racing(*args: object, **kwargs: object) -> shadow.ShadowPointer:
+        written = real_swap(*args, **kwargs)  # type: ignore[arg-type]
+        promotion.swap_in(artifacts, card, artifacts.read(registry.model_name("v3")), generation,
+                          previous="v1", reason="other", by="other")  # fmt: skip
+        return written
 
-    monkeypatch.setattr(shadow_policy, "current_model", racing)  # the fault: a race, injected
-    with pytest.raises(PreconditionFailed):
-        shadow_policy.promote(artifacts, pointer, by="me", reason="by hand")
+    monkeypatch.setattr(shadow, "swap_pointer", racing)  # the fault: a race, injected
+    shadow_policy.promote(artifacts, pointer, by="me", reason="by hand")
 
     assert registry.read_current(artifacts).version == "v3"  # type: ignore[union-attr]
-    assert status(artifacts, "v2") == CardStatus.SHADOW
+    assert status(artifacts, "v2") == CardStatus.SUPERSEDED
+    assert "serving model changed to v3 before it was swapped in" in reason(artifacts, "v2")
+    assert changes(artifacts) == [("v2", "started"), ("v2", "promoted")]
+
+
+def test_a_promotion_by_hand_after_the_champion_changed_is_refused_and_writes_nothing(
+    artifacts: LocalBucket,
+) -> None:
+    pointer = start(artifacts, write_challenger(artifacts, "v2"))
+    promote_version(artifacts, fit_serving_bundle("v9"))  # a rollback, another promotion
+
+    with pytest.raises(ShadowError, match="serving model is now v9: not promoted"):
+        shadow_policy.promote(artifacts, pointer, by="me", reason="by hand")
+
+    assert registry.read_current(artifacts).version == "v9"  # type: ignore[union-attr]
     assert shadow.read_pointer(artifacts).version == "v2"  # type: ignore[union-attr]
+
+
+def test_a_stop_landing_during_a_promotion_finds_nothing_running_and_the_history_says_promoted(
+    settings: Settings, artifacts: LocalBucket, predictions: LocalBucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pointer = start(artifacts, write_challenger(artifacts, "v2"))
+    real_swap_in = promotion.swap_in
+    stops: list[str] = []
+
+    def swap_then_operator_stops(*args: object, **kwargs: object) -> ModelCard:
+        card = real_swap_in(*args, **kwargs)  # type: ignore[arg-type]
+        # `prodml shadow stop` lands now: with a fresh read, and with the read it made before.
+        for held in (shadow.read_pointer(artifacts), pointer):
+            try:
+                shadow_policy.stop(artifacts, held, ShadowChange.STOPPED, by="prodml shadow stop", reason="x")  # type: ignore[arg-type]
+                stops.append("stopped")
+            except (ShadowError, PreconditionFailed) as exc:
+                stops.append(type(exc).__name__)
+        return card
+
+    monkeypatch.setattr(shadow_policy.promotion, "swap_in", swap_then_operator_stops)
+    shadow_policy.promote(artifacts, pointer, by="train labels", reason="not worse")
+    monkeypatch.setattr(shadow_policy.promotion, "swap_in", real_swap_in)
+
+    assert stops == ["ShadowError", "PreconditionFailed"]  # nothing to stop; too late
+    assert shadow_policy.evaluate(settings, artifacts, predictions, "retry").action == shadow_policy.NOTHING
+    assert registry.read_current(artifacts).version == "v2"  # type: ignore[union-attr]
+    assert status(artifacts, "v2") == CardStatus.PROMOTED
+    assert changes(artifacts) == [("v2", "started"), ("v2", "promoted")]
+
+
+def test_a_promoted_pointer_whose_model_swap_a_crash_cut_is_swapped_in_by_the_next_evaluation(
+    settings: Settings, artifacts: LocalBucket, predictions: LocalBucket
+) -> None:
+    pointer = start(artifacts, write_challenger(artifacts, "v2"))
+    # The crash: the pointer ended promoted, the model never swapped.
+    ended = shadow.ended(pointer, ShadowChange.PROMOTED, by="train labels", reason="not worse")
+    shadow.swap_pointer(artifacts, ended, pointer.generation, replacing=pointer)
+    assert registry.read_current(artifacts).version == "v1"  # type: ignore[union-attr]
+
+    assert shadow_policy.evaluate(settings, artifacts, predictions, "retry").action == shadow_policy.NOTHING
+
+    assert registry.read_current(artifacts).version == "v2"  # type: ignore[union-attr]
+    assert status(artifacts, "v2") == CardStatus.PROMOTED and reason(artifacts, "v2") == "not worse"
+    swaps = registry.list_events(artifacts)
+    assert [(e["version"], e["previous"], e["by"]) for e in swaps][-1] == ("v2", "v1", "train labels")
+
+
+def test_a_lost_history_record_is_written_by_the_next_change_before_it_replaces_the_pointer(
+    artifacts: LocalBucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Killed(BaseException):
+        """The process dies here."""
+
+    real_write = artifacts.write
+
+    def killed_at_the_record(name: str, *args: object, **kwargs: object) -> int:
+        if name.startswith(SHADOW_HISTORY_PREFIX):
+            raise Killed()
+        return real_write(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(artifacts, "write", killed_at_the_record)
+    with pytest.raises(Killed):  # the crash: v2's pointer swapped, its record never written
+        start(artifacts, write_challenger(artifacts, "v2"))
+    monkeypatch.setattr(artifacts, "write", real_write)
+
+    start(artifacts, write_challenger(artifacts, "v3"))
+
+    assert changes(artifacts) == [("v2", "started"), ("v3", "replaced")]
+    assert len(list(artifacts.list(SHADOW_HISTORY_PREFIX))) == 2  # both stored, not recovered
+
+
+def lineage_card(artifacts: LocalBucket, version: str, refs: list[dict[str, object]]) -> ModelCard:
+    """A challenger whose lineage holds ``refs``."""
+    card = dataclasses.replace(write_challenger(artifacts, version), lineage=refs)
+    registry.write_card(artifacts, card)
+    return card
+
+
+def ref(name: str, added_by: str) -> dict[str, object]:
+    return {"bucket": "prodml-data", "name": f"incoming/{name}", "generation": 1, "added_by": added_by}
+
+
+@pytest.mark.parametrize(
+    ("change", "carried"),
+    [
+        (ShadowChange.EXPIRED, ["a.csv", "b.csv"]),
+        (ShadowChange.STOPPED, ["a.csv", "b.csv"]),
+        (ShadowChange.REJECTED, ["a.csv"]),  # worse on live labels: its own file is not carried
+    ],
+)
+def test_an_ended_pointer_carries_the_runs_files_unless_its_own_was_rejected(
+    artifacts: LocalBucket, change: ShadowChange, carried: list[str]
+) -> None:
+    # v2 replaced a shadow that added a.csv, so it carries a.csv beside its own b.csv.
+    pointer = start(artifacts, lineage_card(artifacts, "v2", [ref("a.csv", "v0"), ref("b.csv", "v2")]))
+
+    ended = shadow_policy.stop(artifacts, pointer, change, by="test", reason="ends")
+
+    assert [r["name"] for r in ended.carry] == [f"incoming/{name}" for name in carried]
+    assert shadow.read_pointer(artifacts).carry == ended.carry  # type: ignore[union-attr]
+    # A version started by hand beside it keeps the carry its own lineage lacks.
+    again = start(artifacts, lineage_card(artifacts, "v3", [ref("b.csv", "v3")]))
+    assert [r["name"] for r in again.carry] == ["incoming/a.csv"]
+
+
+def test_start_and_stop_replace_a_malformed_pointer_as_none_running_and_log_it(
+    artifacts: LocalBucket, caplog: pytest.LogCaptureFixture
+) -> None:
+    artifacts.write(SHADOW_POINTER, b"{not json")
+
+    pointer = start(artifacts, write_challenger(artifacts, "v2"))
+
+    assert pointer.version == "v2" and pointer.change == ShadowChange.STARTED and pointer.previous is None
+    assert status(artifacts, "v2") == CardStatus.SHADOW
+    assert "replacing models/shadow.json generation" in caplog.text and "not valid JSON" in caplog.text
+    artifacts.write(SHADOW_POINTER, b"[]")
+    state = shadow.read_state(artifacts)
+    repaired = shadow_policy.end_malformed(artifacts, state, by="prodml shadow stop", reason="by hand")
+    assert not repaired.running and "replaced a malformed models/shadow.json" in repaired.reason
+    assert shadow.read_pointer(artifacts) == repaired
