@@ -48,6 +48,7 @@ def pages(seeded: SeededRegistry) -> dict[str, str]:
         "version (oldest)": f"/versions/{seeded.versions[0]}",
         "monitoring": "/monitoring",
         "live": "/live",
+        "shadow": "/shadow",
         "quarantine": "/quarantine",
         "table": "/table",
     }
