@@ -26,6 +26,11 @@ def _escape(match: re.Match[str]) -> str:
     return _SHORT.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
 
 
+def printable_lines(text: str) -> str:
+    """``text`` with every control character escaped but line ends (a block of lines stays one)."""
+    return _UNSAFE_BUT_LINE_ENDS.sub(_escape, text)
+
+
 def printable(value: object) -> str:
     """``value`` as text with every control character escaped (line ends too: one value, one line)."""
     return _UNSAFE.sub(_escape, value if isinstance(value, str) else str(value))
@@ -51,7 +56,7 @@ class EscapingWriter:
 
     def write(self, text: str) -> int:
         """Write ``text`` escaped; returns the length of ``text``, as a stream does."""
-        self.stream.write(_UNSAFE_BUT_LINE_ENDS.sub(_escape, text))
+        self.stream.write(printable_lines(text))
         return len(text)
 
     def flush(self) -> None:

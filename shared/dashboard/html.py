@@ -20,6 +20,8 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote, urlencode
 
+from shared.display import printable_lines
+
 _NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9:_-]*$")
 _FORBIDDEN_ATTRIBUTE = re.compile(r"^(on|style$)", re.IGNORECASE)
 VOID_ELEMENTS = frozenset({"meta", "link", "br", "hr", "img", "input"})
@@ -34,10 +36,13 @@ class Markup(str):
 
 
 def escape(value: object) -> Markup:
-    """``value`` as HTML text: ``Markup`` as it is, anything else ``str()``-ed and escaped."""
+    """``value`` as HTML text: ``Markup`` as it is, anything else ``str()``-ed and escaped, its
+    control characters (but line ends) written as ``\x1b`` as the CLI writes them
+    (``shared.display``): a page saved or fetched to a terminal drives nothing, and a browser
+    shows what a name really holds."""
     if isinstance(value, Markup):
         return value
-    return Markup(html.escape(str(value), quote=True))
+    return Markup(html.escape(printable_lines(str(value)), quote=True))
 
 
 def _check_name(name: str, what: str) -> str:

@@ -45,3 +45,9 @@ def test_links_stay_on_the_dashboard_and_encode_their_parts() -> None:
 def test_a_table_has_one_header_row_and_a_row_per_item() -> None:
     page = parse(table(("a", "b"), [[1, "<x>"], [2, None]]))
     assert page.tables == [[["a", "b"], ["1", "<x>"], ["2", ""]]]
+
+
+def test_control_characters_from_data_are_written_as_escapes_and_line_ends_kept() -> None:
+    shown = element("pre", None, "a\x1b]0;title\x07b\u202ec\nnext line")
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert shown == "<pre>a\\x1b]0;title\\x07b\\u202ec\nnext line</pre>"
