@@ -36,10 +36,10 @@ from bench.bench_serving import (
     _env,
     _latencies,
     _memory,
-    _percentile,
     _start_all,
     _stop_all,
     _throughputs,
+    interleaved_p50s,
 )
 from bench.common import Row, goal_row, median_seconds
 from bench.models import fit_default, instance, publish, publish_table, serving_schema
@@ -121,20 +121,9 @@ def _latency_and_throughput(
 ) -> list[Row]:
     n_keys = len(instances)
     single = [json.dumps({"instances": [instances[c]]}).encode() for c in range(n_keys)]
-    sessions = {name: requests.Session() for name in ("with", "without")}
-    for name, session in sessions.items():  # warm up: lazy loads, first-request costs
-        _latencies(processes[name].url, single[:20], session)
-    rng = random.Random(3)
-    samples: dict[str, list[float]] = {"with": [], "without": []}
-    sequence = list(samples)
-    for _ in range(300 if quick else 1500):
-        body = single[rng.randrange(n_keys)]
-        rng.shuffle(sequence)
-        for name in sequence:
-            samples[name] += _latencies(processes[name].url, [body], sessions[name])
-    for session in sessions.values():
-        session.close()
-    with50, without50 = _percentile(samples["with"], 50), _percentile(samples["without"], 50)
+    urls = {name: processes[name].url for name in ("with", "without")}
+    p50 = interleaved_p50s(urls, single, 300 if quick else 1500, seed=3)
+    with50, without50 = p50["with"], p50["without"]
 
     def one(rng: random.Random) -> tuple[bytes, int]:
         return single[rng.randrange(n_keys)], 1

@@ -380,6 +380,28 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def interleaved_p50s(
+    urls: dict[str, str], bodies: list[bytes], requests_per_arm: int, seed: int
+) -> dict[str, float]:
+    """Each arm's p50 of single requests, the arms interleaved request by request in a shuffled
+    order (after 20 warm-up requests each: lazy loads, first-request costs), so the machine's
+    noise falls on every arm alike."""
+    sessions = {name: requests.Session() for name in urls}
+    for name, session in sessions.items():
+        _latencies(urls[name], bodies[:20], session)
+    rng = random.Random(seed)
+    samples: dict[str, list[float]] = {name: [] for name in urls}
+    sequence = list(samples)
+    for _ in range(requests_per_arm):
+        body = bodies[rng.randrange(len(bodies))]
+        rng.shuffle(sequence)
+        for name in sequence:
+            samples[name] += _latencies(urls[name], [body], sessions[name])
+    for session in sessions.values():
+        session.close()
+    return {name: _percentile(values, 50) for name, values in samples.items()}
+
+
 LATENCY_GOALS = {"hybrid": FLOOR_GOAL, "dynamic": COMPILED_FLOOR_GOAL}
 
 

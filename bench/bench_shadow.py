@@ -25,7 +25,15 @@ from typing import Any
 
 import requests
 
-from bench.bench_serving import Targets, _env, _latencies, _percentile, _start_all, _stop_all, _throughputs
+from bench.bench_serving import (
+    Targets,
+    _env,
+    _latencies,
+    _start_all,
+    _stop_all,
+    _throughputs,
+    interleaved_p50s,
+)
 from bench.common import Row, goal_row
 from bench.models import MAX_COMPILED_BYTES, fit_default, instance, publish, serving_schema
 from shared.compiled.compile import compile_version
@@ -93,20 +101,9 @@ def _wait_scoring(process: FunctionProcess, single: list[bytes]) -> None:
 
 
 def _rows(processes: dict[str, FunctionProcess], single: list[bytes], quick: bool) -> list[Row]:
-    sessions = {name: requests.Session() for name in processes}
-    for name, session in sessions.items():  # warm up: lazy loads, first-request costs
-        _latencies(processes[name].url, single[:50], session)
-    rng = random.Random(5)
-    samples: dict[str, list[float]] = {name: [] for name in processes}
-    sequence = list(samples)
-    for _ in range(400 if quick else 2000):
-        body = single[rng.randrange(len(single))]
-        rng.shuffle(sequence)
-        for name in sequence:
-            samples[name] += _latencies(processes[name].url, [body], sessions[name])
-    for session in sessions.values():
-        session.close()
-    with50, without50 = _percentile(samples["with"], 50), _percentile(samples["without"], 50)
+    urls = {name: process.url for name, process in processes.items()}
+    p50 = interleaved_p50s(urls, single, 400 if quick else 2000, seed=5)
+    with50, without50 = p50["with"], p50["without"]
 
     def one(rng: random.Random) -> tuple[bytes, int]:
         return single[rng.randrange(len(single))], 1
