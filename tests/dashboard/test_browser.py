@@ -7,7 +7,8 @@ and counted in traffic, predictions with ids and their labels, a table.
 Each page: no dialog, no console error, no page error; the hostile values shown as text and no
 element made from them (no script, no attribute ``on…``); the numbers shown equal the CLI's
 ``--json`` (`prodml models`, `prodml monitor`, `prodml live`, run as processes); every link
-resolves; a full-page screenshot of each (in ``DASHBOARD_SCREENSHOTS``, else a temporary folder).
+resolves; a full-page screenshot of each under docs/screenshots/tests/ (``DASHBOARD_SCREENSHOTS``
+elsewhere).
 With JavaScript disabled each page shows the same text.
 
 Without /usr/bin/chromium these tests skip, saying to run `make browser`.
@@ -46,9 +47,9 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 PRODML = str(Path(sys.executable).with_name("prodml"))
 CHROMIUM = Path(SCREENSHOT_CHROMIUM)
-# Where the tests save each page's screenshot (a temporary folder unless set): the README's are
-# `make screenshots`' of the demo's pages, not these.
-SCREENSHOTS = os.environ.get("DASHBOARD_SCREENSHOTS")
+# Where the tests save each page's screenshot: docs/screenshots/tests/ (not committed: the README's
+# are `make screenshots`' of the demo's pages, in docs/screenshots/), or DASHBOARD_SCREENSHOTS.
+SCREENSHOTS = Path(os.environ.get("DASHBOARD_SCREENSHOTS") or ROOT / "docs" / "screenshots" / "tests")
 WAIT = 180.0  # generous: the machine is shared; nothing here asserts a timing
 
 HOSTILE_FILE = "<script>alert(1)</script>.csv"
@@ -340,13 +341,11 @@ def visit(browser: Any, url: str, *, javascript: bool = True, screenshot: Path |
 
 
 @pytest.fixture(scope="module")
-def visits(
-    browser: Any, deployment: Deployment, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Visit]:
+def visits(browser: Any, deployment: Deployment) -> dict[str, Visit]:
     """Every page, loaded once with JavaScript on, each saved as a screenshot."""
-    shots = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path_factory.mktemp("screenshots")
+    url = deployment.dashboard
     return {
-        name: visit(browser, deployment.dashboard + deployment.path(name), screenshot=shots / f"{name}.png")
+        name: visit(browser, url + deployment.path(name), screenshot=SCREENSHOTS / f"{name}.png")
         for name in PAGES
     }
 
