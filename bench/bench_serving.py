@@ -389,7 +389,22 @@ def interleaved_p50s(
     sessions = {name: requests.Session() for name in urls}
     for name, session in sessions.items():
         _latencies(urls[name], bodies[:20], session)
-    rng = random.Random(seed)
+    samples = interleaved_samples(urls, bodies, requests_per_arm, random.Random(seed), sessions)
+    for session in sessions.values():
+        session.close()
+    return {name: _percentile(values, 50) for name, values in samples.items()}
+
+
+def interleaved_samples(
+    urls: dict[str, str],
+    bodies: list[bytes],
+    requests_per_arm: int,
+    rng: random.Random,
+    sessions: dict[str, requests.Session],
+) -> dict[str, list[float]]:
+    """Each arm's latencies of ``requests_per_arm`` single requests, the arms interleaved request
+    by request in an order ``rng`` shuffles each time: a burst of noise on this shared machine
+    hits every arm alike."""
     samples: dict[str, list[float]] = {name: [] for name in urls}
     sequence = list(samples)
     for _ in range(requests_per_arm):
@@ -397,9 +412,7 @@ def interleaved_p50s(
         rng.shuffle(sequence)
         for name in sequence:
             samples[name] += _latencies(urls[name], [body], sessions[name])
-    for session in sessions.values():
-        session.close()
-    return {name: _percentile(values, 50) for name, values in samples.items()}
+    return samples
 
 
 LATENCY_GOALS = {"hybrid": FLOOR_GOAL, "dynamic": COMPILED_FLOOR_GOAL}
@@ -437,14 +450,8 @@ def _latency(fixture: Fixture, processes: dict[str, FunctionProcess], quick: boo
     # which on 2 cores would slow whichever target comes next.
     groups = (("floor", "static", "hybrid", "dynamic"), ("floor", "dynamic-sklearn", "plain"))
     for group in groups:
-        samples: dict[str, list[float]] = {name: [] for name in group}
-        sequence = list(group)
-        for _ in range(requests_per_target):
-            body = single[rng.randrange(n_keys)]
-            rng.shuffle(sequence)
-            for name in sequence:
-                samples[name] += _latencies(processes[name].url, [body], sessions[name])
-        rows += _latency_rows(samples)
+        urls = {name: processes[name].url for name in group}
+        rows += _latency_rows(interleaved_samples(urls, single, requests_per_target, rng, sessions))
     for session in sessions.values():
         session.close()
     return rows
