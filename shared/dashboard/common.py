@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from shared.dashboard.html import Child, Markup, element, join, link
+from shared.dashboard.html import Child, Markup, element, join, link, table
 from shared.errors import BadRequest
 
 T = TypeVar("T")
@@ -76,6 +76,15 @@ def pager(path: str, page: Page) -> Markup:
     if page.number < page.pages:
         parts += [" · ", link(path, "next", page=page.number + 1)]
     return element("p", {"class": "pager"}, *parts)
+
+
+def paged_table(
+    path: str, page: Page, header: Sequence[Child], rows: Sequence[Sequence[Child]], none_here: str
+) -> list[Child]:
+    """One page of a list: the pager, the rows' table (or ``none_here`` past the last page), the
+    pager again."""
+    shown: Child = table(header, rows) if rows else empty(none_here)
+    return [pager(path, page), shown, pager(path, page)]
 
 
 def empty(text: Child) -> Markup:

@@ -10,7 +10,7 @@ from shared.contracts import MonitoringDecision
 from shared.dashboard import common
 from shared.dashboard.common import empty, section
 from shared.dashboard.formatting import number
-from shared.dashboard.html import Child, Markup, document, element, table
+from shared.dashboard.html import Child, Markup, document, element
 from shared.dashboard.sources import Sources, read_at
 from shared.dashboard.svg import Series, line_chart
 
@@ -100,16 +100,9 @@ def monitoring(sources: Sources, page_number: int) -> Markup:
     else:
         body.append(section("over time", *_charts(rows)))
         newest, page = common.paginate(list(reversed(rows)), page_number)
-        body.append(
-            section(
-                "files, newest first",
-                common.pager(common.MONITORING, page),
-                table(MONITOR_HEADER, [monitor_row(r) for r in newest])
-                if newest
-                else empty("no files on this page"),
-                common.pager(common.MONITORING, page),
-            )
-        )
+        shown = [monitor_row(r) for r in newest]
+        listed = common.paged_table(common.MONITORING, page, MONITOR_HEADER, shown, "no files on this page")
+        body.append(section("files, newest first", *listed))
     body.append(common.read_note(read_at(), sources.settings.dashboard_cache_seconds))
     return document("monitoring", common.NAV, common.MONITORING, *body)
 
@@ -149,13 +142,8 @@ def quarantine(sources: Sources, page_number: int) -> Markup:
         body: list[Child] = [empty("nothing quarantined: every file so far passed validation")]
     else:
         newest, page = common.paginate(list(reversed(records)), page_number)
-        body = [
-            common.pager(common.QUARANTINE, page),
-            table(QUARANTINE_HEADER, [quarantine_row(r) for r in newest])
-            if newest
-            else empty("no files on this page"),
-            common.pager(common.QUARANTINE, page),
-        ]
+        rows = [quarantine_row(r) for r in newest]
+        body = common.paged_table(common.QUARANTINE, page, QUARANTINE_HEADER, rows, "no files on this page")
     body.append(common.read_note(read_at(), sources.settings.dashboard_cache_seconds))
     return document("quarantine", common.NAV, common.QUARANTINE, *body)
 

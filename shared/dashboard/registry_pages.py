@@ -177,13 +177,10 @@ def versions(sources: Sources, page_number: int) -> Markup:
         body: list[Child] = [empty(NO_MODEL)]
     else:
         rows, page = common.paginate(newest_first, page_number)
+        shown = [version_row(r) for r in rows]
         body = [
             element("p", None, "current: ", version_link(listing.get("current"))),
-            common.pager(common.VERSIONS, page),
-            table(VERSION_HEADER, [version_row(r) for r in rows])
-            if rows
-            else empty("no versions on this page"),
-            common.pager(common.VERSIONS, page),
+            *common.paged_table(common.VERSIONS, page, VERSION_HEADER, shown, "no versions on this page"),
         ]
     body.append(common.read_note(read_at(), sources.settings.dashboard_cache_seconds))
     return document("versions", common.NAV, common.VERSIONS, *body)
